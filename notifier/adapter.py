@@ -1,0 +1,146 @@
+"""The channel adapter API: what a channel or gateway plugin declares and implements.
+
+An adapter is a class registered under the ``notifier.adapters`` entry-point group.
+It declares its name, channel, settings model, the contact it needs and the template
+parts it renders; it implements :meth:`Adapter.send` and reports failures by raising
+:class:`TemporaryFailure` (retry later) or :class:`PermanentFailure` (never retry).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from uuid import UUID
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from notifier.inbox import InboxStore
+
+
+class RecipientKind(StrEnum):
+    """Which of the applicant's contacts an adapter delivers to."""
+
+    EMAIL = "email"
+    PHONE = "phone"
+    ZALO = "zalo"
+    PORTAL_ACCOUNT = "portal_account"
+
+
+class AdapterSettings(BaseModel):
+    """Base of every adapter's settings model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class TemplatePart:
+    """A piece of a message the templates must provide, e.g. an email subject."""
+
+    name: str
+    html: bool = False
+    max_length: int | None = None
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One rendered message for one recipient on one channel."""
+
+    delivery_id: UUID  # pass it to the provider as the idempotency/tracking reference
+    event_id: UUID
+    channel: str
+    recipient: str
+    language: str
+    parts: Mapping[str, str]
+    dossier_code: str
+    agency_code: str
+    status: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the provider said when it accepted a message."""
+
+    provider_message_id: str | None = None
+    delivered: bool = False  # True when acceptance is final delivery (e.g. the portal inbox)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DeliveryFailure(Exception):
+    """A send that did not succeed; ``code`` is the provider's own code when there is one."""
+
+    def __init__(self, reason: str, *, code: str | None = None) -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(reason if code is None else f"{reason} (code {code})")
+
+
+class TemporaryFailure(DeliveryFailure):
+    """Worth retrying later: timeouts, connection errors, 5xx/429, SMTP 4xx, busy codes."""
+
+    def __init__(
+        self, reason: str, *, code: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(reason, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentFailure(DeliveryFailure):
+    """Never worth retrying for this message. ``operator_alert`` marks our own
+    misconfiguration (bad credentials, empty balance) rather than the recipient's."""
+
+    def __init__(self, reason: str, *, code: str | None = None, operator_alert: bool = False):
+        super().__init__(reason, code=code)
+        self.operator_alert = operator_alert
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class AdapterContext:
+    """What the core lends an adapter: shared services and the network seam."""
+
+    inbox: InboxStore
+    # Tests swap the network here (httpx.MockTransport); None means the real network.
+    http_transport: httpx.AsyncBaseTransport | None = None
+
+    def http_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A pooled client for the adapter's own lifetime (close it in ``close``)."""
+        return httpx.AsyncClient(transport=self.http_transport, **kwargs)
+
+
+SettingsT = TypeVar("SettingsT", bound=AdapterSettings)
+
+
+class Adapter(abc.ABC, Generic[SettingsT]):
+    """Base class of channel adapters. One instance per worker process, used from one
+    event loop; ``send`` may be called concurrently."""
+
+    name: ClassVar[str]
+    channel: ClassVar[str]
+    description: ClassVar[str] = ""
+    settings_model: ClassVar[type[AdapterSettings]] = AdapterSettings
+    recipient_kind: ClassVar[RecipientKind]
+    template_parts: ClassVar[tuple[TemplatePart, ...]]
+
+    def __init__(self, settings: SettingsT, context: AdapterContext) -> None:
+        self.settings = settings
+        self.context = context
+
+    @abc.abstractmethod
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """Hand one message to the provider, or raise a :class:`DeliveryFailure`."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release pooled connections."""
+
+    async def health(self) -> Health:
+        return Health(ok=True)

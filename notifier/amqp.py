@@ -1,0 +1,28 @@
+"""The public AMQP contract: the events exchange, routing key and inbound queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pika
+
+from notifier.settings import EventsSettings
+
+
+def connection_parameters(url: str, **overrides: Any) -> pika.URLParameters:
+    parameters = pika.URLParameters(url)
+    parameters.heartbeat = overrides.get("heartbeat", 30)
+    parameters.blocked_connection_timeout = overrides.get("blocked_connection_timeout", 60)
+    parameters.connection_attempts = overrides.get("connection_attempts", 1)
+    return parameters
+
+
+def declare_topology(channel: Any, events: EventsSettings) -> None:
+    """Declare the events exchange and the inbound queue (idempotent).
+
+    Publishers only need the exchange; the queue is the worker bridge's. Dramatiq's
+    own queues are declared by Dramatiq, never here.
+    """
+    channel.exchange_declare(exchange=events.exchange, exchange_type="topic", durable=True)
+    channel.queue_declare(queue=events.queue, durable=True)
+    channel.queue_bind(queue=events.queue, exchange=events.exchange, routing_key=events.routing_key)

@@ -1,0 +1,278 @@
+"""The HTTP API (``notifier api``): event submission, the portal inbox, the delivery log.
+
+Every route but ``/healthz`` needs an API key (``Authorization: Bearer <key>``) with
+the route's scope; see :mod:`notifier.apikeys`. The OpenAPI document is at
+``/openapi.json`` and browsable at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from notifier import __version__
+from notifier.apikeys import ApiClient, ApiKeys
+from notifier.app import Notifier
+from notifier.deliverylog import DeliveryLog, DeliveryQuery
+from notifier.events import EventRejected, parse_event
+from notifier.inbox import InboxItem
+from notifier.logging import get_logger
+from notifier.publisher import EventPublisher
+
+log = get_logger(__name__)
+
+AccountId = Annotated[str, Query(max_length=64)]
+
+
+class Notification(BaseModel):
+    id: int
+    dossier_code: str
+    agency_code: str
+    status: str
+    title: str
+    body: str
+    link: str | None
+    created_at: datetime
+    read: bool
+
+    @classmethod
+    def of(cls, item: InboxItem) -> Notification:
+        return cls(
+            id=item.id, dossier_code=item.dossier_code, agency_code=item.agency_code,
+            status=item.status, title=item.title, body=item.body, link=item.link,
+            created_at=item.created_at, read=item.read_at is not None,
+        )
+
+
+class NotificationPage(BaseModel):
+    items: list[Notification]
+    next_before_id: int | None
+
+
+class UnreadCount(BaseModel):
+    unread: int
+
+
+class Accepted(BaseModel):
+    event_id: UUID
+    status: str = "accepted"
+
+
+class EventSubmitter:
+    """Puts an accepted event on the same queue TTHC systems publish to."""
+
+    def __init__(self, app: Notifier) -> None:
+        self.app = app
+        self._publisher: EventPublisher | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, body: bytes) -> None:
+        if not self.app.settings.uses_rabbitmq:
+            self.app.submit(body, source="http")
+            return
+        with self._lock:
+            try:
+                self._current().publish(body)
+            except Exception:
+                # One reconnect: the broker may have restarted since the last call.
+                self._drop()
+                self._current().publish(body)
+
+    def _current(self) -> EventPublisher:
+        if self._publisher is None:
+            self._publisher = EventPublisher(self.app.settings.broker_url, self.app.settings.events)
+        return self._publisher
+
+    def _drop(self) -> None:
+        if self._publisher is not None:
+            try:
+                self._publisher.close()
+            except Exception:  # noqa: BLE001, S110 - the connection is already gone
+                pass
+            self._publisher = None
+
+
+def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) -> FastAPI:
+    api = FastAPI(
+        title="notifier",
+        version=__version__,
+        description="Dossier status events in; citizen notifications out.",
+    )
+    keys = ApiKeys(app.database)
+    delivery_log = DeliveryLog(app.database, app.settings.recipient_hash_key)
+    submit_event = submit or EventSubmitter(app)
+    max_body = app.settings.api.max_body_bytes
+
+    def caller(scope: str) -> Callable[..., ApiClient]:
+        def authenticate(authorization: Annotated[str | None, Header()] = None) -> ApiClient:
+            if not authorization or not authorization.lower().startswith("bearer "):
+                raise HTTPException(401, "missing API key", {"WWW-Authenticate": "Bearer"})
+            client = keys.authenticate(authorization[7:].strip())
+            if client is None:
+                raise HTTPException(401, "invalid or revoked API key",
+                                    {"WWW-Authenticate": "Bearer"})
+            if scope not in client.scopes:
+                raise HTTPException(403, f"this key lacks the {scope!r} scope")
+            return client
+
+        return authenticate
+
+    @api.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @api.post("/v1/events", status_code=202, response_model=Accepted, tags=["events"],
+              responses={413: {"description": "too large"}, 422: {"description": "invalid"}})
+    async def submit_event_route(
+        request: Request, client: Annotated[ApiClient, Depends(caller("publish"))]
+    ) -> Accepted:
+        body = await _bounded_body(request, max_body)
+        try:
+            event = parse_event(body, max_bytes=app.settings.events.max_bytes)
+        except EventRejected as rejection:
+            await asyncio.to_thread(
+                app.ingest.reject, body.decode(errors="replace"), source="http",
+                rejection=rejection, size=len(body),
+            )
+            raise HTTPException(422, {"reason": rejection.reason, "errors": rejection.errors}) \
+                from None
+        if not client.may_publish_for(event.agency.code):
+            raise HTTPException(403, f"this key may not publish for agency {event.agency.code!r}")
+        await asyncio.to_thread(submit_event, body)
+        return Accepted(event_id=event.event_id)
+
+    @api.get("/v1/inbox/{account_id}/notifications", response_model=NotificationPage,
+             tags=["inbox"])
+    def list_notifications(
+        account_id: str,
+        _client: Annotated[ApiClient, Depends(caller("inbox"))],
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        before_id: Annotated[int | None, Query(ge=1)] = None,
+        unread_only: bool = False,
+    ) -> NotificationPage:
+        items = app.inbox.list(account_id[:64], limit=limit, before_id=before_id,
+                               unread_only=unread_only)
+        next_before = items[-1].id if len(items) == limit else None
+        return NotificationPage(items=[Notification.of(i) for i in items],
+                                next_before_id=next_before)
+
+    @api.get("/v1/inbox/{account_id}/unread-count", response_model=UnreadCount, tags=["inbox"])
+    def unread_count(
+        account_id: str, _client: Annotated[ApiClient, Depends(caller("inbox"))]
+    ) -> UnreadCount:
+        return UnreadCount(unread=app.inbox.unread_count(account_id[:64]))
+
+    @api.post("/v1/inbox/{account_id}/notifications/{notification_id}/read", tags=["inbox"])
+    def mark_read(
+        account_id: str, notification_id: int,
+        _client: Annotated[ApiClient, Depends(caller("inbox"))],
+    ) -> dict[str, int]:
+        changed = app.inbox.mark_read(account_id[:64], notification_id)
+        if not changed and not any(
+            i.id == notification_id for i in app.inbox.list(account_id[:64], limit=1,
+                                                            before_id=notification_id + 1)
+        ):
+            raise HTTPException(404, "no such notification for this account")
+        return {"marked": changed}
+
+    @api.post("/v1/inbox/{account_id}/read-all", tags=["inbox"])
+    def mark_all_read(
+        account_id: str, _client: Annotated[ApiClient, Depends(caller("inbox"))]
+    ) -> dict[str, int]:
+        return {"marked": app.inbox.mark_read(account_id[:64])}
+
+    @api.get("/v1/inbox/{account_id}/stream", tags=["inbox"],
+             response_class=StreamingResponse)
+    async def stream(
+        account_id: str,
+        request: Request,
+        _client: Annotated[ApiClient, Depends(caller("inbox"))],
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-sent events: one ``notification`` event per new inbox item."""
+        account = account_id[:64]
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+        if start is None:
+            start = await asyncio.to_thread(app.inbox.latest_id, account)
+
+        async def events() -> AsyncIterator[str]:
+            seen, idle = start, 0.0
+            yield "retry: 3000\n\n"
+            while not await request.is_disconnected():
+                items = await asyncio.to_thread(app.inbox.list, account, limit=50, after_id=seen)
+                for item in reversed(items):
+                    seen = max(seen, item.id)
+                    data = Notification.of(item).model_dump_json()
+                    yield f"id: {item.id}\nevent: notification\ndata: {data}\n\n"
+                    idle = 0.0
+                await asyncio.sleep(1.0)
+                idle += 1.0
+                if idle >= 15:
+                    yield ": keep-alive\n\n"
+                    idle = 0.0
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
+
+    @api.get("/v1/deliveries", tags=["operators"])
+    def list_deliveries(
+        _client: Annotated[ApiClient, Depends(caller("operator"))],
+        dossier_code: str | None = None,
+        channel: str | None = None,
+        status: str | None = None,
+        agency_code: str | None = None,
+        event_id: UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        rows = delivery_log.search(DeliveryQuery(
+            dossier_code=dossier_code, channel=channel, status=status, agency_code=agency_code,
+            event_id=event_id, since=since, until=until, limit=limit, offset=offset,
+        ))
+        return {"items": [row.as_json() for row in rows]}
+
+    @api.get("/v1/deliveries/{delivery_id}/attempts", tags=["operators"])
+    def delivery_attempts(
+        delivery_id: UUID, _client: Annotated[ApiClient, Depends(caller("operator"))]
+    ) -> dict[str, Any]:
+        rows = delivery_log.attempts(delivery_id)
+        return {"items": [json.loads(json.dumps(r.__dict__, default=str)) for r in rows]}
+
+    @api.get("/v1/rejects", tags=["operators"])
+    def list_rejects(
+        _client: Annotated[ApiClient, Depends(caller("operator"))],
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        rows = delivery_log.rejects(limit=limit, offset=offset)
+        return {"items": [json.loads(json.dumps(r.__dict__, default=str)) for r in rows]}
+
+    return api
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_error(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"detail": reason}, status_code=status)

@@ -1,0 +1,158 @@
+"""The application object: settings, storage, adapters, templates and the Dramatiq actors.
+
+Built once per process (worker, API, demo, tests). Actors are bound to this app's
+broker rather than to Dramatiq's global one, so tests can build several apps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Middleware
+
+from notifier.adapter import AdapterContext, TemplatePart
+from notifier.bridge import EventBridge, ingest_arguments
+from notifier.deliveries import DeliveryStore
+from notifier.inbox import InboxStore
+from notifier.ingest import Ingest, IngestResult
+from notifier.logging import get_logger
+from notifier.registry import Registry
+from notifier.rendering import TemplateSet
+from notifier.routing import Routing
+from notifier.runtime import AdapterRuntime
+from notifier.sending import Sender
+from notifier.settings import Settings
+from notifier.store import Database
+
+log = get_logger(__name__)
+
+
+class _AdapterLifecycle(Middleware):
+    """Close adapters' pools when the worker stops, after in-flight sends finish."""
+
+    def __init__(self, runtime: AdapterRuntime) -> None:
+        self.runtime = runtime
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.runtime.stop()
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    if settings.uses_rabbitmq:
+        return RabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+    return StubBroker()
+
+
+class Notifier:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: dramatiq.Broker | None = None,
+        registry: Registry | None = None,
+        context: AdapterContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self.database = Database(settings.database_url)
+        self.inbox = InboxStore(self.database)
+        self.deliveries = DeliveryStore(self.database)
+        self.registry = registry or Registry.from_settings(settings)
+        channels = self.registry.channels
+        self.templates = TemplateSet(
+            settings.config_dir / "templates",
+            {channel: providers[0].adapter_class.template_parts
+             for channel, providers in channels.items()},
+        )
+        self.routing = Routing.load(settings.config_dir / "routing.toml", set(channels))
+        if self.routing.skipped_channels:
+            log.warning(
+                "routing names channels that are not enabled here; they are skipped",
+                channels=sorted(self.routing.skipped_channels),
+            )
+        self.ingest = Ingest(
+            database=self.database,
+            deliveries=self.deliveries,
+            routing=self.routing,
+            templates=self.templates,
+            recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
+            max_event_bytes=settings.events.max_bytes,
+            hash_key=settings.recipient_hash_key,
+        )
+        self.runtime = AdapterRuntime(
+            self.registry, context or AdapterContext(inbox=self.inbox)
+        )
+        self.sender = Sender(
+            store=self.deliveries,
+            registry=self.registry,
+            runtime=self.runtime,
+            worker=settings.worker,
+        )
+        self.broker = broker or build_broker(settings)
+        self._declare_actors()
+        self.broker.add_middleware(_AdapterLifecycle(self.runtime))
+        if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
+            self.broker.add_middleware(
+                EventBridge(settings.broker_url, settings.events, self.ingest_actor)
+            )
+
+    # -- actors ---------------------------------------------------------------------------
+
+    def queue_name(self, name: str) -> str:
+        return f"{self.settings.worker.queue_prefix}.{name}"
+
+    def _declare_actors(self) -> None:
+        worker = self.settings.worker
+        options: dict[str, Any] = {
+            "broker": self.broker,
+            "min_backoff": worker.min_backoff_ms,
+            "max_backoff": worker.max_backoff_ms,
+        }
+
+        def ingest(raw: str, source: str, meta: dict[str, Any] | None = None) -> None:
+            self.enqueue(self.ingest.handle(raw, source=source, meta=meta))
+
+        self.ingest_actor: dramatiq.Actor[..., None] = dramatiq.actor(
+            ingest,
+            actor_name="ingest",
+            queue_name=self.queue_name("ingest"),
+            max_retries=worker.max_attempts,
+            **options,
+        )
+        self.deliver_actors: dict[str, dramatiq.Actor[..., None]] = {}
+        for channel in self.registry.channels:
+            self.deliver_actors[channel] = dramatiq.actor(
+                self._deliver,
+                actor_name=f"deliver_{channel}",
+                queue_name=self.queue_name(channel),
+                # Attempts are counted in the database; this is only a backstop.
+                max_retries=worker.max_attempts * 3,
+                **options,
+            )
+
+    def _deliver(self, delivery_id: str) -> None:
+        outcome = self.sender.send(UUID(delivery_id))
+        if outcome.retry_in_ms is not None:
+            raise dramatiq.Retry(delay=outcome.retry_in_ms)
+
+    def enqueue(self, result: IngestResult) -> None:
+        for delivery_id, channel in result.to_enqueue:
+            self.deliver_actors[channel].send(str(delivery_id))
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def submit(self, body: bytes, *, source: str) -> None:
+        """Hand a raw event to ingest directly (the in-process broker's path)."""
+        text, meta = ingest_arguments(body, self.settings.events.max_bytes)
+        self.ingest_actor.send(text, source, meta)
+
+    def channel_parts(self) -> dict[str, tuple[TemplatePart, ...]]:
+        return {c: p[0].adapter_class.template_parts for c, p in self.registry.channels.items()}
+
+    def close(self) -> None:
+        self.runtime.stop()
+        self.broker.close()
+        self.database.dispose()

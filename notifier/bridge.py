@@ -1,0 +1,105 @@
+"""The bridge from the public events queue (plain JSON) to the ingest actor.
+
+TTHC systems publish plain JSON, not Dramatiq envelopes, so each worker process runs
+one consumer of the inbound queue. A raw message is acked only after its ingest
+message is confirmed by RabbitMQ, so a crash in between redelivers it (ingest drops
+the duplicate).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import dramatiq
+import pika
+from dramatiq.middleware import Middleware
+from pika.exceptions import AMQPError
+
+from notifier.amqp import connection_parameters, declare_topology
+from notifier.logging import get_logger
+from notifier.settings import EventsSettings
+
+log = get_logger(__name__)
+
+
+def ingest_arguments(body: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
+    """The ingest actor's arguments for a raw body, bounded so huge bodies stay cheap."""
+    size = len(body)
+    truncated = size > max_bytes
+    kept = body[: max_bytes + 1] if truncated else body
+    try:
+        text, utf8 = kept.decode("utf-8"), True
+    except UnicodeDecodeError:
+        text, utf8 = kept.decode("utf-8", errors="replace"), truncated
+    return text, {"size": size, "truncated": truncated, "utf8": utf8}
+
+
+class EventBridge(Middleware):
+    """Dramatiq middleware: runs the inbound consumer thread inside each worker process."""
+
+    def __init__(self, broker_url: str, events: EventsSettings, ingest_actor: dramatiq.Actor[..., Any]):
+        self.broker_url = broker_url
+        self.events = events
+        self.ingest_actor = ingest_actor
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="notifier-bridge", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self._consume()
+                delay = 0.5
+            except AMQPError as exc:
+                log.warning("bridge lost the broker; reconnecting", error=repr(exc), retry_in=delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 15.0)
+            except Exception:
+                log.exception("bridge failed; restarting")
+                self._stop.wait(delay)
+                delay = min(delay * 2, 15.0)
+
+    def _consume(self) -> None:
+        connection = pika.BlockingConnection(connection_parameters(self.broker_url))
+        try:
+            channel = connection.channel()
+            declare_topology(channel, self.events)
+            channel.basic_qos(prefetch_count=self.events.prefetch)
+            log.info("bridge consuming", queue=self.events.queue)
+            for method, _properties, body in channel.consume(
+                self.events.queue, inactivity_timeout=0.5
+            ):
+                if self._stop.is_set():
+                    break
+                if method is None:
+                    continue
+                self._forward(channel, method, body)
+            # Unacked prefetched messages go back to the queue when the channel closes.
+            channel.cancel()
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _forward(self, channel: Any, method: Any, body: bytes) -> None:
+        text, meta = ingest_arguments(body, self.events.max_bytes)
+        try:
+            self.ingest_actor.send(text, "amqp", meta)
+        except Exception:
+            # Not enqueued: give the raw message back and slow down.
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            log.exception("could not enqueue an event; requeued")
+            time.sleep(1.0)
+            return
+        channel.basic_ack(method.delivery_tag)

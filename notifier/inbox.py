@@ -1,0 +1,120 @@
+"""The portal inbox: notifications stored per citizen portal account, read by the portal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import sqlalchemy as sa
+
+from notifier.store import Database
+from notifier.store.schema import inbox_notifications as inbox
+from notifier.store.schema import utcnow
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    id: int
+    dossier_code: str
+    agency_code: str
+    status: str
+    title: str
+    body: str
+    link: str | None
+    created_at: datetime
+    read_at: datetime | None
+
+
+def _item(row: sa.Row[tuple[object, ...]]) -> InboxItem:
+    m = row._mapping
+    return InboxItem(
+        id=m["notification_id"],
+        dossier_code=m["dossier_code"],
+        agency_code=m["agency_code"],
+        status=m["status"],
+        title=m["title"],
+        body=m["body"],
+        link=m["link"],
+        created_at=m["created_at"],
+        read_at=m["read_at"],
+    )
+
+
+class InboxStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def add(
+        self,
+        *,
+        delivery_id: UUID,
+        account_id: str,
+        agency_code: str,
+        dossier_code: str,
+        status: str,
+        title: str,
+        body: str,
+        link: str | None,
+    ) -> int:
+        """Store one notification; the delivery id makes a repeated add a no-op."""
+        with self.database.begin() as connection:
+            connection.execute(
+                self.database.insert_ignore(inbox, "delivery_id").values(
+                    delivery_id=delivery_id,
+                    account_id=account_id,
+                    agency_code=agency_code,
+                    dossier_code=dossier_code,
+                    status=status,
+                    title=title,
+                    body=body,
+                    link=link or None,
+                    created_at=utcnow(),
+                )
+            )
+            found = connection.execute(
+                sa.select(inbox.c.notification_id).where(inbox.c.delivery_id == delivery_id)
+            ).scalar_one()
+            return int(found)
+
+    def list(
+        self, account_id: str, *, limit: int = 20, before_id: int | None = None,
+        unread_only: bool = False, after_id: int | None = None,
+    ) -> list[InboxItem]:
+        """Newest first; page with ``before_id`` (the last id of the previous page)."""
+        query = sa.select(inbox).where(inbox.c.account_id == account_id)
+        if before_id is not None:
+            query = query.where(inbox.c.notification_id < before_id)
+        if after_id is not None:
+            query = query.where(inbox.c.notification_id > after_id)
+        if unread_only:
+            query = query.where(inbox.c.read_at.is_(None))
+        query = query.order_by(inbox.c.notification_id.desc()).limit(limit)
+        with self.database.engine.connect() as connection:
+            return [_item(row) for row in connection.execute(query)]
+
+    def unread_count(self, account_id: str) -> int:
+        query = sa.select(sa.func.count()).where(
+            inbox.c.account_id == account_id, inbox.c.read_at.is_(None)
+        )
+        with self.database.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def mark_read(self, account_id: str, notification_id: int | None = None) -> int:
+        """Mark one notification (or all of the account's) read; returns how many changed."""
+        query = (
+            sa.update(inbox)
+            .where(inbox.c.account_id == account_id, inbox.c.read_at.is_(None))
+            .values(read_at=utcnow())
+        )
+        if notification_id is not None:
+            query = query.where(inbox.c.notification_id == notification_id)
+        with self.database.begin() as connection:
+            return int(connection.execute(query).rowcount)
+
+    def latest_id(self, account_id: str) -> int:
+        query = sa.select(sa.func.max(inbox.c.notification_id)).where(
+            inbox.c.account_id == account_id
+        )
+        with self.database.engine.connect() as connection:
+            return int(connection.execute(query).scalar() or 0)

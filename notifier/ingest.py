@@ -1,0 +1,203 @@
+"""Ingest: a raw event becomes recorded, rendered deliveries (or a kept rejection).
+
+Everything for one event (the event row and all its deliveries) is written in one
+transaction, so a crash leaves either nothing (the broker redelivers the event) or
+everything (a redelivered copy only re-enqueues what is still unsent).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.exc import IntegrityError
+
+from notifier.adapter import RecipientKind
+from notifier.deliveries import DeliveryStore, PlannedDelivery
+from notifier.events import DossierStatusEvent, EventRejected, parse_event
+from notifier.logging import get_logger
+from notifier.masking import mask_recipient, recipient_hash
+from notifier.rendering import TemplateSet
+from notifier.routing import Routing
+from notifier.store import Database
+from notifier.store.schema import events, rejected_events, utcnow
+
+log = get_logger(__name__)
+
+# Rejected payloads are kept for operators, but not without bound.
+_KEPT_PAYLOAD_CHARS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: str  # "accepted" | "duplicate" | "rejected"
+    event_id: UUID | None = None
+    to_enqueue: list[tuple[UUID, str]] = field(default_factory=list)  # (delivery id, channel)
+    reason: str | None = None
+
+
+def recipient_for(event: DossierStatusEvent, kind: RecipientKind) -> str | None:
+    contacts = event.applicant.contacts
+    match kind:
+        case RecipientKind.EMAIL:
+            return contacts.email
+        case RecipientKind.PHONE:
+            return contacts.phone
+        case RecipientKind.ZALO:
+            if contacts.zalo is None:
+                return None
+            return contacts.zalo.phone or contacts.zalo.user_id
+        case RecipientKind.PORTAL_ACCOUNT:
+            return contacts.portal_account_id
+
+
+class Ingest:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        deliveries: DeliveryStore,
+        routing: Routing,
+        templates: TemplateSet,
+        recipient_kinds: Mapping[str, RecipientKind],
+        max_event_bytes: int,
+        hash_key: str,
+    ) -> None:
+        self.database = database
+        self.deliveries = deliveries
+        self.routing = routing
+        self.templates = templates
+        self.recipient_kinds = dict(recipient_kinds)
+        self.max_event_bytes = max_event_bytes
+        self.hash_key = hash_key
+
+    def handle(self, raw: str, *, source: str, meta: Mapping[str, Any] | None = None) -> IngestResult:
+        meta = meta or {}
+        try:
+            if meta.get("truncated"):
+                raise EventRejected(
+                    f"event is {meta.get('size')} bytes, over the {self.max_event_bytes}-byte limit"
+                )
+            if meta.get("utf8") is False:
+                raise EventRejected("body is not valid UTF-8 text")
+            event = parse_event(raw, max_bytes=self.max_event_bytes)
+        except EventRejected as rejection:
+            return self.reject(raw, source=source, rejection=rejection,
+                               size=int(meta.get("size", len(raw.encode(errors="replace")))))
+        with structlog.contextvars.bound_contextvars(
+            event_id=str(event.event_id), dossier_code=event.dossier.code
+        ):
+            return self._plan(event, raw, source=source)
+
+    def _plan(self, event: DossierStatusEvent, raw: str, *, source: str) -> IngestResult:
+        if self._seen(event.event_id):
+            return self._duplicate(event)
+        try:
+            planned = self._deliveries_for(event)
+        except EventRejected as rejection:
+            return self.reject(raw, source=source, rejection=rejection, size=len(raw.encode()),
+                               event_id=str(event.event_id))
+        try:
+            with self.database.begin() as connection:
+                connection.execute(
+                    events.insert().values(
+                        event_id=event.event_id,
+                        received_at=utcnow(),
+                        occurred_at=event.occurred_at,
+                        source_system=event.source_system,
+                        agency_code=event.agency.code,
+                        dossier_code=event.dossier.code,
+                        procedure_code=event.dossier.procedure.code,
+                        status=event.dossier.status.value,
+                        payload=event.model_dump(mode="json"),
+                    )
+                )
+                self.deliveries.insert_planned(connection, event, planned)
+        except IntegrityError:
+            # Another worker recorded the same event between our check and insert.
+            return self._duplicate(event)
+        log.info(
+            "event accepted",
+            status=event.dossier.status.value,
+            agency=event.agency.code,
+            channels=[p.channel for p in planned],
+        )
+        return IngestResult(
+            "accepted", event.event_id, [(p.delivery_id, p.channel) for p in planned]
+        )
+
+    def _seen(self, event_id: UUID) -> bool:
+        with self.database.engine.connect() as connection:
+            found = connection.execute(
+                sa.select(events.c.event_id).where(events.c.event_id == event_id)
+            ).first()
+        return found is not None
+
+    def _duplicate(self, event: DossierStatusEvent) -> IngestResult:
+        # A redelivered event plans nothing new; whatever is still unsent is enqueued
+        # again (a delivery is claimed before sending, so an extra copy is harmless).
+        pending = self.deliveries.unfinished_for_event(event.event_id)
+        log.info("duplicate event dropped", requeued=len(pending))
+        return IngestResult("duplicate", event.event_id, pending)
+
+    def _deliveries_for(self, event: DossierStatusEvent) -> list[PlannedDelivery]:
+        routed = self.routing.channels_for(event.agency.code, event.dossier.status)
+        consented = event.applicant.channels
+        candidates = [c for c in routed if consented is None or c in consented]
+        language = event.applicant.language
+        planned = []
+        for channel in candidates:
+            recipient = recipient_for(event, self.recipient_kinds[channel])
+            if recipient is None:
+                continue
+            rendered = self.templates.render(event, channel, language)
+            planned.append(
+                PlannedDelivery(
+                    delivery_id=uuid.uuid4(),
+                    channel=channel,
+                    recipient=recipient,
+                    recipient_masked=mask_recipient(recipient),
+                    recipient_hash=recipient_hash(recipient, self.hash_key),
+                    language=language,
+                    template=rendered.template,
+                    content=rendered.parts,
+                )
+            )
+        if routed and not planned:
+            raise EventRejected(
+                "no usable contact: the status goes to "
+                + ", ".join(routed)
+                + (f" (citizen consented to {', '.join(consented)})" if consented is not None else "")
+                + " but the applicant has no contact for any of them"
+            )
+        return planned
+
+    def reject(
+        self,
+        raw: str,
+        *,
+        source: str,
+        rejection: EventRejected,
+        size: int,
+        event_id: str | None = None,
+    ) -> IngestResult:
+        with self.database.begin() as connection:
+            connection.execute(
+                rejected_events.insert().values(
+                    reject_id=uuid.uuid4(),
+                    received_at=utcnow(),
+                    source=source,
+                    reason=rejection.reason[:2000],
+                    errors=rejection.errors[:50],
+                    event_id=event_id,
+                    payload=raw[:_KEPT_PAYLOAD_CHARS],
+                    payload_bytes=size,
+                )
+            )
+        log.warning("event rejected", reason=rejection.reason, source=source)
+        return IngestResult("rejected", reason=rejection.reason)

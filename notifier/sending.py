@@ -1,0 +1,157 @@
+"""Send one delivery: claim it, try the channel's providers in order, record the outcome."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from uuid import UUID
+
+import structlog
+
+from notifier.adapter import (
+    DeliveryFailure,
+    OutboundMessage,
+    PermanentFailure,
+    SendResult,
+    TemporaryFailure,
+)
+from notifier.deliveries import ClaimedDelivery, ClaimOutcome, DeliveryStatus, DeliveryStore
+from notifier.logging import get_logger
+from notifier.registry import Registry
+from notifier.runtime import AdapterRuntime
+from notifier.settings import WorkerSettings
+from notifier.store.schema import utcnow
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    status: DeliveryStatus | None  # None: nothing done (finished elsewhere or missing)
+    retry_in_ms: int | None = None  # set when the caller should retry later
+
+
+class Sender:
+    def __init__(
+        self,
+        *,
+        store: DeliveryStore,
+        registry: Registry,
+        runtime: AdapterRuntime,
+        worker: WorkerSettings,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.runtime = runtime
+        self.worker = worker
+        # A lease outlives the longest send so a live sender is never overtaken.
+        self.lease = timedelta(seconds=worker.send_timeout_s * 2 + 30)
+
+    def send(self, delivery_id: UUID) -> SendOutcome:
+        outcome, claimed = self.store.claim(delivery_id, self.lease)
+        if outcome is ClaimOutcome.BUSY:
+            # Another copy is in flight (or its worker died): look again after the lease.
+            return SendOutcome(None, retry_in_ms=int(self.lease.total_seconds() * 1000))
+        if claimed is None:
+            log.info("delivery needs nothing", delivery_id=str(delivery_id), claim=outcome.value)
+            return SendOutcome(None)
+        with structlog.contextvars.bound_contextvars(
+            delivery_id=str(delivery_id),
+            event_id=str(claimed.event_id),
+            dossier_code=claimed.dossier_code,
+            channel=claimed.channel,
+        ):
+            return self._send_claimed(claimed)
+
+    def _send_claimed(self, claimed: ClaimedDelivery) -> SendOutcome:
+        message = OutboundMessage(
+            delivery_id=claimed.delivery_id,
+            event_id=claimed.event_id,
+            channel=claimed.channel,
+            recipient=claimed.recipient,
+            language=claimed.language,
+            parts=claimed.content,
+            dossier_code=claimed.dossier_code,
+            agency_code=claimed.agency_code,
+            status=claimed.event_status,
+        )
+        failure: DeliveryFailure | None = None
+        provider_name: str | None = None
+        started_at = utcnow()
+        for provider in self.registry.providers(claimed.channel):
+            provider_name = provider.name
+            adapter = self.runtime.adapter(provider)
+            try:
+                result: SendResult = self.runtime.run(
+                    adapter.send(message), timeout=self.worker.send_timeout_s
+                )
+            except TimeoutError:
+                failure = TemporaryFailure(f"no answer within {self.worker.send_timeout_s:g}s")
+            except DeliveryFailure as exc:
+                failure = exc
+            else:
+                status = DeliveryStatus.DELIVERED if result.delivered else DeliveryStatus.SENT
+                self.store.finish_attempt(
+                    claimed,
+                    status=status,
+                    provider=provider.name,
+                    started_at=started_at,
+                    provider_message_id=result.provider_message_id,
+                    details=dict(result.details) or None,
+                )
+                log.info("delivery sent", provider=provider.name, attempt=claimed.attempt)
+                return SendOutcome(status)
+            log.warning(
+                "provider failed",
+                provider=provider.name,
+                error=failure.reason,
+                code=failure.code,
+                kind=type(failure).__name__,
+            )
+            # The recipient's own problem ends the delivery; a provider's problem
+            # (outage, our credentials or balance there) moves on to the next provider.
+            if isinstance(failure, PermanentFailure) and not failure.operator_alert:
+                break
+            started_at = utcnow()
+        assert failure is not None
+        return self._record_failure(claimed, failure, provider_name)
+
+    def _record_failure(
+        self, claimed: ClaimedDelivery, failure: DeliveryFailure, provider: str | None
+    ) -> SendOutcome:
+        exhausted = claimed.attempt >= self.worker.max_attempts
+        if isinstance(failure, TemporaryFailure) and not exhausted:
+            self.store.finish_attempt(
+                claimed,
+                status=DeliveryStatus.TEMPORARY_FAILURE,
+                provider=provider,
+                started_at=utcnow(),
+                error=failure.reason,
+                error_code=failure.code,
+            )
+            return SendOutcome(
+                DeliveryStatus.TEMPORARY_FAILURE, retry_in_ms=self.backoff_ms(claimed.attempt,
+                                                                             failure.retry_after_s)
+            )
+        reason = failure.reason
+        if isinstance(failure, TemporaryFailure):
+            reason = f"gave up after {claimed.attempt} attempts: {failure.reason}"
+        self.store.finish_attempt(
+            claimed,
+            status=DeliveryStatus.PERMANENT_FAILURE,
+            provider=provider,
+            started_at=utcnow(),
+            error=reason,
+            error_code=failure.code,
+        )
+        log.warning("delivery failed permanently", error=reason, code=failure.code)
+        return SendOutcome(DeliveryStatus.PERMANENT_FAILURE)
+
+    def backoff_ms(self, attempt: int, retry_after_s: float | None = None) -> int:
+        """Exponential backoff with jitter, at least what the provider asked for."""
+        ceiling = min(self.worker.max_backoff_ms, self.worker.min_backoff_ms * 2 ** (attempt - 1))
+        delay = random.uniform(ceiling / 2, ceiling)
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s * 1000)
+        return int(min(delay, self.worker.max_backoff_ms))

@@ -1,0 +1,180 @@
+"""Service settings: environment variables prefixed ``NOTIFIER_`` over an optional TOML file.
+
+Nested values use a double underscore, e.g. ``NOTIFIER_WORKER__THREADS=8`` or
+``NOTIFIER_ADAPTERS__EMAIL__PASSWORD=...``. The TOML file is
+``NOTIFIER_CONFIG_FILE`` if set, else ``<config_dir>/notifier.toml`` if it exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "NOTIFIER_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventsSettings(_Section):
+    """Where TTHC systems publish and how big an event may be."""
+
+    exchange: str = "notifier.events"
+    routing_key: str = "dossier.status.v1"
+    queue: str = "notifier.events.inbound"
+    max_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
+    prefetch: int = Field(default=50, ge=1, le=10_000)
+
+
+class WorkerSettings(_Section):
+    processes: int = Field(default=1, ge=1, le=64)
+    threads: int = Field(default=8, ge=1, le=256)
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    min_backoff_ms: int = Field(default=2_000, ge=10)
+    # Dramatiq holds delayed retries unacked in memory; RabbitMQ requeues them after its
+    # consumer_timeout (30 min), so broker-held backoff stays well below that.
+    max_backoff_ms: int = Field(default=10 * 60_000, ge=100, le=20 * 60_000)
+    send_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    queue_prefix: str = Field(default="notifier", pattern=r"^[a-z][a-z0-9_.-]{0,40}$")
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
+
+class ChannelSettings(_Section):
+    """Which installed adapters serve a channel, in failover order."""
+
+    providers: list[str] = Field(default_factory=list)
+    enabled: bool = True
+
+
+class Settings(BaseSettings):
+    """All of notifier's settings, validated at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    environment: Literal["development", "production"] = "development"
+    broker_url: str = Field(
+        default="memory://",
+        description="amqp://user:pass@host:5672/vhost for RabbitMQ, or memory:// (in-process).",
+    )
+    database_url: str = Field(
+        default="sqlite:///notifier.db",
+        description="postgresql+psycopg://... in production; sqlite:///file.db embedded.",
+    )
+    config_dir: Path = Path("config")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    default_language: Literal["vi", "en"] = "vi"
+    recipient_hash_key: str = Field(
+        default="notifier-development-only",
+        description="HMAC key for searchable recipient hashes; set a secret one in production.",
+    )
+
+    events: EventsSettings = Field(default_factory=EventsSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    channels: dict[str, ChannelSettings] = Field(default_factory=dict)
+    adapters: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Raw settings per adapter name; each adapter validates its own.",
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://", "memory://")):
+            raise ValueError("must start with amqp://, amqps:// or memory://")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql+psycopg:// URL")
+        if value.startswith("postgresql://"):
+            # One driver everywhere: psycopg 3.
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @property
+    def uses_rabbitmq(self) -> bool:
+        return self.broker_url.startswith(("amqp://", "amqps://"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise SettingsError([f"{ENV_PREFIX}CONFIG_FILE: no such file: {path}"])
+        return path
+    config_dir = Path(os.environ.get(f"{ENV_PREFIX}CONFIG_DIR", "config"))
+    default = config_dir / "notifier.toml"
+    return default if default.is_file() else None
+
+
+class SettingsError(Exception):
+    """Settings that cannot start the service; one readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+
+
+def _env_name(location: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in location)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation errors into one line per bad value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            f"{_env_name(error['loc'])}: {error['msg']}"
+            + (f" (got {error['input']!r})" if _safe_to_echo(error) else "")
+            for error in exc.errors()
+        ]
+        raise SettingsError(problems) from None
+
+
+def _safe_to_echo(error: Any) -> bool:
+    """Echo simple bad values, never anything under a name that may hold a secret."""
+    name = " ".join(str(part).lower() for part in error["loc"])
+    secretish = any(word in name for word in ("password", "secret", "key", "token", "url"))
+    return not secretish and isinstance(error.get("input"), str | int | float | bool)

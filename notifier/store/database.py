@@ -1,0 +1,56 @@
+"""The engine, with the few differences between SQLite and PostgreSQL kept here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+
+class Database:
+    """A pooled engine plus the dialect-aware statements the rest of the code needs."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: Engine = sa.create_engine(
+                url,
+                echo=echo,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                pool_size=20,
+                max_overflow=20,
+            )
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(
+                url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True
+            )
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction: committed on success, rolled back on error."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    def insert_ignore(self, table: sa.Table, *conflict_columns: str) -> Any:
+        """``INSERT ... ON CONFLICT DO NOTHING`` for either dialect."""
+        insert = sqlite.insert if self.is_sqlite else postgresql.insert
+        return insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns) or None)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the API read while worker threads write; foreign keys are off by default.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

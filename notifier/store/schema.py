@@ -1,0 +1,155 @@
+"""Tables. Changes here need a migration in ``notifier/migrations/versions``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timestamps stored in UTC and always read back time-zone aware (SQLite drops it)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("event_id", sa.Uuid, primary_key=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    sa.Column("source_system", sa.String(64), nullable=False),
+    sa.Column("agency_code", sa.String(64), nullable=False),
+    sa.Column("dossier_code", sa.String(64), nullable=False, index=True),
+    sa.Column("procedure_code", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    # The event as received; personal data, purged after the retention period.
+    sa.Column("payload", sa.JSON, nullable=True),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("delivery_id", sa.Uuid, primary_key=True),
+    sa.Column("event_id", sa.Uuid, sa.ForeignKey("events.event_id"), nullable=False, index=True),
+    sa.Column("dossier_code", sa.String(64), nullable=False, index=True),
+    sa.Column("agency_code", sa.String(64), nullable=False),
+    sa.Column("procedure_code", sa.String(64), nullable=False),
+    sa.Column("event_status", sa.String(32), nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("provider", sa.String(64), nullable=True),
+    sa.Column("language", sa.String(8), nullable=False),
+    sa.Column("template", sa.String(128), nullable=False),
+    sa.Column("recipient_masked", sa.String(128), nullable=False),
+    # HMAC of the normalised recipient: searchable without keeping it in clear.
+    sa.Column("recipient_hash", sa.String(64), nullable=False, index=True),
+    # Full recipient and rendered parts; purged after the retention period.
+    sa.Column("recipient", sa.String(320), nullable=True),
+    sa.Column("content", sa.JSON, nullable=True),
+    sa.Column("status", sa.String(24), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_until", UTCDateTime, nullable=True),
+    sa.Column("provider_message_id", sa.String(128), nullable=True, index=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("details", sa.JSON, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    # The idempotency key: one delivery per event, channel and recipient.
+    sa.UniqueConstraint("event_id", "channel", "recipient_hash", name="uq_deliveries_key"),
+)
+
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("attempt_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "delivery_id",
+        sa.Uuid,
+        sa.ForeignKey("deliveries.delivery_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("provider", sa.String(64), nullable=True),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=False),
+    sa.Column("outcome", sa.String(24), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("provider_message_id", sa.String(128), nullable=True),
+)
+
+rejected_events = sa.Table(
+    "rejected_events",
+    metadata,
+    sa.Column("reject_id", sa.Uuid, primary_key=True),
+    sa.Column("received_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("errors", sa.JSON, nullable=True),
+    sa.Column("event_id", sa.String(64), nullable=True),
+    sa.Column("payload", sa.Text, nullable=True),
+    sa.Column("payload_bytes", sa.Integer, nullable=False),
+    sa.Column("replayed_at", UTCDateTime, nullable=True),
+)
+
+inbox_notifications = sa.Table(
+    "inbox_notifications",
+    metadata,
+    sa.Column("notification_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.Uuid, nullable=False, unique=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("agency_code", sa.String(64), nullable=False),
+    sa.Column("dossier_code", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("title", sa.String(300), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("link", sa.String(500), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("read_at", UTCDateTime, nullable=True),
+    sa.Index("ix_inbox_account_newest", "account_id", "notification_id"),
+)
+
+api_clients = sa.Table(
+    "api_clients",
+    metadata,
+    sa.Column("client_id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("agencies", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
