@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from notifier.inbox import InboxStore
+    from notifier.tokens import TokenStore
 
 
 class RecipientKind(StrEnum):
@@ -99,6 +100,36 @@ class PermanentFailure(DeliveryFailure):
 
 
 @dataclass(frozen=True)
+class ReceiptRequest:
+    """A provider's delivery-report call, as received by ``notifier api``."""
+
+    method: str
+    headers: Mapping[str, str]  # lower-cased names
+    query: Mapping[str, str]
+    body: bytes
+    received_at: float  # epoch seconds, for signature time windows
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One delivery report: a message reached the recipient's device, or did not.
+
+    Identify the delivery by ``delivery_id`` where the provider echoes our reference
+    (tracking id, request id), else by ``provider_message_id``.
+    """
+
+    delivered: bool
+    delivery_id: UUID | None = None
+    provider_message_id: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+class InvalidReceipt(Exception):
+    """A receipt that fails verification (bad signature or token, stale, malformed)."""
+
+
+@dataclass(frozen=True)
 class Health:
     ok: bool
     detail: str = ""
@@ -109,6 +140,7 @@ class AdapterContext:
     """What the core lends an adapter: shared services and the network seam."""
 
     inbox: InboxStore
+    tokens: TokenStore
     # Tests swap the network here (httpx.MockTransport); None means the real network.
     http_transport: httpx.AsyncBaseTransport | None = None
 
@@ -138,6 +170,16 @@ class Adapter(abc.ABC, Generic[SettingsT]):
     @abc.abstractmethod
     async def send(self, message: OutboundMessage) -> SendResult:
         """Hand one message to the provider, or raise a :class:`DeliveryFailure`."""
+
+    # Set to True by adapters that implement parse_receipt; the API then serves
+    # GET and POST /v1/receipts/<name>.
+    accepts_receipts: ClassVar[bool] = False
+
+    @classmethod
+    def parse_receipt(cls, settings: SettingsT, request: ReceiptRequest) -> list[Receipt]:
+        """Verify a provider's delivery report and read it. Pure: no I/O, so the API can
+        call it without the adapter's connections. Raise :class:`InvalidReceipt` to refuse."""
+        raise InvalidReceipt(f"adapter {cls.name!r} does not take delivery receipts")
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release pooled connections."""

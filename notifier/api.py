@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from notifier import __version__
+from notifier.adapter import InvalidReceipt, ReceiptRequest
 from notifier.apikeys import ApiClient, ApiKeys
 from notifier.app import Notifier
 from notifier.deliverylog import DeliveryLog, DeliveryQuery
@@ -29,8 +31,6 @@ from notifier.logging import get_logger
 from notifier.publisher import EventPublisher
 
 log = get_logger(__name__)
-
-AccountId = Annotated[str, Query(max_length=64)]
 
 
 class Notification(BaseModel):
@@ -108,7 +108,7 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         description="Dossier status events in; citizen notifications out.",
     )
     keys = ApiKeys(app.database)
-    delivery_log = DeliveryLog(app.database, app.settings.recipient_hash_key)
+    delivery_log = DeliveryLog(app.database, app.settings.recipient_hash_key.get_secret_value())
     submit_event = submit or EventSubmitter(app)
     max_body = app.settings.api.max_body_bytes
 
@@ -223,6 +223,38 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
 
+    receipt_adapters = {p.name: p for p in app.registry.all_providers()
+                        if p.adapter_class.accepts_receipts}
+
+    @api.api_route("/v1/receipts/{provider}", methods=["GET", "POST"], tags=["receipts"])
+    async def receipt(provider: str, request: Request) -> dict[str, int]:
+        """Delivery reports from providers, verified by each adapter's own scheme."""
+        found = receipt_adapters.get(provider)
+        if found is None:
+            raise HTTPException(404, "no provider here takes receipts under that name")
+        body = await _bounded_body(request, 64 * 1024)
+        receipt_request = ReceiptRequest(
+            method=request.method,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            query=dict(request.query_params),
+            body=body,
+            received_at=time.time(),
+        )
+        try:
+            receipts = found.adapter_class.parse_receipt(found.settings, receipt_request)
+        except InvalidReceipt as exc:
+            log.warning("receipt refused", provider=provider, reason=str(exc))
+            raise HTTPException(403, "receipt refused") from None
+        applied = 0
+        for item in receipts:
+            matched = await asyncio.to_thread(
+                app.deliveries.apply_receipt, provider, delivered=item.delivered,
+                delivery_id=item.delivery_id, provider_message_id=item.provider_message_id,
+                error=item.error, error_code=item.error_code,
+            )
+            applied += int(matched)
+        return {"received": len(receipts), "applied": applied}
+
     @api.get("/v1/deliveries", tags=["operators"])
     def list_deliveries(
         _client: Annotated[ApiClient, Depends(caller("operator"))],
@@ -272,7 +304,3 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
             raise HTTPException(413, f"body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def json_error(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"detail": reason}, status_code=status)

@@ -16,7 +16,7 @@ from dramatiq.middleware import Middleware
 
 from notifier.adapter import AdapterContext, TemplatePart
 from notifier.bridge import EventBridge, ingest_arguments
-from notifier.deliveries import DeliveryStore
+from notifier.deliveries import DeliveryStatus, DeliveryStore
 from notifier.inbox import InboxStore
 from notifier.ingest import Ingest, IngestResult
 from notifier.logging import get_logger
@@ -27,6 +27,7 @@ from notifier.runtime import AdapterRuntime
 from notifier.sending import Sender
 from notifier.settings import Settings
 from notifier.store import Database
+from notifier.tokens import TokenStore
 
 log = get_logger(__name__)
 
@@ -62,11 +63,7 @@ class Notifier:
         self.deliveries = DeliveryStore(self.database)
         self.registry = registry or Registry.from_settings(settings)
         channels = self.registry.channels
-        self.templates = TemplateSet(
-            settings.config_dir / "templates",
-            {channel: providers[0].adapter_class.template_parts
-             for channel, providers in channels.items()},
-        )
+        self.templates = TemplateSet(settings.config_dir / "templates", self.channel_parts())
         self.routing = Routing.load(settings.config_dir / "routing.toml", set(channels))
         if self.routing.skipped_channels:
             log.warning(
@@ -80,10 +77,11 @@ class Notifier:
             templates=self.templates,
             recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
             max_event_bytes=settings.events.max_bytes,
-            hash_key=settings.recipient_hash_key,
+            hash_key=settings.recipient_hash_key.get_secret_value(),
         )
+        self.tokens = TokenStore(self.database, settings.secret_key.get_secret_value())
         self.runtime = AdapterRuntime(
-            self.registry, context or AdapterContext(inbox=self.inbox)
+            self.registry, context or AdapterContext(inbox=self.inbox, tokens=self.tokens)
         )
         self.sender = Sender(
             store=self.deliveries,
@@ -135,6 +133,11 @@ class Notifier:
 
     def _deliver(self, delivery_id: str) -> None:
         outcome = self.sender.send(UUID(delivery_id))
+        # Also when nothing was done: a redelivered message after a crash between the
+        # failure record and this point still plans the fallback (at most once).
+        if outcome.status in (DeliveryStatus.PERMANENT_FAILURE, None):
+            for fallback_id, channel in self.ingest.plan_fallback(UUID(delivery_id)):
+                self.deliver_actors[channel].send(str(fallback_id))
         if outcome.retry_in_ms is not None:
             raise dramatiq.Retry(delay=outcome.retry_in_ms)
 

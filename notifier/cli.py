@@ -176,7 +176,7 @@ def deliveries(
         since=since.replace(tzinfo=UTC) if since else None,
         until=until.replace(tzinfo=UTC) if until else None, limit=limit,
     )
-    rows = DeliveryLog(_database(settings), settings.recipient_hash_key).search(query)
+    rows = DeliveryLog(_database(settings), settings.recipient_hash_key.get_secret_value()).search(query)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.as_json(), ensure_ascii=False))
@@ -196,7 +196,7 @@ def rejects(limit: int, as_json: bool) -> None:
     from notifier.deliverylog import DeliveryLog
 
     settings = _settings()
-    rows = DeliveryLog(_database(settings), settings.recipient_hash_key).rejects(limit=limit)
+    rows = DeliveryLog(_database(settings), settings.recipient_hash_key.get_secret_value()).rejects(limit=limit)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.__dict__, default=str, ensure_ascii=False))
@@ -362,3 +362,40 @@ def demo(count: int, exit_after: bool, port: int, workdir: Path) -> None:
     from notifier.demo import run_demo
 
     sys.exit(run_demo(count=count, exit_after=exit_after, port=port, workdir=workdir))
+
+
+@main.group()
+def tokens() -> None:
+    """Provider OAuth tokens (e.g. Zalo), stored encrypted."""
+
+
+@tokens.command("set")
+@click.argument("name")
+@click.option("--refresh-token-stdin", is_flag=True, required=True,
+              help="Read the refresh token from standard input (keeps it out of shell history).")
+def tokens_set(name: str, refresh_token_stdin: bool) -> None:
+    """Store a provider's refresh token (after authorising the app in its console)."""
+    from notifier.tokens import TokenStore
+
+    settings = _settings()
+    refresh_token = sys.stdin.readline().strip()
+    if not refresh_token:
+        raise click.ClickException("no refresh token on standard input")
+    store = TokenStore(_database(settings), settings.secret_key.get_secret_value())
+    token = store.put(name, refresh_token=refresh_token)
+    click.echo(f"stored tokens for {name!r} (version {token.version}); the access token is "
+               "fetched on first use")
+
+
+@tokens.command("show")
+@click.argument("name")
+def tokens_show(name: str) -> None:
+    """When a provider's access token expires (never the tokens themselves)."""
+    from notifier.tokens import TokenStore
+
+    settings = _settings()
+    token = TokenStore(_database(settings), settings.secret_key.get_secret_value()).get(name)
+    if token is None:
+        raise click.ClickException(f"no tokens stored for {name!r}")
+    click.echo(f"{name}: version {token.version}, access token "
+               + ("absent" if token.access_token is None else f"expires {token.expires_at}"))

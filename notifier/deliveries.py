@@ -90,14 +90,27 @@ class DeliveryStore:
         self.database = database
 
     def insert_planned(
-        self, connection: Connection, event: Any, planned: Sequence[PlannedDelivery]
+        self,
+        connection: Connection,
+        event: Any,
+        planned: Sequence[PlannedDelivery],
+        *,
+        fallback_of: UUID | None = None,
+        ignore_existing: bool = False,
     ) -> None:
-        """Record planned deliveries in the caller's transaction (with the event row)."""
+        """Record planned deliveries in the caller's transaction (with the event row).
+
+        ``ignore_existing`` skips deliveries whose key (event, channel, recipient) exists.
+        """
         if not planned:
             return
         now = utcnow()
+        statement = (
+            self.database.insert_ignore(deliveries, "event_id", "channel", "recipient_hash")
+            if ignore_existing else deliveries.insert()
+        )
         connection.execute(
-            deliveries.insert(),
+            statement,
             [
                 {
                     "delivery_id": p.delivery_id,
@@ -117,10 +130,29 @@ class DeliveryStore:
                     "attempts": 0,
                     "created_at": now,
                     "updated_at": now,
+                    "fallback_of": fallback_of,
                 }
                 for p in planned
             ],
         )
+
+    def existing(
+        self, event_id: UUID, keys: Sequence[tuple[str, str]], *, fallback_of: UUID
+    ) -> list[tuple[UUID, str]]:
+        """The unsent fallback deliveries of ``fallback_of`` among (channel, recipient hash)."""
+        d = deliveries.c
+        query = sa.select(d.delivery_id, d.channel, d.recipient_hash).where(
+            d.event_id == event_id,
+            d.fallback_of == fallback_of,
+            d.status.in_([s.value for s in _CLAIMABLE]),
+        )
+        wanted = set(keys)
+        with self.database.engine.connect() as connection:
+            return [
+                (row.delivery_id, row.channel)
+                for row in connection.execute(query)
+                if (row.channel, row.recipient_hash) in wanted
+            ]
 
     def unfinished_for_event(self, event_id: UUID) -> list[tuple[UUID, str]]:
         """Deliveries of an event still waiting to be sent (for re-enqueueing)."""
@@ -226,3 +258,50 @@ class DeliveryStore:
                     provider_message_id=provider_message_id,
                 )
             )
+
+    def apply_receipt(
+        self, provider: str, *, delivered: bool, delivery_id: UUID | None,
+        provider_message_id: str | None, error: str | None, error_code: str | None,
+    ) -> bool:
+        """Move a sent delivery to delivered, or to permanent-failure when the provider
+        reports it undeliverable. Returns whether a delivery matched."""
+        d = deliveries.c
+        if delivery_id is not None:
+            match = d.delivery_id == delivery_id
+        elif provider_message_id is not None:
+            match = sa.and_(d.provider == provider, d.provider_message_id == provider_message_id)
+        else:
+            return False
+        now = utcnow()
+        new_status = DeliveryStatus.DELIVERED if delivered else DeliveryStatus.PERMANENT_FAILURE
+        values: dict[str, Any] = {"status": new_status.value, "updated_at": now}
+        if delivered:
+            values["delivered_at"] = now
+        else:
+            values["last_error"] = f"provider reported not delivered: {error or 'no reason'}"
+        with self.database.begin() as connection:
+            row = connection.execute(sa.select(d.delivery_id, d.attempts).where(match)).first()
+            if row is None:
+                return False
+            # Receipts only move deliveries forward from sent (or sending, when the
+            # receipt overtakes our own record of the send).
+            connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id == row.delivery_id,
+                       d.status.in_([DeliveryStatus.SENT.value, DeliveryStatus.SENDING.value]))
+                .values(**values)
+            )
+            connection.execute(
+                delivery_attempts.insert().values(
+                    delivery_id=row.delivery_id,
+                    number=row.attempts,
+                    provider=provider,
+                    started_at=now,
+                    finished_at=now,
+                    outcome="receipt:" + ("delivered" if delivered else "failed"),
+                    error=error,
+                    error_code=error_code,
+                    provider_message_id=provider_message_id,
+                )
+            )
+        return True

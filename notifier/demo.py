@@ -55,7 +55,7 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
             started = time.monotonic()
             for event in sample_events(count):
                 app.submit(json.dumps(event, ensure_ascii=False).encode(), source="demo")
-            log = DeliveryLog(app.database, settings.recipient_hash_key)
+            log = DeliveryLog(app.database, settings.recipient_hash_key.get_secret_value())
             counts = _wait_until_done(log, timeout_s=60 + count * 0.5)
             elapsed = time.monotonic() - started
             rows = log.search(DeliveryQuery(limit=25))

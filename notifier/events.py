@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+from notifier.text import strip_diacritics
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -83,8 +84,7 @@ _VIETNAMESE_NAMES: dict[Status, str] = {
 
 def _fold(text: str) -> str:
     """Lower-case, strip diacritics (đ too) and collapse spaces and underscores."""
-    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
-    bare = "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
+    bare = strip_diacritics(text)
     return " ".join(bare.lower().replace("_", " ").replace("-", " ").split())
 
 

@@ -18,14 +18,15 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from notifier.adapter import RecipientKind
-from notifier.deliveries import DeliveryStore, PlannedDelivery
+from notifier.deliveries import DeliveryStatus, DeliveryStore, PlannedDelivery
 from notifier.events import DossierStatusEvent, EventRejected, parse_event
 from notifier.logging import get_logger
 from notifier.masking import mask_recipient, recipient_hash
+from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 from notifier.rendering import TemplateSet
 from notifier.routing import Routing
 from notifier.store import Database
-from notifier.store.schema import events, rejected_events, utcnow
+from notifier.store.schema import deliveries, events, rejected_events, utcnow
 
 log = get_logger(__name__)
 
@@ -41,17 +42,28 @@ class IngestResult:
     reason: str | None = None
 
 
+def _phone(raw: str) -> str:
+    """The canonical +84 form, so one number written two ways is one recipient. A number
+    that does not parse is kept as written: the adapter fails it with the reason."""
+    try:
+        return parse_mobile(raw).format(PhoneFormat.E164)
+    except InvalidPhone:
+        return raw
+
+
 def recipient_for(event: DossierStatusEvent, kind: RecipientKind) -> str | None:
     contacts = event.applicant.contacts
     match kind:
         case RecipientKind.EMAIL:
             return contacts.email
         case RecipientKind.PHONE:
-            return contacts.phone
+            return None if contacts.phone is None else _phone(contacts.phone)
         case RecipientKind.ZALO:
             if contacts.zalo is None:
                 return None
-            return contacts.zalo.phone or contacts.zalo.user_id
+            if contacts.zalo.phone is not None:
+                return _phone(contacts.zalo.phone)
+            return contacts.zalo.user_id
         case RecipientKind.PORTAL_ACCOUNT:
             return contacts.portal_account_id
 
@@ -145,13 +157,10 @@ class Ingest:
         log.info("duplicate event dropped", requeued=len(pending))
         return IngestResult("duplicate", event.event_id, pending)
 
-    def _deliveries_for(self, event: DossierStatusEvent) -> list[PlannedDelivery]:
-        routed = self.routing.channels_for(event.agency.code, event.dossier.status)
-        consented = event.applicant.channels
-        candidates = [c for c in routed if consented is None or c in consented]
+    def _render_for(self, event: DossierStatusEvent, channels: list[str]) -> list[PlannedDelivery]:
         language = event.applicant.language
         planned = []
-        for channel in candidates:
+        for channel in channels:
             recipient = recipient_for(event, self.recipient_kinds[channel])
             if recipient is None:
                 continue
@@ -168,6 +177,13 @@ class Ingest:
                     content=rendered.parts,
                 )
             )
+        return planned
+
+    def _deliveries_for(self, event: DossierStatusEvent) -> list[PlannedDelivery]:
+        routed = self.routing.channels_for(event.agency.code, event.dossier.status)
+        consented = event.applicant.channels
+        candidates = [c for c in routed if consented is None or c in consented]
+        planned = self._render_for(event, candidates)
         if routed and not planned:
             raise EventRejected(
                 "no usable contact: the status goes to "
@@ -176,6 +192,52 @@ class Ingest:
                 + " but the applicant has no contact for any of them"
             )
         return planned
+
+    def plan_fallback(self, delivery_id: UUID) -> list[tuple[UUID, str]]:
+        """After a permanent failure, plan the routing's fallback channels once each.
+
+        The deliveries' unique key (event, channel, recipient) makes this at most once,
+        also when the status already went to the fallback channel directly.
+        """
+        d = deliveries.c
+        with self.database.engine.connect() as connection:
+            failed = connection.execute(
+                sa.select(d.event_id, d.channel, d.status, d.fallback_of)
+                .where(d.delivery_id == delivery_id)
+            ).first()
+            if failed is None or failed.status != DeliveryStatus.PERMANENT_FAILURE.value:
+                return []
+            if failed.fallback_of is not None:
+                return []  # a fallback does not fall back again
+            targets = self.routing.fallback_for(failed.channel)
+            if not targets:
+                return []
+            payload = connection.execute(
+                sa.select(events.c.payload).where(events.c.event_id == failed.event_id)
+            ).scalar_one_or_none()
+        if payload is None:
+            return []  # purged by retention: nothing left to render from
+        event = DossierStatusEvent.model_validate(payload)
+        consented = event.applicant.channels
+        planned = [
+            p for p in self._render_for(event, [
+                c for c in targets
+                if c in self.recipient_kinds and (consented is None or c in consented)
+            ])
+        ]
+        if not planned:
+            return []
+        with self.database.begin() as connection:
+            for p in planned:
+                self.deliveries.insert_planned(
+                    connection, event, [p], fallback_of=delivery_id, ignore_existing=True
+                )
+        created = self.deliveries.existing(
+            event.event_id, [(p.channel, p.recipient_hash) for p in planned], fallback_of=delivery_id
+        )
+        log.info("fallback planned", failed_channel=failed.channel,
+                 channels=[channel for _id, channel in created])
+        return created
 
     def reject(
         self,

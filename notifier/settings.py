@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +28,7 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "NOTIFIER_"
+_DEV_SECRET = "notifier-development-only"
 
 
 class _Section(BaseModel):
@@ -84,9 +93,13 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     default_language: Literal["vi", "en"] = "vi"
-    recipient_hash_key: str = Field(
-        default="notifier-development-only",
+    recipient_hash_key: SecretStr = Field(
+        default=SecretStr(_DEV_SECRET),
         description="HMAC key for searchable recipient hashes; set a secret one in production.",
+    )
+    secret_key: SecretStr = Field(
+        default=SecretStr(_DEV_SECRET),
+        description="Encrypts stored provider tokens; set a secret one in production.",
     )
 
     events: EventsSettings = Field(default_factory=EventsSettings)
@@ -114,6 +127,18 @@ class Settings(BaseSettings):
             # One driver everywhere: psycopg 3.
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
         return value
+
+    @model_validator(mode="after")
+    def _no_development_secrets_in_production(self) -> Settings:
+        if self.environment == "production":
+            for name in ("recipient_hash_key", "secret_key"):
+                value: SecretStr = getattr(self, name)
+                if value.get_secret_value() == _DEV_SECRET or len(value.get_secret_value()) < 16:
+                    raise ValueError(
+                        f"{ENV_PREFIX}{name.upper()} must be set to a secret of 16+ characters "
+                        "in production"
+                    )
+        return self
 
     @property
     def uses_rabbitmq(self) -> bool:

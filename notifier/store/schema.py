@@ -86,6 +86,8 @@ deliveries = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime, nullable=True),
     sa.Column("delivered_at", UTCDateTime, nullable=True),
+    # Set on a fallback delivery (e.g. SMS after Zalo failed): the delivery it replaces.
+    sa.Column("fallback_of", sa.Uuid, nullable=True, index=True),
     # The idempotency key: one delivery per event, channel and recipient.
     sa.UniqueConstraint("event_id", "channel", "recipient_hash", name="uq_deliveries_key"),
 )
@@ -152,4 +154,16 @@ api_clients = sa.Table(
     sa.Column("agencies", sa.JSON, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+provider_tokens = sa.Table(
+    "provider_tokens",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    # Fernet-encrypted with a key derived from NOTIFIER_SECRET_KEY.
+    sa.Column("access_token", sa.Text, nullable=True),
+    sa.Column("refresh_token", sa.Text, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
