@@ -157,8 +157,11 @@ class TemplateSet:
 
     def _test_render(self) -> list[str]:
         problems = []
-        for status in Status:
-            event = sample_event(status)
+        for status, event in (
+            (status, event)
+            for status in Status
+            for event in (sample_event(status), sample_event(status, minimal=True))
+        ):
             for language in LANGUAGES:
                 for channel in self._parts:
                     try:
@@ -190,9 +193,10 @@ class TemplateSet:
         return RenderedMessage(template=f"{language}/{channel}/{status.value}", parts=parts)
 
 
-def sample_event(status: Status) -> DossierStatusEvent:
-    """A full event used to test-render every template at start-up and in the docs."""
-    return DossierStatusEvent.model_validate(
+def sample_event(status: Status, *, minimal: bool = False) -> DossierStatusEvent:
+    """An event used to test-render every template at start-up: full, or with every
+    optional field absent (``minimal``) so a missing guard fails at start-up too."""
+    event = DossierStatusEvent.model_validate(
         {
             "schema_version": "1",
             "event_id": UUID(int=0),
@@ -220,3 +224,13 @@ def sample_event(status: Status) -> DossierStatusEvent:
             },
         }
     )
+    if not minimal:
+        return event
+    keep = {"new_due_date": event.dossier.new_due_date} if status is Status.OVERDUE else {}
+    bare_dossier = event.dossier.model_copy(update={
+        "due_date": None, "new_due_date": None, "reason": None, "amount_due": None,
+        "note": None, "tracking_url": None, **keep,
+    })
+    return event.model_copy(update={
+        "dossier": bare_dossier, "agency": event.agency.model_copy(update={"name": None}),
+    })
