@@ -5,7 +5,6 @@ the route's scope; see :mod:`notifier.apikeys`. The OpenAPI document is at
 ``/openapi.json`` and browsable at ``/docs``.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json
@@ -45,7 +44,7 @@ class Notification(BaseModel):
     read: bool
 
     @classmethod
-    def of(cls, item: InboxItem) -> Notification:
+    def of(cls, item: InboxItem) -> "Notification":
         return cls(
             id=item.id, dossier_code=item.dossier_code, agency_code=item.agency_code,
             status=item.status, title=item.title, body=item.body, link=item.link,

@@ -129,7 +129,9 @@ ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+    # Strict: no number-as-timestamp or number-as-string coercion. Publishers send JSON,
+    # where strict mode still reads ISO 8601 strings as dates and UUIDs.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True, strict=True)
 
 
 class Agency(_Model):
@@ -257,7 +259,7 @@ def parse_event(raw: bytes | str, *, max_bytes: int) -> DossierStatusEvent:
             f"unsupported schema_version {str(version)[:20]!r}; this service accepts '1'"
         )
     try:
-        return DossierStatusEvent.model_validate(document)
+        return DossierStatusEvent.model_validate_json(raw)
     except ValidationError as exc:
         errors = [_describe(error) for error in exc.errors()]
         raise EventRejected("event does not match the schema: " + "; ".join(errors), errors) from None

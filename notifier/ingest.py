@@ -217,7 +217,7 @@ class Ingest:
             ).scalar_one_or_none()
         if payload is None:
             return []  # purged by retention: nothing left to render from
-        event = DossierStatusEvent.model_validate(payload)
+        event = DossierStatusEvent.model_validate(payload, strict=False)
         consented = event.applicant.channels
         planned = [
             p for p in self._render_for(event, [

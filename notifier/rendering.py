@@ -9,6 +9,7 @@ autoescaped; ``config/templates/<language>/email-layout.html`` wraps them if pre
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -196,11 +197,11 @@ class TemplateSet:
 def sample_event(status: Status, *, minimal: bool = False) -> DossierStatusEvent:
     """An event used to test-render every template at start-up: full, or with every
     optional field absent (``minimal``) so a missing guard fails at start-up too."""
-    event = DossierStatusEvent.model_validate(
+    event = DossierStatusEvent.model_validate_json(json.dumps(
         {
             "schema_version": "1",
-            "event_id": UUID(int=0),
-            "occurred_at": datetime(2026, 11, 26, 2, 30, tzinfo=UTC),
+            "event_id": str(UUID(int=0)),
+            "occurred_at": "2026-11-26T02:30:00+00:00",
             "source_system": "motcua-mau",
             "agency": {"code": "000.00.12.H29", "name": "UBND phường Điện Biên"},
             "dossier": {
@@ -223,7 +224,7 @@ def sample_event(status: Status, *, minimal: bool = False) -> DossierStatusEvent
                 "contacts": {"email": "citizen@example.com", "portal_account_id": "acc-1"},
             },
         }
-    )
+    ))
     if not minimal:
         return event
     keep = {"new_due_date": event.dossier.new_due_date} if status is Status.OVERDUE else {}

@@ -90,7 +90,11 @@ class _Handler:
         self.catcher = catcher
 
     async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
         responses: list[str],
     ) -> list[str]:
         await self.catcher._delay()
@@ -98,7 +102,11 @@ class _Handler:
         return responses
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         mail_options: list[str],
     ) -> str:
         await self.catcher._delay()
@@ -110,7 +118,11 @@ class _Handler:
         return "250 OK"
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         rcpt_options: list[str],
     ) -> str:
         await self.catcher._delay()
@@ -181,9 +193,7 @@ class SmtpCatcher:
         if self._loop is not None:
             raise RuntimeError("SmtpCatcher is already running")
         loop = asyncio.new_event_loop()
-        thread = threading.Thread(
-            target=_run_loop, args=(loop,), name="smtp-catcher", daemon=True
-        )
+        thread = threading.Thread(target=_run_loop, args=(loop,), name="smtp-catcher", daemon=True)
         thread.start()
         try:
             server = asyncio.run_coroutine_threadsafe(self._listen(loop), loop).result(
@@ -381,10 +391,14 @@ class SmtpCatcher:
         auth_data: Any,
     ) -> AuthResult:
         assert self._auth is not None
-        ok = isinstance(auth_data, LoginPassword) and (
-            auth_data.login.decode(errors="replace"),
-            auth_data.password.decode(errors="replace"),
-        ) == self._auth
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and (
+                auth_data.login.decode(errors="replace"),
+                auth_data.password.decode(errors="replace"),
+            )
+            == self._auth
+        )
         # auth_data is what session.auth_data becomes: keep only the user name.
         return AuthResult(success=ok, handled=False, auth_data=self._auth[0] if ok else None)
 

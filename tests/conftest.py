@@ -1,0 +1,100 @@
+"""Shared fixtures: real PostgreSQL and RabbitMQ (a throwaway database and vhost per
+session) and SQLite in a temporary folder. Helpers live in tests/support.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from notifier.store import Database
+from notifier.store.migrate import upgrade
+from notifier.store.schema import metadata
+PG_ADMIN_URL = os.environ.get("NOTIFIER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_HOST = os.environ.get("NOTIFIER_TEST_AMQP_HOST", "127.0.0.1:5672")
+
+
+def _pg_database() -> Iterator[str]:
+    name = f"notifier_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A migrated PostgreSQL database for this test session."""
+    for url in _pg_database():
+        database = Database(url)
+        upgrade(database)
+        database.dispose()
+        yield url
+
+
+@pytest.fixture
+def pg_database(pg_url: str) -> Iterator[Database]:
+    """The session's PostgreSQL database, emptied before each test."""
+    database = Database(pg_url)
+    truncate(database)
+    yield database
+    database.dispose()
+
+
+def truncate(database: Database) -> None:
+    with database.begin() as connection:
+        names = ", ".join(t.name for t in reversed(metadata.sorted_tables))
+        connection.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path}/notifier.db")
+    upgrade(database)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> Database:
+    """Both storage paths: every test using this runs on SQLite and on PostgreSQL."""
+    fixture = "sqlite_database" if request.param == "sqlite" else "pg_database"
+    db: Database = request.getfixturevalue(fixture)
+    return db
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ vhost of its own for this session (deleted after, with its queues)."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl not found: RabbitMQ must be installed and running")
+    vhost = f"notifier-test-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{AMQP_HOST}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def queue_prefix() -> str:
+    """Queues and exchange of their own per test, inside the session's vhost."""
+    return f"t{uuid.uuid4().hex[:8]}"
+
+

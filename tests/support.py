@@ -1,0 +1,90 @@
+"""Helpers shared by the tests: settings for a test, an in-process worker, a served API."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from dramatiq import Worker
+
+from notifier.app import Notifier
+from notifier.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "config_dir": REPO / "config",
+        "log_format": "console",
+        "log_level": "INFO",
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def rabbit_settings(amqp_url: str, database_url: str, prefix: str, **overrides: Any) -> Settings:
+    """Settings for a test on RabbitMQ, with names of its own."""
+    return make_settings(
+        broker_url=amqp_url,
+        database_url=database_url,
+        events={"exchange": f"{prefix}.events", "queue": f"{prefix}.events.inbound"},
+        worker={"queue_prefix": prefix, "min_backoff_ms": 50, "max_backoff_ms": 500,
+                "send_timeout_s": 10},
+        **overrides,
+    )
+
+
+class RunningWorker:
+    """An in-process Dramatiq worker for one app (the bridge starts with it)."""
+
+    def __init__(self, app: Notifier, threads: int = 4) -> None:
+        self.app = app
+        self.worker = Worker(app.broker, worker_threads=threads, worker_timeout=100)
+
+    def __enter__(self) -> RunningWorker:
+        self.worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.stop()
+        self.app.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll until ``predicate`` returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+class ServedApi:
+    """``create_api`` served by a real uvicorn on 127.0.0.1 (a free port)."""
+
+    def __init__(self, asgi_app: Any) -> None:
+        config = uvicorn.Config(asgi_app, host="127.0.0.1", port=0, log_config=None,
+                                lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServedApi:
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout=10)
+        return self
+
+    @property
+    def base_url(self) -> str:
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
