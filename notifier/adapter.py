@@ -181,7 +181,7 @@ class Adapter(abc.ABC, Generic[SettingsT]):
         call it without the adapter's connections. Raise :class:`InvalidReceipt` to refuse."""
         raise InvalidReceipt(f"adapter {cls.name!r} does not take delivery receipts")
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release pooled connections."""
 
     async def health(self) -> Health:

@@ -5,8 +5,8 @@ the route's scope; see :mod:`notifier.apikeys`. The OpenAPI document is at
 ``/openapi.json`` and browsable at ``/docs``.
 """
 
-
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -46,9 +46,15 @@ class Notification(BaseModel):
     @classmethod
     def of(cls, item: InboxItem) -> "Notification":
         return cls(
-            id=item.id, dossier_code=item.dossier_code, agency_code=item.agency_code,
-            status=item.status, title=item.title, body=item.body, link=item.link,
-            created_at=item.created_at, read=item.read_at is not None,
+            id=item.id,
+            dossier_code=item.dossier_code,
+            agency_code=item.agency_code,
+            status=item.status,
+            title=item.title,
+            body=item.body,
+            link=item.link,
+            created_at=item.created_at,
+            read=item.read_at is not None,
         )
 
 
@@ -93,10 +99,8 @@ class EventSubmitter:
 
     def _drop(self) -> None:
         if self._publisher is not None:
-            try:
+            with contextlib.suppress(Exception):  # the connection is already gone
                 self._publisher.close()
-            except Exception:  # noqa: BLE001, S110 - the connection is already gone
-                pass
             self._publisher = None
 
 
@@ -117,8 +121,9 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
                 raise HTTPException(401, "missing API key", {"WWW-Authenticate": "Bearer"})
             client = keys.authenticate(authorization[7:].strip())
             if client is None:
-                raise HTTPException(401, "invalid or revoked API key",
-                                    {"WWW-Authenticate": "Bearer"})
+                raise HTTPException(
+                    401, "invalid or revoked API key", {"WWW-Authenticate": "Bearer"}
+                )
             if scope not in client.scopes:
                 raise HTTPException(403, f"this key lacks the {scope!r} scope")
             return client
@@ -129,8 +134,13 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @api.post("/v1/events", status_code=202, response_model=Accepted, tags=["events"],
-              responses={413: {"description": "too large"}, 422: {"description": "invalid"}})
+    @api.post(
+        "/v1/events",
+        status_code=202,
+        response_model=Accepted,
+        tags=["events"],
+        responses={413: {"description": "too large"}, 422: {"description": "invalid"}},
+    )
     async def submit_event_route(
         request: Request, client: Annotated[ApiClient, Depends(caller("publish"))]
     ) -> Accepted:
@@ -139,18 +149,23 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
             event = parse_event(body, max_bytes=app.settings.events.max_bytes)
         except EventRejected as rejection:
             await asyncio.to_thread(
-                app.ingest.reject, body.decode(errors="replace"), source="http",
-                rejection=rejection, size=len(body),
+                app.ingest.reject,
+                body.decode(errors="replace"),
+                source="http",
+                rejection=rejection,
+                size=len(body),
             )
-            raise HTTPException(422, {"reason": rejection.reason, "errors": rejection.errors}) \
-                from None
+            raise HTTPException(
+                422, {"reason": rejection.reason, "errors": rejection.errors}
+            ) from None
         if not client.may_publish_for(event.agency.code):
             raise HTTPException(403, f"this key may not publish for agency {event.agency.code!r}")
         await asyncio.to_thread(submit_event, body)
         return Accepted(event_id=event.event_id)
 
-    @api.get("/v1/inbox/{account_id}/notifications", response_model=NotificationPage,
-             tags=["inbox"])
+    @api.get(
+        "/v1/inbox/{account_id}/notifications", response_model=NotificationPage, tags=["inbox"]
+    )
     def list_notifications(
         account_id: str,
         _client: Annotated[ApiClient, Depends(caller("inbox"))],
@@ -158,11 +173,13 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         before_id: Annotated[int | None, Query(ge=1)] = None,
         unread_only: bool = False,
     ) -> NotificationPage:
-        items = app.inbox.list(account_id[:64], limit=limit, before_id=before_id,
-                               unread_only=unread_only)
+        items = app.inbox.list(
+            account_id[:64], limit=limit, before_id=before_id, unread_only=unread_only
+        )
         next_before = items[-1].id if len(items) == limit else None
-        return NotificationPage(items=[Notification.of(i) for i in items],
-                                next_before_id=next_before)
+        return NotificationPage(
+            items=[Notification.of(i) for i in items], next_before_id=next_before
+        )
 
     @api.get("/v1/inbox/{account_id}/unread-count", response_model=UnreadCount, tags=["inbox"])
     def unread_count(
@@ -172,13 +189,14 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
 
     @api.post("/v1/inbox/{account_id}/notifications/{notification_id}/read", tags=["inbox"])
     def mark_read(
-        account_id: str, notification_id: int,
+        account_id: str,
+        notification_id: int,
         _client: Annotated[ApiClient, Depends(caller("inbox"))],
     ) -> dict[str, int]:
         changed = app.inbox.mark_read(account_id[:64], notification_id)
         if not changed and not any(
-            i.id == notification_id for i in app.inbox.list(account_id[:64], limit=1,
-                                                            before_id=notification_id + 1)
+            i.id == notification_id
+            for i in app.inbox.list(account_id[:64], limit=1, before_id=notification_id + 1)
         ):
             raise HTTPException(404, "no such notification for this account")
         return {"marked": changed}
@@ -189,8 +207,7 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
     ) -> dict[str, int]:
         return {"marked": app.inbox.mark_read(account_id[:64])}
 
-    @api.get("/v1/inbox/{account_id}/stream", tags=["inbox"],
-             response_class=StreamingResponse)
+    @api.get("/v1/inbox/{account_id}/stream", tags=["inbox"], response_class=StreamingResponse)
     async def stream(
         account_id: str,
         request: Request,
@@ -219,11 +236,13 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
                     yield ": keep-alive\n\n"
                     idle = 0.0
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
 
-    receipt_adapters = {p.name: p for p in app.registry.all_providers()
-                        if p.adapter_class.accepts_receipts}
+    receipt_adapters = {
+        p.name: p for p in app.registry.all_providers() if p.adapter_class.accepts_receipts
+    }
 
     @api.api_route("/v1/receipts/{provider}", methods=["GET", "POST"], tags=["receipts"])
     async def receipt(provider: str, request: Request) -> dict[str, int]:
@@ -247,9 +266,13 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         applied = 0
         for item in receipts:
             matched = await asyncio.to_thread(
-                app.deliveries.apply_receipt, provider, delivered=item.delivered,
-                delivery_id=item.delivery_id, provider_message_id=item.provider_message_id,
-                error=item.error, error_code=item.error_code,
+                app.deliveries.apply_receipt,
+                provider,
+                delivered=item.delivered,
+                delivery_id=item.delivery_id,
+                provider_message_id=item.provider_message_id,
+                error=item.error,
+                error_code=item.error_code,
             )
             applied += int(matched)
         return {"received": len(receipts), "applied": applied}
@@ -267,10 +290,19 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        rows = delivery_log.search(DeliveryQuery(
-            dossier_code=dossier_code, channel=channel, status=status, agency_code=agency_code,
-            event_id=event_id, since=since, until=until, limit=limit, offset=offset,
-        ))
+        rows = delivery_log.search(
+            DeliveryQuery(
+                dossier_code=dossier_code,
+                channel=channel,
+                status=status,
+                agency_code=agency_code,
+                event_id=event_id,
+                since=since,
+                until=until,
+                limit=limit,
+                offset=offset,
+            )
+        )
         return {"items": [row.as_json() for row in rows]}
 
     @api.get("/v1/deliveries/{delivery_id}/attempts", tags=["operators"])

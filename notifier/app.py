@@ -114,22 +114,20 @@ class Notifier:
             self.enqueue(self.ingest.handle(raw, source=source, meta=meta))
 
         self.ingest_actor: dramatiq.Actor[..., None] = dramatiq.actor(
-            ingest,
             actor_name="ingest",
             queue_name=self.queue_name("ingest"),
             max_retries=worker.max_attempts,
             **options,
-        )
+        )(ingest)
         self.deliver_actors: dict[str, dramatiq.Actor[..., None]] = {}
         for channel in self.registry.channels:
             self.deliver_actors[channel] = dramatiq.actor(
-                self._deliver,
                 actor_name=f"deliver_{channel}",
                 queue_name=self.queue_name(channel),
                 # Attempts are counted in the database; this is only a backstop.
                 max_retries=worker.max_attempts * 3,
                 **options,
-            )
+            )(self._deliver)
 
     def _deliver(self, delivery_id: str) -> None:
         outcome = self.sender.send(UUID(delivery_id))

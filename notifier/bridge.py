@@ -39,7 +39,9 @@ def ingest_arguments(body: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
 class EventBridge(Middleware):
     """Dramatiq middleware: runs the inbound consumer thread inside each worker process."""
 
-    def __init__(self, broker_url: str, events: EventsSettings, ingest_actor: dramatiq.Actor[..., Any]):
+    def __init__(
+        self, broker_url: str, events: EventsSettings, ingest_actor: dramatiq.Actor[..., Any]
+    ):
         self.broker_url = broker_url
         self.events = events
         self.ingest_actor = ingest_actor

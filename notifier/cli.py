@@ -84,11 +84,17 @@ def worker(processes: int | None, threads: int | None) -> None:
         )
     _app(settings).close()  # validate adapters, templates and routing before forking
     args = [
-        sys.executable, "-m", "dramatiq", "notifier.worker_main:broker",
-        "--processes", str(processes or settings.worker.processes),
-        "--threads", str(threads or settings.worker.threads),
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "notifier.worker_main:broker",
+        "--processes",
+        str(processes or settings.worker.processes),
+        "--threads",
+        str(threads or settings.worker.threads),
         "--skip-logging",
-        "--worker-shutdown-timeout", str(int(settings.worker.send_timeout_s * 1000 + 5000)),
+        "--worker-shutdown-timeout",
+        str(int(settings.worker.send_timeout_s * 1000 + 5000)),
     ]
     os.execv(sys.executable, args)  # noqa: S606 - Dramatiq's own process manager takes over
 
@@ -160,9 +166,16 @@ def publish(file: TextIO) -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")
 def deliveries(
-    dossier_code: str | None, channel: str | None, status: str | None,
-    agency_code: str | None, event_id: UUID | None, recipient: str | None,
-    since: datetime | None, until: datetime | None, limit: int, as_json: bool,
+    dossier_code: str | None,
+    channel: str | None,
+    status: str | None,
+    agency_code: str | None,
+    event_id: UUID | None,
+    recipient: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """List and filter the delivery log."""
     from datetime import UTC
@@ -171,12 +184,19 @@ def deliveries(
 
     settings = _settings()
     query = DeliveryQuery(
-        dossier_code=dossier_code, channel=channel, status=status, agency_code=agency_code,
-        event_id=event_id, recipient=recipient,
+        dossier_code=dossier_code,
+        channel=channel,
+        status=status,
+        agency_code=agency_code,
+        event_id=event_id,
+        recipient=recipient,
         since=since.replace(tzinfo=UTC) if since else None,
-        until=until.replace(tzinfo=UTC) if until else None, limit=limit,
+        until=until.replace(tzinfo=UTC) if until else None,
+        limit=limit,
     )
-    rows = DeliveryLog(_database(settings), settings.recipient_hash_key.get_secret_value()).search(query)
+    rows = DeliveryLog(_database(settings), settings.recipient_hash_key.get_secret_value()).search(
+        query
+    )
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.as_json(), ensure_ascii=False))
@@ -184,8 +204,16 @@ def deliveries(
     print_table([r.__dict__ for r in rows], DELIVERY_COLUMNS)
 
 
-DELIVERY_COLUMNS = ("created_at", "dossier_code", "channel", "recipient", "status", "attempts",
-                    "provider", "last_error")
+DELIVERY_COLUMNS = (
+    "created_at",
+    "dossier_code",
+    "channel",
+    "recipient",
+    "status",
+    "attempts",
+    "provider",
+    "last_error",
+)
 
 
 @main.command()
@@ -196,7 +224,9 @@ def rejects(limit: int, as_json: bool) -> None:
     from notifier.deliverylog import DeliveryLog
 
     settings = _settings()
-    rows = DeliveryLog(_database(settings), settings.recipient_hash_key.get_secret_value()).rejects(limit=limit)
+    rows = DeliveryLog(_database(settings), settings.recipient_hash_key.get_secret_value()).rejects(
+        limit=limit
+    )
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.__dict__, default=str, ensure_ascii=False))
@@ -224,8 +254,10 @@ def adapters(ctx: click.Context, as_json: bool) -> None:
         for setting in item["settings"]:
             default = "" if setting["required"] else f" = {setting['default']}"
             secret = " (secret)" if setting["secret"] else ""
-            click.echo(f"    NOTIFIER_ADAPTERS__{item['name'].upper()}__{setting['name'].upper()}"
-                       f": {setting['type']}{default}{secret}")
+            click.echo(
+                f"    NOTIFIER_ADAPTERS__{item['name'].upper()}__{setting['name'].upper()}"
+                f": {setting['type']}{default}{secret}"
+            )
 
 
 def describe_adapter(adapter_class: Any) -> dict[str, Any]:
@@ -236,17 +268,21 @@ def describe_adapter(adapter_class: Any) -> dict[str, Any]:
     for name, field in adapter_class.settings_model.model_fields.items():
         annotation = field.annotation
         secret = "Secret" in str(annotation) or annotation is SecretStr
-        default = None if field.is_required() or secret else field.get_default(
-            call_default_factory=True)
-        settings.append({
-            "name": name,
-            "type": getattr(annotation, "__name__", str(annotation)).replace("typing.", ""),
-            "required": field.is_required(),
-            "default": default if isinstance(default, str | int | float | bool | None)
-            else str(default),
-            "secret": secret,
-            "description": field.description or "",
-        })
+        default = (
+            None if field.is_required() or secret else field.get_default(call_default_factory=True)
+        )
+        settings.append(
+            {
+                "name": name,
+                "type": getattr(annotation, "__name__", str(annotation)).replace("typing.", ""),
+                "required": field.is_required(),
+                "default": default
+                if isinstance(default, str | int | float | bool | None)
+                else str(default),
+                "secret": secret,
+                "description": field.description or "",
+            }
+        )
     return {
         "name": adapter_class.name,
         "channel": adapter_class.channel,
@@ -297,10 +333,19 @@ def api_keys() -> None:
 
 @api_keys.command("create")
 @click.argument("name")
-@click.option("--scope", "scopes", multiple=True, required=True,
-              type=click.Choice(["publish", "inbox", "operator"]))
-@click.option("--agency", "agencies", multiple=True,
-              help="Agency codes a publish key may publish for (default: all).")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(["publish", "inbox", "operator"]),
+)
+@click.option(
+    "--agency",
+    "agencies",
+    multiple=True,
+    help="Agency codes a publish key may publish for (default: all).",
+)
 def api_keys_create(name: str, scopes: tuple[str, ...], agencies: tuple[str, ...]) -> None:
     """Create a key; it is shown once."""
     from notifier.apikeys import ApiKeys
@@ -345,17 +390,29 @@ def broker_setup() -> None:
         declare_topology(connection.channel(), settings.events)
     finally:
         connection.close()
-    click.echo(f"exchange {settings.events.exchange!r} → queue {settings.events.queue!r} "
-               f"(routing key {settings.events.routing_key!r})")
+    click.echo(
+        f"exchange {settings.events.exchange!r} → queue {settings.events.queue!r} "
+        f"(routing key {settings.events.routing_key!r})"
+    )
 
 
 @main.command()
 @click.option("--events", "count", type=int, default=12, show_default=True)
-@click.option("--exit", "exit_after", is_flag=True,
-              help="Exit after delivering (status 0 only if every delivery succeeded).")
+@click.option(
+    "--exit",
+    "exit_after",
+    is_flag=True,
+    help="Exit after delivering (status 0 only if every delivery succeeded).",
+)
 @click.option("--port", type=int, default=8000, show_default=True, help="Inbox API port.")
-@click.option("--dir", "workdir", type=click.Path(path_type=Path), default=Path(".notifier-demo"),
-              show_default=True, help="Where the demo keeps its SQLite database.")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(path_type=Path),
+    default=Path(".notifier-demo"),
+    show_default=True,
+    help="Where the demo keeps its SQLite database.",
+)
 def demo(count: int, exit_after: bool, port: int, workdir: Path) -> None:
     """Run everything in one process on the embedded default and watch events turn into
     deliveries: SQLite, an in-process broker, local simulated providers."""
@@ -371,8 +428,12 @@ def tokens() -> None:
 
 @tokens.command("set")
 @click.argument("name")
-@click.option("--refresh-token-stdin", is_flag=True, required=True,
-              help="Read the refresh token from standard input (keeps it out of shell history).")
+@click.option(
+    "--refresh-token-stdin",
+    is_flag=True,
+    required=True,
+    help="Read the refresh token from standard input (keeps it out of shell history).",
+)
 def tokens_set(name: str, refresh_token_stdin: bool) -> None:
     """Store a provider's refresh token (after authorising the app in its console)."""
     from notifier.tokens import TokenStore
@@ -383,8 +444,10 @@ def tokens_set(name: str, refresh_token_stdin: bool) -> None:
         raise click.ClickException("no refresh token on standard input")
     store = TokenStore(_database(settings), settings.secret_key.get_secret_value())
     token = store.put(name, refresh_token=refresh_token)
-    click.echo(f"stored tokens for {name!r} (version {token.version}); the access token is "
-               "fetched on first use")
+    click.echo(
+        f"stored tokens for {name!r} (version {token.version}); the access token is "
+        "fetched on first use"
+    )
 
 
 @tokens.command("show")
@@ -397,5 +460,7 @@ def tokens_show(name: str) -> None:
     token = TokenStore(_database(settings), settings.secret_key.get_secret_value()).get(name)
     if token is None:
         raise click.ClickException(f"no tokens stored for {name!r}")
-    click.echo(f"{name}: version {token.version}, access token "
-               + ("absent" if token.access_token is None else f"expires {token.expires_at}"))
+    click.echo(
+        f"{name}: version {token.version}, access token "
+        + ("absent" if token.access_token is None else f"expires {token.expires_at}")
+    )

@@ -107,7 +107,8 @@ class DeliveryStore:
         now = utcnow()
         statement = (
             self.database.insert_ignore(deliveries, "event_id", "channel", "recipient_hash")
-            if ignore_existing else deliveries.insert()
+            if ignore_existing
+            else deliveries.insert()
         )
         connection.execute(
             statement,
@@ -260,8 +261,14 @@ class DeliveryStore:
             )
 
     def apply_receipt(
-        self, provider: str, *, delivered: bool, delivery_id: UUID | None,
-        provider_message_id: str | None, error: str | None, error_code: str | None,
+        self,
+        provider: str,
+        *,
+        delivered: bool,
+        delivery_id: UUID | None,
+        provider_message_id: str | None,
+        error: str | None,
+        error_code: str | None,
     ) -> bool:
         """Move a sent delivery to delivered, or to permanent-failure when the provider
         reports it undeliverable. Returns whether a delivery matched."""
@@ -287,8 +294,10 @@ class DeliveryStore:
             # receipt overtakes our own record of the send).
             connection.execute(
                 sa.update(deliveries)
-                .where(d.delivery_id == row.delivery_id,
-                       d.status.in_([DeliveryStatus.SENT.value, DeliveryStatus.SENDING.value]))
+                .where(
+                    d.delivery_id == row.delivery_id,
+                    d.status.in_([DeliveryStatus.SENT.value, DeliveryStatus.SENDING.value]),
+                )
                 .values(**values)
             )
             connection.execute(

@@ -51,8 +51,11 @@ class DeliveryRow:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            key: value.isoformat() if isinstance(value, datetime)
-            else str(value) if isinstance(value, UUID) else value
+            key: value.isoformat()
+            if isinstance(value, datetime)
+            else str(value)
+            if isinstance(value, UUID)
+            else value
             for key, value in asdict(self).items()
         }
 
@@ -88,9 +91,22 @@ class DeliveryLog:
     def search(self, query: DeliveryQuery) -> list[DeliveryRow]:
         d = deliveries.c
         statement = sa.select(
-            d.delivery_id, d.event_id, d.created_at, d.dossier_code, d.agency_code,
-            d.event_status, d.channel, d.provider, d.recipient_masked, d.template, d.status,
-            d.attempts, d.provider_message_id, d.last_error, d.sent_at, d.delivered_at,
+            d.delivery_id,
+            d.event_id,
+            d.created_at,
+            d.dossier_code,
+            d.agency_code,
+            d.event_status,
+            d.channel,
+            d.provider,
+            d.recipient_masked.label("recipient"),
+            d.template,
+            d.status,
+            d.attempts,
+            d.provider_message_id,
+            d.last_error,
+            d.sent_at,
+            d.delivered_at,
         )
         filters = {
             d.dossier_code: query.dossier_code,
@@ -116,33 +132,47 @@ class DeliveryLog:
             .offset(query.offset)
         )
         with self.database.engine.connect() as connection:
-            return [DeliveryRow(*row) for row in connection.execute(statement)]
+            return [DeliveryRow(**row._mapping) for row in connection.execute(statement)]
 
     def attempts(self, delivery_id: UUID) -> list[AttemptRow]:
         a = delivery_attempts.c
         statement = (
-            sa.select(a.number, a.provider, a.started_at, a.finished_at, a.outcome, a.error,
-                      a.error_code, a.provider_message_id)
+            sa.select(
+                a.number,
+                a.provider,
+                a.started_at,
+                a.finished_at,
+                a.outcome,
+                a.error,
+                a.error_code,
+                a.provider_message_id,
+            )
             .where(a.delivery_id == delivery_id)
             .order_by(a.attempt_id)
         )
         with self.database.engine.connect() as connection:
-            return [AttemptRow(*row) for row in connection.execute(statement)]
+            return [AttemptRow(**row._mapping) for row in connection.execute(statement)]
 
-    def rejects(self, *, limit: int = 50, offset: int = 0,
-                since: datetime | None = None) -> list[RejectRow]:
+    def rejects(
+        self, *, limit: int = 50, offset: int = 0, since: datetime | None = None
+    ) -> list[RejectRow]:
         r = rejected_events.c
         statement = sa.select(
-            r.reject_id, r.received_at, r.source, r.reason, r.event_id, r.payload_bytes,
+            r.reject_id,
+            r.received_at,
+            r.source,
+            r.reason,
+            r.event_id,
+            r.payload_bytes,
             r.replayed_at,
         )
         if since is not None:
             statement = statement.where(r.received_at >= since)
-        statement = statement.order_by(r.received_at.desc()).limit(min(limit, MAX_PAGE)).offset(
-            offset
+        statement = (
+            statement.order_by(r.received_at.desc()).limit(min(limit, MAX_PAGE)).offset(offset)
         )
         with self.database.engine.connect() as connection:
-            return [RejectRow(*row) for row in connection.execute(statement)]
+            return [RejectRow(**row._mapping) for row in connection.execute(statement)]
 
     def status_counts(self) -> dict[str, int]:
         statement = sa.select(deliveries.c.status, sa.func.count()).group_by(deliveries.c.status)

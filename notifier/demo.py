@@ -47,8 +47,10 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
         worker = Worker(app.broker, worker_threads=8)
         worker.start()
         try:
-            click.echo(f"notifier demo: {count} dossier events → "
-                       f"channels {', '.join(sorted(app.registry.channels))}")
+            click.echo(
+                f"notifier demo: {count} dossier events → "
+                f"channels {', '.join(sorted(app.registry.channels))}"
+            )
             click.echo(f"  storage  {database_file} (SQLite)")
             click.echo("  broker   in-process (Dramatiq StubBroker)")
             click.echo(f"  email    local SMTP catcher on 127.0.0.1:{smtp.port}\n")
@@ -65,8 +67,10 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
             total = sum(counts.values())
             if total > len(rows):
                 click.echo(f"... {total - len(rows)} more (notifier deliveries --help)")
-            click.echo(f"\n{total} deliveries in {elapsed:.1f}s: "
-                       + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
+            click.echo(
+                f"\n{total} deliveries in {elapsed:.1f}s: "
+                + ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+            )
             click.echo(f"emails caught by the SMTP catcher: {len(smtp.messages)}")
             if smtp.messages:
                 click.echo(f"  e.g. subject: {smtp.messages[0]['Subject']}")

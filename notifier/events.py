@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from datetime import date, datetime
+from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from notifier.text import strip_diacritics
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -25,6 +24,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from notifier.text import strip_diacritics
 
 SCHEMA_VERSION = "1"
 
@@ -150,7 +151,9 @@ class Procedure(_Model):
 
 class Dossier(_Model):
     code: Code = Field(
-        description="Mã hồ sơ, usually <agency code>-<YYMMDD>-<NNNN>, e.g. 000.00.12.H29-231025-0001"
+        description=(
+            "Mã hồ sơ, usually <agency code>-<YYMMDD>-<NNNN>, e.g. 000.00.12.H29-231025-0001"
+        )
     )
     procedure: Procedure
     status: Status = Field(
@@ -193,9 +196,9 @@ class ZaloContact(_Model):
 
 class Contacts(_Model):
     email: EmailStr | None = None
-    phone: Annotated[str, StringConstraints(max_length=20, pattern=r"^[0-9+ ().-]{8,20}$")] | None = (
-        None
-    )
+    phone: (
+        Annotated[str, StringConstraints(max_length=20, pattern=r"^[0-9+ ().-]{8,20}$")] | None
+    ) = None
     zalo: ZaloContact | None = None
     portal_account_id: Annotated[str, StringConstraints(max_length=64)] | None = None
 
@@ -262,7 +265,9 @@ def parse_event(raw: bytes | str, *, max_bytes: int) -> DossierStatusEvent:
         return DossierStatusEvent.model_validate_json(raw)
     except ValidationError as exc:
         errors = [_describe(error) for error in exc.errors()]
-        raise EventRejected("event does not match the schema: " + "; ".join(errors), errors) from None
+        raise EventRejected(
+            "event does not match the schema: " + "; ".join(errors), errors
+        ) from None
 
 
 def _describe(error: Any) -> str:

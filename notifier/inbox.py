@@ -78,8 +78,13 @@ class InboxStore:
             return int(found)
 
     def list(
-        self, account_id: str, *, limit: int = 20, before_id: int | None = None,
-        unread_only: bool = False, after_id: int | None = None,
+        self,
+        account_id: str,
+        *,
+        limit: int = 20,
+        before_id: int | None = None,
+        unread_only: bool = False,
+        after_id: int | None = None,
     ) -> list[InboxItem]:
         """Newest first; page with ``before_id`` (the last id of the previous page)."""
         query = sa.select(inbox).where(inbox.c.account_id == account_id)

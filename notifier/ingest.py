@@ -88,7 +88,9 @@ class Ingest:
         self.max_event_bytes = max_event_bytes
         self.hash_key = hash_key
 
-    def handle(self, raw: str, *, source: str, meta: Mapping[str, Any] | None = None) -> IngestResult:
+    def handle(
+        self, raw: str, *, source: str, meta: Mapping[str, Any] | None = None
+    ) -> IngestResult:
         meta = meta or {}
         try:
             if meta.get("truncated"):
@@ -99,8 +101,12 @@ class Ingest:
                 raise EventRejected("body is not valid UTF-8 text")
             event = parse_event(raw, max_bytes=self.max_event_bytes)
         except EventRejected as rejection:
-            return self.reject(raw, source=source, rejection=rejection,
-                               size=int(meta.get("size", len(raw.encode(errors="replace")))))
+            return self.reject(
+                raw,
+                source=source,
+                rejection=rejection,
+                size=int(meta.get("size", len(raw.encode(errors="replace")))),
+            )
         with structlog.contextvars.bound_contextvars(
             event_id=str(event.event_id), dossier_code=event.dossier.code
         ):
@@ -112,8 +118,13 @@ class Ingest:
         try:
             planned = self._deliveries_for(event)
         except EventRejected as rejection:
-            return self.reject(raw, source=source, rejection=rejection, size=len(raw.encode()),
-                               event_id=str(event.event_id))
+            return self.reject(
+                raw,
+                source=source,
+                rejection=rejection,
+                size=len(raw.encode()),
+                event_id=str(event.event_id),
+            )
         try:
             with self.database.begin() as connection:
                 connection.execute(
@@ -188,7 +199,11 @@ class Ingest:
             raise EventRejected(
                 "no usable contact: the status goes to "
                 + ", ".join(routed)
-                + (f" (citizen consented to {', '.join(consented)})" if consented is not None else "")
+                + (
+                    f" (citizen consented to {', '.join(consented)})"
+                    if consented is not None
+                    else ""
+                )
                 + " but the applicant has no contact for any of them"
             )
         return planned
@@ -202,8 +217,9 @@ class Ingest:
         d = deliveries.c
         with self.database.engine.connect() as connection:
             failed = connection.execute(
-                sa.select(d.event_id, d.channel, d.status, d.fallback_of)
-                .where(d.delivery_id == delivery_id)
+                sa.select(d.event_id, d.channel, d.status, d.fallback_of).where(
+                    d.delivery_id == delivery_id
+                )
             ).first()
             if failed is None or failed.status != DeliveryStatus.PERMANENT_FAILURE.value:
                 return []
@@ -219,12 +235,16 @@ class Ingest:
             return []  # purged by retention: nothing left to render from
         event = DossierStatusEvent.model_validate(payload, strict=False)
         consented = event.applicant.channels
-        planned = [
-            p for p in self._render_for(event, [
-                c for c in targets
-                if c in self.recipient_kinds and (consented is None or c in consented)
-            ])
-        ]
+        planned = list(
+            self._render_for(
+                event,
+                [
+                    c
+                    for c in targets
+                    if c in self.recipient_kinds and (consented is None or c in consented)
+                ],
+            )
+        )
         if not planned:
             return []
         with self.database.begin() as connection:
@@ -233,10 +253,15 @@ class Ingest:
                     connection, event, [p], fallback_of=delivery_id, ignore_existing=True
                 )
         created = self.deliveries.existing(
-            event.event_id, [(p.channel, p.recipient_hash) for p in planned], fallback_of=delivery_id
+            event.event_id,
+            [(p.channel, p.recipient_hash) for p in planned],
+            fallback_of=delivery_id,
         )
-        log.info("fallback planned", failed_channel=failed.channel,
-                 channels=[channel for _id, channel in created])
+        log.info(
+            "fallback planned",
+            failed_channel=failed.channel,
+            channels=[channel for _id, channel in created],
+        )
         return created
 
     def reject(

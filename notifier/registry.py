@@ -81,21 +81,21 @@ class Registry:
                 names = [by_channel[channel][0].name]
             providers = []
             for name in names:
-                adapter_class = installed.get(name)
-                if adapter_class is None or adapter_class.channel != channel:
+                chosen = installed.get(name)
+                if chosen is None or chosen.channel != channel:
                     problems.append(
                         f"NOTIFIER_CHANNELS__{channel.upper()}__PROVIDERS: no installed adapter "
                         f"{name!r} for channel {channel!r}"
                     )
                     continue
                 try:
-                    adapter_settings = adapter_class.settings_model.model_validate(
+                    adapter_settings = chosen.settings_model.model_validate(
                         settings.adapters.get(name, {})
                     )
                 except ValidationError as exc:
                     problems.extend(_settings_problems(name, exc))
                     continue
-                providers.append(Provider(adapter_class, adapter_settings))
+                providers.append(Provider(chosen, adapter_settings))
             if providers:
                 channels[channel] = providers
         unknown = set(settings.adapters) - set(installed)

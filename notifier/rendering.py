@@ -13,7 +13,7 @@ import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -115,8 +115,11 @@ class TemplateSet:
                 except TemplateError as exc:
                     problems.append(f"{layout}: {exc}")
             for channel, parts in self._parts.items():
-                problems.extend(self._load(templates_dir / language / f"{channel}.toml", language,
-                                           channel, parts))
+                problems.extend(
+                    self._load(
+                        templates_dir / language / f"{channel}.toml", language, channel, parts
+                    )
+                )
         if not problems:
             problems.extend(self._test_render())
         if problems:
@@ -158,11 +161,12 @@ class TemplateSet:
 
     def _test_render(self) -> list[str]:
         problems = []
-        for status, event in (
+        events = [
             (status, event)
             for status in Status
             for event in (sample_event(status), sample_event(status, minimal=True))
-        ):
+        ]
+        for status, event in events:
             for language in LANGUAGES:
                 for channel in self._parts:
                     try:
@@ -187,51 +191,70 @@ class TemplateSet:
             text = self._compiled[(language, channel, status, part.name)].render(context).strip()
             parts[part.name] = text
         if "html" in parts and language in self._layouts:
-            parts["html"] = self._layouts[language].render(
-                {**context, "body_html": Markup(parts["html"]),  # noqa: S704 - escaped above
-                 "subject": parts.get("subject", "")}
-            ).strip()
+            parts["html"] = (
+                self._layouts[language]
+                .render(
+                    {
+                        **context,
+                        "body_html": Markup(parts["html"]),  # noqa: S704 - escaped above
+                        "subject": parts.get("subject", ""),
+                    }
+                )
+                .strip()
+            )
         return RenderedMessage(template=f"{language}/{channel}/{status.value}", parts=parts)
 
 
 def sample_event(status: Status, *, minimal: bool = False) -> DossierStatusEvent:
     """An event used to test-render every template at start-up: full, or with every
     optional field absent (``minimal``) so a missing guard fails at start-up too."""
-    event = DossierStatusEvent.model_validate_json(json.dumps(
-        {
-            "schema_version": "1",
-            "event_id": str(UUID(int=0)),
-            "occurred_at": "2026-11-26T02:30:00+00:00",
-            "source_system": "motcua-mau",
-            "agency": {"code": "000.00.12.H29", "name": "UBND phường Điện Biên"},
-            "dossier": {
-                "code": "000.00.12.H29-261126-0001",
-                "procedure": {
-                    "code": "1.001234",
-                    "name": "Cấp bản sao trích lục hộ tịch",
+    event = DossierStatusEvent.model_validate_json(
+        json.dumps(
+            {
+                "schema_version": "1",
+                "event_id": str(UUID(int=0)),
+                "occurred_at": "2026-11-26T02:30:00+00:00",
+                "source_system": "motcua-mau",
+                "agency": {"code": "000.00.12.H29", "name": "UBND phường Điện Biên"},
+                "dossier": {
+                    "code": "000.00.12.H29-261126-0001",
+                    "procedure": {
+                        "code": "1.001234",
+                        "name": "Cấp bản sao trích lục hộ tịch",
+                    },
+                    "status": status.value,
+                    "due_date": "2026-12-03",
+                    "new_due_date": "2026-12-10",
+                    "reason": "Thiếu bản sao giấy khai sinh có chứng thực",
+                    "amount_due": 1_250_000,
+                    "note": "Mang theo CCCD khi đến nhận kết quả",
+                    "tracking_url": "https://dichvucong.gov.vn/p/home/dvc-tra-cuu-ho-so.html",
                 },
-                "status": status.value,
-                "due_date": "2026-12-03",
-                "new_due_date": "2026-12-10",
-                "reason": "Thiếu bản sao giấy khai sinh có chứng thực",
-                "amount_due": 1_250_000,
-                "note": "Mang theo CCCD khi đến nhận kết quả",
-                "tracking_url": "https://dichvucong.gov.vn/p/home/dvc-tra-cuu-ho-so.html",
-            },
-            "applicant": {
-                "name": "Nguyễn Thị Minh Khai",
-                "language": "vi",
-                "contacts": {"email": "citizen@example.com", "portal_account_id": "acc-1"},
-            },
-        }
-    ))
+                "applicant": {
+                    "name": "Nguyễn Thị Minh Khai",
+                    "language": "vi",
+                    "contacts": {"email": "citizen@example.com", "portal_account_id": "acc-1"},
+                },
+            }
+        )
+    )
     if not minimal:
         return event
     keep = {"new_due_date": event.dossier.new_due_date} if status is Status.OVERDUE else {}
-    bare_dossier = event.dossier.model_copy(update={
-        "due_date": None, "new_due_date": None, "reason": None, "amount_due": None,
-        "note": None, "tracking_url": None, **keep,
-    })
-    return event.model_copy(update={
-        "dossier": bare_dossier, "agency": event.agency.model_copy(update={"name": None}),
-    })
+    bare_dossier = event.dossier.model_copy(
+        update={
+            "due_date": None,
+            "new_due_date": None,
+            "reason": None,
+            "amount_due": None,
+            "note": None,
+            "tracking_url": None,
+            **keep,
+        }
+    )
+    return event.model_copy(
+        update={
+            "dossier": bare_dossier,
+            "agency": event.agency.model_copy(update={"name": None}),
+        }
+    )

@@ -1,11 +1,11 @@
 """Routing rules from ``config/routing.toml``: which channels each status goes to.
 
-    [statuses]                       # the default for every agency
-    received = ["email", "portal", "zalo"]
-    [agencies."000.00.12.H29".statuses]
-    received = ["portal"]            # an agency's override of one status
-    [fallback]
-    zalo = ["sms"]                   # when zalo fails permanently, try sms once
+[statuses]                       # the default for every agency
+received = ["email", "portal", "zalo"]
+[agencies."000.00.12.H29".statuses]
+received = ["portal"]            # an agency's override of one status
+[fallback]
+zalo = ["sms"]                   # when zalo fails permanently, try sms once
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ class AdapterRuntime:
 
         try:
             asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout)
-        except Exception as exc:  # noqa: BLE001 - shutdown goes on whatever an adapter does
+        except Exception as exc:
             log.warning("adapters did not close in time", error=str(exc))
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:

@@ -21,8 +21,14 @@ _PROCEDURES = [
     ("1.004227", "Cấp Phiếu lý lịch tư pháp"),
 ]
 _NAMES = [
-    "Nguyễn Thị Minh Khai", "Trần Văn Đức", "Lê Hoàng Yến", "Phạm Quốc Bảo",
-    "Đỗ Thị Thu Hà", "Vũ Đình Trọng", "Hoàng Gia Hân", "Bùi Xuân Trường",
+    "Nguyễn Thị Minh Khai",
+    "Trần Văn Đức",
+    "Lê Hoàng Yến",
+    "Phạm Quốc Bảo",
+    "Đỗ Thị Thu Hà",
+    "Vũ Đình Trọng",
+    "Hoàng Gia Hân",
+    "Bùi Xuân Trường",
 ]
 _REASONS = {
     Status.REFUSED: "Hồ sơ không thuộc thẩm quyền giải quyết của cơ quan",
@@ -61,15 +67,18 @@ def sample_event(
     return {
         "schema_version": SCHEMA_VERSION,
         "event_id": str(event_id or uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "occurred_at": (datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
-                        + timedelta(seconds=index)).isoformat(),
+        "occurred_at": (
+            datetime(2026, 11, 26, 1, 0, tzinfo=UTC) + timedelta(seconds=index)
+        ).isoformat(),
         "source_system": "motcua-demo",
         "agency": {"code": agency_code, "name": agency_name},
         "dossier": dossier,
         "applicant": {
             "name": _NAMES[index % len(_NAMES)],
             "language": "en" if index % 5 == 4 else "vi",
-            "contacts": contacts if contacts is not None else {
+            "contacts": contacts
+            if contacts is not None
+            else {
                 "email": f"citizen{index}@example.com",
                 "phone": f"09{index % 100_000_000:08d}",
                 "zalo": {"phone": f"09{index % 100_000_000:08d}"},

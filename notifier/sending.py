@@ -131,8 +131,8 @@ class Sender:
                 error_code=failure.code,
             )
             return SendOutcome(
-                DeliveryStatus.TEMPORARY_FAILURE, retry_in_ms=self.backoff_ms(claimed.attempt,
-                                                                             failure.retry_after_s)
+                DeliveryStatus.TEMPORARY_FAILURE,
+                retry_in_ms=self.backoff_ms(claimed.attempt, failure.retry_after_s),
             )
         reason = failure.reason
         if isinstance(failure, TemporaryFailure):

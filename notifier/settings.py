@@ -28,7 +28,8 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "NOTIFIER_"
-_DEV_SECRET = "notifier-development-only"
+# Stands in for secrets in development; refused in production (see the validator).
+_DEV_SECRET = "notifier-development-only"  # noqa: S105
 
 
 class _Section(BaseModel):

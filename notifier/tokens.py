@@ -77,7 +77,11 @@ class TokenStore:
         return None if row is None else self._token(row)
 
     def put(
-        self, name: str, *, refresh_token: str, access_token: str | None = None,
+        self,
+        name: str,
+        *,
+        refresh_token: str,
+        access_token: str | None = None,
         expires_at: datetime | None = None,
     ) -> Token:
         """Store tokens given by an operator (first authorisation or a manual re-grant)."""
@@ -133,8 +137,9 @@ class TokenStore:
                     updated_at=utcnow(),
                 )
             )
-        return Token(name, grant.access_token, grant.refresh_token, grant.expires_at,
-                     current.version + 1)
+        return Token(
+            name, grant.access_token, grant.refresh_token, grant.expires_at, current.version + 1
+        )
 
     def _token(self, row: sa.Row[tuple[object, ...]]) -> Token:
         m = row._mapping

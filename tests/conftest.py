@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from notifier.store import Database
 from notifier.store.migrate import upgrade
 from notifier.store.schema import metadata
+
 PG_ADMIN_URL = os.environ.get("NOTIFIER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_HOST = os.environ.get("NOTIFIER_TEST_AMQP_HOST", "127.0.0.1:5672")
 
@@ -96,5 +97,3 @@ def amqp_url() -> Iterator[str]:
 def queue_prefix() -> str:
     """Queues and exchange of their own per test, inside the session's vhost."""
     return f"t{uuid.uuid4().hex[:8]}"
-
-

@@ -33,8 +33,12 @@ def rabbit_settings(amqp_url: str, database_url: str, prefix: str, **overrides: 
         broker_url=amqp_url,
         database_url=database_url,
         events={"exchange": f"{prefix}.events", "queue": f"{prefix}.events.inbound"},
-        worker={"queue_prefix": prefix, "min_backoff_ms": 50, "max_backoff_ms": 500,
-                "send_timeout_s": 10},
+        worker={
+            "queue_prefix": prefix,
+            "min_backoff_ms": 50,
+            "max_backoff_ms": 500,
+            "send_timeout_s": 10,
+        },
         **overrides,
     )
 
@@ -70,8 +74,7 @@ class ServedApi:
     """``create_api`` served by a real uvicorn on 127.0.0.1 (a free port)."""
 
     def __init__(self, asgi_app: Any) -> None:
-        config = uvicorn.Config(asgi_app, host="127.0.0.1", port=0, log_config=None,
-                                lifespan="off")
+        config = uvicorn.Config(asgi_app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -14,8 +14,8 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from notifier.apikeys import ApiKeys
 from notifier.api import create_api
+from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
 from notifier.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
@@ -33,10 +33,13 @@ def smtp() -> Iterator[SmtpCatcher]:
 
 
 @pytest.fixture
-def app(amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str,
-        smtp: SmtpCatcher) -> Notifier:
+def app(
+    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, smtp: SmtpCatcher
+) -> Notifier:
     settings = rabbit_settings(
-        amqp_url, pg_url, queue_prefix,
+        amqp_url,
+        pg_url,
+        queue_prefix,
         adapters={"email": {"host": "127.0.0.1", "port": smtp.port, "pool_size": 2}},
     )
     return Notifier(settings)
@@ -53,7 +56,9 @@ def publish_raw(app: Notifier, bodies: list[bytes]) -> None:
     channel.queue_bind(events.queue, events.exchange, events.routing_key)
     for body in bodies:
         channel.basic_publish(
-            events.exchange, events.routing_key, body,
+            events.exchange,
+            events.routing_key,
+            body,
             pika.BasicProperties(content_type="application/json", delivery_mode=2),
             mandatory=True,
         )
@@ -84,8 +89,9 @@ def test_event_becomes_email_and_inbox_item_once(
     body = json.dumps(event, ensure_ascii=False).encode()
     with RunningWorker(app):
         publish_raw(app, [body])
-        wait_until(lambda: delivery_statuses(pg_database) == [("email", "sent"),
-                                                              ("portal", "delivered")])
+        wait_until(
+            lambda: delivery_statuses(pg_database) == [("email", "sent"), ("portal", "delivered")]
+        )
         # The same event again (a publisher retry): nothing new is sent.
         publish_raw(app, [body])
         wait_until(lambda: _events_consumed(app))
@@ -98,19 +104,20 @@ def test_event_becomes_email_and_inbox_item_once(
     text = message.get_body(("plain",)).get_content()
     html = message.get_body(("html",)).get_content()
     assert "Kính gửi Ông/Bà Nguyễn Thị Minh Khai" in text
-    assert "Nguyễn Thị Minh Khai" in html and "<html" in html.lower()
+    assert "Nguyễn Thị Minh Khai" in html
+    assert "<html" in html.lower()
     assert event["dossier"]["procedure"]["name"] in text
 
     keys = ApiKeys(pg_database)
     portal_key = keys.create("portal-backend", ["inbox"], [])
     with ServedApi(create_api(app)) as api:
         headers = {"Authorization": f"Bearer {portal_key}"}
-        response = httpx.get(f"{api.base_url}/v1/inbox/vneid-0042/notifications",
-                             headers=headers)
+        response = httpx.get(f"{api.base_url}/v1/inbox/vneid-0042/notifications", headers=headers)
         assert response.status_code == 200, response.text
         page = response.json()
-        unread = httpx.get(f"{api.base_url}/v1/inbox/vneid-0042/unread-count",
-                           headers=headers).json()
+        unread = httpx.get(
+            f"{api.base_url}/v1/inbox/vneid-0042/unread-count", headers=headers
+        ).json()
     assert len(page["items"]) == 1
     item = page["items"][0]
     assert item["dossier_code"] == event["dossier"]["code"]
@@ -131,16 +138,27 @@ def _events_consumed(app: Notifier) -> bool:
 INVALID_EVENTS: list[tuple[str, bytes, str]] = [
     ("bad json", b'{"schema_version": "1", "event_id": ', "not valid JSON"),
     ("not an object", b"[1, 2, 3]", "must be a JSON object"),
-    ("wrong version", json.dumps({**vietnamese_event(), "schema_version": "9"}).encode(),
-     "unsupported schema_version"),
-    ("unknown status", json.dumps(
-        {**vietnamese_event(), "dossier": {**vietnamese_event()["dossier"], "status": "42"}}
-    ).encode(), "unknown status"),
-    ("wrong type", json.dumps(
-        {**vietnamese_event(), "occurred_at": 12}).encode(), "occurred_at"),
-    ("no usable contact", json.dumps(
-        vietnamese_event(phone_note_only=None) | {"applicant": {
-            "name": "Trần Văn Đức", "contacts": {}}}).encode(), "no usable contact"),
+    (
+        "wrong version",
+        json.dumps({**vietnamese_event(), "schema_version": "9"}).encode(),
+        "unsupported schema_version",
+    ),
+    (
+        "unknown status",
+        json.dumps(
+            {**vietnamese_event(), "dossier": {**vietnamese_event()["dossier"], "status": "42"}}
+        ).encode(),
+        "unknown status",
+    ),
+    ("wrong type", json.dumps({**vietnamese_event(), "occurred_at": 12}).encode(), "occurred_at"),
+    (
+        "no usable contact",
+        json.dumps(
+            vietnamese_event(phone_note_only=None)
+            | {"applicant": {"name": "Trần Văn Đức", "contacts": {}}}
+        ).encode(),
+        "no usable contact",
+    ),
     ("not utf-8", b'{"schema_version": "1", "name": "\xff\xfe"}', "not valid UTF-8"),
     ("too large", b'{"pad": "' + b"x" * 70_000 + b'"}', "over the 65536-byte limit"),
 ]
@@ -154,8 +172,12 @@ def test_each_invalid_event_is_rejected_with_its_reason_and_the_next_is_sent(
     with RunningWorker(app):
         publish_raw(app, [*bodies, json.dumps(good).encode()])
         wait_until(lambda: len(smtp.messages) == 1)
-        wait_until(lambda: _reject_reasons(pg_database) and
-                   len(_reject_reasons(pg_database)) == len(INVALID_EVENTS))
+        wait_until(
+            lambda: (
+                _reject_reasons(pg_database)
+                and len(_reject_reasons(pg_database)) == len(INVALID_EVENTS)
+            )
+        )
 
     reasons = _reject_reasons(pg_database)
     for name, _body, expected in INVALID_EVENTS:
