@@ -64,6 +64,8 @@ class Notifier:
         self.registry = registry or Registry.from_settings(settings)
         channels = self.registry.channels
         self.templates = TemplateSet(settings.config_dir / "templates", self.channel_parts())
+        for channel, reason in self.registry.disabled.items():
+            log.info("channel off", channel=channel, reason=reason)
         self.routing = Routing.load(settings.config_dir / "routing.toml", set(channels))
         if self.routing.skipped_channels:
             log.warning(

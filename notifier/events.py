@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -156,15 +157,19 @@ class Dossier(_Model):
         )
     )
     procedure: Procedure
-    status: Status = Field(
-        description="A code 1-10, 'overdue', or a status name in English or Vietnamese",
-        json_schema_extra={
-            "anyOf": [
-                {"type": "integer", "minimum": 1, "maximum": 10},
-                {"type": "string", "minLength": 1, "maxLength": 60},
-            ]
-        },
-    )
+    status: Annotated[
+        Status,
+        # The parser accepts codes and names in either language (see parse_status), so
+        # the published schema says so rather than listing the canonical names only.
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "integer", "minimum": 1, "maximum": 10},
+                    {"type": "string", "minLength": 1, "maxLength": 60},
+                ]
+            }
+        ),
+    ] = Field(description="A code 1-10, 'overdue', or a status name in English or Vietnamese")
     due_date: date | None = Field(default=None, description="Ngày hẹn trả")
     new_due_date: date | None = Field(default=None, description="For 'overdue': the new date")
     reason: Text | None = Field(
@@ -173,7 +178,9 @@ class Dossier(_Model):
     amount_due: int | None = Field(default=None, ge=0, description="Fees or taxes due, in VND")
     note: Text | None = None
     tracking_url: Annotated[str, StringConstraints(max_length=500)] | None = Field(
-        default=None, description="The dossier's page on the public service portal (https)"
+        default=None,
+        description="The dossier's page on the public service portal (https)",
+        json_schema_extra={"pattern": "^https://"},
     )
 
     @field_validator("status", mode="before")
@@ -259,7 +266,8 @@ def parse_event(raw: bytes | str, *, max_bytes: int) -> DossierStatusEvent:
     version = document.get("schema_version")
     if version != SCHEMA_VERSION:
         raise EventRejected(
-            f"unsupported schema_version {str(version)[:20]!r}; this service accepts '1'"
+            f"unsupported schema_version {json.dumps(version)[:20]}; "
+            f'this service accepts the string "{SCHEMA_VERSION}"'
         )
     try:
         return DossierStatusEvent.model_validate_json(raw)

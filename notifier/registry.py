@@ -49,13 +49,23 @@ def discover() -> dict[str, AdapterClass]:
 class Registry:
     """The channels this deployment serves and the providers behind each, in order."""
 
-    def __init__(self, channels: dict[str, list[Provider]]) -> None:
+    def __init__(
+        self, channels: dict[str, list[Provider]], disabled: dict[str, str] | None = None
+    ) -> None:
         self.channels = channels
+        self.disabled = disabled or {}
 
     @classmethod
     def from_settings(
         cls, settings: Settings, installed: dict[str, AdapterClass] | None = None
     ) -> Registry:
+        """Enable channels from settings.
+
+        A channel listed in ``NOTIFIER_CHANNELS__<CHANNEL>__PROVIDERS`` uses those
+        adapters in that order, and any problem with them stops start-up. A channel not
+        listed is enabled when exactly one adapter serves it and its settings (given or
+        default) are valid; otherwise it stays off, with the reason in ``disabled``.
+        """
         installed = discover() if installed is None else installed
         problems: list[str] = []
         by_channel: dict[str, list[AdapterClass]] = {}
@@ -63,41 +73,48 @@ class Registry:
             by_channel.setdefault(adapter_class.channel, []).append(adapter_class)
 
         channels: dict[str, list[Provider]] = {}
+        disabled: dict[str, str] = {}
         for channel in sorted(set(by_channel) | set(settings.channels)):
             config = settings.channels.get(channel)
             if config is not None and not config.enabled:
+                disabled[channel] = "disabled in settings"
                 continue
-            names = list(config.providers) if config and config.providers else None
-            if names is None:
-                if len(by_channel.get(channel, [])) != 1:
-                    # Several gateways for one channel: the order must be chosen explicitly.
-                    if channel in by_channel:
-                        options = ", ".join(sorted(a.name for a in by_channel[channel]))
+            if config is not None and config.providers:
+                providers = []
+                for name in config.providers:
+                    chosen = installed.get(name)
+                    if chosen is None or chosen.channel != channel:
                         problems.append(
-                            f"NOTIFIER_CHANNELS__{channel.upper()}__PROVIDERS: choose and order "
-                            f"the providers for channel {channel!r} from: {options}"
+                            f"NOTIFIER_CHANNELS__{channel.upper()}__PROVIDERS: no installed "
+                            f"adapter {name!r} for channel {channel!r}"
                         )
-                    continue
-                names = [by_channel[channel][0].name]
-            providers = []
-            for name in names:
-                chosen = installed.get(name)
-                if chosen is None or chosen.channel != channel:
-                    problems.append(
-                        f"NOTIFIER_CHANNELS__{channel.upper()}__PROVIDERS: no installed adapter "
-                        f"{name!r} for channel {channel!r}"
-                    )
-                    continue
-                try:
-                    adapter_settings = chosen.settings_model.model_validate(
-                        settings.adapters.get(name, {})
-                    )
-                except ValidationError as exc:
-                    problems.extend(_settings_problems(name, exc))
-                    continue
-                providers.append(Provider(chosen, adapter_settings))
-            if providers:
+                        continue
+                    provider = _provider(chosen, settings, problems)
+                    if provider is not None:
+                        providers.append(provider)
                 channels[channel] = providers
+                continue
+            candidates = by_channel.get(channel, [])
+            if len(candidates) != 1:
+                names = ", ".join(sorted(a.name for a in candidates)) or "none installed"
+                disabled[channel] = (
+                    f"set NOTIFIER_CHANNELS__{channel.upper()}__PROVIDERS to choose and order "
+                    f"its adapters ({names})"
+                )
+                continue
+            [only] = candidates
+            if only.name in settings.adapters:
+                provider = _provider(only, settings, problems)
+                if provider is not None:
+                    channels[channel] = [provider]
+                continue
+            try:
+                channels[channel] = [Provider(only, only.settings_model.model_validate({}))]
+            except ValidationError:
+                disabled[channel] = (
+                    f"adapter {only.name!r} needs settings (NOTIFIER_ADAPTERS__"
+                    f"{only.name.upper()}__...; see `notifier adapters`)"
+                )
         unknown = set(settings.adapters) - set(installed)
         problems.extend(
             f"NOTIFIER_ADAPTERS__{name.upper()}: no adapter named {name!r} is installed"
@@ -105,7 +122,7 @@ class Registry:
         )
         if problems:
             raise SettingsError(problems)
-        return cls(channels)
+        return cls(channels, disabled)
 
     def providers(self, channel: str) -> list[Provider]:
         return self.channels[channel]
@@ -119,6 +136,21 @@ class Registry:
     def all_providers(self) -> Iterable[Provider]:
         for providers in self.channels.values():
             yield from providers
+
+
+def _provider(
+    adapter_class: AdapterClass, settings: Settings, problems: list[str]
+) -> Provider | None:
+    try:
+        return Provider(
+            adapter_class,
+            adapter_class.settings_model.model_validate(
+                settings.adapters.get(adapter_class.name, {})
+            ),
+        )
+    except ValidationError as exc:
+        problems.extend(_settings_problems(adapter_class.name, exc))
+        return None
 
 
 def _settings_problems(adapter: str, exc: ValidationError) -> list[str]:

@@ -45,14 +45,16 @@ class Sender:
         self.registry = registry
         self.runtime = runtime
         self.worker = worker
-        # A lease outlives the longest send so a live sender is never overtaken.
-        self.lease = timedelta(seconds=worker.send_timeout_s * 2 + 30)
+        # A lease outlives the longest send (sends are cut at send_timeout_s), so a live
+        # sender is never overtaken.
+        self.lease = timedelta(seconds=worker.send_timeout_s + 10)
 
     def send(self, delivery_id: UUID) -> SendOutcome:
         outcome, claimed = self.store.claim(delivery_id, self.lease)
         if outcome is ClaimOutcome.BUSY:
-            # Another copy is in flight (or its worker died): look again after the lease.
-            return SendOutcome(None, retry_in_ms=int(self.lease.total_seconds() * 1000))
+            # Another copy is in flight, or its worker died and the lease must run out:
+            # look again soon (a look is one UPDATE), at most when the lease would expire.
+            return SendOutcome(None, retry_in_ms=random.randint(500, 2000))
         if claimed is None:
             log.info("delivery needs nothing", delivery_id=str(delivery_id), claim=outcome.value)
             return SendOutcome(None)

@@ -183,6 +183,8 @@ class SettingsError(Exception):
 
 
 def _env_name(location: tuple[int | str, ...]) -> str:
+    if not location:
+        return "settings"  # a check across fields; its message names the variables
     return ENV_PREFIX + "__".join(str(part).upper() for part in location)
 
 

@@ -1,0 +1,221 @@
+"""The pipeline on Dramatiq's in-process broker with scripted adapters: retries, failover,
+fallback, duplicates and double messages, without any network."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import sqlalchemy as sa
+
+from notifier.adapter import (
+    Adapter,
+    AdapterSettings,
+    OutboundMessage,
+    PermanentFailure,
+    RecipientKind,
+    SendResult,
+    TemplatePart,
+    TemporaryFailure,
+)
+from notifier.app import Notifier
+from notifier.registry import Registry
+from notifier.samples import sample_event
+from notifier.store.migrate import upgrade
+from notifier.store.schema import deliveries, delivery_attempts
+from tests.support import REPO, RunningWorker, make_settings, wait_until
+
+
+class Scripted(Adapter[AdapterSettings]):
+    """Answers from a per-class script: "ok", "temp", "perm" or "alert"; then "ok"."""
+
+    script: ClassVar[list[str]]
+    sent: ClassVar[list[OutboundMessage]]
+    lock = threading.Lock()
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        with self.lock:
+            step = self.script.pop(0) if self.script else "ok"
+            if step == "ok":
+                self.sent.append(message)
+        if step == "temp":
+            raise TemporaryFailure("gateway busy", code="503")
+        if step == "perm":
+            raise PermanentFailure("not a subscriber", code="-118")
+        if step == "alert":
+            raise PermanentFailure("balance too low", code="103", operator_alert=True)
+        return SendResult(provider_message_id=f"{self.name}-{len(self.sent)}")
+
+
+def scripted(
+    name: str, channel: str, kind: RecipientKind, parts: tuple[TemplatePart, ...]
+) -> type[Scripted]:
+    return type(
+        name,
+        (Scripted,),
+        {
+            "name": name,
+            "channel": channel,
+            "recipient_kind": kind,
+            "template_parts": parts,
+            "script": [],
+            "sent": [],
+        },
+    )
+
+
+EMAIL_PARTS = (TemplatePart("subject"), TemplatePart("text"), TemplatePart("html", html=True))
+SMS_PARTS = (TemplatePart("text"),)
+MailA = scripted("mail_a", "email", RecipientKind.EMAIL, EMAIL_PARTS)
+MailB = scripted("mail_b", "email", RecipientKind.EMAIL, EMAIL_PARTS)
+Sms = scripted("sms_gw", "sms", RecipientKind.PHONE, SMS_PARTS)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Notifier]:
+    config = tmp_path / "config"
+    shutil.copytree(REPO / "config" / "templates", config / "templates")
+    statuses = "\n".join(
+        f'{s} = ["email"]'
+        for s in (
+            "submitted",
+            "received",
+            "refused",
+            "processing",
+            "supplement_requested",
+            "payment_required",
+            "withdrawn",
+            "stopped",
+            "result_ready",
+            "result_returned",
+            "overdue",
+        )
+    )
+    (config / "routing.toml").write_text(
+        f'[statuses]\n{statuses}\n[fallback]\nemail = ["sms"]\n', "utf-8"
+    )
+    for adapter in (MailA, MailB, Sms):
+        adapter.script, adapter.sent = [], []
+    settings = make_settings(
+        config_dir=config,
+        database_url=f"sqlite:///{tmp_path}/t.db",
+        channels={"email": {"providers": ["mail_a", "mail_b"]}, "sms": {"providers": ["sms_gw"]}},
+        worker={
+            "max_attempts": 3,
+            "min_backoff_ms": 10,
+            "max_backoff_ms": 100,
+            "send_timeout_s": 2,
+        },
+    )
+    registry = Registry.from_settings(
+        settings, installed={"mail_a": MailA, "mail_b": MailB, "sms_gw": Sms}
+    )
+    notifier = Notifier(settings, registry=registry)
+    upgrade(notifier.database)
+    return notifier
+
+
+def submit(app: Notifier, event: dict[str, Any]) -> None:
+    app.submit(json.dumps(event, ensure_ascii=False).encode(), source="test")
+
+
+def rows(app: Notifier) -> list[dict[str, Any]]:
+    with app.database.engine.connect() as connection:
+        result = connection.execute(sa.select(deliveries).order_by(deliveries.c.created_at))
+        return [dict(r._mapping) for r in result]
+
+
+def attempts(app: Notifier) -> list[tuple[str, str | None, str | None]]:
+    with app.database.engine.connect() as connection:
+        result = connection.execute(
+            sa.select(
+                delivery_attempts.c.outcome, delivery_attempts.c.provider, delivery_attempts.c.error
+            ).order_by(delivery_attempts.c.attempt_id)
+        )
+        return [tuple(r) for r in result]
+
+
+def settled(app: Notifier, count: int) -> bool:
+    found = rows(app)
+    return len(found) == count and all(
+        r["status"] in ("sent", "delivered", "permanent-failure") for r in found
+    )
+
+
+def test_temporary_failures_are_retried_then_sent(app: Notifier) -> None:
+    MailA.script = ["temp", "temp"]
+    MailB.script = ["temp", "temp"]
+    with RunningWorker(app):
+        submit(app, sample_event(1, event_id=uuid.uuid4()))
+        wait_until(lambda: settled(app, 1))
+    [delivery] = rows(app)
+    assert delivery["status"] == "sent"
+    assert delivery["attempts"] == 3
+    assert delivery["provider"] == "mail_a"
+    assert [a[0] for a in attempts(app)] == ["temporary-failure", "temporary-failure", "sent"]
+    assert attempts(app)[0][2] == "gateway busy"
+    assert len(MailA.sent) == 1
+
+
+def test_retries_are_bounded_then_the_fallback_channel_is_used_once(app: Notifier) -> None:
+    MailA.script = ["temp"] * 10
+    MailB.script = ["temp"] * 10
+    with RunningWorker(app):
+        submit(app, sample_event(2, event_id=uuid.uuid4()))
+        wait_until(lambda: settled(app, 2))
+    email, sms = rows(app)
+    assert email["status"] == "permanent-failure"
+    assert email["attempts"] == 3
+    assert email["last_error"].startswith("gave up after 3 attempts")
+    assert sms["channel"] == "sms"
+    assert sms["status"] == "sent"
+    assert sms["fallback_of"] == email["delivery_id"]
+    assert len(Sms.sent) == 1
+    assert Sms.sent[0].parts["text"]  # rendered from the SMS template of the same event
+
+
+def test_a_provider_problem_fails_over_to_the_next_provider(app: Notifier) -> None:
+    MailA.script = ["alert"]
+    with RunningWorker(app):
+        submit(app, sample_event(3, event_id=uuid.uuid4()))
+        wait_until(lambda: settled(app, 1))
+    [delivery] = rows(app)
+    assert delivery["status"] == "sent"
+    assert delivery["provider"] == "mail_b"
+    assert len(MailA.sent) == 0
+    assert len(MailB.sent) == 1
+
+
+def test_a_recipient_problem_is_final_and_falls_back_once(app: Notifier) -> None:
+    MailA.script = ["perm"]
+    Sms.script = ["perm"]
+    with RunningWorker(app):
+        submit(app, sample_event(4, event_id=uuid.uuid4()))
+        wait_until(lambda: settled(app, 2))
+    email, sms = rows(app)
+    assert email["status"] == sms["status"] == "permanent-failure"
+    assert email["attempts"] == 1  # not retried
+    assert len(MailB.sent) == 0  # the recipient's problem is not a reason to fail over
+    assert sms["fallback_of"] == email["delivery_id"]
+    assert len(rows(app)) == 2  # a failed fallback does not fall back again
+
+
+def test_the_same_event_twice_and_the_same_message_twice_send_once(app: Notifier) -> None:
+    event = sample_event(5, event_id=uuid.uuid4())
+    with RunningWorker(app):
+        submit(app, event)
+        submit(app, event)
+        wait_until(lambda: settled(app, 1))
+        [delivery] = rows(app)
+        for _ in range(3):  # redelivered copies of the delivery message
+            app.deliver_actors["email"].send(str(delivery["delivery_id"]))
+        app.broker.join(app.queue_name("email"))
+    assert len(rows(app)) == 1
+    assert len(MailA.sent) == 1
+    assert rows(app)[0]["attempts"] == 1

@@ -1,0 +1,272 @@
+"""The storage layer on both paths: every test here runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from notifier.apikeys import ApiKeys
+from notifier.deliveries import ClaimOutcome, DeliveryStatus, DeliveryStore, PlannedDelivery
+from notifier.events import parse_event
+from notifier.inbox import InboxStore
+from notifier.samples import sample_event
+from notifier.store import Database
+from notifier.store.schema import deliveries, delivery_attempts, events
+from notifier.tokens import TokenGrant, TokenStore, TokenStoreError
+
+
+def record_event(database: Database, channels: list[str]) -> tuple[object, list[uuid.UUID]]:
+    event = parse_event(json.dumps(sample_event(3, event_id=uuid.uuid4())), max_bytes=65536)
+    planned = [
+        PlannedDelivery(
+            delivery_id=uuid.uuid4(),
+            channel=channel,
+            recipient=f"r-{channel}",
+            recipient_masked="r***",
+            recipient_hash=f"h-{channel}",
+            language="vi",
+            template=f"vi/{channel}/received",
+            content={"text": "xin chào"},
+        )
+        for channel in channels
+    ]
+    with database.begin() as connection:
+        connection.execute(
+            events.insert().values(
+                event_id=event.event_id,
+                received_at=datetime.now(UTC),
+                occurred_at=event.occurred_at,
+                source_system="t",
+                agency_code=event.agency.code,
+                dossier_code=event.dossier.code,
+                procedure_code="p",
+                status="received",
+                payload={},
+            )
+        )
+        DeliveryStore(database).insert_planned(connection, event, planned)
+    return event, [p.delivery_id for p in planned]
+
+
+def test_a_delivery_is_claimed_once_until_its_lease_expires(database: Database) -> None:
+    store = DeliveryStore(database)
+    _event, [delivery_id] = record_event(database, ["email"])
+
+    outcome, claimed = store.claim(delivery_id, timedelta(seconds=60))
+    assert outcome is ClaimOutcome.CLAIMED
+    assert claimed is not None
+    assert claimed.attempt == 1
+    assert store.claim(delivery_id, timedelta(seconds=60))[0] is ClaimOutcome.BUSY
+
+    # A worker that died mid-send leaves its lease; once it expires the send is retried.
+    with database.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE deliveries SET lease_until = :past"),
+            {"past": datetime.now(UTC) - timedelta(1)},
+        )
+    outcome, again = store.claim(delivery_id, timedelta(seconds=60))
+    assert outcome is ClaimOutcome.CLAIMED
+    assert again is not None
+    assert again.attempt == 2
+
+    store.finish_attempt(
+        again,
+        status=DeliveryStatus.SENT,
+        provider="email",
+        started_at=datetime.now(UTC),
+        provider_message_id="m-1",
+    )
+    assert store.claim(delivery_id, timedelta(seconds=60))[0] is ClaimOutcome.FINISHED
+    with database.engine.connect() as connection:
+        attempts = connection.execute(sa.select(delivery_attempts.c.outcome)).scalars().all()
+    assert attempts == ["sent"]
+
+
+def test_concurrent_claims_let_exactly_one_worker_send(database: Database) -> None:
+    store = DeliveryStore(database)
+    _event, [delivery_id] = record_event(database, ["sms"])
+    results: list[ClaimOutcome] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        results.append(store.claim(delivery_id, timedelta(seconds=60))[0])
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(ClaimOutcome.CLAIMED) == 1
+    assert results.count(ClaimOutcome.BUSY) == 7
+
+
+def test_receipts_move_sent_deliveries_forward_only(database: Database) -> None:
+    store = DeliveryStore(database)
+    _event, [sent_id, failed_id] = record_event(database, ["sms", "zalo"])
+    for delivery_id in (sent_id, failed_id):
+        _outcome, claimed = store.claim(delivery_id, timedelta(seconds=60))
+        assert claimed is not None
+        store.finish_attempt(
+            claimed,
+            status=DeliveryStatus.SENT,
+            provider="gw",
+            started_at=datetime.now(UTC),
+            provider_message_id=f"p-{delivery_id}",
+        )
+
+    assert store.apply_receipt(
+        "gw",
+        delivered=True,
+        delivery_id=None,
+        provider_message_id=f"p-{sent_id}",
+        error=None,
+        error_code=None,
+    )
+    assert store.apply_receipt(
+        "gw",
+        delivered=False,
+        delivery_id=failed_id,
+        provider_message_id=None,
+        error="phone off",
+        error_code="4",
+    )
+    assert not store.apply_receipt(
+        "gw",
+        delivered=True,
+        delivery_id=None,
+        provider_message_id="unknown",
+        error=None,
+        error_code=None,
+    )
+    # A late "failed" receipt cannot undo a delivered one.
+    store.apply_receipt(
+        "gw",
+        delivered=False,
+        delivery_id=sent_id,
+        provider_message_id=None,
+        error="late",
+        error_code=None,
+    )
+    with database.engine.connect() as connection:
+        rows = connection.execute(sa.select(deliveries.c.delivery_id, deliveries.c.status))
+        by_id = {row.delivery_id: row.status for row in rows}
+    assert by_id[sent_id] == "delivered"
+    assert by_id[failed_id] == "permanent-failure"
+
+
+def test_inbox_pages_newest_first_and_marks_read_per_account(database: Database) -> None:
+    inbox = InboxStore(database)
+    ids = [
+        inbox.add(
+            delivery_id=uuid.uuid4(),
+            account_id="acc-1",
+            agency_code="A",
+            dossier_code=f"D-{n}",
+            status="received",
+            title=f"Tiêu đề {n}",
+            body="Nội dung",
+            link=None,
+        )
+        for n in range(5)
+    ]
+    repeated = uuid.uuid4()
+    first = inbox.add(
+        delivery_id=repeated,
+        account_id="acc-2",
+        agency_code="A",
+        dossier_code="X",
+        status="received",
+        title="t",
+        body="b",
+        link=None,
+    )
+    assert (
+        inbox.add(
+            delivery_id=repeated,
+            account_id="acc-2",
+            agency_code="A",
+            dossier_code="X",
+            status="received",
+            title="t",
+            body="b",
+            link=None,
+        )
+        == first
+    )
+
+    page1 = inbox.list("acc-1", limit=2)
+    page2 = inbox.list("acc-1", limit=2, before_id=page1[-1].id)
+    assert [i.id for i in page1] == ids[::-1][:2]
+    assert [i.id for i in page2] == ids[::-1][2:4]
+    assert page1[0].title == "Tiêu đề 4"
+    assert inbox.unread_count("acc-1") == 5
+    assert inbox.mark_read("acc-1", ids[0]) == 1
+    assert inbox.mark_read("acc-2", ids[1]) == 0  # another citizen's item is untouched
+    assert inbox.unread_count("acc-1") == 4
+    assert inbox.mark_read("acc-1") == 4
+    assert inbox.unread_count("acc-1") == 0
+    assert inbox.unread_count("acc-2") == 1
+
+
+def test_api_keys_are_stored_hashed_scoped_and_revocable(database: Database) -> None:
+    keys = ApiKeys(database)
+    key = keys.create("motcua-hanoi", ["publish"], ["000.00.12.H29"])
+    with database.engine.connect() as connection:
+        stored = connection.execute(sa.text("SELECT key_hash FROM api_clients")).scalar_one()
+    assert key not in stored
+    client = keys.authenticate(key)
+    assert client is not None
+    assert client.scopes == ("publish",)
+    assert client.may_publish_for("000.00.12.H29")
+    assert not client.may_publish_for("000.00.20.H56")
+    assert keys.authenticate(key + "x") is None
+    assert keys.revoke("motcua-hanoi")
+    assert keys.authenticate(key) is None
+    with pytest.raises(ValueError, match="scopes"):
+        keys.create("bad", ["admin"], [])
+
+
+def test_tokens_are_encrypted_and_refreshed_once_under_concurrency(database: Database) -> None:
+    store = TokenStore(database, "k" * 32)
+    store.put("zalo", refresh_token="refresh-0")
+    with database.engine.connect() as connection:
+        raw = connection.execute(sa.text("SELECT refresh_token FROM provider_tokens")).scalar_one()
+    assert "refresh-0" not in raw
+
+    calls: list[str] = []
+    seen = store.get("zalo")
+    assert seen is not None
+
+    def refresher(current: object) -> TokenGrant:
+        calls.append("refresh")
+        time.sleep(0.2)  # hold the lock while others wait
+        return TokenGrant("access-1", "refresh-1", datetime.now(UTC) + timedelta(hours=25))
+
+    results = []
+    barrier = threading.Barrier(4)
+
+    def refresh() -> None:
+        barrier.wait()
+        results.append(store.refresh("zalo", refresher, seen_version=seen.version))
+
+    threads = [threading.Thread(target=refresh) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == ["refresh"]
+    assert {r.refresh_token for r in results} == {"refresh-1"}
+    stored = store.get("zalo")
+    assert stored is not None
+    assert stored.access_token == "access-1"
+    assert not stored.expires_within(3600)
+
+    with pytest.raises(TokenStoreError, match="NOTIFIER_SECRET_KEY"):
+        TokenStore(database, "another-key-entirely").get("zalo")
