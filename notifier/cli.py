@@ -464,3 +464,7 @@ def tokens_show(name: str) -> None:
         f"{name}: version {token.version}, access token "
         + ("absent" if token.access_token is None else f"expires {token.expires_at}")
     )
+
+
+if __name__ == "__main__":
+    main()

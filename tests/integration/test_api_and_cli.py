@@ -1,0 +1,228 @@
+"""The HTTP API and the CLI on the real RabbitMQ and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from notifier.api import create_api
+from notifier.apikeys import ApiKeys
+from notifier.app import Notifier
+from notifier.cli import main
+from notifier.deliverylog import DeliveryLog, DeliveryQuery
+from notifier.samples import sample_event
+from notifier.simulators.smtp import SmtpCatcher
+from notifier.store import Database
+from tests.support import REPO, RunningWorker, ServedApi, rabbit_settings, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpCatcher]:
+    with SmtpCatcher() as catcher:
+        yield catcher
+
+
+@pytest.fixture
+def app(
+    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, smtp: SmtpCatcher
+) -> Notifier:
+    return Notifier(
+        rabbit_settings(amqp_url, pg_url, queue_prefix, adapters={"email": {"port": smtp.port}})
+    )
+
+
+def env_for(app: Notifier, smtp: SmtpCatcher) -> dict[str, str]:
+    """The same settings as the app, as the environment of a `notifier` command."""
+    settings = app.settings
+    return {
+        **os.environ,
+        "NOTIFIER_BROKER_URL": settings.broker_url,
+        "NOTIFIER_DATABASE_URL": settings.database_url,
+        "NOTIFIER_EVENTS__EXCHANGE": settings.events.exchange,
+        "NOTIFIER_EVENTS__QUEUE": settings.events.queue,
+        "NOTIFIER_WORKER__QUEUE_PREFIX": settings.worker.queue_prefix,
+        "NOTIFIER_ADAPTERS__EMAIL__PORT": str(smtp.port),
+        "NOTIFIER_CONFIG_DIR": str(REPO / "config"),
+        "NOTIFIER_LOG_FORMAT": "json",
+    }
+
+
+def test_http_submission_is_authenticated_scoped_and_delivered(
+    app: Notifier, pg_database: Database, smtp: SmtpCatcher
+) -> None:
+    keys = ApiKeys(pg_database)
+    publisher = keys.create("motcua-hanoi", ["publish"], ["000.00.12.H29"])
+    reader = keys.create("portal", ["inbox"], [])
+    revoked = keys.create("old", ["publish"], [])
+    keys.revoke("old")
+    event = sample_event(0, event_id=uuid.uuid4())  # agency 000.00.12.H29
+    other_agency = sample_event(1, event_id=uuid.uuid4())  # agency 000.00.20.H56
+
+    with RunningWorker(app), ServedApi(create_api(app)) as api:
+        url = f"{api.base_url}/v1/events"
+
+        def post(body: bytes | dict[str, object], key: str | None) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            return httpx.post(url, content=content, headers=headers)
+
+        assert post(event, None).status_code == 401
+        assert post(event, "ntf_wrong").status_code == 401
+        assert post(event, revoked).status_code == 401
+        assert post(event, reader).status_code == 403  # no publish scope
+        assert post(other_agency, publisher).status_code == 403  # not its agency
+        invalid = post(b'{"schema_version": "1"}', publisher)
+        assert invalid.status_code == 422
+        assert "event_id" in json.dumps(invalid.json())
+        assert post(b"x" * 300_000, publisher).status_code == 413
+        accepted = post(event, publisher)
+        assert accepted.status_code == 202
+        assert accepted.json()["event_id"] == event["event_id"]
+        # It went through RabbitMQ and the worker, like a published event.
+        wait_until(lambda: len(smtp.messages) == 1)
+
+    log = DeliveryLog(pg_database, app.settings.recipient_hash_key.get_secret_value())
+    rejects = log.rejects()
+    assert len(rejects) == 1
+    assert rejects[0].source == "http"
+    found = log.search(DeliveryQuery(recipient=event["applicant"]["contacts"]["email"].upper()))
+    assert [row.channel for row in found] == ["email"]
+    assert found[0].recipient.startswith("c***@")
+
+
+def test_inbox_stream_pushes_new_notifications(app: Notifier, pg_database: Database) -> None:
+    reader = ApiKeys(pg_database).create("portal", ["inbox"], [])
+    received: list[str] = []
+    connected = threading.Event()
+
+    with ServedApi(create_api(app)) as api:
+
+        def listen() -> None:
+            with httpx.stream(
+                "GET",
+                f"{api.base_url}/v1/inbox/acc-7/stream",
+                headers={"Authorization": f"Bearer {reader}"},
+                timeout=10,
+            ) as response:
+                for line in response.iter_lines():
+                    if line.startswith("retry:"):
+                        connected.set()
+                    if line.startswith("data: "):
+                        received.append(line)
+                        return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        assert connected.wait(timeout=10)
+        app.inbox.add(
+            delivery_id=uuid.uuid4(),
+            account_id="acc-7",
+            agency_code="A",
+            dossier_code="D-1",
+            status="result_ready",
+            title="Hồ sơ đã có kết quả",
+            body="Mời nhận kết quả",
+            link=None,
+        )
+        app.inbox.add(
+            delivery_id=uuid.uuid4(),
+            account_id="acc-8",
+            agency_code="A",
+            dossier_code="D-2",
+            status="result_ready",
+            title="someone else",
+            body="-",
+            link=None,
+        )
+        listener.join(timeout=10)
+    assert len(received) == 1
+    payload = json.loads(received[0].removeprefix("data: "))
+    assert payload["title"] == "Hồ sơ đã có kết quả"
+    assert payload["dossier_code"] == "D-1"
+
+
+def test_cli_publishes_with_confirms_and_queries_the_log(
+    app: Notifier, smtp: SmtpCatcher, tmp_path: Path
+) -> None:
+    env = env_for(app, smtp)
+    events = [sample_event(i, event_id=uuid.uuid4()) for i in range(3)]
+    lines = "\n".join(json.dumps(e, ensure_ascii=False) for e in events)
+    runner = CliRunner()
+
+    setup = runner.invoke(main, ["broker", "setup"], env=env)
+    assert setup.exit_code == 0, setup.output
+    with RunningWorker(app):
+        published = runner.invoke(main, ["publish", "-"], input=lines, env=env)
+        assert published.exit_code == 0, published.output
+        assert "confirmed 3, failed 0" in published.output
+        expected = sum(1 for e in events if e["dossier"]["status"] != "processing")
+        wait_until(lambda: len(smtp.messages) == expected)
+
+    dossier = events[0]["dossier"]["code"]
+    listed = runner.invoke(main, ["deliveries", "--dossier", dossier, "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    rows = [json.loads(line) for line in listed.output.splitlines()]
+    assert rows
+    assert {row["dossier_code"] for row in rows} == {dossier}
+    assert all("@" not in row["recipient"] or "***" in row["recipient"] for row in rows)
+
+    table = runner.invoke(main, ["deliveries", "--channel", "email"], env=env)
+    assert table.exit_code == 0
+    assert table.output.splitlines()[0].split()[:3] == ["CREATED_AT", "DOSSIER_CODE", "CHANNEL"]
+
+
+def test_publish_reports_events_nobody_receives(app: Notifier, smtp: SmtpCatcher) -> None:
+    env = env_for(app, smtp)
+    env["NOTIFIER_EVENTS__EXCHANGE"] = "amq.topic"  # exists, but nothing is bound
+    env["NOTIFIER_EVENTS__ROUTING_KEY"] = f"nobody.{uuid.uuid4().hex}"
+    result = CliRunner().invoke(main, ["publish", "-"], input=json.dumps(sample_event(1)), env=env)
+    assert result.exit_code == 1
+    assert "confirmed 0, failed 1" in result.output
+
+
+def test_adapters_lists_settings_without_secret_values() -> None:
+    env = {**os.environ, "NOTIFIER_ADAPTERS__EMAIL__PASSWORD": "s3cret-smtp-pass"}
+    result = CliRunner().invoke(main, ["adapters", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    described = {item["name"]: item for item in json.loads(result.output)}
+    assert {"email", "portal"} <= set(described)
+    password = next(s for s in described["email"]["settings"] if s["name"] == "password")
+    assert password["secret"] is True
+    assert "s3cret-smtp-pass" not in result.output
+
+
+def test_demo_delivers_every_event_on_the_embedded_default(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "notifier.cli",
+            "demo",
+            "--events",
+            "20",
+            "--exit",
+            "--dir",
+            str(tmp_path / "demo"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "emails caught by the SMTP catcher" in result.stdout
+    assert "permanent-failure" not in result.stdout
