@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from uuid import UUID
@@ -27,6 +29,21 @@ log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
+class ProviderCall:
+    """One call of one provider, as reported to observers (metrics, health)."""
+
+    channel: str
+    provider: str
+    outcome: str  # "sent" | "delivered" | "temporary-failure" | "permanent-failure"
+    seconds: float
+    error_code: str | None = None
+    operator_alert: bool = False
+
+
+SendObserver = Callable[[ProviderCall], None]
+
+
+@dataclass(frozen=True)
 class SendOutcome:
     status: DeliveryStatus | None  # None: nothing done (finished elsewhere or missing)
     retry_in_ms: int | None = None  # set when the caller should retry later
@@ -48,6 +65,15 @@ class Sender:
         # A lease outlives the longest send (sends are cut at send_timeout_s), so a live
         # sender is never overtaken.
         self.lease = timedelta(seconds=worker.send_timeout_s + 10)
+        # Called after every provider call; an observer must be quick and must not raise.
+        self.observers: list[SendObserver] = []
+
+    def _observe(self, call: ProviderCall) -> None:
+        for observer in self.observers:
+            try:
+                observer(call)
+            except Exception:  # an observer's bug never fails a delivery
+                log.exception("send observer failed")
 
     def send(self, delivery_id: UUID) -> SendOutcome:
         outcome, claimed = self.store.claim(delivery_id, self.lease)
@@ -84,6 +110,7 @@ class Sender:
         for provider in self.registry.providers(claimed.channel):
             provider_name = provider.name
             adapter = self.runtime.adapter(provider)
+            clock = time.perf_counter()
             try:
                 result: SendResult = self.runtime.run(
                     adapter.send(message), timeout=self.worker.send_timeout_s
@@ -94,6 +121,11 @@ class Sender:
                 failure = exc
             else:
                 status = DeliveryStatus.DELIVERED if result.delivered else DeliveryStatus.SENT
+                self._observe(
+                    ProviderCall(
+                        claimed.channel, provider.name, status.value, time.perf_counter() - clock
+                    )
+                )
                 self.store.finish_attempt(
                     claimed,
                     status=status,
@@ -104,6 +136,18 @@ class Sender:
                 )
                 log.info("delivery sent", provider=provider.name, attempt=claimed.attempt)
                 return SendOutcome(status)
+            self._observe(
+                ProviderCall(
+                    claimed.channel,
+                    provider.name,
+                    "permanent-failure"
+                    if isinstance(failure, PermanentFailure)
+                    else "temporary-failure",
+                    time.perf_counter() - clock,
+                    failure.code,
+                    isinstance(failure, PermanentFailure) and failure.operator_alert,
+                )
+            )
             log.warning(
                 "provider failed",
                 provider=provider.name,

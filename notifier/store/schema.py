@@ -167,3 +167,49 @@ provider_tokens = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+operators = sa.Table(
+    "operators",
+    metadata,
+    sa.Column("operator_id", sa.Uuid, primary_key=True),
+    sa.Column("username", sa.String(64), nullable=False, unique=True),
+    # scrypt, with its parameters and salt, in one string (see notifier.console auth).
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # "viewer" or "admin"
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("disabled_at", UTCDateTime, nullable=True),
+)
+
+# The latest known state of each provider, written by workers on changes, read by the
+# console and metrics (circuit state lives per worker process; this is the last word).
+provider_health = sa.Table(
+    "provider_health",
+    metadata,
+    sa.Column("provider", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("circuit_state", sa.String(16), nullable=False),  # closed | open | half-open
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("open_until", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("details", sa.JSON, nullable=True),  # e.g. ZNS daily quota left
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Receipts already taken, so a replayed webhook is refused.
+receipt_nonces = sa.Table(
+    "receipt_nonces",
+    metadata,
+    sa.Column("provider", sa.String(64), primary_key=True),
+    sa.Column("nonce", sa.String(128), primary_key=True),
+    sa.Column("received_at", UTCDateTime, nullable=False, index=True),
+)
+
+# A citizen's opt-out from a channel, by keyed recipient hash.
+opt_outs = sa.Table(
+    "opt_outs",
+    metadata,
+    sa.Column("recipient_hash", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(32), primary_key=True),
+    sa.Column("source", sa.String(32), nullable=False),  # sms-stop, portal, operator
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
