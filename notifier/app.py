@@ -20,6 +20,7 @@ from notifier.deliveries import DeliveryStatus, DeliveryStore
 from notifier.inbox import InboxStore
 from notifier.ingest import Ingest, IngestResult
 from notifier.logging import get_logger
+from notifier.protection import ProviderGuard
 from notifier.registry import Registry
 from notifier.rendering import TemplateSet
 from notifier.routing import Routing
@@ -27,6 +28,7 @@ from notifier.runtime import AdapterRuntime
 from notifier.sending import Sender
 from notifier.settings import Settings
 from notifier.store import Database
+from notifier.sweeper import Sweeper
 from notifier.tokens import TokenStore
 
 log = get_logger(__name__)
@@ -91,9 +93,22 @@ class Notifier:
             runtime=self.runtime,
             worker=settings.worker,
         )
+        self.guard = ProviderGuard(
+            self.database,
+            {p.name: settings.provider_policy(p.name) for p in self.registry.all_providers()},
+            processes=settings.worker.processes,
+        )
+        self.sender.guard = self.guard
+        self.sender.observers.append(self.guard.observe)
         self.broker = broker or build_broker(settings)
         self._declare_actors()
         self.broker.add_middleware(_AdapterLifecycle(self.runtime))
+        self.sweeper = Sweeper(
+            self.deliveries,
+            settings.sweeper,
+            self.enqueue_delivery,
+        )
+        self.broker.add_middleware(self.sweeper)
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
             self.broker.add_middleware(
                 EventBridge(settings.broker_url, settings.events, self.ingest_actor)
@@ -126,8 +141,9 @@ class Notifier:
             self.deliver_actors[channel] = dramatiq.actor(
                 actor_name=f"deliver_{channel}",
                 queue_name=self.queue_name(channel),
-                # Attempts are counted in the database; this is only a backstop.
-                max_retries=worker.max_attempts * 3,
+                # Attempts and age are bounded in the database (deferrals while every
+                # circuit is open do not count); this is only a backstop.
+                max_retries=1000,
                 **options,
             )(self._deliver)
 
@@ -137,13 +153,17 @@ class Notifier:
         # failure record and this point still plans the fallback (at most once).
         if outcome.status in (DeliveryStatus.PERMANENT_FAILURE, None):
             for fallback_id, channel in self.ingest.plan_fallback(UUID(delivery_id)):
-                self.deliver_actors[channel].send(str(fallback_id))
+                self.enqueue_delivery(fallback_id, channel)
         if outcome.retry_in_ms is not None:
             raise dramatiq.Retry(delay=outcome.retry_in_ms)
 
     def enqueue(self, result: IngestResult) -> None:
         for delivery_id, channel in result.to_enqueue:
-            self.deliver_actors[channel].send(str(delivery_id))
+            self.enqueue_delivery(delivery_id, channel)
+
+    def enqueue_delivery(self, delivery_id: UUID, channel: str) -> None:
+        """Put one delivery on its channel's queue (confirmed by RabbitMQ)."""
+        self.deliver_actors[channel].send(str(delivery_id))
 
     # -- entry points ---------------------------------------------------------------------
 

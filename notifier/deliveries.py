@@ -76,6 +76,7 @@ class ClaimedDelivery:
     agency_code: str
     event_status: str
     attempt: int
+    created_at: datetime
 
 
 class ClaimOutcome(StrEnum):
@@ -208,7 +209,50 @@ class DeliveryStore:
             agency_code=m["agency_code"],
             event_status=m["event_status"],
             attempt=m["attempts"],
+            created_at=m["created_at"],
         )
+
+    def release(self, claimed: ClaimedDelivery, reason: str) -> None:
+        """Give a claim back without counting it as an attempt (no provider was called)."""
+        with self.database.begin() as connection:
+            connection.execute(
+                sa.update(deliveries)
+                .where(
+                    deliveries.c.delivery_id == claimed.delivery_id,
+                    deliveries.c.status == DeliveryStatus.SENDING.value,
+                )
+                .values(
+                    status=DeliveryStatus.QUEUED.value
+                    if claimed.attempt == 1
+                    else DeliveryStatus.TEMPORARY_FAILURE.value,
+                    attempts=deliveries.c.attempts - 1,
+                    lease_until=None,
+                    last_error=reason,
+                    updated_at=utcnow(),
+                )
+            )
+
+    def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
+        """Deliveries waiting with no message in flight: claimable ones untouched for
+        ``older_than``, and claims whose worker died (lease long expired). Their
+        ``updated_at`` is bumped so the next sweep does not take them again at once."""
+        now = utcnow()
+        d = deliveries.c
+        condition = sa.or_(
+            sa.and_(d.status.in_([s.value for s in _CLAIMABLE]), d.updated_at < now - older_than),
+            sa.and_(d.status == DeliveryStatus.SENDING.value, d.lease_until < now - older_than),
+        )
+        with self.database.begin() as connection:
+            found = connection.execute(
+                sa.select(d.delivery_id, d.channel).where(condition).limit(limit)
+            ).all()
+            if found:
+                connection.execute(
+                    sa.update(deliveries)
+                    .where(d.delivery_id.in_([row.delivery_id for row in found]))
+                    .values(updated_at=now)
+                )
+        return [(row.delivery_id, row.channel) for row in found]
 
     def finish_attempt(
         self,

@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from notifier.adapter import (
     DeliveryFailure,
@@ -20,6 +22,9 @@ from notifier.adapter import (
 )
 from notifier.deliveries import ClaimedDelivery, ClaimOutcome, DeliveryStatus, DeliveryStore
 from notifier.logging import get_logger
+
+if TYPE_CHECKING:
+    from notifier.protection import ProviderGuard
 from notifier.registry import Registry
 from notifier.runtime import AdapterRuntime
 from notifier.settings import WorkerSettings
@@ -67,6 +72,7 @@ class Sender:
         self.lease = timedelta(seconds=worker.send_timeout_s + 10)
         # Called after every provider call; an observer must be quick and must not raise.
         self.observers: list[SendObserver] = []
+        self.guard: ProviderGuard | None = None
 
     def _observe(self, call: ProviderCall) -> None:
         for observer in self.observers:
@@ -93,6 +99,13 @@ class Sender:
             return self._send_claimed(claimed)
 
     def _send_claimed(self, claimed: ClaimedDelivery) -> SendOutcome:
+        age = (utcnow() - claimed.created_at).total_seconds()
+        if age > self.worker.max_age_s:
+            return self._finish_failed(
+                claimed,
+                PermanentFailure(f"expired: not sent within {self.worker.max_age_s:g}s"),
+                provider=None,
+            )
         message = OutboundMessage(
             delivery_id=claimed.delivery_id,
             event_id=claimed.event_id,
@@ -108,7 +121,11 @@ class Sender:
         provider_name: str | None = None
         started_at = utcnow()
         for provider in self.registry.providers(claimed.channel):
+            if self.guard is not None and not self.guard.admit(provider.name):
+                continue  # its circuit is open: the next provider, if any
             provider_name = provider.name
+            if self.guard is not None:
+                time.sleep(self.guard.wait_for_rate(provider.name))
             adapter = self.runtime.adapter(provider)
             clock = time.perf_counter()
             try:
@@ -126,7 +143,7 @@ class Sender:
                         claimed.channel, provider.name, status.value, time.perf_counter() - clock
                     )
                 )
-                self.store.finish_attempt(
+                self._record(
                     claimed,
                     status=status,
                     provider=provider.name,
@@ -160,15 +177,19 @@ class Sender:
             if isinstance(failure, PermanentFailure) and not failure.operator_alert:
                 break
             started_at = utcnow()
-        assert failure is not None
-        return self._record_failure(claimed, failure, provider_name)
+        if failure is None:
+            # Every provider's circuit is open: nothing was tried, so no attempt is
+            # counted; look again when a circuit lets a trial call through.
+            self.store.release(claimed, "every provider of the channel is paused (circuit open)")
+            return SendOutcome(DeliveryStatus.QUEUED, retry_in_ms=self.backoff_ms(1))
+        return self._finish_failed(claimed, failure, provider_name)
 
-    def _record_failure(
+    def _finish_failed(
         self, claimed: ClaimedDelivery, failure: DeliveryFailure, provider: str | None
     ) -> SendOutcome:
         exhausted = claimed.attempt >= self.worker.max_attempts
         if isinstance(failure, TemporaryFailure) and not exhausted:
-            self.store.finish_attempt(
+            self._record(
                 claimed,
                 status=DeliveryStatus.TEMPORARY_FAILURE,
                 provider=provider,
@@ -183,7 +204,7 @@ class Sender:
         reason = failure.reason
         if isinstance(failure, TemporaryFailure):
             reason = f"gave up after {claimed.attempt} attempts: {failure.reason}"
-        self.store.finish_attempt(
+        self._record(
             claimed,
             status=DeliveryStatus.PERMANENT_FAILURE,
             provider=provider,
@@ -193,6 +214,22 @@ class Sender:
         )
         log.warning("delivery failed permanently", error=reason, code=failure.code)
         return SendOutcome(DeliveryStatus.PERMANENT_FAILURE)
+
+    def _record(self, claimed: ClaimedDelivery, **outcome: Any) -> None:
+        """Record an attempt, waiting out a short database outage: after a provider has
+        accepted a message, giving up here would let the lease expire and send it again."""
+        deadline = time.monotonic() + self.worker.send_timeout_s
+        delay = 0.2
+        while True:
+            try:
+                self.store.finish_attempt(claimed, **outcome)
+                return
+            except DBAPIError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database unavailable while recording a send; retrying", retry_in=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def backoff_ms(self, attempt: int, retry_after_s: float | None = None) -> int:
         """Exponential backoff with jitter, at least what the provider asked for."""

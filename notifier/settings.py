@@ -55,6 +55,9 @@ class WorkerSettings(_Section):
     # consumer_timeout (30 min), so broker-held backoff stays well below that.
     max_backoff_ms: int = Field(default=10 * 60_000, ge=100, le=20 * 60_000)
     send_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    # A delivery not sent within this age fails ("expired"): news of a dossier a day
+    # late is still useful, a week late it misleads.
+    max_age_s: float = Field(default=24 * 3600, gt=0)
     queue_prefix: str = Field(default="notifier", pattern=r"^[a-z][a-z0-9_.-]{0,40}$")
 
 
@@ -62,6 +65,29 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
+
+class ProviderPolicy(_Section):
+    """How hard notifier may push one provider (``NOTIFIER_PROVIDERS__<NAME>__...``)."""
+
+    # The provider's own limit for the whole deployment; each worker process takes its
+    # share (rate / worker.processes), so set it for one machine's processes.
+    rate_per_s: float | None = Field(default=None, gt=0)
+    burst: int = Field(default=10, ge=1)
+    # Consecutive temporary failures (or operator alerts) that open the circuit, and for
+    # how long calls then stop before one trial call is let through.
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_open_s: float = Field(default=30.0, gt=0)
+
+
+class SweeperSettings(_Section):
+    """Re-enqueues deliveries whose message was lost (a crash between record and enqueue)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=30.0, gt=0)
+    # Longer than any broker-held retry delay, so a pending retry is not swept too.
+    stale_after_s: float = Field(default=15 * 60, gt=0)
+    batch: int = Field(default=500, ge=1)
 
 
 class ChannelSettings(_Section):
@@ -107,6 +133,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
+    providers: dict[str, ProviderPolicy] = Field(default_factory=dict)
+    sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",
@@ -139,6 +167,18 @@ class Settings(BaseSettings):
                         f"{ENV_PREFIX}{name.upper()} must be set to a secret of 16+ characters "
                         "in production"
                     )
+        return self
+
+    def provider_policy(self, name: str) -> ProviderPolicy:
+        return self.providers.get(name) or ProviderPolicy()
+
+    @model_validator(mode="after")
+    def _sweeper_after_retries(self) -> Settings:
+        if self.sweeper.stale_after_s * 1000 <= self.worker.max_backoff_ms:
+            raise ValueError(
+                "NOTIFIER_SWEEPER__STALE_AFTER_S must be longer than "
+                "NOTIFIER_WORKER__MAX_BACKOFF_MS, or pending retries would be swept"
+            )
         return self
 
     @property

@@ -545,7 +545,7 @@ class EsmsSimulator(_GatewaySimulator):
         document = _json_object(request)
         if document is None:
             return _Answer.of_json({"error": "Invalid request"})
-        if False:
+        if not self._authorised(document):
             return self._code("101")
         failure = self._take_failure()
         if failure is not None:
