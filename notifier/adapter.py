@@ -81,13 +81,24 @@ class DeliveryFailure(Exception):
 
 
 class TemporaryFailure(DeliveryFailure):
-    """Worth retrying later: timeouts, connection errors, 5xx/429, SMTP 4xx, busy codes."""
+    """Worth retrying later: timeouts, connection errors, 5xx/429, SMTP 4xx, busy codes.
+
+    ``maybe_sent`` says the provider may have taken the message (a read timeout, a
+    connection lost after the request went out): the core then retries the same
+    provider, which dedupes by our reference, instead of failing over to another one.
+    """
 
     def __init__(
-        self, reason: str, *, code: str | None = None, retry_after_s: float | None = None
+        self,
+        reason: str,
+        *,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+        maybe_sent: bool = False,
     ) -> None:
         super().__init__(reason, code=code)
         self.retry_after_s = retry_after_s
+        self.maybe_sent = maybe_sent
 
 
 class PermanentFailure(DeliveryFailure):

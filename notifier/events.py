@@ -94,8 +94,7 @@ _STATUS_ALIASES: dict[str, Status] = {}
 for _status in Status:
     _STATUS_ALIASES[_fold(_status.value)] = _status
     _STATUS_ALIASES[_fold(_status.vietnamese_name)] = _status
-    if _status.code is not None:
-        _STATUS_ALIASES[str(_status.code)] = _status
+_STATUS_BY_CODE: dict[str, Status] = {str(code): status for status, code in _CODES.items()}
 _STATUS_ALIASES[_fold("quá hạn xử lý")] = Status.OVERDUE
 
 
@@ -107,7 +106,12 @@ def parse_status(value: object) -> Status:
         value = str(value)
     if not isinstance(value, str):
         raise ValueError("status must be a code (1-10) or a status name")
-    status = _STATUS_ALIASES.get(_fold(value))
+    text = value.strip()
+    if any(ch.isdigit() for ch in text):
+        # A code is exactly "1".."10": never "-1", "_2" or "2_" (which _fold would trim).
+        status = _STATUS_BY_CODE.get(text)
+    else:
+        status = _STATUS_ALIASES.get(_fold(text))
     if status is None:
         raise ValueError(
             f"unknown status {value[:40]!r}; use a code 1-10, 'overdue', "
@@ -254,7 +258,12 @@ class EventRejected(Exception):
 
 def parse_event(raw: bytes | str, *, max_bytes: int) -> DossierStatusEvent:
     """Parse and validate a raw event body, raising :class:`EventRejected` with the reason."""
-    size = len(raw.encode() if isinstance(raw, str) else raw)
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EventRejected("body is not valid UTF-8 text") from None
+    size = len(raw)
     if size > max_bytes:
         raise EventRejected(f"event is {size} bytes, over the {max_bytes}-byte limit")
     try:

@@ -14,9 +14,10 @@ import re
 import unicodedata
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
-# Digit runs of 9-15 (optionally +84/84 with spaces or dots inside) not glued to
-# other digits or to dossier-code punctuation (dossier codes like 231025-0001 stay).
-_DIGITS = re.compile(r"(?<![\w.\-/])(\+?\d[\d .]{7,17}\d)(?![\w\-/]|\.\d)")
+# Digit runs of 9-15 (optionally +84/84, with spaces, dots, dashes or brackets inside)
+# not glued to other digits or to dossier-code punctuation: in 000.00.12.H29-231025-0001
+# every run follows a dot or dash, so dossier codes stay readable.
+_DIGITS = re.compile(r"(?<![\w.\-/])(\+?\d[\d .()\-]{7,17}\d)(?![\w\-/]|\.\d)")
 
 
 def mask_email(value: str) -> str:
@@ -43,9 +44,16 @@ def mask_recipient(value: str) -> str:
     return value[:3] + "***" if len(value) > 6 else "***"
 
 
+# A money amount as rendering formats it ("125.000.000 đồng"): never a phone or an id.
+_AMOUNT = re.compile(r"[1-9]\d{0,2}(?:\.\d{3})+")
+_CURRENCY_AFTER = re.compile(r"\s?(?:đồng|đ|VNĐ|VND)\b", re.IGNORECASE)
+
+
 def _mask_digit_run(match: re.Match[str]) -> str:
     run = match.group(1)
     if sum(ch.isdigit() for ch in run) < 9:
+        return run
+    if _AMOUNT.fullmatch(run) and _CURRENCY_AFTER.match(match.string, match.end()):
         return run
     return mask_digits(run)
 

@@ -9,6 +9,7 @@ autoescaped; ``config/templates/<language>/email-layout.html`` wraps them if pre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tomllib
 from collections.abc import Mapping
@@ -53,7 +54,9 @@ def _format_date(value: date | datetime | None) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.astimezone(VIETNAM).strftime("%H:%M %d/%m/%Y")
+        with contextlib.suppress(OverflowError):  # hours from year 1 or 9999: own offset
+            value = value.astimezone(VIETNAM)
+        return value.strftime("%H:%M %d/%m/%Y")
     return value.strftime("%d/%m/%Y")
 
 
@@ -160,28 +163,35 @@ class TemplateSet:
         return problems
 
     def _test_render(self) -> list[str]:
-        problems = []
-        events = [
-            (status, event)
-            for status in Status
-            for event in (sample_event(status), sample_event(status, minimal=True))
-        ]
-        for status, event in events:
-            for language in LANGUAGES:
-                for channel in self._parts:
-                    try:
-                        rendered = self.render(event, channel, language)
-                    except TemplateError as exc:
-                        problems.append(f"{language}/{channel}.toml [{status.value}]: {exc}")
-                        continue
-                    for part in self._parts[channel]:
-                        text = rendered.parts[part.name]
-                        if part.max_length and len(text) > part.max_length:
-                            problems.append(
-                                f"{language}/{channel}.toml [{status.value}].{part.name}: "
-                                f"{len(text)} characters with sample data, over {part.max_length}"
-                            )
-        return problems
+        problems: list[str] = []
+        for status in Status:
+            for event in (sample_event(status), sample_event(status, minimal=True)):
+                for language in LANGUAGES:
+                    context = template_context(event, language)
+                    for channel, parts in self._parts.items():
+                        where = f"{language}/{channel}.toml [{status.value}]"
+                        failed = False
+                        for part in parts:
+                            template = self._compiled[(language, channel, status, part.name)]
+                            try:
+                                text = template.render(context).strip()
+                            except Exception as exc:  # TemplateError, and
+                                # errors raised outside Jinja (the sandbox's range limit)
+                                problems.append(f"{where}.{part.name}: {exc}")
+                                failed = True
+                                continue
+                            if part.max_length and len(text) > part.max_length:
+                                problems.append(
+                                    f"{where}.{part.name}: {len(text)} characters with sample "
+                                    f"data, over {part.max_length}"
+                                )
+                        if failed:
+                            continue
+                        try:
+                            self.render(event, channel, language)  # the parts, in the layout
+                        except Exception as exc:  # as above
+                            problems.append(f"{language}/email-layout.html [{status.value}]: {exc}")
+        return list(dict.fromkeys(problems))  # the full and minimal samples often agree
 
     def render(self, event: DossierStatusEvent, channel: str, language: str) -> RenderedMessage:
         status = event.dossier.status

@@ -77,13 +77,26 @@ class Routing:
         missing = [s.value for s in Status if s not in default]
         if missing:
             problems.append(f"{path}: [statuses] has no rule for: {', '.join(missing)}")
-        agencies = {
-            code: statuses(table.get("statuses", {}), f'agencies."{code}".statuses')
-            for code, table in document.get("agencies", {}).items()
-        }
+        agencies: dict[str, dict[Status, tuple[str, ...]]] = {}
+        agency_tables = document.get("agencies", {})
+        if not isinstance(agency_tables, dict):
+            problems.append(f"{path}: [agencies] must be a table of agency codes")
+            agency_tables = {}
+        for code, table in agency_tables.items():
+            if not isinstance(table, dict):
+                problems.append(
+                    f'{path}: agencies."{code}" must be a table: '
+                    f'[agencies."{code}".statuses] with status = [channels]'
+                )
+                continue
+            agencies[code] = statuses(table.get("statuses", {}), f'agencies."{code}".statuses')
+        fallback_table = document.get("fallback", {})
+        if not isinstance(fallback_table, dict):
+            problems.append(f"{path}: [fallback] must be a table of channel = [channels]")
+            fallback_table = {}
         fallback = {
             channel: _channels(targets, f"[fallback] {channel}")
-            for channel, targets in document.get("fallback", {}).items()
+            for channel, targets in fallback_table.items()
         }
         extra = set(document) - {"statuses", "agencies", "fallback"}
         if extra:

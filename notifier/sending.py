@@ -133,7 +133,9 @@ class Sender:
                     adapter.send(message), timeout=self.worker.send_timeout_s
                 )
             except TimeoutError:
-                failure = TemporaryFailure(f"no answer within {self.worker.send_timeout_s:g}s")
+                failure = TemporaryFailure(
+                    f"no answer within {self.worker.send_timeout_s:g}s", maybe_sent=True
+                )
             except DeliveryFailure as exc:
                 failure = exc
             else:
@@ -175,6 +177,9 @@ class Sender:
             # The recipient's own problem ends the delivery; a provider's problem
             # (outage, our credentials or balance there) moves on to the next provider.
             if isinstance(failure, PermanentFailure) and not failure.operator_alert:
+                break
+            # The provider may have the message: another provider would send it twice.
+            if isinstance(failure, TemporaryFailure) and failure.maybe_sent:
                 break
             started_at = utcnow()
         if failure is None:

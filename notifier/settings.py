@@ -8,6 +8,8 @@ Nested values use a double underscore, e.g. ``NOTIFIER_WORKER__THREADS=8`` or
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "NOTIFIER_"
 # Stands in for secrets in development; refused in production (see the validator).
@@ -239,6 +242,15 @@ def load_settings(**overrides: Any) -> Settings:
             for error in exc.errors()
         ]
         raise SettingsError(problems) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([f"{_config_file()}: not valid TOML: {exc}"]) from None
+    except SourceError as exc:
+        # e.g. 'error parsing value for field "worker" from source "EnvSettingsSource"'
+        match = re.search(r'field "([^"]+)"', str(exc))
+        name = ENV_PREFIX + (match.group(1).upper() if match else "*")
+        raise SettingsError(
+            [f"{name}: not valid JSON; give JSON, or set {name}__<KEY> variables instead"]
+        ) from None
 
 
 def _safe_to_echo(error: Any) -> bool:

@@ -16,7 +16,9 @@ _GSM7_EXTENDED = set("^{}\\[~]|€")
 
 def strip_diacritics(text: str) -> str:
     """Vietnamese without accents: "Hồ sơ đã được tiếp nhận" → "Ho so da duoc tiep nhan"."""
-    text = text.replace("đ", "d").replace("Đ", "D")
+    # Đ/đ are letters of their own, not D plus a mark; Ð/ð are often typed for them.
+    for accented, plain in (("đ", "d"), ("Đ", "D"), ("ð", "d"), ("Ð", "D")):
+        text = text.replace(accented, plain)
     decomposed = unicodedata.normalize("NFD", text)
     return unicodedata.normalize(
         "NFC", "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")

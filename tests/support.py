@@ -91,3 +91,29 @@ class ServedApi:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def notifier_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `notifier` process with the same settings as ``settings``
+    for everything the tests vary."""
+    import os
+
+    worker = settings.worker
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
+        "NOTIFIER_BROKER_URL": settings.broker_url,
+        "NOTIFIER_DATABASE_URL": settings.database_url,
+        "NOTIFIER_CONFIG_DIR": str(settings.config_dir),
+        "NOTIFIER_EVENTS__EXCHANGE": settings.events.exchange,
+        "NOTIFIER_EVENTS__QUEUE": settings.events.queue,
+        "NOTIFIER_WORKER__QUEUE_PREFIX": worker.queue_prefix,
+        "NOTIFIER_WORKER__MIN_BACKOFF_MS": str(worker.min_backoff_ms),
+        "NOTIFIER_WORKER__MAX_BACKOFF_MS": str(worker.max_backoff_ms),
+        "NOTIFIER_WORKER__SEND_TIMEOUT_S": str(worker.send_timeout_s),
+        "NOTIFIER_LOG_FORMAT": "json",
+    }
+    for name, values in settings.adapters.items():
+        for key, value in values.items():
+            env[f"NOTIFIER_ADAPTERS__{name.upper()}__{key.upper()}"] = str(value)
+    env.update(extra)
+    return env

@@ -46,6 +46,8 @@ class Scripted(Adapter[AdapterSettings]):
                 self.sent.append(message)
         if step == "temp":
             raise TemporaryFailure("gateway busy", code="503")
+        if step == "maybe":
+            raise TemporaryFailure("read timeout", code="timeout", maybe_sent=True)
         if step == "perm":
             raise PermanentFailure("not a subscriber", code="-118")
         if step == "alert":
@@ -190,6 +192,20 @@ def test_a_provider_problem_fails_over_to_the_next_provider(app: Notifier) -> No
     assert delivery["provider"] == "mail_b"
     assert len(MailA.sent) == 0
     assert len(MailB.sent) == 1
+
+
+def test_an_unknown_outcome_retries_the_same_provider_instead_of_failing_over(
+    app: Notifier,
+) -> None:
+    MailA.script = ["maybe"]
+    with RunningWorker(app):
+        submit(app, sample_event(6, event_id=uuid.uuid4()))
+        wait_until(lambda: settled(app, 1))
+    [delivery] = rows(app)
+    assert delivery["status"] == "sent"
+    assert delivery["provider"] == "mail_a"
+    assert delivery["attempts"] == 2
+    assert len(MailB.sent) == 0  # mail_b would have sent a second copy
 
 
 def test_a_recipient_problem_is_final_and_falls_back_once(app: Notifier) -> None:

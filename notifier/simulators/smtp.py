@@ -51,6 +51,7 @@ class CaughtMessage(EmailMessage):
     raw: bytes = b""
     authenticated_as: str | None = None  # AUTH user of the session, if it logged in
     connection_id: int = 0  # 1 for the first connection accepted, 2 for the next...
+    received_at: float = 0.0  # time.monotonic() when DATA was accepted (for rate checks)
 
 
 # The default policy (decoded headers, get_content()), building CaughtMessage objects.
@@ -414,6 +415,7 @@ class SmtpCatcher:
         user = session.auth_data if session.authenticated else None
         message.authenticated_as = user if isinstance(user, str) else None
         message.connection_id = connection_id
+        message.received_at = time.monotonic()
         with self._cond:
             self._messages.append(message)
             self._cond.notify_all()

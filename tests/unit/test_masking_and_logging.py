@@ -18,8 +18,8 @@ PHONE = "0901888484"
 PHONE_INTL = "+84 90 188 8484"
 EMAIL = "nguyen.van.an@gmail.com"
 CITIZEN_ID = "001203004567"
-PASSWORD = "hunter2-Pa55word"  # noqa: S105 - test data
-TOKEN = "zalo-refresh-7f3a9c1b"  # noqa: S105 - test data
+PASSWORD = "hunter2-Pa55word"
+TOKEN = "zalo-refresh-7f3a9c1b"
 API_KEY = "ntf_live_4b8e2d6a9c"
 EVENT_ID = "2c7e9b4f-8a1d-4f3c-9e6b-7d2a5c0f8e44"
 DOSSIER_CODE = "000.00.12.H29-231025-0001"
@@ -35,7 +35,9 @@ def _digits(text: str) -> str:
 # --- scrub ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("phone", [PHONE, PHONE_INTL, "84901888484", "090.188.8484", "0901 888 484"])
+@pytest.mark.parametrize(
+    "phone", [PHONE, PHONE_INTL, "84901888484", "090.188.8484", "0901 888 484"]
+)
 @pytest.mark.parametrize(
     ("before", "after"),
     [("Gọi ", " để hỏi"), ("phone:", ";"), ("(", ")"), ("", "")],

@@ -10,7 +10,7 @@ import pytest
 from notifier.settings import Settings, SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
-GOOD_SECRET = "a-real-secret-of-more-than-16-chars"  # noqa: S105 - test data
+GOOD_SECRET = "a-real-secret-of-more-than-16-chars"
 
 
 @pytest.fixture(autouse=True)
@@ -242,4 +242,8 @@ def test_non_json_adapters_value_is_a_settings_error_without_the_secret(
 def test_settings_error_has_one_line_per_problem() -> None:
     error = SettingsError(["NOTIFIER_A: bad", "NOTIFIER_B: worse"])
     assert error.problems == ["NOTIFIER_A: bad", "NOTIFIER_B: worse"]
-    assert str(error).splitlines() == ["invalid settings:", "  NOTIFIER_A: bad", "  NOTIFIER_B: worse"]
+    assert str(error).splitlines() == [
+        "invalid settings:",
+        "  NOTIFIER_A: bad",
+        "  NOTIFIER_B: worse",
+    ]

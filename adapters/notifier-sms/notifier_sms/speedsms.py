@@ -1,0 +1,155 @@
+"""SpeedSMS (speedsms.vn): ``POST /sms/send`` with HTTP Basic auth (access token as the
+user name, password ``x``), JSON ``{"to": ["84..."], "content", "sms_type", "sender"}``.
+
+Answers: ``{"status": "success", "code": "00", "data": {"tranId": ..., "totalSMS": ...,
+"totalPrice": ..., "invalidPhone": []}}`` or ``{"status": "error", "code": "...",
+"message": "...", "invalidPhone": [...]}``.
+
+Limits of this gateway, as far as its public API goes:
+
+- **No delivery receipts**: ``accepts_receipts`` is False; deliveries through SpeedSMS
+  stay "sent".
+- **No idempotency key**: SpeedSMS takes no reference of ours, so a retry after a lost
+  answer (a read timeout) may send the SMS twice. Put SpeedSMS after eSMS in the
+  failover order when that matters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from notifier.adapter import DeliveryFailure, Health, PermanentFailure, TemporaryFailure
+from notifier.phones import PhoneFormat
+
+from .base import (
+    GatewayAccepted,
+    PreparedSms,
+    SmsAdapterBase,
+    SmsSettings,
+    check_http_url,
+    client_error,
+    gateway_text,
+    json_path,
+    read_json,
+)
+
+__all__ = [
+    "OPERATOR_CODES",
+    "PERMANENT_CODES",
+    "SpeedSmsAdapter",
+    "SpeedSmsSettings",
+    "classify_speedsms_code",
+]
+
+SEND_PATH = "/sms/send"
+USER_INFO_PATH = "/user/info"
+SUCCESS = "00"
+
+PERMANENT_CODES: dict[str, str] = {
+    "105": "invalid phone number",
+}
+# Our template (encoding, length) or our account (balance, access): the operator must
+# act; the core fails over to the next gateway meanwhile.
+OPERATOR_CODES: dict[str, str] = {
+    "110": "content encoding not supported (check the template and the unicode setting)",
+    "113": "content too long (shorten the SMS template)",
+    "300": "SpeedSMS balance too low",
+    "007": "access refused (IP locked or token not allowed)",
+    "008": "SpeedSMS account locked",
+    "009": "SpeedSMS account not allowed to use the API",
+}
+
+
+class SpeedSmsSettings(SmsSettings):
+    """``NOTIFIER_ADAPTERS__SPEEDSMS__*``."""
+
+    access_token: SecretStr
+    base_url: str = "https://api.speedsms.vn/index.php"
+    # 2: random customer-care number, 3: our brandname, 4: SpeedSMS's default
+    # brandname (Notify/Verify), 5: Android gateway app.
+    sms_type: int = Field(default=3, ge=1, le=8)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_http_url(value)
+
+
+def classify_speedsms_code(code: str, message: Any = None) -> DeliveryFailure:
+    said = gateway_text(message)
+    suffix = f" ({said})" if said else ""
+    if code in OPERATOR_CODES:
+        return PermanentFailure(
+            f"SpeedSMS: {OPERATOR_CODES[code]}{suffix}", code=code, operator_alert=True
+        )
+    if code in PERMANENT_CODES:
+        return PermanentFailure(f"SpeedSMS: {PERMANENT_CODES[code]}{suffix}", code=code)
+    return TemporaryFailure(f"SpeedSMS answered code {code}{suffix}", code=code)
+
+
+class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
+    """SMS through SpeedSMS. Takes no delivery receipts (the API has no callback we
+    can verify) and no idempotency key (a retry after a lost answer may duplicate)."""
+
+    name: ClassVar[str] = "speedsms"
+    description: ClassVar[str] = "SpeedSMS brandname SMS (no delivery receipts)"
+    settings_model = SpeedSmsSettings
+    gateway_label: ClassVar[str] = "SpeedSMS"
+    accepts_receipts: ClassVar[bool] = False
+
+    def base_url(self) -> str:
+        return self.settings.base_url
+
+    def client_options(self) -> dict[str, Any]:
+        return {"auth": httpx.BasicAuth(self.settings.access_token.get_secret_value(), "x")}
+
+    async def submit(self, client: httpx.AsyncClient, sms: PreparedSms) -> GatewayAccepted:
+        body = {
+            "to": [sms.phone.format(PhoneFormat.INTERNATIONAL)],
+            "content": sms.text,
+            "sms_type": self.settings.sms_type,
+            "sender": self.settings.brandname,
+        }
+        response = await self.request(client, "POST", SEND_PATH, json=body)
+        if response.status_code in (401, 403):
+            raise client_error(response, "SpeedSMS")
+        document = read_json(response)
+        if not isinstance(document, dict) or "status" not in document:
+            raise client_error(response, "SpeedSMS")
+        code = str(document.get("code", "")).strip()
+        if document["status"] != "success":
+            raise classify_speedsms_code(code or "?", document.get("message"))
+        invalid = json_path(document, "data.invalidPhone") or document.get("invalidPhone")
+        if invalid:  # taken as a request, but our only number was refused
+            raise classify_speedsms_code("105")
+        tran_id = json_path(document, "data.tranId")
+        details: dict[str, Any] = {}
+        total = json_path(document, "data.totalSMS")
+        if isinstance(total, int):
+            details["gateway_sms_count"] = total
+        return GatewayAccepted(None if tran_id is None else str(tran_id), details)
+
+    async def health(self) -> Health:
+        """GET /user/info: proves SpeedSMS answers and takes our token; shows the balance."""
+        try:
+            response = await self.request(self._get_client(), "GET", USER_INFO_PATH)
+        except TemporaryFailure as exc:
+            return Health(ok=False, detail=str(exc))
+        document = read_json(response)
+        if (
+            response.status_code != 200
+            or not isinstance(document, dict)
+            or document.get("status") != "success"
+        ):
+            code = str(document.get("code", "")) if isinstance(document, dict) else ""
+            failure = (
+                classify_speedsms_code(code)
+                if code and response.status_code == 200
+                else client_error(response, "SpeedSMS")
+            )
+            return Health(ok=False, detail=str(failure))
+        balance = gateway_text(json_path(document, "data.balance"), 30)
+        return Health(ok=True, detail=f"balance {balance}")

@@ -1,0 +1,192 @@
+"""The SpeedSMS adapter against the SpeedSMS simulator, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from notifier_sms import SpeedSmsAdapter, SpeedSmsSettings
+
+from notifier.adapter import (
+    AdapterContext,
+    DeliveryFailure,
+    InvalidReceipt,
+    OutboundMessage,
+    PermanentFailure,
+    ReceiptRequest,
+    SendResult,
+    TemporaryFailure,
+)
+from notifier.simulators.sms import SpeedSmsSimulator
+
+T = TypeVar("T")
+
+BRANDNAME = "DVCQG"
+TEXT = "Hồ sơ 000.00.12.H29-231025-0001 cần bổ sung giấy tờ. Vui lòng liên hệ Bộ phận Một cửa."
+UNACCENTED = (
+    "Ho so 000.00.12.H29-231025-0001 can bo sung giay to. Vui long lien he Bo phan Mot cua."
+)
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def _adapter(sim: SpeedSmsSimulator, context: AdapterContext, **settings: Any) -> SpeedSmsAdapter:
+    values: dict[str, Any] = {
+        "brandname": BRANDNAME,
+        "access_token": sim.access_token,
+        "base_url": sim.base_url,
+        "timeout_s": 2.0,
+    }
+    values.update(settings)
+    return SpeedSmsAdapter(SpeedSmsSettings.model_validate(values), context)
+
+
+def _send_one(adapter: SpeedSmsAdapter, message: OutboundMessage) -> SendResult:
+    async def send() -> SendResult:
+        try:
+            return await adapter.send(message)
+        finally:
+            await adapter.close()
+
+    return _run(send())
+
+
+def _failure(adapter: SpeedSmsAdapter, message: OutboundMessage) -> DeliveryFailure:
+    with pytest.raises(DeliveryFailure) as caught:
+        _send_one(adapter, message)
+    return caught.value
+
+
+def test_request_shape(speedsms, context, make_message) -> None:
+    result = _send_one(_adapter(speedsms, context), make_message(TEXT, recipient="0981234567"))
+
+    [request] = speedsms.requests
+    assert request.method == "POST"
+    assert request.path == "/index.php/sms/send"
+    scheme, _, encoded = request.headers["authorization"].partition(" ")
+    assert scheme == "Basic"
+    assert base64.b64decode(encoded).decode() == f"{speedsms.access_token}:x"
+    assert request.json() == {
+        "to": ["84981234567"],
+        "content": UNACCENTED,
+        "sms_type": 3,
+        "sender": BRANDNAME,
+    }
+    [sms] = speedsms.messages
+    assert result.provider_message_id == sms.provider_id
+    assert result.details["segments"] == 1
+    assert result.details["encoding"] == "gsm7"
+    assert result.details["carrier"] == "viettel"
+
+
+def test_unicode_setting_sends_accents(speedsms, context, make_message) -> None:
+    result = _send_one(_adapter(speedsms, context, unicode=True, sms_type=2), make_message(TEXT))
+    [sms] = speedsms.messages
+    assert sms.content == TEXT
+    assert sms.is_unicode is True
+    assert sms.sms_type == "2"
+    assert result.details["encoding"] == "ucs2"
+    assert result.details["segments"] == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ("105", "permanent"),
+        ("110", "alert"),
+        ("113", "alert"),
+        ("300", "alert"),
+        ("007", "alert"),
+        ("500", "temporary"),
+        ("999", "temporary"),
+    ],
+)
+def test_result_codes_map_to_failure_kinds(speedsms, context, make_message, code, kind) -> None:
+    speedsms.fail_next(1, code)
+    failure = _failure(_adapter(speedsms, context), make_message())
+    assert failure.code == code
+    if kind == "temporary":
+        assert isinstance(failure, TemporaryFailure)
+    else:
+        assert isinstance(failure, PermanentFailure)
+        assert failure.operator_alert is (kind == "alert")
+    assert speedsms.messages == []
+
+
+def test_wrong_token_is_an_operator_alert(speedsms, context, make_message) -> None:
+    failure = _failure(_adapter(speedsms, context, access_token="wrong-token"), make_message())
+    assert isinstance(failure, PermanentFailure)
+    assert (failure.code, failure.operator_alert) == ("http-401", True)
+    assert "wrong-token" not in str(failure)
+
+
+def test_number_refused_by_the_gateway_is_final(speedsms, context, make_message) -> None:
+    speedsms.fail_phone("0901888484", "105")
+    failure = _failure(_adapter(speedsms, context), make_message(recipient="0901888484"))
+    assert isinstance(failure, PermanentFailure)
+    assert (failure.code, failure.operator_alert) == ("105", False)
+    assert "0901888484" not in str(failure)
+
+
+def test_outage_is_temporary(speedsms, context, make_message) -> None:
+    speedsms.set_outage(True)
+    failure = _failure(_adapter(speedsms, context), make_message())
+    assert isinstance(failure, TemporaryFailure)
+    assert failure.code == "http-503"
+    assert failure.retry_after_s is None
+
+
+def test_429_is_temporary_with_retry_after(speedsms, context, make_message) -> None:
+    speedsms.fail_next_http(1, 429, retry_after=12)
+    failure = _failure(_adapter(speedsms, context), make_message())
+    assert isinstance(failure, TemporaryFailure)
+    assert failure.retry_after_s == 12.0
+
+
+def test_timeout_is_temporary(speedsms, context, make_message) -> None:
+    speedsms.set_latency(1.0)
+    failure = _failure(_adapter(speedsms, context, timeout_s=0.2), make_message())
+    assert isinstance(failure, TemporaryFailure)
+    assert failure.code == "timeout"
+
+
+def test_invalid_phone_fails_before_any_request(speedsms, context, make_message) -> None:
+    failure = _failure(_adapter(speedsms, context), make_message(recipient="028 3829 1234"))
+    assert isinstance(failure, PermanentFailure)
+    assert failure.code == "invalid-phone"
+    assert speedsms.request_count == 0
+
+
+def test_too_long_text_is_refused_before_any_request(speedsms, context, make_message) -> None:
+    failure = _failure(_adapter(speedsms, context, max_segments=1), make_message("x" * 161))
+    assert isinstance(failure, PermanentFailure)
+    assert (failure.code, failure.operator_alert) == ("too-long", True)
+    assert speedsms.request_count == 0
+
+
+def test_takes_no_receipts() -> None:
+    assert SpeedSmsAdapter.accepts_receipts is False
+    settings = SpeedSmsSettings(brandname=BRANDNAME, access_token="t")  # type: ignore[arg-type]
+    request = ReceiptRequest(method="GET", headers={}, query={}, body=b"", received_at=time.time())
+    with pytest.raises(InvalidReceipt):
+        SpeedSmsAdapter.parse_receipt(settings, request)
+
+
+def test_health(speedsms, context) -> None:
+    async def check(adapter: SpeedSmsAdapter) -> tuple[bool, str]:
+        try:
+            health = await adapter.health()
+            return health.ok, health.detail
+        finally:
+            await adapter.close()
+
+    assert _run(check(_adapter(speedsms, context))) == (True, f"balance {speedsms.balance}")
+    ok, detail = _run(check(_adapter(speedsms, context, access_token="nope")))
+    assert ok is False
+    assert "401" in detail
