@@ -134,6 +134,9 @@ class Receipt:
     provider_message_id: str | None = None
     error: str | None = None
     error_code: str | None = None
+    # A value unique to this report (a signature, the provider's event id): a receipt
+    # whose nonce was seen before is refused as a replay.
+    nonce: str | None = None
 
 
 class InvalidReceipt(Exception):

@@ -263,8 +263,18 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         except InvalidReceipt as exc:
             log.warning("receipt refused", provider=provider, reason=str(exc))
             raise HTTPException(403, "receipt refused") from None
+        fresh = [r for r in receipts if r.nonce is None]
+        nonces = [r for r in receipts if r.nonce is not None]
+        if nonces:
+            taken = await asyncio.to_thread(
+                app.deliveries.take_nonces, provider, [r.nonce or "" for r in nonces]
+            )
+            if not any(taken):
+                log.warning("receipt refused: replayed", provider=provider)
+                raise HTTPException(409, "receipt already received")
+            fresh += [r for r, new in zip(nonces, taken, strict=True) if new]
         applied = 0
-        for item in receipts:
+        for item in fresh:
             matched = await asyncio.to_thread(
                 app.deliveries.apply_receipt,
                 provider,

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from notifier.store import Database
-from notifier.store.schema import deliveries, delivery_attempts, utcnow
+from notifier.store.schema import deliveries, delivery_attempts, receipt_nonces, utcnow
 
 
 class DeliveryStatus(StrEnum):
@@ -265,8 +265,12 @@ class DeliveryStore:
         error_code: str | None = None,
         provider_message_id: str | None = None,
         details: dict[str, Any] | None = None,
+        counted: bool = True,
     ) -> None:
-        """Record one attempt and the delivery's new status in one transaction."""
+        """Record one attempt and the delivery's new status in one transaction.
+
+        ``counted=False`` keeps the attempt out of the delivery's count (a provider that
+        asked us to come back at a set time, e.g. after its night-time quiet hours)."""
         now = utcnow()
         values: dict[str, Any] = {
             "status": status.value,
@@ -280,6 +284,8 @@ class DeliveryStore:
             values["provider_message_id"] = provider_message_id
         if details:
             values["details"] = details
+        if not counted:
+            values["attempts"] = deliveries.c.attempts - 1
         if status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
             values["sent_at"] = now
         if status is DeliveryStatus.DELIVERED:
@@ -303,6 +309,19 @@ class DeliveryStore:
                     provider_message_id=provider_message_id,
                 )
             )
+
+    def take_nonces(self, provider: str, nonces: Sequence[str]) -> list[bool]:
+        """Record receipt nonces; for each, whether it is new (a replay is not)."""
+        results = []
+        with self.database.begin() as connection:
+            for nonce in nonces:
+                inserted = connection.execute(
+                    self.database.insert_ignore(receipt_nonces, "provider", "nonce").values(
+                        provider=provider, nonce=nonce[:128], received_at=utcnow()
+                    )
+                ).rowcount
+                results.append(bool(inserted))
+        return results
 
     def apply_receipt(
         self,

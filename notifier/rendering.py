@@ -106,6 +106,8 @@ class TemplateSet:
         )
         self._env.filters["date"] = _format_date
         self._env.filters["money"] = _format_money
+        # tojson (used for JSON parts such as Zalo template data): readable Vietnamese.
+        self._env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
         self._parts = dict(channel_parts)
         self._compiled: dict[tuple[str, str, Status, str], Any] = {}
         self._layouts: dict[str, Any] = {}

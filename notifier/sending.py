@@ -193,7 +193,14 @@ class Sender:
         self, claimed: ClaimedDelivery, failure: DeliveryFailure, provider: str | None
     ) -> SendOutcome:
         exhausted = claimed.attempt >= self.worker.max_attempts
-        if isinstance(failure, TemporaryFailure) and not exhausted:
+        # A provider that names a time beyond our longest backoff (quiet hours) is not
+        # failing: that wait does not use up attempts, only the delivery's max age.
+        scheduled = (
+            isinstance(failure, TemporaryFailure)
+            and failure.retry_after_s is not None
+            and failure.retry_after_s * 1000 > self.worker.max_backoff_ms
+        )
+        if isinstance(failure, TemporaryFailure) and (scheduled or not exhausted):
             self._record(
                 claimed,
                 status=DeliveryStatus.TEMPORARY_FAILURE,
@@ -201,6 +208,7 @@ class Sender:
                 started_at=utcnow(),
                 error=failure.reason,
                 error_code=failure.code,
+                counted=not scheduled,
             )
             return SendOutcome(
                 DeliveryStatus.TEMPORARY_FAILURE,

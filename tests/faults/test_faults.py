@@ -7,12 +7,10 @@ Run alone with `./dev test -m faults`; it is part of the full suite too.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -44,7 +42,9 @@ def smtp() -> Iterator[SmtpCatcher]:
 
 def fault_settings(amqp_url: str, pg_url: str, prefix: str, smtp: SmtpCatcher) -> Settings:
     return rabbit_settings(
-        amqp_url, pg_url, prefix,
+        amqp_url,
+        pg_url,
+        prefix,
         adapters={"email": {"port": smtp.port, "pool_size": 4, "timeout_s": 3}},
     )
 
@@ -60,9 +60,20 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "notifier.cli", "worker", "--processes", "1",
-                 "--threads", "8"],
-                cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "notifier.cli",
+                    "worker",
+                    "--processes",
+                    "1",
+                    "--threads",
+                    "8",
+                ],
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self
@@ -128,13 +139,18 @@ def report(name: str, numbers: dict[str, int]) -> None:
 
 
 def test_sigkill_mid_burst_loses_nothing_and_duplicates_only_in_flight_sends(
-    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str,
-    smtp: SmtpCatcher, tmp_path: Path,
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    smtp: SmtpCatcher,
+    tmp_path: Path,
 ) -> None:
     settings = fault_settings(amqp_url, pg_url, queue_prefix, smtp)
     declare(settings)
-    env = notifier_env(settings, NOTIFIER_SWEEPER__INTERVAL_S="1",
-                       NOTIFIER_SWEEPER__STALE_AFTER_S="15")
+    env = notifier_env(
+        settings, NOTIFIER_SWEEPER__INTERVAL_S="1", NOTIFIER_SWEEPER__STALE_AFTER_S="15"
+    )
     count = 600
     publish(settings, [sample_event(i, event_id=uuid.uuid4()) for i in range(count)])
 
@@ -143,7 +159,8 @@ def test_sigkill_mid_burst_loses_nothing_and_duplicates_only_in_flight_sends(
     first.kill9()
     with pg_database.engine.connect() as connection:
         in_flight = {
-            str(r) for r in connection.execute(
+            str(r)
+            for r in connection.execute(
                 sa.select(deliveries.c.delivery_id).where(deliveries.c.status == "sending")
             ).scalars()
         }
@@ -159,12 +176,19 @@ def test_sigkill_mid_burst_loses_nothing_and_duplicates_only_in_flight_sends(
     received = received_ids(smtp)
     duplicates = {i for i, n in received.items() if n > 1}
     lost = planned - set(received)
-    report("sigkill", {
-        "events": count, "deliveries": sum(statuses(pg_database).values()),
-        "emails_planned": len(planned), "emails_before_kill": killed_after,
-        "in_flight_at_kill": len(in_flight), "emails_received": sum(received.values()),
-        "duplicates": len(duplicates), "lost": len(lost),
-    })
+    report(
+        "sigkill",
+        {
+            "events": count,
+            "deliveries": sum(statuses(pg_database).values()),
+            "emails_planned": len(planned),
+            "emails_before_kill": killed_after,
+            "in_flight_at_kill": len(in_flight),
+            "emails_received": sum(received.values()),
+            "duplicates": len(duplicates),
+            "lost": len(lost),
+        },
+    )
     assert killed_after < len(planned)  # the kill really happened mid-burst
     assert lost == set()
     assert set(statuses(pg_database)) <= {"sent", "delivered"}
@@ -174,7 +198,11 @@ def test_sigkill_mid_burst_loses_nothing_and_duplicates_only_in_flight_sends(
 
 
 def test_rabbitmq_restart_mid_burst_loses_nothing_and_sends_nothing_twice(
-    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, smtp: SmtpCatcher,
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    smtp: SmtpCatcher,
 ) -> None:
     settings = fault_settings(amqp_url, pg_url, queue_prefix, smtp)
     declare(settings)
@@ -201,11 +229,17 @@ def test_rabbitmq_restart_mid_burst_loses_nothing_and_sends_nothing_twice(
     planned = email_ids(pg_database)
     received = received_ids(smtp)
     duplicates = {i for i, n in received.items() if n > 1}
-    report("rabbitmq-restart", {
-        "events": len(bodies), "unconfirmed_republished": len(unconfirmed),
-        "emails_planned": len(planned), "emails_received": sum(received.values()),
-        "duplicates": len(duplicates), "lost": len(planned - set(received)),
-    })
+    report(
+        "rabbitmq-restart",
+        {
+            "events": len(bodies),
+            "unconfirmed_republished": len(unconfirmed),
+            "emails_planned": len(planned),
+            "emails_received": sum(received.values()),
+            "duplicates": len(duplicates),
+            "lost": len(planned - set(received)),
+        },
+    )
     assert planned == set(received)
     assert duplicates == set()
 
@@ -222,13 +256,22 @@ def reconnect(settings: Settings) -> EventPublisher:
 
 
 def test_provider_outage_then_recovery_delivers_everything_with_retries_logged(
-    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, smtp: SmtpCatcher,
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    smtp: SmtpCatcher,
 ) -> None:
     settings = fault_settings(amqp_url, pg_url, queue_prefix, smtp)
-    settings = settings.model_copy(update={"providers": {
-        "email": settings.provider_policy("email").model_copy(
-            update={"circuit_failures": 3, "circuit_open_s": 1.0})
-    }})
+    settings = settings.model_copy(
+        update={
+            "providers": {
+                "email": settings.provider_policy("email").model_copy(
+                    update={"circuit_failures": 3, "circuit_open_s": 1.0}
+                )
+            }
+        }
+    )
     declare(settings)
     port = smtp.port
     smtp.stop()  # the mail server is down
@@ -241,11 +284,16 @@ def test_provider_outage_then_recovery_delivers_everything_with_retries_logged(
             wait_until(lambda: all_final(pg_database, len(bodies)), timeout=120, interval=0.5)
             received = received_ids(back_up)
     planned = email_ids(pg_database)
-    report("provider-outage", {
-        "events": len(bodies), "emails_planned": len(planned),
-        "failed_attempts_logged": _failed_attempts(pg_database),
-        "emails_received": sum(received.values()), "lost": len(planned - set(received)),
-    })
+    report(
+        "provider-outage",
+        {
+            "events": len(bodies),
+            "emails_planned": len(planned),
+            "failed_attempts_logged": _failed_attempts(pg_database),
+            "emails_received": sum(received.values()),
+            "lost": len(planned - set(received)),
+        },
+    )
     assert planned == set(received)
     assert max(received.values()) == 1
     assert set(statuses(pg_database)) <= {"sent", "delivered"}
@@ -253,20 +301,31 @@ def test_provider_outage_then_recovery_delivers_everything_with_retries_logged(
 
 def _failed_attempts(database: Database) -> int:
     with database.engine.connect() as connection:
-        return int(connection.execute(
-            sa.select(sa.func.count()).where(delivery_attempts.c.outcome == "temporary-failure")
-        ).scalar_one())
+        return int(
+            connection.execute(
+                sa.select(sa.func.count()).where(delivery_attempts.c.outcome == "temporary-failure")
+            ).scalar_one()
+        )
 
 
 def test_rate_limit_is_respected_at_the_provider(
-    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, smtp: SmtpCatcher,
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    smtp: SmtpCatcher,
 ) -> None:
     rate, burst = 20.0, 5
     settings = fault_settings(amqp_url, pg_url, queue_prefix, smtp)
-    settings = settings.model_copy(update={"providers": {
-        "email": settings.provider_policy("email").model_copy(
-            update={"rate_per_s": rate, "burst": burst})
-    }})
+    settings = settings.model_copy(
+        update={
+            "providers": {
+                "email": settings.provider_policy("email").model_copy(
+                    update={"rate_per_s": rate, "burst": burst}
+                )
+            }
+        }
+    )
     declare(settings)
     app = Notifier(settings)
     bodies = [sample_event(i, event_id=uuid.uuid4(), status=None) for i in range(80)]
@@ -277,16 +336,30 @@ def test_rate_limit_is_respected_at_the_provider(
         wait_until(lambda: len(smtp.messages) == len(bodies), timeout=60)
     times = sorted(m.received_at for m in smtp.messages)
     elapsed = times[-1] - times[0]
-    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    report("rate-limit", {"emails": len(times), "configured_per_s": int(rate),
-                          "busiest_second": busiest, "elapsed_ms": int(elapsed * 1000)})
-    # 80 messages at 20/s with a burst of 5 take at least (80 - 5) / 20 = 3.75 s.
+    window = 2.0
+    busiest = max(sum(1 for t in times if start <= t < start + window) for start in times)
+    report(
+        "rate-limit",
+        {
+            "emails": len(times),
+            "configured_per_s": int(rate),
+            "busiest_2s_window": busiest,
+            "elapsed_ms": int(elapsed * 1000),
+        },
+    )
+    # Tokens are taken before the send; arrival at the server adds the send's own
+    # latency jitter, hence a 2 s window and a 10 % allowance. Unlimited, the 80
+    # messages arrive within about 0.3 s.
     assert elapsed >= (len(bodies) - burst) / rate * 0.95
-    assert busiest <= rate + burst
+    assert busiest <= (rate * window + burst) * 1.1
 
 
 def test_hostile_fields_are_neutralised_and_the_next_event_is_sent(
-    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, smtp: SmtpCatcher,
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    smtp: SmtpCatcher,
 ) -> None:
     settings = fault_settings(amqp_url, pg_url, queue_prefix, smtp)
     declare(settings)
@@ -306,10 +379,9 @@ def test_hostile_fields_are_neutralised_and_the_next_event_is_sent(
         wait_until(lambda: len(smtp.messages) == 2, timeout=30)
     by_id = {m["X-Notifier-Delivery-Id"]: m for m in smtp.messages}
     assert len(by_id) == 2
-    hostile_mail = next(m for m in smtp.messages if "refused" not in m["Subject"]
-                        and "alert" in m.get_body(("html",)).get_content()) \
-        if False else next(m for m in smtp.messages
-                           if "<script>" in m.get_body(("plain",)).get_content())
+    hostile_mail = next(
+        m for m in smtp.messages if "<script>" in m.get_body(("plain",)).get_content()
+    )
     html = hostile_mail.get_body(("html",)).get_content()
     assert "<script>" not in html
     assert "&lt;script&gt;" in html
