@@ -315,12 +315,13 @@ class DeliveryStore:
         results = []
         with self.database.begin() as connection:
             for nonce in nonces:
+                # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts.
                 inserted = connection.execute(
-                    self.database.insert_ignore(receipt_nonces, "provider", "nonce").values(
-                        provider=provider, nonce=nonce[:128], received_at=utcnow()
-                    )
-                ).rowcount
-                results.append(bool(inserted))
+                    self.database.insert_ignore(receipt_nonces, "provider", "nonce")
+                    .values(provider=provider, nonce=nonce[:128], received_at=utcnow())
+                    .returning(receipt_nonces.c.nonce)
+                ).first()
+                results.append(inserted is not None)
         return results
 
     def apply_receipt(

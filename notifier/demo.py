@@ -18,7 +18,7 @@ from dramatiq import Worker
 from notifier.deliverylog import DeliveryLog, DeliveryQuery
 from notifier.samples import sample_events
 from notifier.settings import load_settings
-from notifier.simulators.smtp import SmtpCatcher
+from notifier.simulators.local import LocalProviders
 
 _UNFINISHED = {"queued", "sending", "temporary-failure"}
 
@@ -33,17 +33,19 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
     for stale in workdir.glob("demo.db*"):
         stale.unlink()
 
-    with SmtpCatcher() as smtp:
+    with LocalProviders() as providers:
         settings = load_settings(
             broker_url="memory://",
             database_url=f"sqlite:///{database_file}",
             log_format="console",
             log_level="WARNING",
-            adapters={"email": {"host": "127.0.0.1", "port": smtp.port}},
+            **providers.settings_overrides(receipts_base=f"http://127.0.0.1:{port}"),
         )
         configure_logging(settings.log_level, settings.log_format)
         app = Notifier(settings)
         upgrade(app.database)
+        providers.seed_tokens(app.tokens)
+        smtp = providers.smtp
         worker = Worker(app.broker, worker_threads=8)
         worker.start()
         try:
@@ -53,7 +55,12 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
             )
             click.echo(f"  storage  {database_file} (SQLite)")
             click.echo("  broker   in-process (Dramatiq StubBroker)")
-            click.echo(f"  email    local SMTP catcher on 127.0.0.1:{smtp.port}\n")
+            click.echo(f"  email    local SMTP catcher on 127.0.0.1:{smtp.port}")
+            click.echo(
+                f"  sms      local eSMS gateway {providers.esms.base_url} "
+                f"(then SpeedSMS {providers.speedsms.base_url})"
+            )
+            click.echo(f"  zalo     local Zalo ZNS {providers.zalo.base_url}\n")
             started = time.monotonic()
             for event in sample_events(count):
                 app.submit(json.dumps(event, ensure_ascii=False).encode(), source="demo")
@@ -74,6 +81,10 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
             click.echo(f"emails caught by the SMTP catcher: {len(smtp.messages)}")
             if smtp.messages:
                 click.echo(f"  e.g. subject: {smtp.messages[0]['Subject']}")
+            click.echo(f"SMS taken by the eSMS gateway: {len(providers.esms.messages)}")
+            if providers.esms.messages:
+                click.echo(f"  e.g. text: {providers.esms.messages[0].content}")
+            click.echo(f"Zalo ZNS messages: {len(providers.zalo.messages)}")
             ok = total > 0 and set(counts) <= {"sent", "delivered"}
             if exit_after:
                 return 0 if ok else 1

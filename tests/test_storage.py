@@ -270,3 +270,10 @@ def test_tokens_are_encrypted_and_refreshed_once_under_concurrency(database: Dat
 
     with pytest.raises(TokenStoreError, match="NOTIFIER_SECRET_KEY"):
         TokenStore(database, "another-key-entirely").get("zalo")
+
+
+def test_a_receipt_nonce_is_new_once(database: Database) -> None:
+    store = DeliveryStore(database)
+    assert store.take_nonces("zalo", ["mac-1", "mac-2"]) == [True, True]
+    assert store.take_nonces("zalo", ["mac-1", "mac-3"]) == [False, True]
+    assert store.take_nonces("esms", ["mac-1"]) == [True]  # per provider
