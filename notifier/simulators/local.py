@@ -25,14 +25,14 @@ class LocalProviders:
     def __init__(self, *, smtp_latency_s: float = 0.0, parse_emails: bool = True) -> None:
         self.receipt_token = secrets.token_urlsafe(24)
         self.smtp = SmtpCatcher(latency_s=smtp_latency_s, parse_messages=parse_emails)
-        self.esms = EsmsSimulator(api_key="local-esms-key", secret_key="local-esms-secret")
+        self.esms = EsmsSimulator()
         self.speedsms = SpeedSmsSimulator()
         self.zalo = ZaloSimulator()
         self._stack = ExitStack()
 
     def __enter__(self) -> Self:
         for simulator in (self.smtp, self.esms, self.speedsms, self.zalo):
-            self._stack.enter_context(simulator)  # type: ignore[arg-type]
+            self._stack.enter_context(simulator)
         return self
 
     def __exit__(
@@ -47,8 +47,8 @@ class LocalProviders:
         """``channels`` and ``adapters`` settings for these simulators. With
         ``receipts_base`` (the API's URL), eSMS is told where to send delivery reports."""
         esms: dict[str, Any] = {
-            "api_key": "local-esms-key",
-            "secret_key": "local-esms-secret",
+            "api_key": self.esms.api_key,
+            "secret_key": self.esms.secret_key,
             "base_url": self.esms.base_url,
             "brandname": "CONG DVC",
             "receipt_token": self.receipt_token,
