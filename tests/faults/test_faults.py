@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -393,3 +394,80 @@ def test_hostile_fields_are_neutralised_and_the_next_event_is_sent(
         reasons = connection.execute(sa.text("SELECT reason FROM rejected_events")).scalars().all()
     assert any("applicant.name" in r and "single line" in r for r in reasons)
     assert any("contacts.email" in r for r in reasons)
+
+
+def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_half_done(
+    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, tmp_path: Path,
+) -> None:
+    with SmtpCatcher(latency_s=0.3) as slow:  # ~1.2 s a message: sends are in flight
+        settings = fault_settings(amqp_url, pg_url, queue_prefix, slow)
+        declare(settings)
+        env = notifier_env(settings)
+        bodies = [sample_event(i, event_id=uuid.uuid4()) for i in range(40)]
+        for body in bodies:
+            body["dossier"]["status"] = "received"
+        publish(settings, bodies)
+        worker = WorkerProcess(env, tmp_path / "worker.log").start()
+        wait_until(lambda: len(slow.messages) >= 2, timeout=60)
+        started = time.monotonic()
+        exit_code = worker.terminate(timeout=60)
+        stopped_in = time.monotonic() - started
+        in_flight_after = statuses(pg_database)["sending"]
+        sent_before_restart = len(slow.messages)
+
+        again = WorkerProcess(env, tmp_path / "worker.log").start()
+        try:
+            wait_until(lambda: all_final(pg_database, len(bodies)), timeout=120, interval=0.5)
+        finally:
+            again.terminate()
+        received = received_ids(slow)
+    planned = email_ids(pg_database)
+    report("sigterm", {
+        "events": len(bodies), "stopped_in_ms": int(stopped_in * 1000),
+        "exit_code": exit_code, "left_sending": in_flight_after,
+        "sent_before_restart": sent_before_restart, "emails_received": sum(received.values()),
+        "duplicates": sum(1 for n in received.values() if n > 1),
+        "lost": len(planned - set(received)),
+    })
+    assert in_flight_after == 0  # every claimed send finished and was recorded
+    assert stopped_in < settings.worker.send_timeout_s + 15
+    assert planned == set(received)
+    assert max(received.values()) == 1
+
+
+def test_postgresql_restart_mid_run_the_worker_waits_and_goes_on(
+    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, smtp: SmtpCatcher,
+) -> None:
+    settings = fault_settings(amqp_url, pg_url, queue_prefix, smtp)
+    declare(settings)
+    app = Notifier(settings)
+    first = [sample_event(i, event_id=uuid.uuid4()) for i in range(30)]
+    second = [sample_event(i, event_id=uuid.uuid4()) for i in range(30, 60)]
+    cluster = sorted(os.listdir("/etc/postgresql"))[-1]
+    with RunningWorker(app, threads=8):
+        publish(settings, first)
+        wait_until(lambda: len(smtp.messages) >= 5, timeout=60)
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
+            check=True, timeout=120,
+        )
+        publish(settings, second)
+        wait_until(lambda: _reachable(pg_database) and all_final(pg_database, 60),
+                   timeout=180, interval=0.5)
+    planned = email_ids(pg_database)
+    received = received_ids(smtp)
+    report("postgresql-restart", {
+        "events": 60, "emails_planned": len(planned), "emails_received": sum(received.values()),
+        "duplicates": sum(1 for n in received.values() if n > 1),
+        "lost": len(planned - set(received)),
+    })
+    assert planned == set(received)
+
+
+def _reachable(database: Database) -> bool:
+    try:
+        with database.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        return True
+    except sa.exc.DBAPIError:
+        return False
