@@ -24,6 +24,9 @@ from notifier.store.schema import provider_health, utcnow
 
 log = get_logger(__name__)
 
+# Quota figures change with every send; the database hears of them this often at most.
+QUOTA_WRITE_INTERVAL_S = 10.0
+
 
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved up. Thread-safe."""
@@ -73,6 +76,7 @@ class ProviderGuard:
             if policy.rate_per_s is not None
         }
         self._circuits: dict[str, _Circuit] = {}
+        self._quota_written: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def _policy(self, provider: str) -> ProviderPolicy:
@@ -102,7 +106,10 @@ class ProviderGuard:
             return self._circuits.setdefault(provider, _Circuit()).state
 
     def observe(self, call: ProviderCall) -> None:
-        """A Sender observer: count failures that are the provider's, not the recipient's."""
+        """A Sender observer: count failures that are the provider's, not the recipient's,
+        and keep what providers report about themselves (e.g. ZNS daily quota left)."""
+        if call.details and any(key.startswith("quota") for key in call.details):
+            self._record_quota(call)
         provider_fault = call.outcome == "temporary-failure" or call.operator_alert
         policy = self._policy(call.provider)
         change: tuple[CircuitState, int, str | None] | None = None
@@ -146,6 +153,34 @@ class ProviderGuard:
                 code,
                 policy.circuit_open_s if state is CircuitState.OPEN else None,
             )
+
+    def _record_quota(self, call: ProviderCall) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._quota_written.get(call.provider, -1e9) < QUOTA_WRITE_INTERVAL_S:
+                return
+            self._quota_written[call.provider] = now
+        quota = {k: v for k, v in (call.details or {}).items() if k.startswith("quota")}
+        try:
+            with self.database.begin() as connection:
+                changed = connection.execute(
+                    sa.update(provider_health)
+                    .where(provider_health.c.provider == call.provider)
+                    .values(details=quota, updated_at=utcnow())
+                ).rowcount
+                if not changed:
+                    connection.execute(
+                        self.database.insert_ignore(provider_health, "provider").values(
+                            provider=call.provider,
+                            channel=call.channel,
+                            circuit_state=self.state(call.provider).value,
+                            consecutive_failures=0,
+                            details=quota,
+                            updated_at=utcnow(),
+                        )
+                    )
+        except Exception:  # best effort, like circuit states
+            log.exception("could not record provider quota", provider=call.provider)
 
     def _record(
         self,

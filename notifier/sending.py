@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ class ProviderCall:
     seconds: float
     error_code: str | None = None
     operator_alert: bool = False
+    details: Mapping[str, Any] | None = None  # what the provider said, e.g. quota left
 
 
 SendObserver = Callable[[ProviderCall], None]
@@ -142,7 +143,11 @@ class Sender:
                 status = DeliveryStatus.DELIVERED if result.delivered else DeliveryStatus.SENT
                 self._observe(
                     ProviderCall(
-                        claimed.channel, provider.name, status.value, time.perf_counter() - clock
+                        claimed.channel,
+                        provider.name,
+                        status.value,
+                        time.perf_counter() - clock,
+                        details=result.details,
                     )
                 )
                 self._record(

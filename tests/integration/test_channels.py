@@ -21,7 +21,7 @@ from notifier.publisher import EventPublisher
 from notifier.samples import sample_event
 from notifier.simulators.local import LocalProviders
 from notifier.store import Database
-from notifier.store.schema import deliveries
+from notifier.store.schema import deliveries, provider_health
 from tests.support import RunningWorker, ServedApi, rabbit_settings, wait_until
 
 pytestmark = pytest.mark.integration
@@ -109,6 +109,12 @@ def test_sms_and_zalo_receive_the_right_requests(
     assert event["dossier"]["code"] in json.dumps(zns.template_data, ensure_ascii=False)
     assert zns.template_data["customer_name"] == event["applicant"]["name"]
     assert found["zalo"]["details"]["quota_remaining"] is not None
+    # The quota left is also kept per provider, for operators and metrics.
+    with pg_database.engine.connect() as connection:
+        health = connection.execute(
+            sa.select(provider_health.c.details).where(provider_health.c.provider == "zalo")
+        ).scalar_one()
+    assert health["quota_remaining"] == found["zalo"]["details"]["quota_remaining"]
 
 
 def test_zalo_token_expiring_mid_run_is_refreshed_once_and_nothing_is_lost(
