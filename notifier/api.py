@@ -114,6 +114,11 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
     delivery_log = DeliveryLog(app.database, app.settings.recipient_hash_key.get_secret_value())
     submit_event = submit or EventSubmitter(app)
     max_body = app.settings.api.max_body_bytes
+    from notifier.optouts import opt_out_routes  # /v1/opt-outs, /v1/inbound-sms/{provider}
+    from notifier.security import secure_api  # rate limit, body size limit, headers
+
+    secure_api(api, app)
+    api.include_router(opt_out_routes(app))
 
     def caller(scope: str) -> Callable[..., ApiClient]:
         def authenticate(authorization: Annotated[str | None, Header()] = None) -> ApiClient:
@@ -331,6 +336,9 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         rows = delivery_log.rejects(limit=limit, offset=offset)
         return {"items": [json.loads(json.dumps(r.__dict__, default=str)) for r in rows]}
 
+    from notifier.console import install_console  # /console, its /v1 API, /metrics
+
+    install_console(api, app)
     return api
 
 

@@ -1,7 +1,8 @@
 """API keys for HTTP callers: stored as SHA-256 hashes, scoped, limited to agencies, revocable.
 
 Scopes: ``publish`` (POST /v1/events for the key's agencies), ``inbox`` (the portal
-backend reading citizens' inboxes), ``operator`` (the delivery log and rejects).
+backend reading citizens' inboxes), ``operator`` (the delivery log and rejects),
+``admin`` (operator, plus replays), ``metrics`` (only /metrics, for Prometheus).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from notifier.store import Database
 from notifier.store.schema import api_clients, utcnow
 
-SCOPES = ("publish", "inbox", "operator")
+SCOPES = ("publish", "inbox", "operator", "admin", "metrics")
 KEY_PREFIX = "ntf_"
 
 
@@ -86,10 +87,13 @@ class ApiKeys:
 
 def _client(row: sa.Row[tuple[object, ...]]) -> ApiClient:
     m = row._mapping
+    scopes = tuple(m["scopes"])
+    if "admin" in scopes and "operator" not in scopes:
+        scopes += ("operator",)  # admin = operator + replay
     return ApiClient(
         client_id=m["client_id"],
         name=m["name"],
-        scopes=tuple(m["scopes"]),
+        scopes=scopes,
         agencies=tuple(m["agencies"]),
         created_at=m["created_at"],
         revoked_at=m["revoked_at"],

@@ -14,6 +14,7 @@ from uuid import UUID
 import click
 
 from notifier import __version__
+from notifier.apikeys import SCOPES
 from notifier.settings import Settings, SettingsError, load_settings
 
 SCHEMA_PATH = Path("schemas") / "dossier-status-event.v1.schema.json"
@@ -338,7 +339,7 @@ def api_keys() -> None:
     "scopes",
     multiple=True,
     required=True,
-    type=click.Choice(["publish", "inbox", "operator"]),
+    type=click.Choice(list(SCOPES)),
 )
 @click.option(
     "--agency",
@@ -468,3 +469,15 @@ def tokens_show(name: str) -> None:
 
 if __name__ == "__main__":
     main()
+adapters.add_command(__import__("notifier.scaffold").scaffold.new_adapter, "new")
+main.add_command(__import__("notifier.retention").retention.purge_command)
+main.add_command(__import__("notifier.optouts").optouts.opt_out_group)
+broker.add_command(__import__("notifier.brokeradmin").brokeradmin.add_publisher_command)
+broker.add_command(__import__("notifier.brokeradmin").brokeradmin.remove_publisher_command)
+main.add_command(__import__("notifier.console.commands").console.commands.overview)
+main.add_command(__import__("notifier.console.commands").console.commands.dossier)
+main.add_command(__import__("notifier.console.commands").console.commands.dead_letters)
+main.add_command(__import__("notifier.console.commands").console.commands.providers)
+main.add_command(__import__("notifier.console.commands").console.commands.report)
+main.add_command(__import__("notifier.console.commands").console.commands.replay)
+main.add_command(__import__("notifier.console.commands").console.commands.operators)

@@ -230,7 +230,7 @@ def test_api_keys_are_stored_hashed_scoped_and_revocable(database: Database) -> 
     assert keys.revoke("motcua-hanoi")
     assert keys.authenticate(key) is None
     with pytest.raises(ValueError, match="scopes"):
-        keys.create("bad", ["admin"], [])
+        keys.create("bad", ["root"], [])
 
 
 def test_tokens_are_encrypted_and_refreshed_once_under_concurrency(database: Database) -> None:

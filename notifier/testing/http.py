@@ -99,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.owner._disconnected(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: request lines may carry personal data (phone numbers in queries)."""
 
     def _body(self) -> bytes:
@@ -181,7 +181,7 @@ class LocalHttpServer:
         self._released.clear()
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
         )
         self._thread.start()
         return self

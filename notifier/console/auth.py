@@ -1,0 +1,261 @@
+"""Who may use the console and its API: signed session cookies, CSRF tokens, API keys.
+
+A session is a cookie holding the username, a stamp of the password hash, a random
+nonce and an expiry, signed with HMAC-SHA256 under a key derived from the service's
+``secret_key``. Every request re-reads the operator, so disabling an account or
+changing its role or password takes effect at once. The CSRF token of a session is
+an HMAC of its nonce: forms carry it in a hidden field, scripts in ``X-CSRF-Token``.
+The sign-in form has its own token, bound to a short-lived pre-session cookie.
+
+Callers of the JSON API may instead present an API key (``Authorization: Bearer``):
+scope ``operator`` reads, ``admin`` also replays (see :mod:`notifier.apikeys`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.responses import Response
+
+from notifier.apikeys import ApiKeys
+from notifier.operators import Operator, OperatorStore, Role
+
+SESSION_COOKIE = "notifier_session"
+PRESESSION_COOKIE = "notifier_signin"
+LANGUAGE_COOKIE = "notifier_lang"
+SESSION_SECONDS = 8 * 3600
+PRESESSION_SECONDS = 30 * 60
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Whoever is making a request: a signed-in operator or an API key."""
+
+    name: str
+    role: Role
+    via: str  # "session" | "api-key"
+    csrf_token: str | None = None  # sessions only
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    @property
+    def actor(self) -> str:
+        """How replays record who did them."""
+        return f"{'operator' if self.via == 'session' else 'api-key'}:{self.name}"
+
+
+class NotSignedIn(Exception):
+    """Raised by page dependencies; answered with a redirect to the sign-in page."""
+
+
+def _same(expected: str, given: str | None) -> bool:
+    """Constant-time equality (as bytes: a str with non-ASCII would raise)."""
+    return bool(given) and hmac.compare_digest(expected.encode(), (given or "").encode())
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Sessions:
+    def __init__(self, secret_key: str, operators: OperatorStore, keys: ApiKeys) -> None:
+        # Derived keys, so a token for one purpose is never valid for another and the
+        # provider-token encryption key is not used here as is.
+        root = secret_key.encode()
+        self._session_key = hmac.new(root, b"notifier console session v1", "sha256").digest()
+        self._csrf_key = hmac.new(root, b"notifier console csrf v1", "sha256").digest()
+        self.operators = operators
+        self.keys = keys
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def _sign(self, payload: dict[str, Any]) -> str:
+        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        mac = hmac.new(self._session_key, body.encode(), hashlib.sha256).digest()
+        return f"{body}.{_b64(mac)}"
+
+    def _verify(self, token: str) -> dict[str, Any] | None:
+        body, _, mac = token.partition(".")
+        if not body or not mac:
+            return None
+        expected = hmac.new(self._session_key, body.encode(), hashlib.sha256).digest()
+        try:
+            if not hmac.compare_digest(expected, _unb64(mac)):
+                return None
+            payload = json.loads(_unb64(body))
+        except ValueError:
+            return None
+        if not isinstance(payload, dict) or payload.get("exp", 0) < time.time():
+            return None
+        return payload
+
+    def csrf_for(self, nonce: str) -> str:
+        return _b64(hmac.new(self._csrf_key, nonce.encode(), hashlib.sha256).digest())
+
+    def csrf_valid(self, nonce: str, token: str | None) -> bool:
+        return _same(self.csrf_for(nonce), token)
+
+    @staticmethod
+    def csrf_valid_token(principal: Principal, token: str | None) -> bool:
+        """Whether ``token`` is the CSRF token of ``principal``'s session."""
+        return principal.csrf_token is not None and _same(principal.csrf_token, token)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def start(self, response: Response, request: Request, operator: Operator) -> None:
+        token = self._sign(
+            {
+                "u": operator.username,
+                "s": operator.password_stamp,
+                "n": secrets.token_urlsafe(16),
+                "exp": int(time.time()) + SESSION_SECONDS,
+            }
+        )
+        set_cookie(response, request, SESSION_COOKIE, token, SESSION_SECONDS)
+        response.delete_cookie(PRESESSION_COOKIE, path="/console")
+
+    def end(self, response: Response) -> None:
+        response.delete_cookie(SESSION_COOKIE, path="/")
+
+    def principal(self, request: Request) -> Principal | None:
+        """The signed-in operator of this request's session cookie, if still valid."""
+        token = request.cookies.get(SESSION_COOKIE)
+        payload = self._verify(token) if token else None
+        if payload is None:
+            return None
+        operator = self.operators.active(str(payload.get("u", "")))
+        if operator is None or operator.password_stamp != payload.get("s"):
+            return None
+        nonce = str(payload.get("n", ""))
+        return Principal(operator.username, operator.role, "session", self.csrf_for(nonce))
+
+    def from_api_key(self, authorization: str | None) -> Principal | None:
+        """The principal of a Bearer API key (None without one); 401 for a bad key,
+        403 for a key without the operator or admin scope."""
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return None
+        client = self.keys.authenticate(authorization[7:].strip())
+        if client is None:
+            raise HTTPException(401, "invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
+        if "admin" in client.scopes:
+            return Principal(client.name, Role.ADMIN, "api-key")
+        if "operator" in client.scopes:
+            return Principal(client.name, Role.VIEWER, "api-key")
+        raise HTTPException(403, "this key lacks the 'operator' scope")
+
+    # -- the sign-in form -----------------------------------------------------------------
+
+    def presession(self, request: Request) -> tuple[str, str | None]:
+        """The sign-in form's CSRF token, bound to a pre-session nonce, and the nonce to
+        set as the pre-session cookie when the request had none (see set_presession)."""
+        nonce = request.cookies.get(PRESESSION_COOKIE)
+        if nonce and 8 <= len(nonce) <= 64:
+            return self.csrf_for("signin:" + nonce), None
+        nonce = secrets.token_urlsafe(16)
+        return self.csrf_for("signin:" + nonce), nonce
+
+    @staticmethod
+    def set_presession(response: Response, request: Request, nonce: str) -> None:
+        set_cookie(response, request, PRESESSION_COOKIE, nonce, PRESESSION_SECONDS, "/console")
+
+    def presession_valid(self, request: Request, token: str | None) -> bool:
+        nonce = request.cookies.get(PRESESSION_COOKIE)
+        return bool(nonce) and self.csrf_valid("signin:" + (nonce or ""), token)
+
+
+def is_local_http(request: Request) -> bool:
+    return request.url.scheme == "http" and (request.url.hostname or "") in _LOCAL_HOSTS
+
+
+def set_cookie(
+    response: Response, request: Request, name: str, value: str, max_age: int, path: str = "/"
+) -> None:
+    """HttpOnly, SameSite=Strict; Secure everywhere but plain http on this machine
+    (behind a TLS proxy the browser sees https, so the cookie stays Secure)."""
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=path,
+        httponly=True,
+        samesite="strict",
+        secure=not is_local_http(request),
+    )
+
+
+def same_origin(request: Request) -> bool:
+    """False when a browser says the request comes from another site (defence in depth
+    next to SameSite cookies and CSRF tokens)."""
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        # Absent, or hidden by our own Referrer-Policy: no-referrer (browsers then send
+        # "null"): the CSRF token decides.
+        return True
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1].rstrip("/") == host
+
+
+class SignInThrottle:
+    """Slows password guessing: after 5 failures for a name, or 20 from one address,
+    within 15 minutes, sign-in is refused until the window passes (per API process)."""
+
+    def __init__(self, per_name: int = 5, per_address: int = 20, window_s: float = 900) -> None:
+        self.per_name, self.per_address, self.window_s = per_name, per_address, window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        found = self._failures.setdefault(key, deque())
+        while found and found[0] < now - self.window_s:
+            found.popleft()
+        return found
+
+    def blocked(self, name: str, address: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            return (
+                len(self._recent("n:" + name, now)) >= self.per_name
+                or len(self._recent("a:" + address, now)) >= self.per_address
+            )
+
+    def failed(self, name: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._recent("n:" + name, now).append(now)
+            self._recent("a:" + address, now).append(now)
+            if len(self._failures) > 10_000:  # bounded memory under a spray of names
+                self._failures = {k: v for k, v in self._failures.items() if v}
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop("n:" + name, None)

@@ -1,0 +1,282 @@
+"""Replay of dead letters and rejected events, through the normal path, idempotently.
+
+A failed delivery (permanent-failure, or temporary-failure waiting for a retry) is
+reset to ``queued`` in one conditional UPDATE, so of two concurrent replays only one
+changes it and only that one enqueues: a second replay does nothing. The reset gives
+the delivery a fresh round of attempts (``attempts`` back to 0) and is recorded in the
+attempt log as outcome ``replayed``, with who asked. The worker then claims and sends
+it like any other delivery, with the usual lease and fallback rules.
+
+A rejected event is marked ``replayed_at`` in one conditional UPDATE, then its stored
+payload goes to the ingest actor again (source ``replay``), where the event id dedupes
+it: an event meanwhile accepted sends nothing twice. If it is still invalid, ingest
+keeps a new rejection with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import sqlalchemy as sa
+
+from notifier.deliveries import DeliveryStatus
+from notifier.deliverylog import DeliveryLog, DeliveryQuery
+from notifier.logging import get_logger
+from notifier.store.schema import deliveries, delivery_attempts, rejected_events, utcnow
+
+if TYPE_CHECKING:
+    from notifier.app import Notifier
+
+log = get_logger(__name__)
+
+REPLAYABLE = (DeliveryStatus.PERMANENT_FAILURE.value, DeliveryStatus.TEMPORARY_FAILURE.value)
+# A bound on one filtered replay, so a mistaken filter cannot flood the providers.
+MAX_BATCH = 5_000
+
+
+class ReplayOutcome(StrEnum):
+    REPLAYED = "replayed"
+    NOT_REPLAYABLE = "not-replayable"  # already queued, in flight, sent or replayed
+    MISSING = "missing"
+    CHANNEL_OFF = "channel-disabled"  # no enabled channel here to send it
+    TOLD_BY_FALLBACK = "told-by-fallback"  # a fallback channel already reached the citizen
+    NO_PAYLOAD = "no-payload"  # the payload was purged or cut at the size limit
+    FAILED = "failed"  # could not enqueue; nothing changed
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    kind: str  # "delivery" | "reject"
+    id: UUID
+    outcome: ReplayOutcome
+    detail: str | None = None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {
+            "kind": self.kind,
+            "id": str(self.id),
+            "outcome": self.outcome.value,
+            "detail": self.detail,
+        }
+
+
+class Replayer:
+    def __init__(
+        self,
+        app: Notifier,
+        *,
+        submit: Callable[[bytes], None] | None = None,
+        delivery_log: DeliveryLog | None = None,
+    ) -> None:
+        self.app = app
+        self.database = app.database
+        # The ingest actor is the normal path for both brokers (the AMQP bridge feeds
+        # it too); source "replay" tells a re-rejected replay apart in the log.
+        self.submit = submit or (lambda body: app.submit(body, source="replay"))
+        self.log = delivery_log or DeliveryLog(
+            app.database, app.settings.recipient_hash_key.get_secret_value()
+        )
+
+    # -- deliveries -----------------------------------------------------------------------
+
+    def delivery(self, delivery_id: UUID, *, actor: str) -> ReplayResult:
+        d = deliveries.c
+        now = utcnow()
+        with self.database.begin() as connection:
+            row = connection.execute(
+                sa.select(d.channel, d.status, d.attempts, d.last_error).where(
+                    d.delivery_id == delivery_id
+                )
+            ).first()
+            if row is None:
+                return ReplayResult("delivery", delivery_id, ReplayOutcome.MISSING)
+            if row.channel not in self.app.deliver_actors:
+                return ReplayResult(
+                    "delivery",
+                    delivery_id,
+                    ReplayOutcome.CHANNEL_OFF,
+                    f"channel {row.channel} is not enabled here",
+                )
+            changed = connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id == delivery_id, d.status.in_(REPLAYABLE))
+                .values(
+                    status=DeliveryStatus.QUEUED.value,
+                    attempts=0,
+                    lease_until=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if not changed:
+                return ReplayResult(
+                    "delivery", delivery_id, ReplayOutcome.NOT_REPLAYABLE, f"status {row.status}"
+                )
+            note = f"by {actor}; was {row.status}: {row.last_error or '-'}"
+            connection.execute(
+                delivery_attempts.insert().values(
+                    delivery_id=delivery_id,
+                    number=row.attempts,
+                    provider=None,
+                    started_at=now,
+                    finished_at=now,
+                    outcome="replayed",
+                    error=note[:2000],
+                )
+            )
+        try:
+            self.app.deliver_actors[row.channel].send(str(delivery_id))
+        except Exception as exc:
+            # Not enqueued: put the delivery back as it was, so it stays a dead letter.
+            self._undo(delivery_id, row.status, row.attempts, actor, exc)
+            return ReplayResult("delivery", delivery_id, ReplayOutcome.FAILED, repr(exc))
+        log.info("delivery replayed", delivery_id=str(delivery_id), actor=actor)
+        return ReplayResult("delivery", delivery_id, ReplayOutcome.REPLAYED, f"was {row.status}")
+
+    def _undo(
+        self, delivery_id: UUID, status: str, attempts: int, actor: str, exc: Exception
+    ) -> None:
+        d = deliveries.c
+        now = utcnow()
+        with self.database.begin() as connection:
+            connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.delivery_id == delivery_id,
+                    d.status == DeliveryStatus.QUEUED.value,
+                    d.attempts == 0,
+                )
+                .values(status=status, attempts=attempts, updated_at=now)
+            )
+            connection.execute(
+                delivery_attempts.insert().values(
+                    delivery_id=delivery_id,
+                    number=attempts,
+                    started_at=now,
+                    finished_at=now,
+                    outcome="replay-failed",
+                    error=f"by {actor}: could not enqueue: {exc!r}"[:2000],
+                )
+            )
+        log.error("replay could not enqueue", delivery_id=str(delivery_id), error=repr(exc))
+
+    def deliveries(
+        self,
+        query: DeliveryQuery,
+        *,
+        actor: str,
+        include_told_by_fallback: bool = False,
+        dry_run: bool = False,
+    ) -> list[ReplayResult]:
+        """Replay every failed delivery matching ``query`` (status defaults to
+        permanent-failure), up to :data:`MAX_BATCH`.
+
+        A failed delivery whose fallback was sent (the citizen heard on another
+        channel) is skipped unless asked; replaying it by id always works.
+        """
+        if query.status is None:
+            query = replace(query, status=DeliveryStatus.PERMANENT_FAILURE.value)
+        if query.status not in REPLAYABLE:
+            raise ValueError(f"only deliveries in {' or '.join(REPLAYABLE)} can be replayed")
+        ids: list[UUID] = []
+        offset = 0
+        while len(ids) < MAX_BATCH:
+            page = self.log.search(replace(query, limit=500, offset=offset))
+            ids.extend(r.delivery_id for r in page)
+            if len(page) < 500:
+                break
+            offset += 500
+        ids = ids[:MAX_BATCH]
+        told: set[UUID] = set()
+        if not include_told_by_fallback:
+            for failed, fallbacks in self.log.fallbacks_of(ids).items():
+                if any(f.status in ("sent", "delivered") for f in fallbacks):
+                    told.add(failed)
+        results = []
+        for delivery_id in ids:
+            if delivery_id in told:
+                results.append(
+                    ReplayResult("delivery", delivery_id, ReplayOutcome.TOLD_BY_FALLBACK)
+                )
+            elif dry_run:
+                results.append(
+                    ReplayResult("delivery", delivery_id, ReplayOutcome.REPLAYED, "dry run")
+                )
+            else:
+                results.append(self.delivery(delivery_id, actor=actor))
+        return results
+
+    # -- rejected events ------------------------------------------------------------------
+
+    def reject(self, reject_id: UUID, *, actor: str) -> ReplayResult:
+        r = rejected_events.c
+        with self.database.begin() as connection:
+            row = connection.execute(
+                sa.select(r.payload, r.payload_bytes).where(r.reject_id == reject_id)
+            ).first()
+            if row is None:
+                return ReplayResult("reject", reject_id, ReplayOutcome.MISSING)
+            if row.payload is None or len(row.payload.encode()) < row.payload_bytes:
+                return ReplayResult(
+                    "reject",
+                    reject_id,
+                    ReplayOutcome.NO_PAYLOAD,
+                    "the stored payload is purged or incomplete",
+                )
+            changed = connection.execute(
+                sa.update(rejected_events)
+                .where(r.reject_id == reject_id, r.replayed_at.is_(None))
+                .values(replayed_at=utcnow())
+            ).rowcount
+        if not changed:
+            return ReplayResult("reject", reject_id, ReplayOutcome.NOT_REPLAYABLE, "replayed")
+        try:
+            self.submit(row.payload.encode())
+        except Exception as exc:
+            with self.database.begin() as connection:
+                connection.execute(
+                    sa.update(rejected_events)
+                    .where(r.reject_id == reject_id)
+                    .values(replayed_at=None)
+                )
+            log.error("reject replay could not enqueue", reject_id=str(reject_id), error=repr(exc))
+            return ReplayResult("reject", reject_id, ReplayOutcome.FAILED, repr(exc))
+        log.info("rejected event replayed", reject_id=str(reject_id), actor=actor)
+        return ReplayResult("reject", reject_id, ReplayOutcome.REPLAYED)
+
+    def rejects(
+        self,
+        *,
+        actor: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        dry_run: bool = False,
+    ) -> list[ReplayResult]:
+        """Replay every not yet replayed rejected event received in [since, until)."""
+        r = rejected_events.c
+        statement = (
+            sa.select(r.reject_id)
+            .where(r.replayed_at.is_(None))
+            .order_by(r.received_at)
+            .limit(MAX_BATCH)
+        )
+        if since is not None:
+            statement = statement.where(r.received_at >= since)
+        if until is not None:
+            statement = statement.where(r.received_at < until)
+        with self.database.engine.connect() as connection:
+            ids = [row.reject_id for row in connection.execute(statement)]
+        if dry_run:
+            return [ReplayResult("reject", i, ReplayOutcome.REPLAYED, "dry run") for i in ids]
+        return [self.reject(i, actor=actor) for i in ids]
+
+
+def summarise(results: list[ReplayResult]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
+    return counts
