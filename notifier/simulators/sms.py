@@ -333,6 +333,16 @@ class _GatewaySimulator:
         with self._cond:
             return len(self._received)
 
+    @property
+    def active_connections(self) -> int:
+        """Client connections open right now (0 when stopped): whether clients closed
+        their pools."""
+        server = self._server
+        if server is None:
+            return 0
+        with server.sockets_lock:
+            return len(server.open_sockets)
+
     def wait_for(self, count: int, timeout: float = 5.0) -> list[SentSms]:
         """Block until at least ``count`` messages were accepted; TimeoutError otherwise."""
         with self._cond:

@@ -158,6 +158,7 @@ class ZaloSimulator:
         self._oauth_outage = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._sockets: set[Any] = set()  # client connections open now
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -242,6 +243,12 @@ class ZaloSimulator:
         :meth:`expire_access_token`)."""
         with self._cond:
             return self._valid_access_token()
+
+    @property
+    def active_connections(self) -> int:
+        """Client connections open right now: whether clients closed their pools."""
+        with self._cond:
+            return len(self._sockets)
 
     @property
     def quota_remaining(self) -> int:
@@ -498,6 +505,18 @@ def _handler_class(simulator: ZaloSimulator) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"  # keep-alive, as the adapter's pool expects
         server_version = "ZaloSimulator/1"
         timeout = 30  # an idle keep-alive connection is closed after this
+
+        def setup(self) -> None:
+            super().setup()
+            with simulator._cond:
+                simulator._sockets.add(self.connection)
+
+        def finish(self) -> None:
+            try:
+                super().finish()
+            finally:
+                with simulator._cond:
+                    simulator._sockets.discard(self.connection)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
