@@ -38,7 +38,6 @@ import binascii
 import contextlib
 import json
 import re
-import socket
 import sys
 import threading
 import time
@@ -46,15 +45,15 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, ClassVar, Self, cast
+from http.server import BaseHTTPRequestHandler
+from typing import Any, ClassVar, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
 from notifier.masking import mask_recipient
 from notifier.phones import MobileNumber
+from notifier.simulators.http import BackgroundHttpServer, TrackingHttpServer
 from notifier.text import sms_length
 
 __all__ = [
@@ -95,8 +94,13 @@ SPEEDSMS_MESSAGES: dict[str, str] = {
 }
 # eSMS callback telcoid by carrier.
 _TELCO_IDS = {
-    "viettel": "1", "mobifone": "2", "vinaphone": "3", "vietnamobile": "4",
-    "gmobile": "5", "itel": "6", "reddi": "7",
+    "viettel": "1",
+    "mobifone": "2",
+    "vinaphone": "3",
+    "vietnamobile": "4",
+    "gmobile": "5",
+    "itel": "6",
+    "reddi": "7",
 }
 
 
@@ -162,42 +166,6 @@ class _Queued:
     value: Any
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 512  # benchmarks open many connections at once
-
-    def __init__(self, address: tuple[str, int], simulator: _GatewaySimulator) -> None:
-        self.simulator = simulator
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hung up (timeout tests) is expected; anything else is printed.
-        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
-            return
-        super().handle_error(request, client_address)
-
-    def drop_connections(self) -> int:
-        with self.sockets_lock:
-            sockets = list(self.open_sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        return len(sockets)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real gateways do
     timeout = 60  # idle keep-alive connections are closed after this
@@ -225,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             received_at=time.time(),
         )
-        simulator = cast(_Server, self.server).simulator
+        simulator = cast(TrackingHttpServer, self.server).owner
         try:
             answer = simulator._dispatch(request)
         except Exception as exc:  # a simulator bug: answer 500 rather than hang up
@@ -242,15 +210,14 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-class _GatewaySimulator:
+class _GatewaySimulator(BackgroundHttpServer):
     """What both simulators share: the server, the records and the failure knobs."""
 
     gateway: ClassVar[str] = ""
     path_prefix: ClassVar[str] = ""  # part of base_url, like the real service's
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_s: float = 0.0) -> None:
-        self.host = host
-        self._requested_port = port
+        super().__init__(host, port)
         self._cond = threading.Condition()
         self._latency_s = latency_s
         self._messages: list[SentSms] = []
@@ -261,53 +228,11 @@ class _GatewaySimulator:
         self._outage: tuple[bool, float | None] = (False, None)
         self._rate: tuple[int | None, float] = (None, 1.0)
         self._window: tuple[int, int] = (0, 0)  # (second, requests admitted in it)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> Self:
-        if self._server is not None:
-            raise RuntimeError(f"{type(self).__name__} is already running")
-        server = _Server((self.host, self._requested_port), self)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"{self.gateway}-simulator",
-            daemon=True,
-        )
-        thread.start()
-        self._server, self._thread = server, thread
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and hang up on every open connection."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._server = self._thread = None
-        server.shutdown()
-        server.drop_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(_START_TIMEOUT_S)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError(f"{type(self).__name__} is not running; call start() first")
-        return int(self._server.server_address[1])
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     @property
     def base_url(self) -> str:
@@ -332,16 +257,6 @@ class _GatewaySimulator:
     def request_count(self) -> int:
         with self._cond:
             return len(self._received)
-
-    @property
-    def active_connections(self) -> int:
-        """Client connections open right now (0 when stopped): whether clients closed
-        their pools."""
-        server = self._server
-        if server is None:
-            return 0
-        with server.sockets_lock:
-            return len(server.open_sockets)
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[SentSms]:
         """Block until at least ``count`` messages were accepted; TimeoutError otherwise."""
@@ -824,8 +739,11 @@ class SpeedSmsSimulator(_GatewaySimulator):
             {
                 "status": "success",
                 "code": "00",
-                "data": {"email": "simulator@speedsms.test", "balance": self.balance,
-                         "currency": "VND"},
+                "data": {
+                    "email": "simulator@speedsms.test",
+                    "balance": self.balance,
+                    "currency": "VND",
+                },
             }
         )
 

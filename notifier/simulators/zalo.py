@@ -43,14 +43,14 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
+from notifier.simulators.http import BackgroundHttpServer
 
 __all__ = ["QUOTA_ERROR", "SentZns", "ZaloSimulator"]
 
@@ -112,7 +112,7 @@ def _canonical_phone(phone: str) -> str:
         return phone
 
 
-class ZaloSimulator:
+class ZaloSimulator(BackgroundHttpServer):
     """ZNS and Zalo OAuth v4 on 127.0.0.1, keeping what it accepts in memory."""
 
     def __init__(
@@ -134,8 +134,7 @@ class ZaloSimulator:
         self.app_secret = app_secret
         self.oa_secret_key = oa_secret_key
         self.oa_id = oa_id
-        self.host = host
-        self._requested_port = port
+        super().__init__(host, port)
         self.access_token_ttl_s = access_token_ttl_s
         self.latency_s = latency_s
         self.refresh_latency_s = refresh_latency_s
@@ -156,51 +155,11 @@ class ZaloSimulator:
         self._failures: deque[_Failure] = deque()
         self._outage = False
         self._oauth_outage = False
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._sockets: set[Any] = set()  # client connections open now
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> Self:
-        if self._server is not None:
-            raise RuntimeError("ZaloSimulator is already running")
-        server = ThreadingHTTPServer((self.host, self._requested_port), _handler_class(self))
-        server.daemon_threads = True
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05},
-            name="zalo-simulator", daemon=True,
-        )
-        thread.start()
-        self._server, self._thread = server, thread
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("ZaloSimulator is not running; call start() first")
-        return int(self._server.server_address[1])
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_class(self)
 
     @property
     def base_url(self) -> str:
@@ -245,12 +204,6 @@ class ZaloSimulator:
             return self._valid_access_token()
 
     @property
-    def active_connections(self) -> int:
-        """Client connections open right now: whether clients closed their pools."""
-        with self._cond:
-            return len(self._sockets)
-
-    @property
     def quota_remaining(self) -> int:
         with self._cond:
             return max(0, self._daily_quota - self._used_quota)
@@ -259,8 +212,9 @@ class ZaloSimulator:
         """Block until at least ``count`` messages were accepted; TimeoutError otherwise."""
         with self._cond:
             if not self._cond.wait_for(lambda: len(self._messages) >= count, timeout):
-                raise TimeoutError(f"got {len(self._messages)} of {count} messages "
-                                   f"within {timeout:g}s")
+                raise TimeoutError(
+                    f"got {len(self._messages)} of {count} messages within {timeout:g}s"
+                )
             return list(self._messages)
 
     # -- tokens ----------------------------------------------------------------------
@@ -330,8 +284,14 @@ class ZaloSimulator:
 
     # -- delivery webhooks ------------------------------------------------------------
 
-    def webhook_signature(self, body: bytes, timestamp: str, *, signer_id: str | None = None,
-                          secret: str | None = None) -> str:
+    def webhook_signature(
+        self,
+        body: bytes,
+        timestamp: str,
+        *,
+        signer_id: str | None = None,
+        secret: str | None = None,
+    ) -> str:
         """sha256(app id + body + timestamp + OA secret key), hex."""
         signer = self.app_id if signer_id is None else signer_id
         key = self.oa_secret_key if secret is None else secret
@@ -378,8 +338,9 @@ class ZaloSimulator:
         }
         return body, headers
 
-    def send_receipt(self, callback_url: str, tracking_id: str, *, timeout: float = 5.0,
-                     **options: Any) -> httpx.Response:
+    def send_receipt(
+        self, callback_url: str, tracking_id: str, *, timeout: float = 5.0, **options: Any
+    ) -> httpx.Response:
         """POST a signed delivery webhook to ``callback_url`` (options: see
         :meth:`build_receipt`) and return the answer."""
         body, headers = self.build_receipt(tracking_id, **options)
@@ -416,8 +377,13 @@ class ZaloSimulator:
                 failure = self._failures.popleft()
                 return 200, {"error": failure.code, "message": failure.message}
             phone = request.get("phone")
-            if (not isinstance(phone, str) or len(phone) != 11 or not phone.startswith("84")
-                    or not phone.isdigit() or phone in self._invalid):
+            if (
+                not isinstance(phone, str)
+                or len(phone) != 11
+                or not phone.startswith("84")
+                or not phone.isdigit()
+                or phone in self._invalid
+            ):
                 return 200, _error(INVALID_PHONE)
             if phone in self._not_zalo:
                 return 200, _error(NOT_ZALO_USER)
@@ -479,12 +445,18 @@ class ZaloSimulator:
                 problem = (OAUTH_INVALID_GRANT, "Invalid grant_type")
             elif form.get("refresh_token") != self._refresh_token:
                 used = form.get("refresh_token") in self._dead_refresh_tokens
-                problem = (OAUTH_INVALID_REFRESH_TOKEN,
-                           "Refresh token was already used" if used else "Invalid refresh token")
+                problem = (
+                    OAUTH_INVALID_REFRESH_TOKEN,
+                    "Refresh token was already used" if used else "Invalid refresh token",
+                )
             if problem is not None:
                 self._refresh_failures += 1
-                return 200, {"error": problem[0], "error_name": problem[1],
-                             "error_reason": problem[1], "error_description": problem[1]}
+                return 200, {
+                    "error": problem[0],
+                    "error_name": problem[1],
+                    "error_reason": problem[1],
+                    "error_description": problem[1],
+                }
             self._dead_refresh_tokens.add(self._refresh_token)
             self._refresh_token = "sim-rt-" + secrets.token_urlsafe(24)
             access_token = self._new_access_token(self.access_token_ttl_s)
@@ -505,18 +477,6 @@ def _handler_class(simulator: ZaloSimulator) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"  # keep-alive, as the adapter's pool expects
         server_version = "ZaloSimulator/1"
         timeout = 30  # an idle keep-alive connection is closed after this
-
-        def setup(self) -> None:
-            super().setup()
-            with simulator._cond:
-                simulator._sockets.add(self.connection)
-
-        def finish(self) -> None:
-            try:
-                super().finish()
-            finally:
-                with simulator._cond:
-                    simulator._sockets.discard(self.connection)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

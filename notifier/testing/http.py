@@ -28,10 +28,11 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
+
+from notifier.simulators.http import BackgroundHttpServer, TrackingHttpServer
 
 __all__ = ["LocalHttpServer", "RecordedRequest", "Reply"]
 
@@ -78,26 +79,14 @@ class Reply:
 Responder = Callable[[RecordedRequest], Reply]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    owner: LocalHttpServer
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: TrackingHttpServer
     timeout = 30  # an idle keep-alive connection is dropped after this
 
     def setup(self) -> None:
         super().setup()
         self.server.owner._connected(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.owner._disconnected(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: request lines may carry personal data (phone numbers in queries)."""
@@ -151,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
 
-class LocalHttpServer:
+class LocalHttpServer(BackgroundHttpServer):
     """See the module docstring. ``url`` is ``http://127.0.0.1:<port>`` (no slash)."""
 
     def __init__(
@@ -160,65 +149,26 @@ class LocalHttpServer:
         default: Reply | Responder | None = None,
         check: Callable[[RecordedRequest], Reply | None] | None = None,
     ) -> None:
+        super().__init__("127.0.0.1", 0)
         self.default: Reply | Responder = default or Reply(200, {"ok": True})
         self.check = check
         self._lock = threading.Condition()
         self._script: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
-        self._sockets: set[socket.socket] = set()
         self._connections = 0
         self._released = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
+
     def start(self) -> Self:
-        if self._server is not None:
-            raise RuntimeError("LocalHttpServer is already running")
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.owner = self
         self._released.clear()
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
-        return self
+        return super().start()
 
-    def stop(self) -> None:
-        """Stop listening, release answers held back by ``hang_next``, hang up on clients."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._released.set()
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            sockets = list(self._sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        if thread is not None:
-            thread.join(5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("LocalHttpServer is not running; call start() first")
-        return int(self._server.server_address[1])
+    def _before_stop(self) -> None:
+        self._released.set()  # answers held back by hang_next go out now
 
     @property
     def url(self) -> str:
@@ -268,11 +218,6 @@ class LocalHttpServer:
             return self._requests[-1] if self._requests else None
 
     @property
-    def active_connections(self) -> int:
-        with self._lock:
-            return len(self._sockets)
-
-    @property
     def connections(self) -> int:
         """Connections accepted since start."""
         with self._lock:
@@ -285,9 +230,8 @@ class LocalHttpServer:
             return list(self._requests)
 
     def wait_for_idle(self, timeout: float = 5.0) -> None:
-        with self._lock:
-            if not self._lock.wait_for(lambda: not self._sockets, timeout):
-                raise TimeoutError(f"{len(self._sockets)} client connections still open")
+        if not self.wait_for_no_connections(timeout):
+            raise TimeoutError(f"{self.active_connections} client connections still open")
 
     # -- called on the server's threads ---------------------------------------------------
 
@@ -318,11 +262,5 @@ class LocalHttpServer:
 
     def _connected(self, sock: socket.socket) -> None:
         with self._lock:
-            self._sockets.add(sock)
             self._connections += 1
-            self._lock.notify_all()
-
-    def _disconnected(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.discard(sock)
             self._lock.notify_all()
