@@ -7,9 +7,11 @@ Heavy imports stay inside the commands, so ``notifier --help`` stays quick.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ import click
 if TYPE_CHECKING:
     from notifier.app import Notifier
     from notifier.deliverylog import DeliveryLog
-    from notifier.replay import ReplayResult
+    from notifier.replay import Replayer, ReplayResult
     from notifier.settings import Settings
 
 
@@ -316,8 +318,11 @@ def report(
 # -- replay -----------------------------------------------------------------------------
 
 
-def _replay_app() -> Notifier:
+@contextlib.contextmanager
+def _replayer() -> Iterator[Replayer]:
+    """A Replayer on an app connected to the workers' RabbitMQ, closed after use."""
     from notifier.cli import _app
+    from notifier.replay import Replayer
 
     settings = _settings()
     if not settings.uses_rabbitmq:
@@ -326,7 +331,10 @@ def _replay_app() -> Notifier:
             "where the workers are; with the embedded broker, replay from the console"
         )
     app: Notifier = _app(settings)
-    return app
+    try:
+        yield Replayer(app)
+    finally:
+        app.close()
 
 
 def _actor() -> str:
@@ -370,14 +378,8 @@ def replay() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def replay_delivery(ids: tuple[UUID, ...], as_json: bool) -> None:
     """Replay failed deliveries by id."""
-    from notifier.replay import Replayer
-
-    app = _replay_app()
-    try:
-        replayer = Replayer(app)
+    with _replayer() as replayer:
         _report_results([replayer.delivery(i, actor=_actor()) for i in ids], as_json)
-    finally:
-        app.close()
 
 
 @replay.command("dead-letters")
@@ -414,7 +416,6 @@ def replay_dead_letters(
 ) -> None:
     """Replay every dead letter matching the filters (or --all of them)."""
     from notifier.console.views import dead_letter_query
-    from notifier.replay import Replayer
 
     if not everything and not any((channel, agency_code, dossier_code, since, until)):
         raise click.UsageError("give a filter (--channel, --agency, ...) or --all")
@@ -426,17 +427,14 @@ def replay_dead_letters(
         since=_utc(since),
         until=_utc(until),
     )
-    app = _replay_app()
-    try:
-        results = Replayer(app).deliveries(
+    with _replayer() as replayer:
+        results = replayer.deliveries(
             query,
             actor=_actor(),
             include_told_by_fallback=include_told_by_fallback,
             dry_run=dry_run,
         )
         _report_results(results, as_json)
-    finally:
-        app.close()
 
 
 @replay.command("reject")
@@ -444,14 +442,8 @@ def replay_dead_letters(
 @click.option("--json", "as_json", is_flag=True)
 def replay_reject(ids: tuple[UUID, ...], as_json: bool) -> None:
     """Re-submit rejected events by id."""
-    from notifier.replay import Replayer
-
-    app = _replay_app()
-    try:
-        replayer = Replayer(app)
+    with _replayer() as replayer:
         _report_results([replayer.reject(i, actor=_actor()) for i in ids], as_json)
-    finally:
-        app.close()
 
 
 @replay.command("rejects")
@@ -468,18 +460,13 @@ def replay_rejects(
     as_json: bool,
 ) -> None:
     """Re-submit every rejected event not replayed yet (in a range, or --all)."""
-    from notifier.replay import Replayer
-
     if not everything and since is None and until is None:
         raise click.UsageError("give --since/--until or --all")
-    app = _replay_app()
-    try:
-        results = Replayer(app).rejects(
+    with _replayer() as replayer:
+        results = replayer.rejects(
             actor=_actor(), since=_utc(since), until=_utc(until), dry_run=dry_run
         )
         _report_results(results, as_json)
-    finally:
-        app.close()
 
 
 # -- operator accounts ------------------------------------------------------------------
