@@ -23,6 +23,7 @@ from notifier.logging import get_logger
 from notifier.protection import ProviderGuard
 from notifier.registry import Registry
 from notifier.rendering import TemplateSet
+from notifier.retention import Retention, RetentionJob
 from notifier.routing import Routing
 from notifier.runtime import AdapterRuntime
 from notifier.sending import Sender
@@ -109,6 +110,7 @@ class Notifier:
             self.enqueue_delivery,
         )
         self.broker.add_middleware(self.sweeper)
+        self.broker.add_middleware(RetentionJob(Retention.for_app(self)))  # personal data purge
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
             self.broker.add_middleware(
                 EventBridge(settings.broker_url, settings.events, self.ingest_actor)

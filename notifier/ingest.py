@@ -22,6 +22,7 @@ from notifier.deliveries import DeliveryStatus, DeliveryStore, PlannedDelivery
 from notifier.events import DossierStatusEvent, EventRejected, parse_event
 from notifier.logging import get_logger
 from notifier.masking import mask_recipient, recipient_hash
+from notifier.optouts import apply_opt_outs
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 from notifier.rendering import TemplateSet
 from notifier.routing import Routing
@@ -151,7 +152,9 @@ class Ingest:
             channels=[p.channel for p in planned],
         )
         return IngestResult(
-            "accepted", event.event_id, [(p.delivery_id, p.channel) for p in planned]
+            "accepted",
+            event.event_id,
+            [(p.delivery_id, p.channel) for p in planned if p.status is DeliveryStatus.QUEUED],
         )
 
     def _seen(self, event_id: UUID) -> bool:
@@ -188,7 +191,7 @@ class Ingest:
                     content=rendered.parts,
                 )
             )
-        return planned
+        return apply_opt_outs(self.database, planned)  # opted out: recorded as suppressed
 
     def _deliveries_for(self, event: DossierStatusEvent) -> list[PlannedDelivery]:
         routed = self.routing.channels_for(event.agency.code, event.dossier.status)

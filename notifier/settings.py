@@ -68,6 +68,9 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Per caller (API key, else client address) token bucket; see notifier.security.
+    rate_per_s: float = Field(default=50.0, gt=0)
+    burst: int = Field(default=100, ge=1)
 
 
 class ProviderPolicy(_Section):
@@ -91,6 +94,18 @@ class SweeperSettings(_Section):
     # Longer than any broker-held retry delay, so a pending retry is not swept too.
     stale_after_s: float = Field(default=15 * 60, gt=0)
     batch: int = Field(default=500, ge=1)
+
+
+class RetentionSettings(_Section):
+    """How long personal data is kept (see notifier.retention and docs/security.md)."""
+
+    enabled: bool = True
+    # Full contacts, message bodies and event payloads; counts and statuses stay.
+    deliveries_days: float = Field(default=30, gt=0)
+    inbox_days: float = Field(default=180, gt=0)
+    receipt_nonces_days: float = Field(default=7, gt=0)
+    interval_s: float = Field(default=3600, gt=0)
+    batch: int = Field(default=1000, ge=1)
 
 
 class ChannelSettings(_Section):
@@ -138,6 +153,7 @@ class Settings(BaseSettings):
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     providers: dict[str, ProviderPolicy] = Field(default_factory=dict)
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",

@@ -17,9 +17,18 @@ import sqlalchemy as sa
 from notifier.store import Database
 from notifier.store.migrate import upgrade
 from notifier.store.schema import metadata
+from tests.service_log import capture_service_log
 
 PG_ADMIN_URL = os.environ.get("NOTIFIER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_HOST = os.environ.get("NOTIFIER_TEST_AMQP_HOST", "127.0.0.1:5672")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def service_log() -> Iterator[Path]:
+    """Every record logged in this session, through the service's masked JSON pipeline,
+    in test-artifacts/service-log.jsonl (scanned by test_zz_service_log.py)."""
+    with capture_service_log() as path:
+        yield path
 
 
 def _pg_database() -> Iterator[str]:

@@ -1,0 +1,127 @@
+"""What the service logged during the test session, and a scan of it for personal data.
+
+``capture_service_log`` (a session fixture in conftest) configures the service's own
+masked JSON logging (:func:`notifier.logging.configure_logging`, as ``notifier
+worker`` and ``notifier api`` do) and adds a handler with the very same formatter
+writing every record to ``test-artifacts/service-log.jsonl`` (emptied at session
+start; a second session running at the same time in the same checkout writes its own
+``service-log.<pid>.jsonl``). Later calls of ``configure_logging`` (the CLI commands
+tests invoke in-process) replace the root handlers; the file handler is put back after
+each.
+
+``find_personal_data`` looks through that file for a Vietnamese phone number
+(0…, 84…, +84… with spaces, dots, dashes or brackets inside), an email address, a
+12-digit citizen id, or a secret-looking query parameter, in clear.
+``tests/integration/test_zz_service_log.py`` runs it after the integration tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from notifier import logging as notifier_logging
+from notifier.masking import scrub
+
+SERVICE_LOG = Path(__file__).resolve().parent.parent / "test-artifacts" / "service-log.jsonl"
+
+# Digits glued to letters, dots, dashes, colons, slashes or mask stars are parts of
+# ids, dossier codes, times, addresses or masked values, not phone numbers.
+_EDGE_BEFORE = r"(?<![\w.\-:/*+])"
+_SEP = r"[ .\-()]{0,2}"
+# 0 + 9 digits, or 84 / +84 + 9 digits, separators allowed between digits.
+PHONE = re.compile(_EDGE_BEFORE + r"(?:(?:\+84|84)" + _SEP + r"|0)(?:\d" + _SEP + r"){8}\d(?!\w)")
+EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+CITIZEN_ID = re.compile(_EDGE_BEFORE + r"\d{12}(?![\w])")
+SECRET_PARAM = re.compile(
+    r"[?&](?:token|secret|api_?key|key|password|access_token|refresh_token)=(?!\[redacted\])"
+    r"[^&\s\"]+",
+    re.IGNORECASE,
+)
+PATTERNS = {"phone": PHONE, "email": EMAIL, "citizen id": CITIZEN_ID, "secret": SECRET_PARAM}
+
+
+def find_personal_data(text: str, safe: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """(kind, the offending line with the finding masked) for each finding."""
+    found = []
+    for line in text.splitlines():
+        for kind, pattern in PATTERNS.items():
+            for match in pattern.finditer(line):
+                if match.group(0) in safe:
+                    continue
+                shown = line.replace(match.group(0), f"<{kind}: {scrub(match.group(0))}>")
+                found.append((kind, _masked_line(shown)))
+    return found
+
+
+def _masked_line(line: str) -> str:
+    # Never echo what was found, even in a failure message (CI logs are kept too).
+    masked = scrub(line)
+    masked = SECRET_PARAM.sub(lambda m: m.group(0).split("=", 1)[0] + "=[hidden]", masked)
+    return masked[:400]
+
+
+class _KeepHandler:
+    """Wraps ``configure_logging`` so the file handler survives each call."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        self.handler = handler
+        self.original = notifier_logging.configure_logging
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        self.original(*args, **kwargs)  # type: ignore[arg-type]
+        root = logging.getLogger()
+        if self.handler not in root.handlers:
+            root.addHandler(self.handler)
+
+
+@contextlib.contextmanager
+def _session_file() -> Iterator[Path]:
+    """``SERVICE_LOG``, held for this session; a test session already running in the
+    same checkout keeps it, and this one writes ``service-log.<pid>.jsonl`` instead
+    (removed at the end), so neither empties nor mixes into the other's."""
+    SERVICE_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(SERVICE_LOG.with_suffix(".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            own = SERVICE_LOG.with_name(f"service-log.{os.getpid()}.jsonl")
+            try:
+                yield own
+            finally:
+                own.unlink(missing_ok=True)
+            return
+        yield SERVICE_LOG
+
+
+@contextlib.contextmanager
+def capture_service_log(level: str = "INFO") -> Iterator[Path]:
+    with _session_file() as path, _capture(path, level):
+        yield path
+
+
+@contextlib.contextmanager
+def _capture(path: Path, level: str) -> Iterator[None]:
+    path.write_text("", encoding="utf-8")  # this session's lines only
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    notifier_logging.configure_logging(level, "json")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(root.handlers[0].formatter)  # the service's masked JSON renderer
+    root.addHandler(handler)
+    keeper = _KeepHandler(handler)
+    notifier_logging.configure_logging = keeper  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        notifier_logging.configure_logging = keeper.original  # type: ignore[assignment]
+        handler.close()
+        if handler in root.handlers:
+            root.removeHandler(handler)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
