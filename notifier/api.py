@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -23,7 +23,7 @@ from notifier import __version__
 from notifier.adapter import InvalidReceipt, ReceiptRequest
 from notifier.apikeys import ApiClient, ApiKeys
 from notifier.app import Notifier
-from notifier.deliverylog import DeliveryLog, DeliveryQuery
+from notifier.deliverylog import MAX_ID, DeliveryLog, DeliveryQuery
 from notifier.events import EventRejected, parse_event
 from notifier.inbox import InboxItem
 from notifier.logging import get_logger
@@ -175,7 +175,7 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         account_id: str,
         _client: Annotated[ApiClient, Depends(caller("inbox"))],
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
-        before_id: Annotated[int | None, Query(ge=1)] = None,
+        before_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
         unread_only: bool = False,
     ) -> NotificationPage:
         items = app.inbox.list(
@@ -195,7 +195,7 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
     @api.post("/v1/inbox/{account_id}/notifications/{notification_id}/read", tags=["inbox"])
     def mark_read(
         account_id: str,
-        notification_id: int,
+        notification_id: Annotated[int, Path(ge=1, le=MAX_ID)],
         _client: Annotated[ApiClient, Depends(caller("inbox"))],
     ) -> dict[str, int]:
         changed = app.inbox.mark_read(account_id[:64], notification_id)
@@ -249,7 +249,6 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         p.name: p for p in app.registry.all_providers() if p.adapter_class.accepts_receipts
     }
 
-    @api.api_route("/v1/receipts/{provider}", methods=["GET", "POST"], tags=["receipts"])
     async def receipt(provider: str, request: Request) -> dict[str, int]:
         """Delivery reports from providers, verified by each adapter's own scheme."""
         found = receipt_adapters.get(provider)
@@ -292,6 +291,17 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
             applied += int(matched)
         return {"received": len(receipts), "applied": applied}
 
+    # Providers call back with GET (eSMS) or POST (Zalo, webhooks): one handler, two
+    # operations in the OpenAPI document.
+    for method in ("GET", "POST"):
+        api.add_api_route(
+            "/v1/receipts/{provider}",
+            receipt,
+            methods=[method],
+            tags=["receipts"],
+            operation_id=f"receipt_{method.lower()}",
+        )
+
     @api.get("/v1/deliveries", tags=["operators"])
     def list_deliveries(
         _client: Annotated[ApiClient, Depends(caller("operator"))],
@@ -303,7 +313,7 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     ) -> dict[str, Any]:
         rows = delivery_log.search(
             DeliveryQuery(
@@ -331,7 +341,7 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
     def list_rejects(
         _client: Annotated[ApiClient, Depends(caller("operator"))],
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     ) -> dict[str, Any]:
         rows = delivery_log.rejects(limit=limit, offset=offset)
         return {"items": [json.loads(json.dumps(r.__dict__, default=str)) for r in rows]}

@@ -424,7 +424,7 @@ def demo(count: int, exit_after: bool, port: int, workdir: Path) -> None:
 
 @main.group()
 def tokens() -> None:
-    """Provider OAuth tokens (e.g. Zalo), stored encrypted."""
+    """Provider OAuth tokens, such as Zalo's, stored encrypted."""
 
 
 @tokens.command("set")
@@ -467,17 +467,33 @@ def tokens_show(name: str) -> None:
     )
 
 
+def _register_commands() -> None:
+    """Commands that live beside the code they drive (each module keeps its own heavy
+    imports inside its commands, so `notifier --help` stays quick)."""
+    from notifier.brokeradmin import add_publisher_command, remove_publisher_command
+    from notifier.console import commands as console
+    from notifier.optouts import opt_out_group
+    from notifier.retention import purge_command
+    from notifier.scaffold import new_adapter
+
+    adapters.add_command(new_adapter, "new")
+    broker.add_command(add_publisher_command)
+    broker.add_command(remove_publisher_command)
+    for command in (
+        purge_command,
+        opt_out_group,
+        console.overview,
+        console.dossier,
+        console.dead_letters,
+        console.providers,
+        console.report,
+        console.replay,
+        console.operators,
+    ):
+        main.add_command(command)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()
-adapters.add_command(__import__("notifier.scaffold").scaffold.new_adapter, "new")
-main.add_command(__import__("notifier.retention").retention.purge_command)
-main.add_command(__import__("notifier.optouts").optouts.opt_out_group)
-broker.add_command(__import__("notifier.brokeradmin").brokeradmin.add_publisher_command)
-broker.add_command(__import__("notifier.brokeradmin").brokeradmin.remove_publisher_command)
-main.add_command(__import__("notifier.console.commands").console.commands.overview)
-main.add_command(__import__("notifier.console.commands").console.commands.dossier)
-main.add_command(__import__("notifier.console.commands").console.commands.dead_letters)
-main.add_command(__import__("notifier.console.commands").console.commands.providers)
-main.add_command(__import__("notifier.console.commands").console.commands.report)
-main.add_command(__import__("notifier.console.commands").console.commands.replay)
-main.add_command(__import__("notifier.console.commands").console.commands.operators)

@@ -23,6 +23,8 @@ from notifier.store.schema import (
 )
 
 MAX_PAGE = 500
+# Ids and offsets fit the database's 32-bit integers; the API refuses larger ones.
+MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)

@@ -3,22 +3,42 @@
 This is a convenience for Python publishers; any AMQP client can do the same: plain
 JSON, ``content_type=application/json``, ``delivery_mode=2`` (persistent), to the
 events exchange with the documented routing key (see docs/events.md).
+
+Two paths, the same guarantee (an event counts as published only once RabbitMQ
+confirmed it; unroutable and refused events are reported):
+
+- :meth:`EventPublisher.publish` sends one event and waits for its confirm (about
+  1.5 ms on loopback): simple, for one event at a time (the HTTP API).
+- :meth:`EventPublisher.publish_batch` (and ``publish_many``) pipelines: up to
+  ``window`` events are in flight unconfirmed, confirms come back asynchronously
+  (RabbitMQ acknowledges several at once), and every event ends up in the report as
+  confirmed or failed with the reason, also when the connection drops mid-batch.
+  On a 2-core machine with RabbitMQ on it: 10,000–19,000 events/s, against
+  650–1,400/s one confirm at a time (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
-from collections.abc import Iterable
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import pika
-from pika.exceptions import NackError, UnroutableError
+from pika import spec
+from pika.exceptions import AMQPConnectionError
 
 from notifier.amqp import connection_parameters
 from notifier.settings import EventsSettings
+
+# Events published before the IO loop gets a turn: enough to fill TCP segments well,
+# few enough that confirms are read often.
+_CHUNK = 128
 
 
 @dataclass
@@ -39,11 +59,20 @@ def event_bytes(event: Any) -> tuple[bytes, str]:
     return json.dumps(event, ensure_ascii=False).encode(), str(event.get("event_id", "?"))
 
 
+def _properties(event_id: str) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=event_id if event_id != "?" else None,
+    )
+
+
 class EventPublisher:
     """A confirmed publisher on one connection. Not thread-safe: one per thread, or
     guarded by the caller (the API holds a lock)."""
 
     def __init__(self, broker_url: str, events: EventsSettings | None = None) -> None:
+        self.broker_url = broker_url
         self.events = events or EventsSettings()
         self._connection = pika.BlockingConnection(connection_parameters(broker_url))
         self._channel = self._connection.channel()
@@ -51,29 +80,40 @@ class EventPublisher:
         self._lock = threading.Lock()
 
     def publish(self, event: Any) -> None:
-        """Publish one event and wait for the broker's confirm; raises if not confirmed."""
+        """Publish one event and wait for the broker's confirm; raises if not confirmed
+        (``NackError``, ``UnroutableError``, or the connection's error)."""
         body, event_id = event_bytes(event)
-        properties = pika.BasicProperties(
-            content_type="application/json",
-            delivery_mode=pika.DeliveryMode.Persistent,
-            message_id=event_id if event_id != "?" else None,
-        )
         with self._lock:
             # mandatory: an exchange with no queue bound returns the message as unroutable.
             self._channel.basic_publish(
-                self.events.exchange, self.events.routing_key, body, properties, mandatory=True
+                self.events.exchange,
+                self.events.routing_key,
+                body,
+                _properties(event_id),
+                mandatory=True,
             )
 
     def publish_many(self, events: Iterable[Any]) -> PublishReport:
-        report = PublishReport()
-        for index, event in enumerate(events):
-            try:
-                self.publish(event)
-            except (NackError, UnroutableError) as exc:
-                report.failed.append((_label(event, index), type(exc).__name__))
-            else:
-                report.confirmed += 1
-        return report
+        """Publish many events with pipelined confirms (see :meth:`publish_batch`)."""
+        return self.publish_batch(events)
+
+    def publish_batch(
+        self, events: Iterable[Any], *, window: int = 1000, timeout_s: float = 30.0
+    ) -> PublishReport:
+        """Publish ``events`` with up to ``window`` unconfirmed at a time, on a connection
+        of the batch's own, and report each as confirmed or failed.
+
+        ``events`` is consumed lazily (a generator of a million events is fine). Failed
+        reasons: ``UnroutableError`` (no queue bound), ``NackError`` (the broker refused
+        it, e.g. a full queue), ``not confirmed: <error>`` (the connection or channel
+        was lost, or no confirm came within ``timeout_s``: the event may or may not be
+        queued, so publish it again; consumers drop duplicates by event id),
+        ``not published: <error>`` (never sent) and an encoding error's name. Raises
+        ``AMQPConnectionError`` only if the connection cannot be opened at all.
+        """
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        return _PipelinedBatch(self.broker_url, self.events, events, window, timeout_s).run()
 
     def close(self) -> None:
         if self._connection.is_open:
@@ -91,6 +131,208 @@ class EventPublisher:
         self.close()
 
 
+@dataclass
+class _InFlight:
+    label: str
+    body: bytes
+    returned: bool = False
+
+
+class _PipelinedBatch:
+    """One batch on pika's asynchronous adapter (SelectConnection), driven in the
+    caller's thread until every event is settled.
+
+    Confirm-mode delivery tags count publishes on the channel from 1, so the n-th
+    publish is tag n. RabbitMQ sends ``basic.return`` (unroutable, mandatory) before
+    the message's ``basic.ack``; a return carries no tag, so it is matched to the
+    oldest unsettled publish of the same body (identical bodies are the same event).
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        settings: EventsSettings,
+        events: Iterable[Any],
+        window: int,
+        timeout_s: float,
+    ) -> None:
+        self.settings = settings
+        self.window = window
+        self.timeout_s = timeout_s
+        self.report = PublishReport()
+        self._events: Iterator[tuple[int, Any]] = enumerate(events)
+        self._in_flight: dict[int, _InFlight] = {}  # tag -> event, ascending tags
+        self._by_body: dict[bytes, deque[int]] = {}
+        self._next_tag = 0
+        self._exhausted = False
+        self._finishing = False
+        self._pump_scheduled = False
+        self._last_progress = time.monotonic()
+        self._open_error: BaseException | None = None
+        self._channel: Any = None
+        self._connection = pika.SelectConnection(
+            connection_parameters(broker_url),
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_connection_closed,
+        )
+
+    def run(self) -> PublishReport:
+        ioloop = self._connection.ioloop
+        try:
+            ioloop.start()  # returns when a callback stops it (finished or failed)
+        finally:
+            ioloop.close()
+        if self._open_error is not None:
+            if isinstance(self._open_error, AMQPConnectionError):
+                raise self._open_error
+            raise AMQPConnectionError(repr(self._open_error)) from self._open_error
+        return self.report
+
+    # -- connection and channel ------------------------------------------------------
+
+    def _on_open_error(self, connection: Any, error: BaseException) -> None:
+        self._open_error = error
+        connection.ioloop.stop()
+
+    def _on_connection_open(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Any) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_mode)
+
+    def _on_confirm_mode(self, _frame: Any) -> None:
+        self._watch()
+        self._pump()
+
+    def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
+        if not self._finishing:
+            # Closed by the broker (e.g. 404: no such exchange) or with the connection.
+            self._abandon(reason)
+        if self._connection.is_open:
+            self._connection.close()
+
+    def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
+        if not self._finishing:
+            self._abandon(reason)
+        connection.ioloop.stop()
+
+    def _finish(self) -> None:
+        self._finishing = True
+        if self._connection.is_open:
+            self._connection.close()  # -> _on_connection_closed stops the loop
+        elif not self._connection.is_closing:
+            self._connection.ioloop.stop()
+
+    def _abandon(self, reason: BaseException) -> None:
+        """The connection or channel is gone: every unsettled event failed."""
+        self._finishing = True
+        why = f"{type(reason).__name__}: {reason}".rstrip(": ")
+        for in_flight in self._in_flight.values():
+            self.report.failed.append((in_flight.label, f"not confirmed: {why}"))
+        self._in_flight.clear()
+        self._by_body.clear()
+        for index, event in self._events:
+            self.report.failed.append((_label(event, index), f"not published: {why}"))
+        self._exhausted = True
+
+    def _watch(self) -> None:
+        """Give up when confirms stop coming (a stuck broker, a blocked connection)."""
+        if self._finishing:
+            return
+        if self._in_flight and time.monotonic() - self._last_progress > self.timeout_s:
+            self._abandon(TimeoutError(f"no confirm within {self.timeout_s:g}s"))
+            self._finish()
+            return
+        self._connection.ioloop.call_later(min(1.0, self.timeout_s / 4), self._watch)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        if self._finishing:
+            return
+        budget = min(self.window - len(self._in_flight), _CHUNK)
+        for _ in range(budget):
+            try:
+                index, event = next(self._events)
+            except StopIteration:
+                self._exhausted = True
+                break
+            try:
+                body, event_id = event_bytes(event)
+            except (TypeError, ValueError) as exc:  # not JSON-encodable: never sent
+                self.report.failed.append((f"#{index + 1}", type(exc).__name__))
+                continue
+            self._next_tag += 1
+            tag = self._next_tag
+            self._in_flight[tag] = _InFlight(
+                event_id if event_id != "?" else f"#{index + 1}", body
+            )
+            self._by_body.setdefault(body, deque()).append(tag)
+            self._channel.basic_publish(
+                self.settings.exchange,
+                self.settings.routing_key,
+                body,
+                _properties(event_id),
+                mandatory=True,
+            )
+        if self._exhausted:
+            if not self._in_flight:
+                self._finish()
+        elif len(self._in_flight) < self.window and not self._pump_scheduled:
+            # Let the loop write what is buffered and read confirms, then go on.
+            self._pump_scheduled = True
+            self._connection.ioloop.call_later(0, self._pump)
+
+    def _on_return(
+        self, _channel: Any, _method: Any, _properties: Any, body: bytes
+    ) -> None:
+        for tag in self._by_body.get(body, ()):
+            in_flight = self._in_flight[tag]
+            if not in_flight.returned:
+                in_flight.returned = True
+                return
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, spec.Basic.Ack)
+        tag = method.delivery_tag
+        if method.multiple:
+            tags = list(itertools.takewhile(lambda t: t <= tag, self._in_flight))
+        else:
+            tags = [tag] if tag in self._in_flight else []
+        for settled in tags:
+            self._settle(settled, acked)
+        self._last_progress = time.monotonic()
+        if self._exhausted and not self._in_flight:
+            self._finish()
+        elif not self._pump_scheduled:
+            self._pump()
+
+    def _settle(self, tag: int, acked: bool) -> None:
+        in_flight = self._in_flight.pop(tag)
+        same_body = self._by_body[in_flight.body]
+        if same_body[0] == tag:
+            same_body.popleft()
+        else:
+            same_body.remove(tag)
+        if not same_body:
+            del self._by_body[in_flight.body]
+        if in_flight.returned:
+            self.report.failed.append((in_flight.label, "UnroutableError"))
+        elif not acked:
+            self.report.failed.append((in_flight.label, "NackError"))
+        else:
+            self.report.confirmed += 1
+
+
 def _label(event: Any, index: int) -> str:
-    _body, event_id = event_bytes(event)
+    try:
+        _body, event_id = event_bytes(event)
+    except (TypeError, ValueError):
+        event_id = "?"
     return event_id if event_id != "?" else f"#{index + 1}"

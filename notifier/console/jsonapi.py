@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from notifier.console import views
 from notifier.console.auth import Principal
 from notifier.console.service import Console
-from notifier.deliverylog import MAX_PAGE, DeliveryQuery
+from notifier.deliverylog import MAX_ID, MAX_PAGE, DeliveryQuery
 from notifier.replay import ReplayResult, summarise
 from notifier.reports import ReportError, build_report, report_range, zone
 
@@ -134,7 +134,7 @@ def api_router(console: Console) -> APIRouter:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     ) -> dict[str, Any]:
         """Failed deliveries, with any fallback planned for each."""
         query = views.dead_letter_query(
