@@ -86,6 +86,42 @@ class ClaimOutcome(StrEnum):
     MISSING = "missing"
 
 
+_d = deliveries.c
+_CLAIM = (
+    sa.update(deliveries)
+    .where(
+        _d.delivery_id == sa.bindparam("id"),
+        sa.or_(
+            _d.status.in_([s.value for s in _CLAIMABLE]),
+            # A worker that died mid-send: its lease has run out.
+            sa.and_(
+                _d.status == DeliveryStatus.SENDING.value, _d.lease_until < sa.bindparam("now")
+            ),
+        ),
+    )
+    .values(
+        status=DeliveryStatus.SENDING.value,
+        attempts=_d.attempts + 1,
+        lease_until=sa.bindparam("lease_until"),
+        updated_at=sa.bindparam("now"),
+    )
+    .returning(
+        _d.delivery_id,
+        _d.event_id,
+        _d.channel,
+        _d.recipient,
+        _d.language,
+        _d.content,
+        _d.dossier_code,
+        _d.agency_code,
+        _d.event_status,
+        _d.attempts,
+        _d.created_at,
+    )
+)
+_STATUS_OF = sa.select(_d.status).where(_d.delivery_id == sa.bindparam("id"))
+
+
 class DeliveryStore:
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -168,36 +204,27 @@ class DeliveryStore:
     def claim(
         self, delivery_id: UUID, lease: timedelta
     ) -> tuple[ClaimOutcome, ClaimedDelivery | None]:
-        """Atomically move a delivery to ``sending`` under a lease, if nobody else has it."""
+        """Atomically move a delivery to ``sending`` under a lease, if nobody else has it.
+
+        One ``UPDATE ... RETURNING`` in the common case; the status is read only when
+        nothing was claimed, to say why."""
         now = utcnow()
-        claimable = sa.or_(
-            deliveries.c.status.in_([s.value for s in _CLAIMABLE]),
-            sa.and_(
-                deliveries.c.status == DeliveryStatus.SENDING.value,
-                deliveries.c.lease_until < now,
-            ),
-        )
         with self.database.begin() as connection:
-            updated = connection.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.delivery_id == delivery_id, claimable)
-                .values(
-                    status=DeliveryStatus.SENDING.value,
-                    attempts=deliveries.c.attempts + 1,
-                    lease_until=now + lease,
-                    updated_at=now,
-                )
-            ).rowcount
             row = connection.execute(
-                sa.select(deliveries).where(deliveries.c.delivery_id == delivery_id)
+                _CLAIM, {"id": delivery_id, "now": now, "lease_until": now + lease}
             ).first()
+            status = (
+                None
+                if row is not None
+                else connection.execute(_STATUS_OF, {"id": delivery_id}).scalar()
+            )
         if row is None:
-            return ClaimOutcome.MISSING, None
-        m = row._mapping
-        if not updated:
-            if DeliveryStatus(m["status"]).final:
+            if status is None:
+                return ClaimOutcome.MISSING, None
+            if DeliveryStatus(status).final:
                 return ClaimOutcome.FINISHED, None
             return ClaimOutcome.BUSY, None
+        m = row._mapping
         return ClaimOutcome.CLAIMED, ClaimedDelivery(
             delivery_id=m["delivery_id"],
             event_id=m["event_id"],

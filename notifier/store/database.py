@@ -27,8 +27,11 @@ class Database:
             )
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
+            # No pre-ping: it costs a round trip on every checkout, several per delivery.
+            # A connection that died (a database restart) fails its first statement; the
+            # pool is then invalidated, and the message or the write is retried.
             self.engine = sa.create_engine(
-                url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True
+                url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=300
             )
 
     @contextmanager
