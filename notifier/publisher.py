@@ -109,7 +109,8 @@ class EventPublisher:
         was lost, or no confirm came within ``timeout_s``: the event may or may not be
         queued, so publish it again; consumers drop duplicates by event id),
         ``not published: <error>`` (never sent) and an encoding error's name. Raises
-        ``AMQPConnectionError`` only if the connection cannot be opened at all.
+        ``AMQPConnectionError`` only if the connection cannot be opened at all, and what
+        iterating ``events`` raised, after the events before it are settled.
         """
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -169,6 +170,7 @@ class _PipelinedBatch:
         self._pump_scheduled = False
         self._last_progress = time.monotonic()
         self._open_error: BaseException | None = None
+        self._events_error: Exception | None = None
         self._channel: Any = None
         self._connection = pika.SelectConnection(
             connection_parameters(broker_url),
@@ -187,6 +189,8 @@ class _PipelinedBatch:
             if isinstance(self._open_error, AMQPConnectionError):
                 raise self._open_error
             raise AMQPConnectionError(repr(self._open_error)) from self._open_error
+        if self._events_error is not None:
+            raise self._events_error
         return self.report
 
     # -- connection and channel ------------------------------------------------------
@@ -260,6 +264,10 @@ class _PipelinedBatch:
             try:
                 index, event = next(self._events)
             except StopIteration:
+                self._exhausted = True
+                break
+            except Exception as exc:  # the caller's iterable failed: settle, then raise it
+                self._events_error = exc
                 self._exhausted = True
                 break
             try:

@@ -1,0 +1,262 @@
+"""CPU and wall time of each step of notifier's path, one at a time, in one thread.
+
+    .venv/bin/python benchmarks/components.py [--events 300]
+
+Against the same real services as the benchmark (a fresh PostgreSQL database and
+RabbitMQ vhost, the simulators in their own process), each step runs ``--events``
+times in a row and is timed with ``time.process_time()`` (this process's CPU, the
+adapters' event loop thread included) and the wall clock. No concurrency: this is
+what each step costs, not how steps overlap. Next to notifier's own steps it times
+the cheaper forms proposed in docs/performance.md (one-statement claim and record,
+no pool pre-ping, a compat32 MIME build), written here, not in notifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from email import charset as email_charset
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sqlalchemy as sa
+
+from benchmarks.infra import (
+    ProvidersProcess,
+    bench_settings,
+    fresh_database,
+    fresh_vhost,
+)
+from benchmarks.run import fan_out_events
+from notifier.adapter import OutboundMessage
+from notifier.app import Notifier
+from notifier.bridge import ingest_arguments
+from notifier.deliveries import ClaimedDelivery, DeliveryStatus
+from notifier.events import parse_event
+from notifier.logging import configure_logging
+from notifier.store.schema import utcnow
+
+ROWS: list[tuple[str, float, float, str]] = []
+
+
+def timed(label: str, items: Sequence[Any], step: Callable[[Any], Any], per: str = "") -> None:
+    cpu, wall = time.process_time(), time.perf_counter()
+    for item in items:
+        step(item)
+    n = max(len(items), 1)
+    ROWS.append(
+        (
+            label,
+            (time.process_time() - cpu) / n * 1000,
+            (time.perf_counter() - wall) / n * 1000,
+            per,
+        )
+    )
+    print(f"{label:58s} {ROWS[-1][1]:7.3f} ms CPU {ROWS[-1][2]:7.3f} ms wall", flush=True)
+
+
+# -- the proposed cheaper forms ---------------------------------------------------------
+
+CLAIM_SQL = sa.text(
+    """
+    UPDATE deliveries SET status = 'sending', attempts = attempts + 1,
+           lease_until = :lease_until, updated_at = :now
+     WHERE delivery_id = :delivery_id
+       AND (status IN ('queued', 'temporary-failure')
+            OR (status = 'sending' AND lease_until < :now))
+    RETURNING delivery_id, event_id, channel, recipient, language, content, dossier_code,
+              agency_code, event_status, attempts, created_at
+    """
+)
+FINISH_SQL = sa.text(
+    """
+    WITH updated AS (
+        UPDATE deliveries SET status = :status, lease_until = NULL, updated_at = :now,
+               last_error = :error, provider = :provider, sent_at = :now
+         WHERE delivery_id = :delivery_id
+        RETURNING delivery_id
+    )
+    INSERT INTO delivery_attempts (delivery_id, number, provider, started_at, finished_at,
+                                   outcome, error, error_code, provider_message_id)
+    SELECT delivery_id, :number, :provider, :started_at, :now, :status, :error, NULL, NULL
+      FROM updated
+    """
+)
+
+_QP_UTF8 = email_charset.Charset("utf-8")
+_QP_UTF8.header_encoding = email_charset.QP
+_QP_UTF8.body_encoding = email_charset.BASE64
+
+
+def compat32_mime(message: OutboundMessage, sender: str, sender_name: str) -> bytes:
+    """The same multipart/alternative message, built with the email package's legacy
+    (compat32) API: no header parsing and refolding on every header set."""
+    mime = MIMEMultipart("alternative")
+    mime["From"] = formataddr((str(Header(sender_name, "utf-8")), sender))
+    mime["To"] = message.recipient
+    mime["Subject"] = Header(message.parts["subject"], "utf-8")
+    mime["Date"] = format_datetime(datetime.now(UTC))
+    mime["Message-ID"] = f"<{message.delivery_id}@example.com>"
+    mime["X-Notifier-Delivery-Id"] = str(message.delivery_id)
+    mime["Content-Language"] = message.language
+    mime.attach(MIMEText(message.parts["text"], "plain", _QP_UTF8))
+    mime.attach(MIMEText(message.parts["html"], "html", _QP_UTF8))
+    return mime.as_bytes()
+
+
+def outbound(claimed: ClaimedDelivery) -> OutboundMessage:
+    return OutboundMessage(
+        delivery_id=claimed.delivery_id,
+        event_id=claimed.event_id,
+        channel=claimed.channel,
+        recipient=claimed.recipient,
+        language=claimed.language,
+        parts=claimed.content,
+        dossier_code=claimed.dossier_code,
+        agency_code=claimed.agency_code,
+        status=claimed.event_status,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=300)
+    args = parser.parse_args()
+    n = args.events
+    with fresh_vhost() as amqp_url, fresh_database() as (database_url, _name):
+        providers = ProvidersProcess()
+        try:
+            settings = bench_settings(amqp_url, database_url, providers.info["overrides"])
+            configure_logging("WARNING", "json")
+            app = Notifier(settings)
+            app.tokens.put("zalo", refresh_token=providers.info["zalo_refresh_token"])
+            try:
+                measure(app, n, database_url)
+            finally:
+                app.close()
+        finally:
+            providers.close()
+    print("\n| step | CPU ms | wall ms | per |\n|---|---:|---:|---|")
+    for label, cpu, wall, per in ROWS:
+        print(f"| {label} | {cpu:.2f} | {wall:.2f} | {per} |")
+
+
+def measure(app: Notifier, n: int, database_url: str) -> None:
+    lease = timedelta(seconds=40)
+    bodies = [json.dumps(e, ensure_ascii=False).encode() for e in fan_out_events(3 * n + 20)]
+    arguments = [ingest_arguments(b, 65536) for b in bodies]
+    # Warm-up: connections, pools, the ZNS token, compiled statements.
+    for text, meta in arguments[:20]:
+        for delivery_id, _channel in app.ingest.handle(text, source="amqp", meta=meta).to_enqueue:
+            app.sender.send(delivery_id)
+    batches = [arguments[20 + i * n : 20 + (i + 1) * n] for i in range(3)]
+
+    print(f"{n} of each, one at a time (CPU: this process, all threads)\n")
+    timed("parse and validate an event (pydantic)", batches[0],
+          lambda a: parse_event(a[0], max_bytes=65536), "event")
+    events = [parse_event(a[0], max_bytes=65536) for a in batches[0]]
+    for channel in ("email", "sms", "zalo", "portal"):
+        timed(f"render {channel} templates", events,
+              lambda e, c=channel: app.templates.render(e, c, e.applicant.language), "delivery")
+    results: list[Any] = []
+    timed("ingest.handle (validate, dedupe, route, render, record)", batches[0],
+          lambda a: results.append(app.ingest.handle(a[0], source="amqp", meta=a[1])), "event")
+    for text, meta in batches[1] + batches[2]:
+        results.append(app.ingest.handle(text, source="amqp", meta=meta))
+    first = [d for r in results[:n] for d in r.to_enqueue]
+    second = [d for r in results[n : 2 * n] for d in r.to_enqueue]
+    third = [d for r in results[2 * n :] for d in r.to_enqueue]
+
+    timed("bridge → ingest actor send (confirmed publish)", batches[0],
+          lambda a: app.ingest_actor.send(a[0], "amqp", a[1]), "event")
+    timed("enqueue one delivery (Dramatiq send, confirmed)", first[:n],
+          lambda d: app.enqueue_delivery(*d), "delivery")
+
+    def select_one(_item: Any) -> None:
+        with app.database.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
+    timed("SELECT 1 through the engine (pool_pre_ping=True)", range(n), select_one, "query")
+    no_ping = sa.create_engine(database_url, pool_size=10, max_overflow=20)
+
+    def select_one_no_ping(_item: Any) -> None:
+        with no_ping.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
+    timed("SELECT 1 through an engine without pre-ping", range(n), select_one_no_ping, "query")
+
+    claimed: dict[str, list[ClaimedDelivery]] = {c: [] for c in ("email", "sms", "zalo", "portal")}
+
+    def claim(item: tuple[uuid.UUID, str]) -> None:
+        _outcome, got = app.deliveries.claim(item[0], lease)
+        assert got is not None
+        claimed[item[1]].append(got)
+
+    timed("claim (today: UPDATE, SELECT, pre-ping, 2 tx statements)", first, claim, "delivery")
+
+    def claim_returning(item: tuple[uuid.UUID, str]) -> None:
+        now = utcnow()
+        with no_ping.begin() as connection:
+            row = connection.execute(
+                CLAIM_SQL, {"delivery_id": item[0], "now": now, "lease_until": now + lease}
+            ).first()
+        assert row is not None
+
+    timed("claim, proposed: one UPDATE … RETURNING, no pre-ping", second, claim_returning,
+          "delivery")
+
+    messages = {c: [outbound(x) for x in got] for c, got in claimed.items()}
+    email_adapter = app.runtime.adapter(app.registry.providers("email")[0])
+    from notifier_email.message import build_message
+
+    timed("email MIME build (today: EmailMessage, SMTP policy)", messages["email"],
+          lambda m: build_message(email_adapter.settings, m, m.recipient, "<x@y>").as_bytes(),
+          "email")
+    timed("email MIME build, proposed: compat32 MIMEText", messages["email"],
+          lambda m: compat32_mime(m, "noreply@example.com", "Cổng Dịch vụ công"), "email")
+    for channel in ("email", "sms", "zalo", "portal"):
+        adapter = app.runtime.adapter(app.registry.providers(channel)[0])
+        timed(f"{channel} adapter send (on the loop, waited for)", messages[channel],
+              lambda m, a=adapter: app.runtime.run(a.send(m), timeout=10), "delivery")
+
+    async def nothing() -> None:
+        await asyncio.sleep(0)
+
+    timed("runtime.run of an empty coroutine (thread hop)", range(n),
+          lambda _i: app.runtime.run(nothing(), timeout=10), "call")
+    every = [x for got in claimed.values() for x in got]
+    timed("finish_attempt (today: 2 statements, pre-ping)", every,
+          lambda c: app.deliveries.finish_attempt(
+              c, status=DeliveryStatus.SENT, provider=c.channel, started_at=utcnow()),
+          "delivery")
+
+    def finish_one_statement(item: tuple[uuid.UUID, str]) -> None:
+        with no_ping.begin() as connection:
+            connection.execute(
+                FINISH_SQL,
+                {"delivery_id": item[0], "now": utcnow(), "status": "sent", "error": None,
+                 "provider": item[1], "number": 1, "started_at": utcnow()},
+            )
+
+    timed("finish, proposed: one statement (CTE), no pre-ping", second, finish_one_statement,
+          "delivery")
+    for channel in ("email", "sms", "zalo", "portal"):
+        timed(f"sender.send {channel} (claim, send, record)",
+              [d for d, c in third if c == channel], app.sender.send, "delivery")
+    no_ping.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,865 @@
+"""notifier's benchmark: `./dev bench [--quick]` (see docs/performance.md).
+
+Everything real and local: RabbitMQ, PostgreSQL (a fresh database and vhost per run,
+dropped afterwards), `notifier worker` processes, and the provider simulators (SMTP,
+eSMS, SpeedSMS, Zalo ZNS on 127.0.0.1) in a process of their own. It measures:
+
+- the Python publisher (pipelined confirms, and one confirm at a time);
+- the bare reference: a hand-written pika → aiosmtplib/httpx/psycopg loop;
+- Apprise sending the same emails (when installed);
+- for each worker process count: bursts of N events (each → email, SMS, Zalo and
+  portal), end to end from the first publish to the last delivery recorded, with
+  publish → provider acceptance latency per channel, CPU per process group per
+  1,000 deliveries, and each worker process's peak memory;
+- with the first process count: a steady offered rate (latency), and email alone.
+
+Writes benchmarks/results/<timestamp>.json and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.experiments import ENV as EXPERIMENTS_ENV
+from benchmarks.experiments import EXPERIMENTS
+from benchmarks.infra import (
+    REPO,
+    Progress,
+    ProvidersProcess,
+    Queues,
+    WorkerProcesses,
+    bench_settings,
+    clear_run_tables,
+    delivery_rows,
+    fresh_database,
+    fresh_vhost,
+    inbox_times,
+    wait_for,
+    worker_env,
+)
+from benchmarks.procstat import (
+    CpuMeter,
+    descendants,
+    postgres_pids,
+    rabbitmq_pids,
+    status_kb,
+)
+from notifier.amqp import declare_topology
+from notifier.events import Status
+from notifier.publisher import EventPublisher
+from notifier.samples import sample_event
+from notifier.settings import EventsSettings
+from notifier.store import Database
+from notifier.tokens import TokenStore
+
+CHANNELS = ("email", "sms", "zalo", "portal")
+# Statuses that go to all four channels (config/routing.toml).
+FAN_OUT = (
+    Status.REFUSED,
+    Status.SUPPLEMENT_REQUESTED,
+    Status.PAYMENT_REQUIRED,
+    Status.STOPPED,
+    Status.RESULT_READY,
+    Status.OVERDUE,
+)
+INSTALL_APPRISE = ".venv/bin/pip install -r benchmarks/requirements.txt"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="./dev bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    parser.add_argument("--events", type=int, nargs="+", help="burst sizes (default 1000 20000)")
+    parser.add_argument("--processes", type=int, nargs="+", help="worker processes (1 2 4)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument(
+        "--steady-rate", type=float, nargs="+", help="events/s offered (default 20 100)"
+    )
+    parser.add_argument("--steady-seconds", type=float, help="0 skips the steady run")
+    parser.add_argument("--email-events", type=int, help="email-only events (0 skips)")
+    parser.add_argument("--bare-events", type=int, help="bare reference events (0 skips)")
+    parser.add_argument("--apprise-emails", type=int, help="emails sent with Apprise (0 skips)")
+    parser.add_argument("--publisher-events", type=int, help="publisher test events (0 skips)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra NOTIFIER_* setting for the workers (e.g. NOTIFIER_EVENTS__PREFETCH=100)",
+    )
+    parser.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        choices=sorted(EXPERIMENTS),
+        help="measure a proposed core change (benchmarks/experiments.py); repeatable",
+    )
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--report", type=Path, help="print the tables of a results file")
+    parser.add_argument("--markdown", action="store_true", help="with --report: Markdown")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "events": [200] if quick else [1000, 20000],
+        "processes": [1, 2] if quick else [1, 2, 4],
+        "steady_rate": [100.0] if quick else [20.0, 100.0],
+        "steady_seconds": 1.0 if quick else 30.0,
+        "email_events": 200 if quick else 3000,
+        "bare_events": None,  # the largest burst
+        "apprise_emails": 50 if quick else 500,
+        "publisher_events": 5000 if quick else 20000,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.bare_events is None:
+        args.bare_events = min(max(args.events), 5000)
+    return args
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+def fan_out_events(count: int) -> list[dict[str, Any]]:
+    return [
+        sample_event(i, status=FAN_OUT[i % len(FAN_OUT)], event_id=uuid.uuid4())
+        for i in range(count)
+    ]
+
+
+def email_only_events(count: int) -> list[dict[str, Any]]:
+    return [
+        sample_event(
+            i,
+            status=FAN_OUT[i % len(FAN_OUT)],
+            event_id=uuid.uuid4(),
+            contacts={"email": f"citizen{i}@example.com"},
+        )
+        for i in range(count)
+    ]
+
+
+class Stamped:
+    """Yields events, noting when each was handed to the publisher (epoch seconds)."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+        self.published: dict[str, float] = {}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for event in self.events:
+            self.published[event["event_id"]] = time.time()
+            yield event
+
+
+# -- figures -----------------------------------------------------------------------------
+
+
+def percentiles(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 1)
+
+    return {
+        "n": len(ordered),
+        "p50": rank(0.50),
+        "p95": rank(0.95),
+        "p99": rank(0.99),
+        "max": round(ordered[-1] * 1000, 1),
+    }
+
+
+@dataclass
+class Outcome:
+    """The delivery log and the providers' records after a run."""
+
+    rows: list[tuple[str, str, str, str, float]]
+    accepted: dict[str, list[list[Any]]]
+    inbox: dict[str, float]
+
+    def statuses(self) -> dict[str, int]:
+        return dict(Counter(row[3] for row in self.rows))
+
+    def last_recorded(self) -> float:
+        return max(row[4] for row in self.rows)
+
+    def latencies(self, published: dict[str, float]) -> dict[str, dict[str, Any]]:
+        event_of = {row[0]: (row[1], row[2]) for row in self.rows}
+        samples: dict[str, list[float]] = {c: [] for c in CHANNELS}
+        seen: set[str] = set()
+        accepted = [(c, r[0], r[1]) for c, rows in self.accepted.items() for r in rows]
+        accepted += [("portal", d, t) for d, t in self.inbox.items()]
+        for channel, delivery_id, at in sorted(accepted, key=lambda a: a[2]):
+            if delivery_id in seen or delivery_id not in event_of:
+                continue  # a repeat (counted in duplicates) or not notifier's
+            seen.add(delivery_id)
+            event_id, _channel = event_of[delivery_id]
+            if event_id in published:
+                samples[channel].append(at - published[event_id])
+        return {channel: percentiles(values) for channel, values in samples.items()}
+
+    def provider_counts(self) -> dict[str, dict[str, int]]:
+        counts = {}
+        for channel, rows in self.accepted.items():
+            ids = [r[0] for r in rows if r[0] is not None]
+            counts[channel] = {"accepted": len(rows), "duplicates": len(ids) - len(set(ids))}
+        counts["portal"] = {"accepted": len(self.inbox), "duplicates": 0}
+        return counts
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.results: dict[str, Any] = {"runs": [], "references": {}}
+        self.workdir = Path(tempfile.mkdtemp(prefix="notifier-bench-"))
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        with fresh_vhost() as amqp_url, fresh_database() as (database_url, database_name):
+            self.amqp_url, self.database_name = amqp_url, database_name
+            self.database = Database(database_url)
+            self.providers = ProvidersProcess()
+            try:
+                self.settings = bench_settings(
+                    amqp_url, database_url, self.providers.info["overrides"]
+                )
+                self.queues = Queues(amqp_url)
+                self.results["system"] = self.system()
+                self.results["settings"] = self.describe_settings()
+                self.scenarios()
+            finally:
+                self.providers.close()
+                self.database.dispose()
+                if hasattr(self, "queues"):
+                    self.queues.close()
+        self.results["seconds"] = round(time.monotonic() - started, 1)
+        return self.results
+
+    def system(self) -> dict[str, Any]:
+        with self.database.engine.connect() as connection:
+            import sqlalchemy as sa
+
+            pg = connection.execute(sa.text("SHOW server_version")).scalar_one()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        return {
+            "cpus": os.cpu_count(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+            "python": platform.python_version(),
+            "postgresql": pg,
+            "rabbitmq": str(self.queues.server_properties.get("version", "?")),
+            "commit": commit,
+            "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        }
+
+    def describe_settings(self) -> dict[str, Any]:
+        return {
+            "threads": self.args.threads,
+            "events_prefetch": self.settings.events.prefetch,
+            "email_pool_size": self.settings.adapters.get("email", {}).get("pool_size"),
+            "extra_env": self.args.env,
+            "experiments": self.args.experiment,
+            "quick": self.args.quick,
+        }
+
+    def scenarios(self) -> None:
+        args = self.args
+        if args.publisher_events:
+            self.publisher()
+        if args.bare_events:
+            self.bare()  # before notifier: it takes the one valid ZNS access token
+        if args.apprise_emails:
+            self.apprise()
+        TokenStore(self.database, self.settings.secret_key.get_secret_value()).put(
+            "zalo", refresh_token=self.providers.info["zalo_refresh_token"]
+        )
+        declare_topology(self.queues.channel, self.settings.events)
+        for position, processes in enumerate(args.processes):
+            workers = self.start_workers(processes)
+            try:
+                for count in args.events:
+                    self.burst(workers, processes, count)
+                if position == 0 and args.steady_seconds:
+                    for rate in args.steady_rate:
+                        self.steady(workers, processes, rate)
+                if position == 0 and args.email_events:
+                    self.burst(workers, processes, args.email_events, email_only=True)
+            finally:
+                workers.stop()
+
+    # -- notifier ---------------------------------------------------------------------------
+
+    def start_workers(self, processes: int) -> WorkerProcesses:
+        prometheus_db = self.workdir / f"prometheus-{processes}"
+        prometheus_db.mkdir(exist_ok=True)
+        extra = {
+            # Dramatiq's Prometheus exporter: a directory and port of this run's own
+            # (the defaults, /tmp/dramatiq-prometheus and :9191, are shared machine-wide).
+            "dramatiq_prom_db": str(prometheus_db),
+            "dramatiq_prom_host": "127.0.0.1",
+            "dramatiq_prom_port": str(free_port()),
+        }
+        extra.update(item.split("=", 1) for item in self.args.env)
+        if self.args.experiment:
+            site = REPO / "benchmarks" / "experiment_site"
+            extra["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO)])
+            extra[EXPERIMENTS_ENV] = ",".join(self.args.experiment)
+        env = worker_env(self.settings, extra)
+        log = self.workdir / f"worker-{processes}.log"
+        self.log(f"starting {processes} worker process(es), {self.args.threads} threads each")
+        workers = WorkerProcesses(env, processes, self.args.threads, log).start()
+        prefix = self.settings.worker.queue_prefix
+        try:
+            workers.wait_ready(
+                self.queues,
+                [self.settings.events.queue, *(f"{prefix}.{c}" for c in (*CHANNELS, "ingest"))],
+            )
+        except BaseException:
+            workers.stop()
+            raise
+        return workers
+
+    def meter(
+        self, workers: WorkerProcesses | None = None, extra: list[int] | None = None
+    ) -> CpuMeter:
+        groups = {
+            "broker": rabbitmq_pids,
+            "database": lambda: postgres_pids(self.database_name),
+            "simulators": lambda: [self.providers.pid],
+            "benchmark": lambda: [os.getpid()],
+        }
+        if workers is not None:
+            groups = {"worker": lambda: [workers.pid, *descendants(workers.pid)], **groups}
+        if extra is not None:
+            groups = {"bare": lambda: extra, **groups}
+        return CpuMeter(groups).start()
+
+    def wait_done(self, events: int) -> None:
+        wait_for(Progress(self.database, events), stall_s=60)
+
+    def collect(self) -> Outcome:
+        return Outcome(
+            delivery_rows(self.database), self.providers.dump(), inbox_times(self.database)
+        )
+
+    def memory(self, workers: WorkerProcesses) -> dict[str, Any]:
+        pids = workers.worker_pids()
+        peaks = [round((status_kb(pid, "VmHWM") or 0) / 1024, 1) for pid in pids]
+        now = [round((status_kb(pid, "VmRSS") or 0) / 1024, 1) for pid in pids]
+        return {"peak_rss_mb": peaks, "rss_mb": now}
+
+    def burst(
+        self, workers: WorkerProcesses, processes: int, count: int, *, email_only: bool = False
+    ) -> None:
+        kind = "email-only" if email_only else "burst"
+        events = email_only_events(count) if email_only else fan_out_events(count)
+        per_event = 1 if email_only else len(CHANNELS)
+        expected = count * per_event
+        clear_run_tables(self.database)
+        self.providers.dump()  # forget anything earlier
+        self.log(f"{kind}: {count} events ({expected} deliveries), {processes} process(es)")
+        stamped = Stamped(events)
+        meter = self.meter(workers)
+        with EventPublisher(self.amqp_url, self.settings.events) as publisher:
+            clock = time.perf_counter()
+            report = publisher.publish_batch(stamped)
+            publish_s = time.perf_counter() - clock
+        if report.failed:
+            raise RuntimeError(f"events not published: {report.failed[:3]}")
+        self.wait_done(count)
+        cpu = meter.stop()
+        outcome = self.collect()
+        self.record_run(
+            kind=kind,
+            processes=processes,
+            events=count,
+            expected=expected,
+            published=stamped.published,
+            outcome=outcome,
+            cpu=cpu,
+            extra={"publish_s": round(publish_s, 3), "memory": self.memory(workers)},
+        )
+
+    def steady(self, workers: WorkerProcesses, processes: int, rate: float) -> None:
+        seconds = self.args.steady_seconds
+        count = int(rate * seconds)
+        events = fan_out_events(count)
+        clear_run_tables(self.database)
+        self.providers.dump()
+        self.log(f"steady: {rate:g} events/s for {seconds:g}s, {processes} process(es)")
+        published: dict[str, float] = {}
+        meter = self.meter(workers)
+        with EventPublisher(self.amqp_url, self.settings.events) as publisher:
+            start = time.monotonic()
+            for index, event in enumerate(events):
+                delay = start + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                published[event["event_id"]] = time.time()
+                publisher.publish(event)  # one at a time, as a TTHC system would
+        expected = count * len(CHANNELS)
+        self.wait_done(count)
+        cpu = meter.stop()
+        self.record_run(
+            kind="steady",
+            processes=processes,
+            events=count,
+            expected=expected,
+            published=published,
+            outcome=self.collect(),
+            cpu=cpu,
+            extra={"offered_per_s": rate, "memory": self.memory(workers)},
+        )
+
+    def record_run(
+        self,
+        *,
+        kind: str,
+        processes: int,
+        events: int,
+        expected: int,
+        published: dict[str, float],
+        outcome: Outcome,
+        cpu: dict[str, float],
+        extra: dict[str, Any],
+    ) -> None:
+        statuses = outcome.statuses()
+        done = sum(statuses.get(s, 0) for s in ("sent", "delivered"))
+        seconds = outcome.last_recorded() - min(published.values())
+        run = {
+            "kind": kind,
+            "processes": processes,
+            "threads": self.args.threads,
+            "events": events,
+            "deliveries_planned": len(outcome.rows),
+            "deliveries_expected": expected,
+            "deliveries_done": done,
+            "all_done": done == expected == len(outcome.rows),
+            "statuses": statuses,
+            "providers": outcome.provider_counts(),
+            "seconds": round(seconds, 3),
+            "events_per_s": round(events / seconds, 1),
+            "deliveries_per_s": round(done / seconds, 1),
+            "latency_ms": outcome.latencies(published),
+            "cpu_s": cpu,
+            "cpu_s_per_1000_deliveries": {
+                group: round(value * 1000 / max(done, 1), 3) for group, value in cpu.items()
+            },
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
+            **extra,
+        }
+        self.results["runs"].append(run)
+        self.log(
+            f"  {done}/{expected} deliveries in {seconds:.1f}s: {run['events_per_s']} events/s, "
+            f"{run['deliveries_per_s']} deliveries/s"
+        )
+
+    # -- references -------------------------------------------------------------------------
+
+    def publisher(self) -> None:
+        count = self.args.publisher_events
+        events_settings = EventsSettings(exchange="bench.pub", queue="bench.pub.inbound")
+        declare_topology(self.queues.channel, events_settings)
+        events = fan_out_events(count)
+        self.log(f"publisher: {count} events with pipelined confirms, then one at a time")
+        with EventPublisher(self.amqp_url, events_settings) as publisher:
+            cpu, clock = time.process_time(), time.perf_counter()
+            report = publisher.publish_many(events)
+            batch_s, batch_cpu = time.perf_counter() - clock, time.process_time() - cpu
+            single = events[: min(count, 1000)]
+            clock = time.perf_counter()
+            for event in single:
+                publisher.publish(event)
+            single_s = time.perf_counter() - clock
+        self.queues.channel.queue_delete(events_settings.queue)
+        self.results["references"]["publisher"] = {
+            "events": count,
+            "confirmed": report.confirmed,
+            "failed": len(report.failed),
+            "seconds": round(batch_s, 3),
+            "per_s": round(count / batch_s),
+            "cpu_s": round(batch_cpu, 2),
+            "one_at_a_time_per_s": round(len(single) / single_s),
+        }
+        self.log(
+            f"  {count / batch_s:.0f} events/s (one at a time: {len(single) / single_s:.0f}/s)"
+        )
+
+    def bare(self) -> None:
+        count = self.args.bare_events
+        info = self.providers.info
+        events_settings = EventsSettings(exchange="bench.bare", queue="bench.bare.inbound")
+        declare_topology(self.queues.channel, events_settings)
+        config = {
+            "amqp_url": self.amqp_url,
+            "queue": events_settings.queue,
+            "database_url": self.settings.database_url.replace("+psycopg", ""),
+            "smtp_port": info["smtp_port"],
+            "smtp_pool": 4,
+            "db_pool": 8,
+            "http_connections": 10,
+            "prefetch": 100,
+            "esms": info["esms"],
+            "zalo_base_url": info["zalo_base_url"],
+            "zalo_token": self.providers.access_token(),
+            "count": count,
+        }
+        self.log(f"bare reference: {count} events ({count * 4} deliveries)")
+        self.providers.dump()
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "benchmarks" / "bare.py"), json.dumps(config)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        assert process.stdin is not None
+        json.loads(process.stdout.readline())  # ready
+        events = fan_out_events(count)
+        meter = self.meter(extra=[process.pid])
+        with EventPublisher(self.amqp_url, events_settings) as publisher:
+            first = time.time()
+            report = publisher.publish_batch(events)
+        result = json.loads(process.stdout.readline())
+        cpu = meter.stop()
+        process.stdin.close()  # it may exit now
+        process.wait(timeout=30)
+        accepted = self.providers.dump()
+        seconds = result["last_recorded"] - first
+        deliveries = count * 4
+        self.results["references"]["bare"] = {
+            "events": count,
+            "published": report.confirmed,
+            "errors": result["errors"],
+            "accepted": {c: len(rows) for c, rows in accepted.items()},
+            "seconds": round(seconds, 3),
+            "events_per_s": round(count / seconds, 1),
+            "deliveries_per_s": round(deliveries / seconds, 1),
+            "cpu_s": cpu,
+            "cpu_s_per_1000_deliveries": {
+                g: round(v * 1000 / deliveries, 3) for g, v in cpu.items()
+            },
+        }
+        self.log(f"  {deliveries / seconds:.0f} deliveries/s")
+
+    def apprise(self) -> None:
+        try:
+            import apprise  # noqa: F401
+        except ImportError:
+            self.log(f"Apprise is not installed; skipped (install: {INSTALL_APPRISE})")
+            self.results["references"]["apprise"] = None
+            return
+        figures = []
+        for threads in (1,) if self.args.quick else (1, 8):
+            count = self.args.apprise_emails
+            self.log(f"Apprise: {count} emails, {threads} thread(s)")
+            self.providers.dump()
+            output = subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "benchmarks" / "apprise_run.py"),
+                    json.dumps(
+                        {"smtp_port": self.providers.info["smtp_port"], "count": count,
+                         "threads": threads}
+                    ),
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            result = json.loads(output.strip().splitlines()[-1])
+            # Less the warm-up email sent before the clock started.
+            result["received"] = len(self.providers.dump()["email"]) - 1
+            figures.append(result)
+            self.log(f"  {result['per_s']} emails/s")
+        self.results["references"]["apprise"] = figures
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+MARKDOWN = False  # tables as Markdown (--report FILE --markdown, for docs/performance.md)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    if MARKDOWN:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[list[Any]]:
+    runs = [r for r in results["runs"] if r["kind"] == "burst"]
+    refs = results["references"]
+    rows: list[list[Any]] = []
+    best = max(runs, key=lambda r: r["deliveries_per_s"], default=None)
+    bare = refs.get("bare")
+    if best and bare:
+        ratio = best["deliveries_per_s"] / bare["deliveries_per_s"]
+        rows.append(
+            ["whole path ≥ 70% of bare", f"{ratio:.0%} ({best['processes']} proc)", ratio >= 0.7]
+        )
+    if best:
+        rows.append(
+            [
+                "≥ 250 events/s (1,000 deliveries/s)",
+                f"{best['events_per_s']:.0f} events/s",
+                best["events_per_s"] >= 250,
+            ]
+        )
+    email = next((r for r in results["runs"] if r["kind"] == "email-only"), None)
+    apprise = refs.get("apprise")
+    if email and apprise:
+        fastest = max(a["per_s"] for a in apprise)
+        ratio = email["deliveries_per_s"] / fastest
+        rows.append(["email ≥ 10× Apprise", f"{ratio:.1f}×", ratio >= 10])
+    steady = max(
+        (r for r in results["runs"] if r["kind"] == "steady"),
+        key=lambda r: r["offered_per_s"],
+        default=None,
+    )
+    if steady:
+        p99 = max(
+            (v["p99"] for v in steady["latency_ms"].values() if v["p99"] is not None), default=None
+        )
+        rows.append(
+            [
+                f"p99 < 250 ms at {steady['offered_per_s']:g} events/s",
+                f"{p99} ms (worst channel)",
+                p99 is not None and p99 < 250,
+            ]
+        )
+    peaks = [m for r in results["runs"] for m in r["memory"]["peak_rss_mb"]]
+    if peaks:
+        rows.append(["worker memory < 150 MB", f"{max(peaks)} MB peak", max(peaks) < 150])
+    publisher = refs.get("publisher")
+    if publisher:
+        rows.append(
+            [
+                "publisher ≥ 10,000 events/s confirmed",
+                f"{publisher['per_s']} events/s",
+                publisher["per_s"] >= 10_000 and publisher["failed"] == 0,
+            ]
+        )
+    return [[name, value, "met" if ok else "MISSED"] for name, value, ok in rows]
+
+
+def render(results: dict[str, Any]) -> str:
+    system = results["system"]
+    out = [
+        f"notifier benchmark {results['started']}: {system['cpus']} CPUs, "
+        f"{system['memory_gb']} GB, Python {system['python']}, RabbitMQ {system['rabbitmq']}, "
+        f"PostgreSQL {system['postgresql']}, commit {system['commit']}",
+        "",
+        "Throughput, end to end (first publish → last delivery recorded); every event → "
+        "email, sms, zalo, portal",
+    ]
+    bare = results["references"].get("bare")
+    rows = []
+    for r in results["runs"]:
+        ratio = (
+            f"{r['deliveries_per_s'] / bare['deliveries_per_s']:.0%}"
+            if bare and r["kind"] != "email-only"
+            else None
+        )
+        rows.append(
+            [
+                r["kind"],
+                r["processes"],
+                r["events"],
+                f"{r['deliveries_done']}/{r['deliveries_expected']}",
+                f"{r['seconds']:.1f}",
+                f"{r['events_per_s']:.0f}",
+                f"{r['deliveries_per_s']:.0f}",
+                ratio,
+                "/".join(f"{m:.0f}" for m in r["memory"]["peak_rss_mb"]),
+            ]
+        )
+    if bare:
+        rows.append(
+            [
+                "bare loop",
+                1,
+                bare["events"],
+                f"{bare['events'] * 4}",
+                f"{bare['seconds']:.1f}",
+                f"{bare['events_per_s']:.0f}",
+                f"{bare['deliveries_per_s']:.0f}",
+                "100%",
+                None,
+            ]
+        )
+    out.append(
+        table(
+            ["run", "procs", "events", "done", "s", "events/s", "deliv/s", "vs bare",
+             "worker peak MB"],
+            rows,
+        )
+    )
+    out += ["", "Latency publish → provider accepted, ms (p50 / p95 / p99)"]
+    out.append(
+        table(
+            ["run", "procs", "events", *CHANNELS],
+            [
+                [
+                    r["kind"] + (f" {r['offered_per_s']:g}/s" if r["kind"] == "steady" else ""),
+                    r["processes"],
+                    r["events"],
+                    *(
+                        "{p50} / {p95} / {p99}".format(**r["latency_ms"][c])
+                        if r["latency_ms"][c]["n"]
+                        else "-"
+                        for c in CHANNELS
+                    ),
+                ]
+                for r in results["runs"]
+            ],
+        )
+    )
+    groups = ["worker", "broker", "database", "simulators", "benchmark", "other"]
+    cpu_rows = [
+        [
+            r["kind"],
+            r["processes"],
+            r["events"],
+            *(r["cpu_s_per_1000_deliveries"].get(g) for g in groups),
+            round(sum(r["cpu_s_per_1000_deliveries"].values()), 2),
+        ]
+        for r in results["runs"]
+    ]
+    if bare:
+        per = bare["cpu_s_per_1000_deliveries"]
+        cpu_rows.append(
+            ["bare loop", 1, bare["events"], per.get("bare"), per.get("broker"),
+             per.get("database"), per.get("simulators"), per.get("benchmark"), per.get("other"),
+             round(sum(per.values()), 2)]
+        )
+    out += [
+        "",
+        "CPU seconds per 1,000 deliveries, by process (bare loop: its own process; other: the "
+        "rest of the machine, should be ~0)",
+    ]
+    out.append(table(["run", "procs", "events", *groups, "total"], cpu_rows))
+    refs = results["references"]
+    out += ["", "References"]
+    ref_rows = []
+    publisher = refs.get("publisher")
+    if publisher:
+        ref_rows.append(
+            ["publisher, pipelined confirms", f"{publisher['per_s']} events/s",
+             f"{publisher['confirmed']} confirmed, {publisher['cpu_s']} s CPU"]
+        )
+        ref_rows.append(
+            ["publisher, one confirm at a time", f"{publisher['one_at_a_time_per_s']} events/s", ""]
+        )
+    for figure in refs.get("apprise") or []:
+        ref_rows.append(
+            [f"Apprise, {figure['threads']} thread(s)", f"{figure['per_s']} emails/s",
+             f"{figure['received']} received, {figure['cpu_s']} s CPU"]
+        )
+    if refs.get("apprise") is None and "apprise" in refs:
+        ref_rows.append(["Apprise", "not installed", INSTALL_APPRISE])
+    email = next((r for r in results["runs"] if r["kind"] == "email-only"), None)
+    if email:
+        fastest = max((a["per_s"] for a in refs.get("apprise") or []), default=None)
+        ref_rows.append(
+            [
+                f"notifier email only, {email['processes']} proc",
+                f"{email['deliveries_per_s']:.0f} emails/s",
+                f"{email['events']} events"
+                + (f", {email['deliveries_per_s'] / fastest:.1f}× Apprise" if fastest else ""),
+            ]
+        )
+    out.append(table(["reference", "rate", "note"], ref_rows))
+    noisy = [
+        r for r in results["runs"]
+        if r["cpu_s"].get("other", 0) > 0.15 * sum(r["cpu_s"].values())
+    ]
+    if noisy:
+        out += [
+            "",
+            f"WARNING: in {len(noisy)} run(s) other processes used over 15% of the machine's "
+            "CPU: the figures are low; run again on an idle machine.",
+        ]
+    target_rows = targets(results)
+    if target_rows:
+        out += ["", "Targets"]
+        out.append(table(["target", "measured", ""], target_rows))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global MARKDOWN
+    args = parse_args(argv)
+    if args.report is not None:
+        MARKDOWN = args.markdown
+        print(render(json.loads(args.report.read_text())))
+        return 0
+    started = datetime.now(UTC)
+    bench = Bench(args)
+    bench.results["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
+    bench.results["arguments"] = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+    }
+    try:
+        results = bench.run()
+    except BaseException:
+        print(f"\nthe benchmark failed; worker logs in {bench.workdir}", file=sys.stderr)
+        raise
+    results["targets"] = targets(results)
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"{started:%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    print()
+    print(render(results))
+    print(f"\nresults: {path}")
+    incomplete = [r for r in results["runs"] if not r["all_done"]]
+    if incomplete:
+        print(f"some deliveries were not done; worker logs in {bench.workdir}", file=sys.stderr)
+        return 1
+    shutil.rmtree(bench.workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
