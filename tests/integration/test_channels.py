@@ -202,6 +202,10 @@ def test_receipts_are_verified_and_replays_refused(
             sms, url=f"{receipts}/esms?token={providers.receipt_token}"
         )
         assert good.status_code == 200, good.text
+        replayed = providers.esms.send_report(
+            sms, url=f"{receipts}/esms?token={providers.receipt_token}"
+        )
+        assert replayed.status_code == 409
 
         bad_signature = httpx.post(
             f"{receipts}/zalo",

@@ -109,9 +109,7 @@ class EsmsSettings(SmsSettings):
             return None
         value = check_http_url(value)
         if "token" in httpx.URL(value).params:
-            raise ValueError(
-                "must not carry the token: set receipt_token, the adapter adds it"
-            )
+            raise ValueError("must not carry the token: set receipt_token, the adapter adds it")
         return value
 
     @model_validator(mode="after")
@@ -235,8 +233,18 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
         sms_id = (query.get("SMSID") or "").strip() or None
         if delivery_id is None and sms_id is None:
             raise InvalidReceipt("neither RequestId nor SMSID")
+        # eSMS signs nothing, so a report is known by what it says: the same report for
+        # the same message twice is a replay (a later report with news is not).
+        nonce = f"{sms_id or delivery_id}:{status}:{success}:{failed}"
         if status == _DONE and success >= 1:
-            return [Receipt(delivered=True, delivery_id=delivery_id, provider_message_id=sms_id)]
+            return [
+                Receipt(
+                    delivered=True,
+                    delivery_id=delivery_id,
+                    provider_message_id=sms_id,
+                    nonce=nonce,
+                )
+            ]
         if status == _REJECTED or (status == _DONE and failed >= 1):
             reason = (
                 "rejected by eSMS" if status == _REJECTED else "carrier reported it undelivered"
@@ -248,6 +256,7 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
                     provider_message_id=sms_id,
                     error=reason,
                     error_code=f"SendStatus={status}",
+                    nonce=nonce,
                 )
             ]
         return []  # in progress (1, 2, 7), or done without counts: wait for the next one
