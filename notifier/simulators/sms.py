@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import abc
 import contextlib
 import json
 import re
@@ -381,9 +382,9 @@ class _GatewaySimulator(BackgroundHttpServer):
             return _Answer.of_text(404, "Not Found")
         return route(request)
 
+    @abc.abstractmethod
     def _route(self, request: ReceivedRequest) -> _Route | None:
         """The handler for a request, or None for 404."""
-        raise NotImplementedError
 
     def _take_failure(self) -> tuple[str, str | None] | None:
         with self._cond:
