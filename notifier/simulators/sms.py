@@ -33,9 +33,9 @@ second, so a benchmark can measure the send rate the gateway saw.
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
-import abc
 import contextlib
 import json
 import re
