@@ -168,6 +168,9 @@ class _Queued:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    # Answers go out as several small writes; without TCP_NODELAY each waits ~40 ms
+    # for the client's delayed ACK.
+    disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"  # keep-alive, as the real gateways do
     timeout = 60  # idle keep-alive connections are closed after this
     server_version = "notifier-sms-simulator"

@@ -474,6 +474,7 @@ def _error(code: int) -> dict[str, Any]:
 
 def _handler_class(simulator: ZaloSimulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        disable_nagle_algorithm = True  # small writes, no delayed-ACK wait
         protocol_version = "HTTP/1.1"  # keep-alive, as the adapter's pool expects
         server_version = "ZaloSimulator/1"
         timeout = 30  # an idle keep-alive connection is closed after this

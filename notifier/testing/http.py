@@ -80,6 +80,9 @@ Responder = Callable[[RecordedRequest], Reply]
 
 
 class _Handler(BaseHTTPRequestHandler):
+    # Answers go out as several small writes; without TCP_NODELAY each waits ~40 ms
+    # for the client's delayed ACK.
+    disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
     server: TrackingHttpServer
     timeout = 30  # an idle keep-alive connection is dropped after this
