@@ -2,9 +2,10 @@
 
 pika consumes raw events (prefetch 100); each event becomes four deliveries handled
 on one asyncio loop thread: one email over a pool of aiosmtplib sessions (the same
-multipart text + html MIME message notifier builds), one eSMS POST and one ZNS POST
-over one pooled httpx client, and one PostgreSQL INSERT per delivery (the portal's
-is its inbox row) on a small pool of psycopg connections. The raw message is acked
+multipart text + html MIME message notifier builds, with the same compat32 classes),
+one eSMS POST and one ZNS POST over one pooled httpx client, and one PostgreSQL
+INSERT per delivery (the portal's is its inbox row) on a small pool of psycopg
+connections. The raw message is acked
 when its four deliveries are recorded. No validation, templates, dedupe, claims,
 retries, or per-delivery queue: the floor a hand-written loop would reach.
 
@@ -22,10 +23,12 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import format_datetime
+from email import charset as email_charset
+from email import policy as email_policy
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr
 from functools import partial
 from typing import Any
 
@@ -34,8 +37,9 @@ import httpx
 import pika
 import psycopg
 
-# The same MIME building as notifier's email adapter (EmailMessage, 7bit SMTP policy).
-_POLICY = SMTP_POLICY.clone(cte_type="7bit")
+# The same MIME building as notifier's email adapter (compat32 classes, CRLF).
+_POLICY = email_policy.compat32.clone(linesep="\r\n")
+_UTF8 = email_charset.Charset("utf-8")
 # An HTML layout of the size of notifier's (inline styles, ~4.5 KB rendered).
 _LAYOUT = (
     '<!DOCTYPE html><html lang="vi"><head><meta charset="utf-8"></head>'
@@ -48,6 +52,7 @@ _LAYOUT = (
     + "<p>Thư này được gửi tự động từ hệ thống thông báo của Cổng Dịch vụ công.</p>" * 20
     + "</body></html>"
 )
+_FROM = "bench@example.com"
 _ESMS_PATH = "/MainService.svc/json/SendMultipleMessage_V4_post_json/"
 _INSERT = (
     "INSERT INTO bare_deliveries (delivery_id, event_id, channel, recipient, content, "
@@ -136,18 +141,20 @@ class Bare:
     async def email(self, event: dict[str, Any], to: str) -> None:
         delivery_id = uuid.uuid4()
         text = self.email_text(event)
-        message = EmailMessage(policy=_POLICY)
-        message["From"] = Address(display_name="Cổng Dịch vụ công", addr_spec="bench@example.com")
-        message["To"] = Address(addr_spec=to)
-        message["Subject"] = f"Hồ sơ {event['dossier']['code']}: cập nhật trạng thái"
+        message = MIMEMultipart("alternative", policy=_POLICY)
+        message.attach(MIMEText(text, "plain", "utf-8", policy=_POLICY))
+        body = _LAYOUT.replace("{{ body }}", html.escape(text))
+        message.attach(MIMEText(body, "html", "utf-8", policy=_POLICY))
+        message["From"] = formataddr((str(Header("Cổng Dịch vụ công", _UTF8)), _FROM))
+        message["To"] = to
+        subject = f"Hồ sơ {event['dossier']['code']}: cập nhật trạng thái"
+        message["Subject"] = Header(subject, _UTF8)  # type: ignore[assignment]
         message["Date"] = format_datetime(datetime.now(UTC))
         message["Message-ID"] = f"<{delivery_id}@example.com>"
-        message.set_content(text)
-        message.add_alternative(_LAYOUT.replace("{{ body }}", html.escape(text)), subtype="html")
         data = message.as_bytes()
 
         async def send(client: aiosmtplib.SMTP) -> None:
-            await client.sendmail("bench@example.com", [to], data)
+            await client.sendmail(_FROM, [to], data)
 
         await self.smtp.run(send)
         await self.record(event, "email", to, text, delivery_id)

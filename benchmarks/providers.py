@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from notifier.simulators import sms
 from notifier.simulators.local import LocalProviders
 
 _DELIVERY_ID = re.compile(rb"X-Notifier-Delivery-Id: ([0-9a-f-]{36})")
@@ -51,20 +50,8 @@ def _dump(providers: LocalProviders, path: Path) -> dict[str, int]:
     return {channel: len(rows) for channel, rows in records.items()}
 
 
-def _no_nagle(providers: LocalProviders) -> None:
-    """Answer without Nagle's delay. The HTTP simulators write the headers and the body
-    in two sends; with Nagle on, the body waits for the client's delayed ACK of the
-    headers: about 40 ms per request on Linux loopback (a simulator artefact; a real
-    gateway answers in one segment or sets TCP_NODELAY)."""
-    sms._Handler.disable_nagle_algorithm = True
-    server = providers.zalo._server
-    if server is not None:
-        server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-
-
 def main() -> None:
     with LocalProviders(parse_emails=False) as providers:
-        _no_nagle(providers)
         print(
             json.dumps(
                 {

@@ -684,6 +684,10 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
     return [[name, value, "met" if ok else "MISSED"] for name, value, ok in rows]
 
 
+def label(run: dict[str, Any]) -> str:
+    return run["kind"] + (f" {run['offered_per_s']:g}/s" if run["kind"] == "steady" else "")
+
+
 def render(results: dict[str, Any]) -> str:
     system = results["system"]
     out = [
@@ -699,12 +703,12 @@ def render(results: dict[str, Any]) -> str:
     for r in results["runs"]:
         ratio = (
             f"{r['deliveries_per_s'] / bare['deliveries_per_s']:.0%}"
-            if bare and r["kind"] != "email-only"
+            if bare and r["kind"] == "burst"
             else None
         )
         rows.append(
             [
-                r["kind"],
+                label(r),
                 r["processes"],
                 r["events"],
                 f"{r['deliveries_done']}/{r['deliveries_expected']}",
@@ -742,7 +746,7 @@ def render(results: dict[str, Any]) -> str:
             ["run", "procs", "events", *CHANNELS],
             [
                 [
-                    r["kind"] + (f" {r['offered_per_s']:g}/s" if r["kind"] == "steady" else ""),
+                    label(r),
                     r["processes"],
                     r["events"],
                     *(
@@ -759,7 +763,7 @@ def render(results: dict[str, Any]) -> str:
     groups = ["worker", "broker", "database", "simulators", "benchmark", "other"]
     cpu_rows = [
         [
-            r["kind"],
+            label(r),
             r["processes"],
             r["events"],
             *(r["cpu_s_per_1000_deliveries"].get(g) for g in groups),
