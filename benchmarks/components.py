@@ -7,25 +7,25 @@ RabbitMQ vhost, the simulators in their own process), each step runs ``--events`
 times in a row and is timed with ``time.process_time()`` (this process's CPU, the
 adapters' event loop thread included) and the wall clock. No concurrency: this is
 what each step costs, not how steps overlap. Next to notifier's own steps it times
-the cheaper forms proposed in docs/performance.md (one-statement claim and record,
-no pool pre-ping, a compat32 MIME build), written here, not in notifier.
+other forms written here, not in notifier: the one-statement record proposed in
+docs/performance.md, and the forms the core had before ac09276 and c645957 (a claim
+as UPDATE then SELECT with a pool pre-ping; an EmailMessage MIME build).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import email.policy
 import json
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from email import charset as email_charset
-from email.header import Header
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
-from email.utils import format_datetime, formataddr
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +69,16 @@ def timed(label: str, items: Sequence[Any], step: Callable[[Any], Any], per: str
 
 # -- the proposed cheaper forms ---------------------------------------------------------
 
-CLAIM_SQL = sa.text(
+OLD_CLAIM_UPDATE = sa.text(
     """
     UPDATE deliveries SET status = 'sending', attempts = attempts + 1,
            lease_until = :lease_until, updated_at = :now
      WHERE delivery_id = :delivery_id
        AND (status IN ('queued', 'temporary-failure')
             OR (status = 'sending' AND lease_until < :now))
-    RETURNING delivery_id, event_id, channel, recipient, language, content, dossier_code,
-              agency_code, event_status, attempts, created_at
     """
 )
+OLD_CLAIM_SELECT = sa.text("SELECT * FROM deliveries WHERE delivery_id = :delivery_id")
 FINISH_SQL = sa.text(
     """
     WITH updated AS (
@@ -95,24 +94,22 @@ FINISH_SQL = sa.text(
     """
 )
 
-_QP_UTF8 = email_charset.Charset("utf-8")
-_QP_UTF8.header_encoding = email_charset.QP
-_QP_UTF8.body_encoding = email_charset.BASE64
+_OLD_POLICY = email.policy.SMTP.clone(cte_type="7bit")
 
 
-def compat32_mime(message: OutboundMessage, sender: str, sender_name: str) -> bytes:
-    """The same multipart/alternative message, built with the email package's legacy
-    (compat32) API: no header parsing and refolding on every header set."""
-    mime = MIMEMultipart("alternative")
-    mime["From"] = formataddr((str(Header(sender_name, "utf-8")), sender))
-    mime["To"] = message.recipient
-    mime["Subject"] = Header(message.parts["subject"], "utf-8")
+def email_message_mime(message: OutboundMessage, sender: str, sender_name: str) -> bytes:
+    """The same message built the way the email adapter did before c645957: EmailMessage
+    with the SMTP policy, which parses and refolds every header it sets."""
+    mime = EmailMessage(policy=_OLD_POLICY)
+    mime["From"] = Address(display_name=sender_name, addr_spec=sender)
+    mime["To"] = Address(addr_spec=message.recipient)
+    mime["Subject"] = message.parts["subject"]
     mime["Date"] = format_datetime(datetime.now(UTC))
     mime["Message-ID"] = f"<{message.delivery_id}@example.com>"
     mime["X-Notifier-Delivery-Id"] = str(message.delivery_id)
+    mime.set_content(message.parts["text"])
+    mime.add_alternative(message.parts["html"], subtype="html")
     mime["Content-Language"] = message.language
-    mime.attach(MIMEText(message.parts["text"], "plain", _QP_UTF8))
-    mime.attach(MIMEText(message.parts["html"], "html", _QP_UTF8))
     return mime.as_bytes()
 
 
@@ -188,14 +185,16 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
         with app.database.engine.connect() as connection:
             connection.exec_driver_sql("SELECT 1")
 
-    timed("SELECT 1 through the engine (pool_pre_ping=True)", range(n), select_one, "query")
-    no_ping = sa.create_engine(database_url, pool_size=10, max_overflow=20)
+    timed("SELECT 1 through the engine (no pre-ping since ac09276)", range(n), select_one,
+          "query")
+    pinged = sa.create_engine(database_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
-    def select_one_no_ping(_item: Any) -> None:
-        with no_ping.connect() as connection:
+    def select_one_pinged(_item: Any) -> None:
+        with pinged.connect() as connection:
             connection.exec_driver_sql("SELECT 1")
 
-    timed("SELECT 1 through an engine without pre-ping", range(n), select_one_no_ping, "query")
+    timed("SELECT 1 through an engine with pool_pre_ping (before ac09276)", range(n),
+          select_one_pinged, "query")
 
     claimed: dict[str, list[ClaimedDelivery]] = {c: [] for c in ("email", "sms", "zalo", "portal")}
 
@@ -204,28 +203,28 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
         assert got is not None
         claimed[item[1]].append(got)
 
-    timed("claim (today: UPDATE, SELECT, pre-ping, 2 tx statements)", first, claim, "delivery")
+    timed("claim (DeliveryStore.claim: one UPDATE … RETURNING)", first, claim, "delivery")
 
-    def claim_returning(item: tuple[uuid.UUID, str]) -> None:
+    def old_claim(item: tuple[uuid.UUID, str]) -> None:
         now = utcnow()
-        with no_ping.begin() as connection:
-            row = connection.execute(
-                CLAIM_SQL, {"delivery_id": item[0], "now": now, "lease_until": now + lease}
-            ).first()
+        with pinged.begin() as connection:
+            connection.execute(
+                OLD_CLAIM_UPDATE, {"delivery_id": item[0], "now": now, "lease_until": now + lease}
+            )
+            row = connection.execute(OLD_CLAIM_SELECT, {"delivery_id": item[0]}).first()
         assert row is not None
 
-    timed("claim, proposed: one UPDATE … RETURNING, no pre-ping", second, claim_returning,
-          "delivery")
+    timed("claim as before ac09276 (pre-ping, UPDATE, SELECT *)", second, old_claim, "delivery")
 
     messages = {c: [outbound(x) for x in got] for c, got in claimed.items()}
     email_adapter = app.runtime.adapter(app.registry.providers("email")[0])
     from notifier_email.message import build_message
 
-    timed("email MIME build (today: EmailMessage, SMTP policy)", messages["email"],
+    timed("email MIME build (build_message: compat32 since c645957)", messages["email"],
           lambda m: build_message(email_adapter.settings, m, m.recipient, "<x@y>").as_bytes(),
           "email")
-    timed("email MIME build, proposed: compat32 MIMEText", messages["email"],
-          lambda m: compat32_mime(m, "noreply@example.com", "Cổng Dịch vụ công"), "email")
+    timed("email MIME build as before c645957 (EmailMessage)", messages["email"],
+          lambda m: email_message_mime(m, "noreply@example.com", "Cổng Dịch vụ công"), "email")
     for channel in ("email", "sms", "zalo", "portal"):
         adapter = app.runtime.adapter(app.registry.providers(channel)[0])
         timed(f"{channel} adapter send (on the loop, waited for)", messages[channel],
@@ -237,25 +236,25 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
     timed("runtime.run of an empty coroutine (thread hop)", range(n),
           lambda _i: app.runtime.run(nothing(), timeout=10), "call")
     every = [x for got in claimed.values() for x in got]
-    timed("finish_attempt (today: 2 statements, pre-ping)", every,
+    timed("finish_attempt (today: UPDATE, INSERT)", every,
           lambda c: app.deliveries.finish_attempt(
               c, status=DeliveryStatus.SENT, provider=c.channel, started_at=utcnow()),
           "delivery")
 
     def finish_one_statement(item: tuple[uuid.UUID, str]) -> None:
-        with no_ping.begin() as connection:
+        with app.database.begin() as connection:
             connection.execute(
                 FINISH_SQL,
                 {"delivery_id": item[0], "now": utcnow(), "status": "sent", "error": None,
                  "provider": item[1], "number": 1, "started_at": utcnow()},
             )
 
-    timed("finish, proposed: one statement (CTE), no pre-ping", second, finish_one_statement,
+    timed("finish, proposed: one statement (CTE)", second, finish_one_statement,
           "delivery")
     for channel in ("email", "sms", "zalo", "portal"):
         timed(f"sender.send {channel} (claim, send, record)",
               [d for d, c in third if c == channel], app.sender.send, "delivery")
-    no_ping.dispose()
+    pinged.dispose()
 
 
 if __name__ == "__main__":
