@@ -23,7 +23,14 @@ from notifier.deliverylog import DeliveryLog, DeliveryQuery
 from notifier.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
-from tests.support import REPO, RunningWorker, ServedApi, rabbit_settings, wait_until
+from tests.support import (
+    REPO,
+    RunningWorker,
+    ServedApi,
+    notifier_env,
+    rabbit_settings,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,22 +48,6 @@ def app(
     return Notifier(
         rabbit_settings(amqp_url, pg_url, queue_prefix, adapters={"email": {"port": smtp.port}})
     )
-
-
-def env_for(app: Notifier, smtp: SmtpCatcher) -> dict[str, str]:
-    """The same settings as the app, as the environment of a `notifier` command."""
-    settings = app.settings
-    return {
-        **os.environ,
-        "NOTIFIER_BROKER_URL": settings.broker_url,
-        "NOTIFIER_DATABASE_URL": settings.database_url,
-        "NOTIFIER_EVENTS__EXCHANGE": settings.events.exchange,
-        "NOTIFIER_EVENTS__QUEUE": settings.events.queue,
-        "NOTIFIER_WORKER__QUEUE_PREFIX": settings.worker.queue_prefix,
-        "NOTIFIER_ADAPTERS__EMAIL__PORT": str(smtp.port),
-        "NOTIFIER_CONFIG_DIR": str(REPO / "config"),
-        "NOTIFIER_LOG_FORMAT": "json",
-    }
 
 
 def test_http_submission_is_authenticated_scoped_and_delivered(
@@ -156,7 +147,7 @@ def test_inbox_stream_pushes_new_notifications(app: Notifier, pg_database: Datab
 def test_cli_publishes_with_confirms_and_queries_the_log(
     app: Notifier, smtp: SmtpCatcher, tmp_path: Path
 ) -> None:
-    env = env_for(app, smtp)
+    env = notifier_env(app.settings)
     events = [sample_event(i, event_id=uuid.uuid4()) for i in range(3)]
     lines = "\n".join(json.dumps(e, ensure_ascii=False) for e in events)
     runner = CliRunner()
@@ -184,7 +175,7 @@ def test_cli_publishes_with_confirms_and_queries_the_log(
 
 
 def test_publish_reports_events_nobody_receives(app: Notifier, smtp: SmtpCatcher) -> None:
-    env = env_for(app, smtp)
+    env = notifier_env(app.settings)
     env["NOTIFIER_EVENTS__EXCHANGE"] = "amq.topic"  # exists, but nothing is bound
     env["NOTIFIER_EVENTS__ROUTING_KEY"] = f"nobody.{uuid.uuid4().hex}"
     result = CliRunner().invoke(main, ["publish", "-"], input=json.dumps(sample_event(1)), env=env)
