@@ -43,7 +43,7 @@ from benchmarks.run import fan_out_events
 from notifier.adapter import OutboundMessage
 from notifier.app import Notifier
 from notifier.bridge import ingest_arguments
-from notifier.deliveries import ClaimedDelivery, DeliveryStatus
+from notifier.deliveries import AttemptRecord, ClaimedDelivery, DeliveryStatus
 from notifier.events import parse_event
 from notifier.logging import configure_logging
 from notifier.store.schema import utcnow
@@ -51,10 +51,21 @@ from notifier.store.schema import utcnow
 ROWS: list[tuple[str, float, float, str]] = []
 
 
-def timed(label: str, items: Sequence[Any], step: Callable[[Any], Any], per: str = "") -> None:
+def timed(
+    label: str,
+    items: Sequence[Any],
+    step: Callable[[Any], Any],
+    per: str = "",
+    *,
+    group: bool = False,
+) -> None:
+    """Time ``step`` on each item, or once on all of them (``group``); per item."""
     cpu, wall = time.process_time(), time.perf_counter()
-    for item in items:
-        step(item)
+    if group:
+        step(items)
+    else:
+        for item in items:
+            step(item)
     n = max(len(items), 1)
     ROWS.append(
         (
@@ -155,9 +166,8 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
     bodies = [json.dumps(e, ensure_ascii=False).encode() for e in fan_out_events(3 * n + 20)]
     arguments = [ingest_arguments(b, 65536) for b in bodies]
     # Warm-up: connections, pools, the ZNS token, compiled statements.
-    for text, meta in arguments[:20]:
-        for delivery_id, _channel in app.ingest.handle(text, source="amqp", meta=meta).to_enqueue:
-            app.sender.send(delivery_id)
+    for result in app.ingest.handle_batch(arguments[:20], source="amqp"):
+        app.sender.send([delivery_id for delivery_id, _channel in result.to_enqueue])
     batches = [arguments[20 + i * n : 20 + (i + 1) * n] for i in range(3)]
 
     print(f"{n} of each, one at a time (CPU: this process, all threads)\n")
@@ -170,16 +180,18 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
     results: list[Any] = []
     timed("ingest.handle (validate, dedupe, route, render, record)", batches[0],
           lambda a: results.append(app.ingest.handle(a[0], source="amqp", meta=a[1])), "event")
-    for text, meta in batches[1] + batches[2]:
-        results.append(app.ingest.handle(text, source="amqp", meta=meta))
+    timed("ingest.handle_batch, the whole group at once", batches[1],
+          lambda group: results.extend(app.ingest.handle_batch(group, source="amqp")),
+          "event", group=True)
+    results.extend(app.ingest.handle_batch(batches[2], source="amqp"))
     first = [d for r in results[:n] for d in r.to_enqueue]
     second = [d for r in results[n : 2 * n] for d in r.to_enqueue]
     third = [d for r in results[2 * n :] for d in r.to_enqueue]
 
     timed("bridge → ingest actor send (confirmed publish)", batches[0],
-          lambda a: app.ingest_actor.send(a[0], "amqp", a[1]), "event")
+          lambda a: app.ingest_actor.send([a], "amqp"), "event")
     timed("enqueue one delivery (Dramatiq send, confirmed)", first[:n],
-          lambda d: app.enqueue_delivery(*d), "delivery")
+          lambda d: app.enqueue_deliveries([d]), "delivery")
 
     def select_one(_item: Any) -> None:
         with app.database.engine.connect() as connection:
@@ -199,8 +211,7 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
     claimed: dict[str, list[ClaimedDelivery]] = {c: [] for c in ("email", "sms", "zalo", "portal")}
 
     def claim(item: tuple[uuid.UUID, str]) -> None:
-        _outcome, got = app.deliveries.claim(item[0], lease)
-        assert got is not None
+        [got] = app.deliveries.claim([item[0]], lease).claimed
         claimed[item[1]].append(got)
 
     timed("claim (DeliveryStore.claim: one UPDATE … RETURNING)", first, claim, "delivery")
@@ -228,17 +239,17 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
     for channel in ("email", "sms", "zalo", "portal"):
         adapter = app.runtime.adapter(app.registry.providers(channel)[0])
         timed(f"{channel} adapter send (on the loop, waited for)", messages[channel],
-              lambda m, a=adapter: app.runtime.run(a.send(m), timeout=10), "delivery")
+              lambda m, a=adapter: app.runtime.submit(a.send(m)).result(10), "delivery")
 
     async def nothing() -> None:
         await asyncio.sleep(0)
 
-    timed("runtime.run of an empty coroutine (thread hop)", range(n),
-          lambda _i: app.runtime.run(nothing(), timeout=10), "call")
+    timed("runtime.submit of an empty coroutine (thread hop)", range(n),
+          lambda _i: app.runtime.submit(nothing()).result(10), "call")
     every = [x for got in claimed.values() for x in got]
-    timed("finish_attempt (today: UPDATE, INSERT)", every,
-          lambda c: app.deliveries.finish_attempt(
-              c, status=DeliveryStatus.SENT, provider=c.channel, started_at=utcnow()),
+    timed("finish_attempts of one (UPDATE, INSERT)", every,
+          lambda c: app.deliveries.finish_attempts(
+              [AttemptRecord(c, DeliveryStatus.SENT, c.channel, utcnow())]),
           "delivery")
 
     def finish_one_statement(item: tuple[uuid.UUID, str]) -> None:
@@ -252,8 +263,8 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
     timed("finish, proposed: one statement (CTE)", second, finish_one_statement,
           "delivery")
     for channel in ("email", "sms", "zalo", "portal"):
-        timed(f"sender.send {channel} (claim, send, record)",
-              [d for d, c in third if c == channel], app.sender.send, "delivery")
+        timed(f"sender.send, a group of {channel} (claim, send concurrently, record)",
+              [d for d, c in third if c == channel], app.sender.send, "delivery", group=True)
     pinged.dispose()
 
 

@@ -284,6 +284,8 @@ class Bench:
         return {
             "threads": self.args.threads,
             "events_prefetch": self.settings.events.prefetch,
+            "events_batch_size": self.settings.events.batch_size,
+            "worker_batch_size": self.settings.worker.batch_size,
             "email_pool_size": self.settings.adapters.get("email", {}).get("pool_size"),
             "extra_env": self.args.env,
             "experiments": self.args.experiment,

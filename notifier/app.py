@@ -6,6 +6,7 @@ broker rather than to Dramatiq's global one, so tests can build several apps.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +19,7 @@ from notifier.adapter import AdapterContext, TemplatePart
 from notifier.bridge import EventBridge, ingest_arguments
 from notifier.deliveries import DeliveryStatus, DeliveryStore
 from notifier.inbox import InboxStore
-from notifier.ingest import Ingest, IngestResult
+from notifier.ingest import Ingest
 from notifier.logging import get_logger
 from notifier.protection import ProviderGuard
 from notifier.registry import Registry
@@ -107,7 +108,7 @@ class Notifier:
         self.sweeper = Sweeper(
             self.deliveries,
             settings.sweeper,
-            self.enqueue_delivery,
+            self.enqueue_deliveries,
         )
         self.broker.add_middleware(self.sweeper)
         self.broker.add_middleware(RetentionJob(Retention.for_app(self)))  # personal data purge
@@ -129,8 +130,21 @@ class Notifier:
             "max_backoff": worker.max_backoff_ms,
         }
 
-        def ingest(raw: str, source: str, meta: dict[str, Any] | None = None) -> None:
-            self.enqueue(self.ingest.handle(raw, source=source, meta=meta))
+        def ingest(events: list[tuple[str, dict[str, Any]]], source: str) -> None:
+            try:
+                results = self.ingest.handle_batch(
+                    [(raw, meta) for raw, meta in events], source=source
+                )
+            except Exception:
+                if len(events) == 1:
+                    raise  # retried with backoff, then dead-lettered with its reason
+                # One event's fault must not hold back or dead-letter the others: each
+                # goes on alone (those already recorded are dropped as duplicates).
+                log.exception("ingest of a group failed; its events go on one by one")
+                for item in events:
+                    self.ingest_actor.send([item], source)
+                return
+            self.enqueue_deliveries(d for result in results for d in result.to_enqueue)
 
         self.ingest_actor: dramatiq.Actor[..., None] = dramatiq.actor(
             actor_name="ingest",
@@ -147,32 +161,51 @@ class Notifier:
                 # circuit is open do not count); this is only a backstop.
                 max_retries=1000,
                 **options,
-            )(self._deliver)
+            )(self._deliverer(channel))
 
-    def _deliver(self, delivery_id: str) -> None:
-        outcome = self.sender.send(UUID(delivery_id))
-        # Also when nothing was done: a redelivered message after a crash between the
-        # failure record and this point still plans the fallback (at most once).
-        if outcome.status in (DeliveryStatus.PERMANENT_FAILURE, None):
-            for fallback_id, channel in self.ingest.plan_fallback(UUID(delivery_id)):
-                self.enqueue_delivery(fallback_id, channel)
-        if outcome.retry_in_ms is not None:
-            raise dramatiq.Retry(delay=outcome.retry_in_ms)
+    def _deliverer(self, channel: str) -> Callable[[list[str]], None]:
+        falls_back = bool(self.routing.fallback_for(channel))
 
-    def enqueue(self, result: IngestResult) -> None:
-        for delivery_id, channel in result.to_enqueue:
-            self.enqueue_delivery(delivery_id, channel)
+        def deliver(delivery_ids: list[str]) -> None:
+            retries: dict[int, list[tuple[UUID, int]]] = {}
+            for outcome in self.sender.send([UUID(i) for i in delivery_ids]):
+                # Also when nothing was done: a redelivered message after a crash between
+                # the failure record and this point still plans the fallback (once).
+                if falls_back and outcome.status in (DeliveryStatus.PERMANENT_FAILURE, None):
+                    self.enqueue_deliveries(self.ingest.plan_fallback(outcome.delivery_id))
+                if outcome.retry_in_ms is not None:
+                    # Retries due within the same second travel in one message.
+                    retries.setdefault(outcome.retry_in_ms // 1000, []).append(
+                        (outcome.delivery_id, outcome.retry_in_ms)
+                    )
+            for group in retries.values():
+                self.enqueue_deliveries(
+                    [(delivery_id, channel) for delivery_id, _ in group],
+                    delay_ms=max(delay for _, delay in group),
+                )
 
-    def enqueue_delivery(self, delivery_id: UUID, channel: str) -> None:
-        """Put one delivery on its channel's queue (confirmed by RabbitMQ)."""
-        self.deliver_actors[channel].send(str(delivery_id))
+        return deliver
+
+    def enqueue_deliveries(
+        self, deliveries: Iterable[tuple[UUID, str]], *, delay_ms: int | None = None
+    ) -> None:
+        """Put deliveries on their channels' queues (confirmed by RabbitMQ), one message
+        per channel and ``worker.batch_size`` deliveries."""
+        by_channel: dict[str, list[str]] = {}
+        for delivery_id, channel in deliveries:
+            by_channel.setdefault(channel, []).append(str(delivery_id))
+        size = self.settings.worker.batch_size
+        for channel, ids in by_channel.items():
+            for start in range(0, len(ids), size):
+                self.deliver_actors[channel].send_with_options(
+                    args=(ids[start : start + size],), delay=delay_ms
+                )
 
     # -- entry points ---------------------------------------------------------------------
 
     def submit(self, body: bytes, *, source: str) -> None:
         """Hand a raw event to ingest directly (the in-process broker's path)."""
-        text, meta = ingest_arguments(body, self.settings.events.max_bytes)
-        self.ingest_actor.send(text, source, meta)
+        self.ingest_actor.send([ingest_arguments(body, self.settings.events.max_bytes)], source)
 
     def channel_parts(self) -> dict[str, tuple[TemplatePart, ...]]:
         return {c: p[0].adapter_class.template_parts for c, p in self.registry.channels.items()}

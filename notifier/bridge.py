@@ -1,9 +1,11 @@
 """The bridge from the public events queue (plain JSON) to the ingest actor.
 
 TTHC systems publish plain JSON, not Dramatiq envelopes, so each worker process runs
-one consumer of the inbound queue. A raw message is acked only after its ingest
-message is confirmed by RabbitMQ, so a crash in between redelivers it (ingest drops
-the duplicate).
+one consumer of the inbound queue. Raw events travel to ingest in groups (up to
+``events.batch_size``, or what arrived within ``events.batch_wait_ms``): one ingest
+message and one confirm per group. A group's raw messages are acked only after its
+ingest message is confirmed by RabbitMQ, so a crash in between redelivers them
+(ingest drops the duplicates).
 """
 
 from __future__ import annotations
@@ -80,28 +82,37 @@ class EventBridge(Middleware):
             declare_topology(channel, self.events)
             channel.basic_qos(prefetch_count=self.events.prefetch)
             log.info("bridge consuming", queue=self.events.queue)
+            group: list[tuple[int, bytes]] = []
+            first_at = 0.0
+            wait_s = self.events.batch_wait_ms / 1000
             for method, _properties, body in channel.consume(
-                self.events.queue, inactivity_timeout=0.5
+                self.events.queue, inactivity_timeout=wait_s or 0.01
             ):
                 if self._stop.is_set():
                     break
-                if method is None:
-                    continue
-                self._forward(channel, method, body)
+                if method is not None:
+                    if not group:
+                        first_at = time.monotonic()
+                    group.append((method.delivery_tag, body))
+                full = len(group) >= self.events.batch_size
+                if group and (full or method is None or time.monotonic() - first_at >= wait_s):
+                    self._forward(channel, group)
+                    group = []
             # Unacked prefetched messages go back to the queue when the channel closes.
             channel.cancel()
         finally:
             if connection.is_open:
                 connection.close()
 
-    def _forward(self, channel: Any, method: Any, body: bytes) -> None:
-        text, meta = ingest_arguments(body, self.events.max_bytes)
+    def _forward(self, channel: Any, group: list[tuple[int, bytes]]) -> None:
+        last_tag = group[-1][0]
+        events = [ingest_arguments(body, self.events.max_bytes) for _tag, body in group]
         try:
-            self.ingest_actor.send(text, "amqp", meta)
+            self.ingest_actor.send(events, "amqp")
         except Exception:
-            # Not enqueued: give the raw message back and slow down.
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            log.exception("could not enqueue an event; requeued")
+            # Not enqueued: give the raw messages back and slow down.
+            channel.basic_nack(last_tag, multiple=True, requeue=True)
+            log.exception("could not enqueue events; requeued", count=len(group))
             time.sleep(1.0)
             return
-        channel.basic_ack(method.delivery_tag)
+        channel.basic_ack(last_tag, multiple=True)

@@ -86,18 +86,49 @@ class ClaimOutcome(StrEnum):
     MISSING = "missing"
 
 
+@dataclass(frozen=True)
+class Claims:
+    """What one claim of several deliveries got: the claimed ones, and why not the rest."""
+
+    claimed: list[ClaimedDelivery]
+    not_claimed: dict[UUID, ClaimOutcome]
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """The outcome of one attempt, as :meth:`DeliveryStore.finish_attempts` records it.
+
+    ``counted=False`` keeps the attempt out of the delivery's count (a provider that
+    asked us to come back at a set time, e.g. after its night-time quiet hours)."""
+
+    claimed: ClaimedDelivery
+    status: DeliveryStatus
+    provider: str | None
+    started_at: datetime
+    error: str | None = None
+    error_code: str | None = None
+    provider_message_id: str | None = None
+    details: dict[str, Any] | None = None
+    counted: bool = True
+
+
 _d = deliveries.c
+_CLAIMABLE_NOW = sa.or_(
+    _d.status.in_([s.value for s in _CLAIMABLE]),
+    # A worker that died mid-send: its lease has run out.
+    sa.and_(_d.status == DeliveryStatus.SENDING.value, _d.lease_until < sa.bindparam("now")),
+)
 _CLAIM = (
     sa.update(deliveries)
     .where(
-        _d.delivery_id == sa.bindparam("id"),
-        sa.or_(
-            _d.status.in_([s.value for s in _CLAIMABLE]),
-            # A worker that died mid-send: its lease has run out.
-            sa.and_(
-                _d.status == DeliveryStatus.SENDING.value, _d.lease_until < sa.bindparam("now")
-            ),
-        ),
+        _d.delivery_id.in_(
+            # Rows another claim holds are skipped, not waited for: two workers claiming
+            # overlapping groups never deadlock (PostgreSQL; SQLite has one writer).
+            sa.select(_d.delivery_id)
+            .where(_d.delivery_id.in_(sa.bindparam("ids", expanding=True)), _CLAIMABLE_NOW)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
     )
     .values(
         status=DeliveryStatus.SENDING.value,
@@ -119,7 +150,9 @@ _CLAIM = (
         _d.created_at,
     )
 )
-_STATUS_OF = sa.select(_d.status).where(_d.delivery_id == sa.bindparam("id"))
+_STATUS_OF = sa.select(_d.delivery_id, _d.status).where(
+    _d.delivery_id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 class DeliveryStore:
@@ -129,50 +162,49 @@ class DeliveryStore:
     def insert_planned(
         self,
         connection: Connection,
-        event: Any,
-        planned: Sequence[PlannedDelivery],
+        planned: Sequence[tuple[Any, Sequence[PlannedDelivery]]],
         *,
         fallback_of: UUID | None = None,
         ignore_existing: bool = False,
     ) -> None:
-        """Record planned deliveries in the caller's transaction (with the event row).
+        """Record planned deliveries, each with its event, in the caller's transaction
+        (with the event rows).
 
         ``ignore_existing`` skips deliveries whose key (event, channel, recipient) exists.
         """
-        if not planned:
-            return
         now = utcnow()
+        rows = [
+            {
+                "delivery_id": p.delivery_id,
+                "event_id": event.event_id,
+                "dossier_code": event.dossier.code,
+                "agency_code": event.agency.code,
+                "procedure_code": event.dossier.procedure.code,
+                "event_status": event.dossier.status.value,
+                "channel": p.channel,
+                "language": p.language,
+                "template": p.template,
+                "recipient_masked": p.recipient_masked,
+                "recipient_hash": p.recipient_hash,
+                "recipient": p.recipient,
+                "content": p.content,
+                "status": p.status.value,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+                "fallback_of": fallback_of,
+            }
+            for event, group in planned
+            for p in group
+        ]
+        if not rows:
+            return
         statement = (
             self.database.insert_ignore(deliveries, "event_id", "channel", "recipient_hash")
             if ignore_existing
             else deliveries.insert()
         )
-        connection.execute(
-            statement,
-            [
-                {
-                    "delivery_id": p.delivery_id,
-                    "event_id": event.event_id,
-                    "dossier_code": event.dossier.code,
-                    "agency_code": event.agency.code,
-                    "procedure_code": event.dossier.procedure.code,
-                    "event_status": event.dossier.status.value,
-                    "channel": p.channel,
-                    "language": p.language,
-                    "template": p.template,
-                    "recipient_masked": p.recipient_masked,
-                    "recipient_hash": p.recipient_hash,
-                    "recipient": p.recipient,
-                    "content": p.content,
-                    "status": p.status.value,
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                    "fallback_of": fallback_of,
-                }
-                for p in planned
-            ],
-        )
+        connection.execute(statement, rows)
 
     def existing(
         self, event_id: UUID, keys: Sequence[tuple[str, str]], *, fallback_of: UUID
@@ -192,72 +224,76 @@ class DeliveryStore:
                 if (row.channel, row.recipient_hash) in wanted
             ]
 
-    def unfinished_for_event(self, event_id: UUID) -> list[tuple[UUID, str]]:
-        """Deliveries of an event still waiting to be sent (for re-enqueueing)."""
-        query = sa.select(deliveries.c.delivery_id, deliveries.c.channel).where(
-            deliveries.c.event_id == event_id,
-            deliveries.c.status.in_([s.value for s in _CLAIMABLE]),
+    def unfinished_for_events(
+        self, event_ids: Sequence[UUID]
+    ) -> dict[UUID, list[tuple[UUID, str]]]:
+        """Deliveries of these events still waiting to be sent (for re-enqueueing)."""
+        d = deliveries.c
+        query = sa.select(d.event_id, d.delivery_id, d.channel).where(
+            d.event_id.in_(event_ids), d.status.in_([s.value for s in _CLAIMABLE])
         )
+        found: dict[UUID, list[tuple[UUID, str]]] = {}
         with self.database.engine.connect() as connection:
-            return [(row.delivery_id, row.channel) for row in connection.execute(query)]
+            for row in connection.execute(query):
+                found.setdefault(row.event_id, []).append((row.delivery_id, row.channel))
+        return found
 
-    def claim(
-        self, delivery_id: UUID, lease: timedelta
-    ) -> tuple[ClaimOutcome, ClaimedDelivery | None]:
-        """Atomically move a delivery to ``sending`` under a lease, if nobody else has it.
+    def claim(self, delivery_ids: Sequence[UUID], lease: timedelta) -> Claims:
+        """Atomically move deliveries to ``sending`` under a lease, those nobody else has.
 
-        One ``UPDATE ... RETURNING`` in the common case; the status is read only when
-        nothing was claimed, to say why."""
+        One ``UPDATE ... RETURNING`` for the group; statuses are read only for the ids
+        not claimed, to say why."""
         now = utcnow()
+        ids = list(dict.fromkeys(delivery_ids))
         with self.database.begin() as connection:
-            row = connection.execute(
-                _CLAIM, {"id": delivery_id, "now": now, "lease_until": now + lease}
-            ).first()
-            status = (
-                None
-                if row is not None
-                else connection.execute(_STATUS_OF, {"id": delivery_id}).scalar()
+            rows = connection.execute(
+                _CLAIM, {"ids": ids, "now": now, "lease_until": now + lease}
+            ).all()
+            claimed = [_claimed(row._mapping) for row in rows]
+            rest = set(ids) - {c.delivery_id for c in claimed}
+            statuses = (
+                {
+                    row.delivery_id: row.status
+                    for row in connection.execute(_STATUS_OF, {"ids": list(rest)})
+                }
+                if rest
+                else {}
             )
-        if row is None:
+        not_claimed = {}
+        for delivery_id in rest:
+            status = statuses.get(delivery_id)
             if status is None:
-                return ClaimOutcome.MISSING, None
-            if DeliveryStatus(status).final:
-                return ClaimOutcome.FINISHED, None
-            return ClaimOutcome.BUSY, None
-        m = row._mapping
-        return ClaimOutcome.CLAIMED, ClaimedDelivery(
-            delivery_id=m["delivery_id"],
-            event_id=m["event_id"],
-            channel=m["channel"],
-            recipient=m["recipient"],
-            language=m["language"],
-            content=m["content"],
-            dossier_code=m["dossier_code"],
-            agency_code=m["agency_code"],
-            event_status=m["event_status"],
-            attempt=m["attempts"],
-            created_at=m["created_at"],
-        )
+                not_claimed[delivery_id] = ClaimOutcome.MISSING
+            elif DeliveryStatus(status).final:
+                not_claimed[delivery_id] = ClaimOutcome.FINISHED
+            else:
+                not_claimed[delivery_id] = ClaimOutcome.BUSY
+        return Claims(claimed, not_claimed)
 
-    def release(self, claimed: ClaimedDelivery, reason: str) -> None:
-        """Give a claim back without counting it as an attempt (no provider was called)."""
+    def release(self, claims: Sequence[ClaimedDelivery], reason: str) -> None:
+        """Give claims back without counting an attempt (no provider was called)."""
+        if not claims:
+            return
+        d = deliveries.c
         with self.database.begin() as connection:
-            connection.execute(
-                sa.update(deliveries)
-                .where(
-                    deliveries.c.delivery_id == claimed.delivery_id,
-                    deliveries.c.status == DeliveryStatus.SENDING.value,
+            for first, status in (
+                (True, DeliveryStatus.QUEUED),
+                (False, DeliveryStatus.TEMPORARY_FAILURE),
+            ):
+                ids = [c.delivery_id for c in claims if (c.attempt == 1) is first]
+                if not ids:
+                    continue
+                connection.execute(
+                    sa.update(deliveries)
+                    .where(d.delivery_id.in_(ids), d.status == DeliveryStatus.SENDING.value)
+                    .values(
+                        status=status.value,
+                        attempts=d.attempts - 1,
+                        lease_until=None,
+                        last_error=reason,
+                        updated_at=utcnow(),
+                    )
                 )
-                .values(
-                    status=DeliveryStatus.QUEUED.value
-                    if claimed.attempt == 1
-                    else DeliveryStatus.TEMPORARY_FAILURE.value,
-                    attempts=deliveries.c.attempts - 1,
-                    lease_until=None,
-                    last_error=reason,
-                    updated_at=utcnow(),
-                )
-            )
 
     def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
         """Deliveries waiting with no message in flight: claimable ones untouched for
@@ -281,60 +317,52 @@ class DeliveryStore:
                 )
         return [(row.delivery_id, row.channel) for row in found]
 
-    def finish_attempt(
-        self,
-        claimed: ClaimedDelivery,
-        *,
-        status: DeliveryStatus,
-        provider: str | None,
-        started_at: datetime,
-        error: str | None = None,
-        error_code: str | None = None,
-        provider_message_id: str | None = None,
-        details: dict[str, Any] | None = None,
-        counted: bool = True,
-    ) -> None:
-        """Record one attempt and the delivery's new status in one transaction.
+    def finish_attempts(self, records: Sequence[AttemptRecord]) -> None:
+        """Record attempts and their deliveries' new status, all in one transaction.
 
-        ``counted=False`` keeps the attempt out of the delivery's count (a provider that
-        asked us to come back at a set time, e.g. after its night-time quiet hours)."""
+        Updates that set the same columns go in one ``executemany``; the attempt rows in
+        one multi-row insert."""
+        if not records:
+            return
         now = utcnow()
-        values: dict[str, Any] = {
-            "status": status.value,
-            "lease_until": None,
-            "updated_at": now,
-            "last_error": error,
-        }
-        if provider is not None:
-            values["provider"] = provider
-        if provider_message_id is not None:
-            values["provider_message_id"] = provider_message_id
-        if details:
-            values["details"] = details
-        if not counted:
-            values["attempts"] = deliveries.c.attempts - 1
-        if status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
-            values["sent_at"] = now
-        if status is DeliveryStatus.DELIVERED:
-            values["delivered_at"] = now
-        with self.database.begin() as connection:
-            connection.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.delivery_id == claimed.delivery_id)
-                .values(**values)
+        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for record in records:
+            values = _finished_values(record, now)
+            updates.setdefault(tuple(sorted(values)), []).append(
+                {"b_id": record.claimed.delivery_id, **{f"b_{k}": v for k, v in values.items()}}
             )
-            connection.execute(
-                delivery_attempts.insert().values(
-                    delivery_id=claimed.delivery_id,
-                    number=claimed.attempt,
-                    provider=provider,
-                    started_at=started_at,
-                    finished_at=now,
-                    outcome=status.value,
-                    error=error,
-                    error_code=error_code,
-                    provider_message_id=provider_message_id,
+        d = deliveries.c
+        with self.database.begin() as connection:
+            for columns, rows in updates.items():
+                connection.execute(
+                    sa.update(deliveries)
+                    .where(d.delivery_id == sa.bindparam("b_id"))
+                    .values(
+                        {
+                            column: d.attempts - 1
+                            if column == "attempts"
+                            else sa.bindparam(f"b_{column}", type_=d[column].type)
+                            for column in columns
+                        }
+                    ),
+                    [{k: v for k, v in row.items() if k != "b_attempts"} for row in rows],
                 )
+            connection.execute(
+                delivery_attempts.insert(),
+                [
+                    {
+                        "delivery_id": r.claimed.delivery_id,
+                        "number": r.claimed.attempt,
+                        "provider": r.provider,
+                        "started_at": r.started_at,
+                        "finished_at": now,
+                        "outcome": r.status.value,
+                        "error": r.error,
+                        "error_code": r.error_code,
+                        "provider_message_id": r.provider_message_id,
+                    }
+                    for r in records
+                ],
             )
 
     def take_nonces(self, provider: str, nonces: Sequence[str]) -> list[bool]:
@@ -405,3 +433,42 @@ class DeliveryStore:
                 )
             )
         return True
+
+
+def _claimed(m: Any) -> ClaimedDelivery:
+    return ClaimedDelivery(
+        delivery_id=m["delivery_id"],
+        event_id=m["event_id"],
+        channel=m["channel"],
+        recipient=m["recipient"],
+        language=m["language"],
+        content=m["content"],
+        dossier_code=m["dossier_code"],
+        agency_code=m["agency_code"],
+        event_status=m["event_status"],
+        attempt=m["attempts"],
+        created_at=m["created_at"],
+    )
+
+
+def _finished_values(record: AttemptRecord, now: datetime) -> dict[str, Any]:
+    """The delivery columns one finished attempt sets (``attempts``: one fewer)."""
+    values: dict[str, Any] = {
+        "status": record.status.value,
+        "lease_until": None,
+        "updated_at": now,
+        "last_error": record.error,
+    }
+    if record.provider is not None:
+        values["provider"] = record.provider
+    if record.provider_message_id is not None:
+        values["provider_message_id"] = record.provider_message_id
+    if record.details:
+        values["details"] = record.details
+    if not record.counted:
+        values["attempts"] = None
+    if record.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
+        values["sent_at"] = now
+    if record.status is DeliveryStatus.DELIVERED:
+        values["delivered_at"] = now
+    return values

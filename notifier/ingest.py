@@ -8,13 +8,12 @@ everything (a redelivered copy only re-enqueues what is still unsent).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.exc import IntegrityError
 
 from notifier.adapter import RecipientKind
@@ -22,7 +21,7 @@ from notifier.deliveries import DeliveryStatus, DeliveryStore, PlannedDelivery
 from notifier.events import DossierStatusEvent, EventRejected, parse_event
 from notifier.logging import get_logger
 from notifier.masking import mask_recipient, recipient_hash
-from notifier.optouts import apply_opt_outs
+from notifier.optouts import opted_out, suppress
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 from notifier.rendering import TemplateSet
 from notifier.routing import Routing
@@ -92,84 +91,115 @@ class Ingest:
     def handle(
         self, raw: str, *, source: str, meta: Mapping[str, Any] | None = None
     ) -> IngestResult:
-        meta = meta or {}
-        try:
-            if meta.get("truncated"):
-                raise EventRejected(
-                    f"event is {meta.get('size')} bytes, over the {self.max_event_bytes}-byte limit"
-                )
-            if meta.get("utf8") is False:
-                raise EventRejected("body is not valid UTF-8 text")
-            event = parse_event(raw, max_bytes=self.max_event_bytes)
-        except EventRejected as rejection:
-            return self.reject(
-                raw,
-                source=source,
-                rejection=rejection,
-                size=int(meta.get("size", len(raw.encode(errors="replace")))),
-            )
-        with structlog.contextvars.bound_contextvars(
-            event_id=str(event.event_id), dossier_code=event.dossier.code
-        ):
-            return self._plan(event, raw, source=source)
+        """Ingest one raw event (see :meth:`handle_batch`)."""
+        return self.handle_batch([(raw, meta or {})], source=source)[0]
 
-    def _plan(self, event: DossierStatusEvent, raw: str, *, source: str) -> IngestResult:
-        if self._seen(event.event_id):
-            return self._duplicate(event)
-        try:
-            planned = self._deliveries_for(event)
-        except EventRejected as rejection:
-            return self.reject(
-                raw,
-                source=source,
-                rejection=rejection,
-                size=len(raw.encode()),
-                event_id=str(event.event_id),
-            )
-        try:
-            with self.database.begin() as connection:
-                connection.execute(
-                    events.insert().values(
-                        event_id=event.event_id,
-                        received_at=utcnow(),
-                        occurred_at=event.occurred_at,
-                        source_system=event.source_system,
-                        agency_code=event.agency.code,
-                        dossier_code=event.dossier.code,
-                        procedure_code=event.dossier.procedure.code,
-                        status=event.dossier.status.value,
-                        payload=event.model_dump(mode="json"),
+    def handle_batch(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], *, source: str
+    ) -> list[IngestResult]:
+        """Ingest raw events (text, and the bridge's size facts): one result each, in order.
+
+        The group costs one lookup of known events, one of opt-outs, and one transaction
+        for every new event, delivery and rejection; duplicates only re-enqueue what is
+        still unsent."""
+        results: list[IngestResult | None] = [None] * len(items)
+        rejects: list[dict[str, Any]] = []
+        parsed: list[tuple[int, DossierStatusEvent, str]] = []
+        for index, (raw, meta) in enumerate(items):
+            try:
+                parsed.append((index, self._parse(raw, meta), raw))
+            except EventRejected as rejection:
+                size = int(meta.get("size", len(raw.encode(errors="replace"))))
+                rejects.append(self._rejected_row(raw, source, rejection, size))
+                results[index] = IngestResult("rejected", reason=rejection.reason)
+        known = self._known([event.event_id for _index, event, _raw in parsed])
+        duplicates: list[tuple[int, DossierStatusEvent]] = []
+        new: list[tuple[int, DossierStatusEvent, list[PlannedDelivery]]] = []
+        for index, event, raw in parsed:
+            if event.event_id in known:
+                duplicates.append((index, event))
+                continue
+            known.add(event.event_id)  # a second copy in the same group is a duplicate
+            try:
+                new.append((index, event, self._deliveries_for(event)))
+            except EventRejected as rejection:
+                rejects.append(
+                    self._rejected_row(
+                        raw, source, rejection, len(raw.encode()), str(event.event_id)
                     )
                 )
-                self.deliveries.insert_planned(connection, event, planned)
+                results[index] = IngestResult("rejected", reason=rejection.reason)
+        new = self._suppress_opted_out(new)
+        try:
+            with self.database.begin() as connection:
+                if rejects:
+                    connection.execute(rejected_events.insert(), rejects)
+                if new:
+                    connection.execute(events.insert(), [_event_row(e) for _i, e, _p in new])
+                    self.deliveries.insert_planned(connection, [(e, p) for _i, e, p in new])
         except IntegrityError:
-            # Another worker recorded the same event between our check and insert.
-            return self._duplicate(event)
-        log.info(
-            "event accepted",
-            status=event.dossier.status.value,
-            agency=event.agency.code,
-            channels=[p.channel for p in planned],
-        )
-        return IngestResult(
-            "accepted",
-            event.event_id,
-            [(p.delivery_id, p.channel) for p in planned if p.status is DeliveryStatus.QUEUED],
-        )
+            # Another worker recorded one of these events between our lookup and insert.
+            if len(items) > 1:
+                return [self.handle(raw, source=source, meta=meta) for raw, meta in items]
+            duplicates, new = [(i, e) for i, e, _p in new], []
+        for index, event, planned in new:
+            log.info(
+                "event accepted",
+                event_id=str(event.event_id),
+                dossier_code=event.dossier.code,
+                status=event.dossier.status.value,
+                agency=event.agency.code,
+                channels=[p.channel for p in planned],
+            )
+            results[index] = IngestResult(
+                "accepted",
+                event.event_id,
+                [(p.delivery_id, p.channel) for p in planned if p.status is DeliveryStatus.QUEUED],
+            )
+        if duplicates:
+            # A redelivered event plans nothing new; whatever is still unsent is enqueued
+            # again (a delivery is claimed before sending, so an extra copy is harmless).
+            pending = self.deliveries.unfinished_for_events([e.event_id for _i, e in duplicates])
+            for index, event in duplicates:
+                requeued = pending.get(event.event_id, [])
+                log.info(
+                    "duplicate event dropped", event_id=str(event.event_id), requeued=len(requeued)
+                )
+                results[index] = IngestResult("duplicate", event.event_id, requeued)
+        done = [r for r in results if r is not None]
+        assert len(done) == len(items), "every event has a result"
+        return done
 
-    def _seen(self, event_id: UUID) -> bool:
+    def _parse(self, raw: str, meta: Mapping[str, Any]) -> DossierStatusEvent:
+        if meta.get("truncated"):
+            raise EventRejected(
+                f"event is {meta.get('size')} bytes, over the {self.max_event_bytes}-byte limit"
+            )
+        if meta.get("utf8") is False:
+            raise EventRejected("body is not valid UTF-8 text")
+        return parse_event(raw, max_bytes=self.max_event_bytes)
+
+    def _known(self, event_ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these events are already recorded."""
+        if not event_ids:
+            return set()
         with self.database.engine.connect() as connection:
-            found = connection.execute(
-                sa.select(events.c.event_id).where(events.c.event_id == event_id)
-            ).first()
-        return found is not None
+            return set(
+                connection.execute(
+                    sa.select(events.c.event_id).where(events.c.event_id.in_(event_ids))
+                ).scalars()
+            )
 
-    def _duplicate(self, event: DossierStatusEvent) -> IngestResult:
-        # A redelivered event plans nothing new; whatever is still unsent is enqueued
-        # again (a delivery is claimed before sending, so an extra copy is harmless).
-        pending = self.deliveries.unfinished_for_event(event.event_id)
-        log.info("duplicate event dropped", requeued=len(pending))
-        return IngestResult("duplicate", event.event_id, pending)
+    def _suppress_opted_out(
+        self, new: list[tuple[int, DossierStatusEvent, list[PlannedDelivery]]]
+    ) -> list[tuple[int, DossierStatusEvent, list[PlannedDelivery]]]:
+        """Opted-out deliveries become ``suppressed`` (kept, not sent); one lookup."""
+        found = opted_out(
+            self.database, [(p.recipient_hash, p.channel) for _i, _e, ps in new for p in ps]
+        )
+        if not found:
+            return new
+        return [(i, e, suppress(ps, found)) for i, e, ps in new]
 
     def _render_for(self, event: DossierStatusEvent, channels: list[str]) -> list[PlannedDelivery]:
         language = event.applicant.language
@@ -191,7 +221,7 @@ class Ingest:
                     content=rendered.parts,
                 )
             )
-        return apply_opt_outs(self.database, planned)  # opted out: recorded as suppressed
+        return planned
 
     def _deliveries_for(self, event: DossierStatusEvent) -> list[PlannedDelivery]:
         routed = self.routing.channels_for(event.agency.code, event.dossier.status)
@@ -238,22 +268,23 @@ class Ingest:
             return []  # purged by retention: nothing left to render from
         event = DossierStatusEvent.model_validate(payload, strict=False)
         consented = event.applicant.channels
-        planned = list(
-            self._render_for(
-                event,
-                [
-                    c
-                    for c in targets
-                    if c in self.recipient_kinds and (consented is None or c in consented)
-                ],
-            )
+        planned = self._render_for(
+            event,
+            [
+                c
+                for c in targets
+                if c in self.recipient_kinds and (consented is None or c in consented)
+            ],
         )
         if not planned:
             return []
+        planned = suppress(
+            planned, opted_out(self.database, [(p.recipient_hash, p.channel) for p in planned])
+        )
         with self.database.begin() as connection:
             for p in planned:
                 self.deliveries.insert_planned(
-                    connection, event, [p], fallback_of=delivery_id, ignore_existing=True
+                    connection, [(event, [p])], fallback_of=delivery_id, ignore_existing=True
                 )
         created = self.deliveries.existing(
             event.event_id,
@@ -267,27 +298,44 @@ class Ingest:
         )
         return created
 
-    def reject(
+    def reject(self, raw: str, *, source: str, rejection: EventRejected, size: int) -> IngestResult:
+        """Keep a rejected event for operators (when it was refused before ingest)."""
+        with self.database.begin() as connection:
+            connection.execute(
+                rejected_events.insert(), [self._rejected_row(raw, source, rejection, size)]
+            )
+        return IngestResult("rejected", reason=rejection.reason)
+
+    def _rejected_row(
         self,
         raw: str,
-        *,
         source: str,
         rejection: EventRejected,
         size: int,
         event_id: str | None = None,
-    ) -> IngestResult:
-        with self.database.begin() as connection:
-            connection.execute(
-                rejected_events.insert().values(
-                    reject_id=uuid.uuid4(),
-                    received_at=utcnow(),
-                    source=source,
-                    reason=rejection.reason[:2000],
-                    errors=rejection.errors[:50],
-                    event_id=event_id,
-                    payload=raw[:_KEPT_PAYLOAD_CHARS],
-                    payload_bytes=size,
-                )
-            )
+    ) -> dict[str, Any]:
         log.warning("event rejected", reason=rejection.reason, source=source)
-        return IngestResult("rejected", reason=rejection.reason)
+        return {
+            "reject_id": uuid.uuid4(),
+            "received_at": utcnow(),
+            "source": source,
+            "reason": rejection.reason[:2000],
+            "errors": rejection.errors[:50],
+            "event_id": event_id,
+            "payload": raw[:_KEPT_PAYLOAD_CHARS],
+            "payload_bytes": size,
+        }
+
+
+def _event_row(event: DossierStatusEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "received_at": utcnow(),
+        "occurred_at": event.occurred_at,
+        "source_system": event.source_system,
+        "agency_code": event.agency.code,
+        "dossier_code": event.dossier.code,
+        "procedure_code": event.dossier.procedure.code,
+        "status": event.dossier.status.value,
+        "payload": event.model_dump(mode="json"),
+    }

@@ -129,9 +129,9 @@ def opted_out(database: Database, keys: Sequence[tuple[str, str]]) -> set[tuple[
     return found & set(keys)
 
 
-def apply_opt_outs(database: Database, planned: list[PlannedDelivery]) -> list[PlannedDelivery]:
-    """Planned deliveries with the opted-out ones turned ``suppressed`` (kept, not sent)."""
-    found = opted_out(database, [(p.recipient_hash, p.channel) for p in planned])
+def suppress(planned: list[PlannedDelivery], found: set[tuple[str, str]]) -> list[PlannedDelivery]:
+    """Planned deliveries with the opted-out ones (``found`` by :func:`opted_out`) turned
+    ``suppressed``: kept, not sent."""
     if not found:
         return planned
     result = []

@@ -8,11 +8,15 @@ after a pause. State changes are written to ``provider_health`` for operators.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -29,23 +33,40 @@ QUOTA_WRITE_INTERVAL_S = 10.0
 
 
 class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up. Thread-safe."""
+    """``rate`` tokens a second, at most ``burst`` saved up. Thread-safe.
+
+    A call holds its token until :meth:`finish`: tokens saved up never exceed ``burst``
+    less the calls in flight, because a call still in flight may not have reached the
+    provider yet (its client opening a connection), and would arrive with the next ones.
+    """
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = float(burst)
         self._tokens = float(burst)
+        self._in_flight = 0
         self._updated = time.monotonic()
         self._lock = threading.Lock()
 
-    def reserve(self) -> float:
-        """Take a token; return how long to wait before using it (0 when free now)."""
+    def reserve(self, max_wait: float = float("inf")) -> float | None:
+        """Take a token for a call; return how long to wait before making it (0 when
+        free now), or None, taking nothing, when that wait would exceed ``max_wait``."""
         with self._lock:
             now = time.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            saved = self._tokens + (now - self._updated) * self.rate
+            self._tokens = min(self.burst - self._in_flight, saved)
             self._updated = now
+            wait = 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
+            if wait > max_wait:
+                return None
             self._tokens -= 1
-            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+            self._in_flight += 1
+            return wait
+
+    def finish(self) -> None:
+        """The call of a reserved token is over."""
+        with self._lock:
+            self._in_flight -= 1
 
 
 class CircuitState(StrEnum):
@@ -75,6 +96,13 @@ class ProviderGuard:
             for name, policy in policies.items()
             if policy.rate_per_s is not None
         }
+        # A rate-limited provider has at most ``burst`` calls in flight per process, and a
+        # call takes its token once it holds a slot: sends held up in the adapter (its
+        # pool opening connections) cannot bank tokens and then reach the provider at once.
+        self._slot_limits = {
+            name: policy.burst for name, policy in policies.items() if policy.rate_per_s is not None
+        }
+        self._slots: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
         self._circuits: dict[str, _Circuit] = {}
         self._quota_written: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -96,10 +124,28 @@ class ProviderGuard:
                 return True
             return False
 
-    def wait_for_rate(self, provider: str) -> float:
-        """Seconds to wait before calling, under the provider's rate limit."""
+    def slot(self, provider: str) -> AbstractAsyncContextManager[Any]:
+        """Hold while calling the provider (on the adapters' event loop)."""
+        limit = self._slot_limits.get(provider)
+        if limit is None:
+            return contextlib.nullcontext()
+        loop = asyncio.get_running_loop()
+        held = self._slots.get(provider)
+        if held is None or held[0] is not loop:  # a restarted runtime has a new loop
+            held = self._slots[provider] = (loop, asyncio.Semaphore(limit))
+        return held[1]
+
+    def reserve(self, provider: str, max_wait: float) -> float | None:
+        """Seconds to wait before calling, under the provider's rate limit; None (nothing
+        reserved) when the wait would be longer than ``max_wait``. A reservation is
+        ended by :meth:`finish`."""
         bucket = self._buckets.get(provider)
-        return 0.0 if bucket is None else bucket.reserve()
+        return 0.0 if bucket is None else bucket.reserve(max_wait)
+
+    def finish(self, provider: str) -> None:
+        bucket = self._buckets.get(provider)
+        if bucket is not None:
+            bucket.finish()
 
     def state(self, provider: str) -> CircuitState:
         with self._lock:

@@ -277,9 +277,7 @@ class _PipelinedBatch:
                 continue
             self._next_tag += 1
             tag = self._next_tag
-            self._in_flight[tag] = _InFlight(
-                event_id if event_id != "?" else f"#{index + 1}", body
-            )
+            self._in_flight[tag] = _InFlight(event_id if event_id != "?" else f"#{index + 1}", body)
             self._by_body.setdefault(body, deque()).append(tag)
             self._channel.basic_publish(
                 self.settings.exchange,
@@ -296,9 +294,7 @@ class _PipelinedBatch:
             self._pump_scheduled = True
             self._connection.ioloop.call_later(0, self._pump)
 
-    def _on_return(
-        self, _channel: Any, _method: Any, _properties: Any, body: bytes
-    ) -> None:
+    def _on_return(self, _channel: Any, _method: Any, _properties: Any, body: bytes) -> None:
         for tag in self._by_body.get(body, ()):
             in_flight = self._in_flight[tag]
             if not in_flight.returned:

@@ -129,7 +129,7 @@ class Replayer:
                 )
             )
         try:
-            self.app.deliver_actors[row.channel].send(str(delivery_id))
+            self.app.enqueue_deliveries([(delivery_id, row.channel)])
         except Exception as exc:
             # Not enqueued: put the delivery back as it was, so it stays a dead letter.
             self._undo(delivery_id, row.status, row.attempts, actor, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from notifier.adapter import Adapter, AdapterContext
@@ -45,17 +46,12 @@ class AdapterRuntime:
             ready.wait(5)
             self._loop = loop
 
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run a coroutine on the loop from a worker thread and wait for its result."""
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        """Start a coroutine on the loop from a worker thread."""
         if self._loop is None:
             self.start()
         assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def adapter(self, provider: Provider) -> Adapter[Any]:
         with self._lock:

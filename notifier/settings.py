@@ -46,7 +46,20 @@ class EventsSettings(_Section):
     routing_key: str = "dossier.status.v1"
     queue: str = "notifier.events.inbound"
     max_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
-    prefetch: int = Field(default=50, ge=1, le=10_000)
+    # The bridge hands events to ingest in groups of up to ``batch_size`` (fewer when
+    # no more arrive within ``batch_wait_ms``): one message, one confirm, one
+    # transaction per group. ``prefetch`` must hold at least one full group.
+    prefetch: int = Field(default=200, ge=1, le=10_000)
+    batch_size: int = Field(default=100, ge=1, le=1_000)
+    batch_wait_ms: int = Field(default=20, ge=0, le=5_000)
+
+    @model_validator(mode="after")
+    def _prefetch_holds_a_batch(self) -> EventsSettings:
+        if self.prefetch < self.batch_size:
+            raise ValueError(
+                "NOTIFIER_EVENTS__PREFETCH must be at least NOTIFIER_EVENTS__BATCH_SIZE"
+            )
+        return self
 
 
 class WorkerSettings(_Section):
@@ -62,6 +75,9 @@ class WorkerSettings(_Section):
     # late is still useful, a week late it misleads.
     max_age_s: float = Field(default=24 * 3600, gt=0)
     queue_prefix: str = Field(default="notifier", pattern=r"^[a-z][a-z0-9_.-]{0,40}$")
+    # Deliveries per channel message: claimed in one statement, sent concurrently (up to
+    # the adapter's pool), recorded in groups as they finish.
+    batch_size: int = Field(default=100, ge=1, le=1_000)
 
 
 class ApiSettings(_Section):

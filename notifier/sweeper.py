@@ -11,7 +11,7 @@ racing send nothing twice.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from uuid import UUID
 
@@ -30,7 +30,7 @@ class Sweeper(Middleware):
         self,
         store: DeliveryStore,
         settings: SweeperSettings,
-        enqueue: Callable[[UUID, str], None],
+        enqueue: Callable[[Iterable[tuple[UUID, str]]], None],
     ) -> None:
         self.store = store
         self.settings = settings
@@ -62,8 +62,7 @@ class Sweeper(Middleware):
         stale = self.store.stale(
             timedelta(seconds=self.settings.stale_after_s), self.settings.batch
         )
-        for delivery_id, channel in stale:
-            self.enqueue(delivery_id, channel)
+        self.enqueue(stale)
         if stale:
             log.warning("swept stale deliveries back into their queues", count=len(stale))
         return len(stale)

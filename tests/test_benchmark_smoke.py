@@ -23,16 +23,26 @@ def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) ->
         [
             sys.executable,
             str(REPO / "benchmarks" / "run.py"),
-            "--events", "20",
-            "--processes", "1",
-            "--threads", "4",
-            "--steady-rate", "20",
-            "--steady-seconds", "1",
-            "--email-events", "10",
-            "--bare-events", "10",
-            "--apprise-emails", "0",
-            "--publisher-events", "200",
-            "--output", str(tmp_path),
+            "--events",
+            "20",
+            "--processes",
+            "1",
+            "--threads",
+            "4",
+            "--steady-rate",
+            "20",
+            "--steady-seconds",
+            "1",
+            "--email-events",
+            "10",
+            "--bare-events",
+            "10",
+            "--apprise-emails",
+            "0",
+            "--publisher-events",
+            "200",
+            "--output",
+            str(tmp_path),
         ],
         cwd=REPO,
         capture_output=True,
@@ -55,7 +65,12 @@ def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) ->
         assert burst["latency_ms"][channel]["n"] == 20
         assert burst["providers"][channel] == {"accepted": 20, "duplicates": 0}
     assert set(burst["cpu_s"]) == {
-        "worker", "broker", "database", "simulators", "benchmark", "other"
+        "worker",
+        "broker",
+        "database",
+        "simulators",
+        "benchmark",
+        "other",
     }
     assert len(burst["memory"]["peak_rss_mb"]) == 1
     assert runs["steady"]["all_done"]

@@ -3,6 +3,7 @@ fallback, duplicates and double messages, without any network."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -25,6 +26,7 @@ from notifier.adapter import (
     TemporaryFailure,
 )
 from notifier.app import Notifier
+from notifier.bridge import ingest_arguments
 from notifier.registry import Registry
 from notifier.samples import sample_event
 from notifier.store.migrate import upgrade
@@ -37,9 +39,21 @@ class Scripted(Adapter[AdapterSettings]):
 
     script: ClassVar[list[str]]
     sent: ClassVar[list[OutboundMessage]]
+    # Recipients whose sends take ``slow_s``; every send yields to the loop once.
+    slow: ClassVar[set[str]] = set()
+    slow_s: ClassVar[float] = 0.0
+    in_flight: ClassVar[int] = 0
+    most_in_flight: ClassVar[int] = 0
     lock = threading.Lock()
 
     async def send(self, message: OutboundMessage) -> SendResult:
+        cls = type(self)
+        cls.in_flight += 1
+        cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+        try:
+            await asyncio.sleep(self.slow_s if message.recipient in self.slow else 0.01)
+        finally:
+            cls.in_flight -= 1
         with self.lock:
             step = self.script.pop(0) if self.script else "ok"
             if step == "ok":
@@ -103,7 +117,8 @@ def app(tmp_path: Path) -> Iterator[Notifier]:
         f'[statuses]\n{statuses}\n[fallback]\nemail = ["sms"]\n', "utf-8"
     )
     for adapter in (MailA, MailB, Sms):
-        adapter.script, adapter.sent = [], []
+        adapter.script, adapter.sent, adapter.slow = [], [], set()
+        adapter.in_flight = adapter.most_in_flight = 0
     settings = make_settings(
         config_dir=config,
         database_url=f"sqlite:///{tmp_path}/t.db",
@@ -230,8 +245,93 @@ def test_the_same_event_twice_and_the_same_message_twice_send_once(app: Notifier
         wait_until(lambda: settled(app, 1))
         [delivery] = rows(app)
         for _ in range(3):  # redelivered copies of the delivery message
-            app.deliver_actors["email"].send(str(delivery["delivery_id"]))
+            app.deliver_actors["email"].send([str(delivery["delivery_id"])])
         app.broker.join(app.queue_name("email"))
     assert len(rows(app)) == 1
     assert len(MailA.sent) == 1
     assert rows(app)[0]["attempts"] == 1
+
+
+def submit_group(app: Notifier, events: list[dict[str, Any]]) -> None:
+    """Events as the bridge hands them on: one ingest message for the group."""
+    limit = app.settings.events.max_bytes
+    bodies = [json.dumps(e, ensure_ascii=False).encode() for e in events]
+    app.ingest_actor.send([ingest_arguments(b, limit) for b in bodies], "test")
+
+
+def test_one_worker_thread_sends_a_channel_group_concurrently(app: Notifier) -> None:
+    events = [sample_event(i, event_id=uuid.uuid4()) for i in range(20)]
+    with RunningWorker(app, threads=1):
+        submit_group(app, events)
+        wait_until(lambda: settled(app, 20))
+    assert len(MailA.sent) == 20
+    assert len({m.delivery_id for m in MailA.sent}) == 20
+    # One thread, one message of 20 deliveries: the sends overlap on the event loop.
+    assert MailA.most_in_flight == 20
+    assert all(r["attempts"] == 1 for r in rows(app))
+
+
+def test_a_group_records_each_send_when_it_finishes_not_when_the_slowest_does(
+    app: Notifier,
+) -> None:
+    events = [sample_event(i, event_id=uuid.uuid4()) for i in range(5)]
+    slow = events[0]["applicant"]["contacts"]["email"]
+    MailA.slow, MailA.slow_s = {slow}, 1.5
+
+    def four_sent_one_in_flight() -> bool:
+        statuses = sorted(r["status"] for r in rows(app))
+        return statuses == ["sending", "sent", "sent", "sent", "sent"]
+
+    with RunningWorker(app, threads=1):
+        submit_group(app, events)
+        # A crash now would resend only the one still in flight.
+        wait_until(four_sent_one_in_flight, timeout=1.4, interval=0.01)
+        wait_until(lambda: settled(app, 5))
+    assert [m.recipient for m in MailA.sent][-1] == slow
+
+
+def test_a_group_keeps_each_deliverys_own_outcome(app: Notifier) -> None:
+    MailA.script = ["ok", "perm", "temp", "ok"]
+    events = [sample_event(i, event_id=uuid.uuid4()) for i in range(4)]
+    with RunningWorker(app, threads=1):
+        submit_group(app, events)
+        # 4 emails: 2 sent, 1 sent by the second provider after the first's outage,
+        # 1 refused for the recipient and fallen back to SMS.
+        wait_until(lambda: settled(app, 5))
+    by_status: dict[str, int] = {}
+    for row in rows(app):
+        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+    assert by_status == {"sent": 4, "permanent-failure": 1}
+    assert (len(MailA.sent), len(MailB.sent), len(Sms.sent)) == (2, 1, 1)
+    assert sorted((outcome, provider) for outcome, provider, _e in attempts(app)) == [
+        ("permanent-failure", "mail_a"),
+        ("sent", "mail_a"),
+        ("sent", "mail_a"),
+        ("sent", "mail_b"),
+        ("sent", "sms_gw"),
+    ]
+
+
+def test_an_event_that_breaks_ingest_does_not_hold_back_its_group(
+    app: Notifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = [sample_event(i, event_id=uuid.uuid4()) for i in range(3)]
+    poison = events[1]["dossier"]["code"]
+    render = app.templates.render
+
+    def render_or_break(event: Any, channel: str, language: str) -> Any:
+        if event.dossier.code == poison:
+            raise RuntimeError("a bug met by this event only")
+        return render(event, channel, language)
+
+    monkeypatch.setattr(app.templates, "render", render_or_break)
+    with RunningWorker(app, threads=1):
+        submit_group(app, events)
+        wait_until(lambda: settled(app, 2))
+        wait_until(lambda: app.broker.dead_letters)
+    assert sorted(m.dossier_code for m in MailA.sent) == sorted(
+        e["dossier"]["code"] for e in events if e["dossier"]["code"] != poison
+    )
+    [dead] = app.broker.dead_letters
+    [[raw, _meta]] = dead.args[0]
+    assert json.loads(raw)["dossier"]["code"] == poison

@@ -58,9 +58,7 @@ def test_every_event_confirmed_is_counted_and_queued(
     assert report.failed == []
     assert many.confirmed == 10
     assert many.failed == []
-    assert queued_ids(channel, settings.queue) == [
-        e["event_id"] for e in events + events[:10]
-    ]
+    assert queued_ids(channel, settings.queue) == [e["event_id"] for e in events + events[:10]]
 
 
 def test_unroutable_events_are_reported_failed_with_their_ids(

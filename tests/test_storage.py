@@ -12,7 +12,14 @@ import pytest
 import sqlalchemy as sa
 
 from notifier.apikeys import ApiKeys
-from notifier.deliveries import ClaimOutcome, DeliveryStatus, DeliveryStore, PlannedDelivery
+from notifier.deliveries import (
+    AttemptRecord,
+    ClaimedDelivery,
+    ClaimOutcome,
+    DeliveryStatus,
+    DeliveryStore,
+    PlannedDelivery,
+)
 from notifier.events import parse_event
 from notifier.inbox import InboxStore
 from notifier.samples import sample_event
@@ -50,19 +57,28 @@ def record_event(database: Database, channels: list[str]) -> tuple[object, list[
                 payload={},
             )
         )
-        DeliveryStore(database).insert_planned(connection, event, planned)
+        DeliveryStore(database).insert_planned(connection, [(event, planned)])
     return event, [p.delivery_id for p in planned]
+
+
+def claim_one(
+    store: DeliveryStore, delivery_id: uuid.UUID
+) -> tuple[ClaimOutcome, ClaimedDelivery | None]:
+    claims = store.claim([delivery_id], timedelta(seconds=60))
+    if claims.claimed:
+        return ClaimOutcome.CLAIMED, claims.claimed[0]
+    return claims.not_claimed[delivery_id], None
 
 
 def test_a_delivery_is_claimed_once_until_its_lease_expires(database: Database) -> None:
     store = DeliveryStore(database)
     _event, [delivery_id] = record_event(database, ["email"])
 
-    outcome, claimed = store.claim(delivery_id, timedelta(seconds=60))
+    outcome, claimed = claim_one(store, delivery_id)
     assert outcome is ClaimOutcome.CLAIMED
     assert claimed is not None
     assert claimed.attempt == 1
-    assert store.claim(delivery_id, timedelta(seconds=60))[0] is ClaimOutcome.BUSY
+    assert claim_one(store, delivery_id)[0] is ClaimOutcome.BUSY
 
     # A worker that died mid-send leaves its lease; once it expires the send is retried.
     with database.begin() as connection:
@@ -70,22 +86,124 @@ def test_a_delivery_is_claimed_once_until_its_lease_expires(database: Database) 
             sa.text("UPDATE deliveries SET lease_until = :past"),
             {"past": datetime.now(UTC) - timedelta(1)},
         )
-    outcome, again = store.claim(delivery_id, timedelta(seconds=60))
+    outcome, again = claim_one(store, delivery_id)
     assert outcome is ClaimOutcome.CLAIMED
     assert again is not None
     assert again.attempt == 2
 
-    store.finish_attempt(
-        again,
-        status=DeliveryStatus.SENT,
-        provider="email",
-        started_at=datetime.now(UTC),
-        provider_message_id="m-1",
+    store.finish_attempts(
+        [
+            AttemptRecord(
+                again,
+                DeliveryStatus.SENT,
+                "email",
+                datetime.now(UTC),
+                provider_message_id="m-1",
+            )
+        ]
     )
-    assert store.claim(delivery_id, timedelta(seconds=60))[0] is ClaimOutcome.FINISHED
+    assert claim_one(store, delivery_id)[0] is ClaimOutcome.FINISHED
+    assert claim_one(store, uuid.uuid4())[0] is ClaimOutcome.MISSING
     with database.engine.connect() as connection:
         attempts = connection.execute(sa.select(delivery_attempts.c.outcome)).scalars().all()
     assert attempts == ["sent"]
+
+
+def test_a_group_claim_takes_only_what_is_free_and_says_why_not(database: Database) -> None:
+    store = DeliveryStore(database)
+    _event, [free, held, done] = record_event(database, ["email", "sms", "zalo"])
+    [held_claim] = store.claim([held], timedelta(seconds=60)).claimed
+    [done_claim] = store.claim([done], timedelta(seconds=60)).claimed
+    store.finish_attempts([AttemptRecord(done_claim, DeliveryStatus.SENT, "gw", datetime.now(UTC))])
+    missing = uuid.uuid4()
+
+    claims = store.claim([free, held, done, missing, free], timedelta(seconds=60))
+
+    assert [c.delivery_id for c in claims.claimed] == [free]
+    assert claims.not_claimed == {
+        held: ClaimOutcome.BUSY,
+        done: ClaimOutcome.FINISHED,
+        missing: ClaimOutcome.MISSING,
+    }
+    assert held_claim.attempt == 1
+
+
+def test_recording_a_group_sets_each_deliverys_own_outcome(database: Database) -> None:
+    store = DeliveryStore(database)
+    _event, ids = record_event(database, ["email", "sms", "zalo", "portal"])
+    claims = store.claim(ids, timedelta(seconds=60)).claimed
+    by_channel = {c.channel: c for c in claims}
+    now = datetime.now(UTC)
+    store.finish_attempts(
+        [
+            AttemptRecord(
+                by_channel["email"], DeliveryStatus.SENT, "smtp", now, provider_message_id="e-1"
+            ),
+            AttemptRecord(
+                by_channel["sms"],
+                DeliveryStatus.TEMPORARY_FAILURE,
+                "esms",
+                now,
+                error="busy",
+                error_code="99",
+                counted=False,
+            ),
+            AttemptRecord(
+                by_channel["zalo"], DeliveryStatus.PERMANENT_FAILURE, "zalo", now, error="no user"
+            ),
+            AttemptRecord(
+                by_channel["portal"],
+                DeliveryStatus.DELIVERED,
+                "portal",
+                now,
+                details={"inbox_id": 7},
+            ),
+        ]
+    )
+    d = deliveries.c
+    with database.engine.connect() as connection:
+        rows = {
+            row.channel: row
+            for row in connection.execute(
+                sa.select(
+                    d.channel,
+                    d.status,
+                    d.attempts,
+                    d.provider,
+                    d.provider_message_id,
+                    d.last_error,
+                    d.details,
+                    d.sent_at,
+                    d.delivered_at,
+                    d.lease_until,
+                )
+            )
+        }
+        attempts = connection.execute(
+            sa.select(delivery_attempts.c.outcome, delivery_attempts.c.error_code)
+        ).all()
+    assert (rows["email"].status, rows["email"].provider_message_id) == ("sent", "e-1")
+    assert rows["email"].sent_at is not None
+    assert rows["email"].delivered_at is None
+    assert (rows["sms"].status, rows["sms"].attempts, rows["sms"].last_error) == (
+        "temporary-failure",
+        0,  # not counted: the provider named its own time
+        "busy",
+    )
+    assert (rows["zalo"].status, rows["zalo"].last_error) == ("permanent-failure", "no user")
+    assert rows["zalo"].sent_at is None
+    assert (rows["portal"].status, rows["portal"].details) == ("delivered", {"inbox_id": 7})
+    assert rows["portal"].delivered_at is not None
+    assert all(row.lease_until is None for row in rows.values())
+    assert sorted(attempts, key=str) == sorted(
+        [
+            ("sent", None),
+            ("temporary-failure", "99"),
+            ("permanent-failure", None),
+            ("delivered", None),
+        ],
+        key=str,
+    )
 
 
 def test_concurrent_claims_let_exactly_one_worker_send(database: Database) -> None:
@@ -96,7 +214,7 @@ def test_concurrent_claims_let_exactly_one_worker_send(database: Database) -> No
 
     def claim() -> None:
         barrier.wait()
-        results.append(store.claim(delivery_id, timedelta(seconds=60))[0])
+        results.append(claim_one(store, delivery_id)[0])
 
     threads = [threading.Thread(target=claim) for _ in range(8)]
     for thread in threads:
@@ -110,15 +228,17 @@ def test_concurrent_claims_let_exactly_one_worker_send(database: Database) -> No
 def test_receipts_move_sent_deliveries_forward_only(database: Database) -> None:
     store = DeliveryStore(database)
     _event, [sent_id, failed_id] = record_event(database, ["sms", "zalo"])
-    for delivery_id in (sent_id, failed_id):
-        _outcome, claimed = store.claim(delivery_id, timedelta(seconds=60))
-        assert claimed is not None
-        store.finish_attempt(
-            claimed,
-            status=DeliveryStatus.SENT,
-            provider="gw",
-            started_at=datetime.now(UTC),
-            provider_message_id=f"p-{delivery_id}",
+    for claimed in store.claim([sent_id, failed_id], timedelta(seconds=60)).claimed:
+        store.finish_attempts(
+            [
+                AttemptRecord(
+                    claimed,
+                    DeliveryStatus.SENT,
+                    "gw",
+                    datetime.now(UTC),
+                    provider_message_id=f"p-{claimed.delivery_id}",
+                )
+            ]
         )
 
     assert store.apply_receipt(

@@ -403,7 +403,11 @@ def test_hostile_fields_are_neutralised_and_the_next_event_is_sent(
 
 
 def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_half_done(
-    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, tmp_path: Path,
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    tmp_path: Path,
 ) -> None:
     with SmtpCatcher(latency_s=0.3) as slow:  # ~1.2 s a message: sends are in flight
         settings = fault_settings(amqp_url, pg_url, queue_prefix, slow)
@@ -428,13 +432,19 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_half_done(
             again.terminate()
         received = received_ids(slow)
     planned = email_ids(pg_database)
-    report("sigterm", {
-        "events": len(bodies), "stopped_in_ms": int(stopped_in * 1000),
-        "exit_code": exit_code, "left_sending": in_flight_after,
-        "sent_before_restart": sent_before_restart, "emails_received": sum(received.values()),
-        "duplicates": sum(1 for n in received.values() if n > 1),
-        "lost": len(planned - set(received)),
-    })
+    report(
+        "sigterm",
+        {
+            "events": len(bodies),
+            "stopped_in_ms": int(stopped_in * 1000),
+            "exit_code": exit_code,
+            "left_sending": in_flight_after,
+            "sent_before_restart": sent_before_restart,
+            "emails_received": sum(received.values()),
+            "duplicates": sum(1 for n in received.values() if n > 1),
+            "lost": len(planned - set(received)),
+        },
+    )
     assert in_flight_after == 0  # every claimed send finished and was recorded
     assert stopped_in < settings.worker.send_timeout_s + 15
     assert planned == set(received)
@@ -442,7 +452,11 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_half_done(
 
 
 def test_postgresql_restart_mid_run_the_worker_waits_and_goes_on(
-    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, smtp: SmtpCatcher,
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    smtp: SmtpCatcher,
 ) -> None:
     settings = fault_settings(amqp_url, pg_url, queue_prefix, smtp)
     declare(settings)
@@ -455,18 +469,27 @@ def test_postgresql_restart_mid_run_the_worker_waits_and_goes_on(
         wait_until(lambda: len(smtp.messages) >= 5, timeout=60)
         subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
-            check=True, timeout=120,
+            check=True,
+            timeout=120,
         )
         publish(settings, second)
-        wait_until(lambda: _reachable(pg_database) and all_final(pg_database, 60),
-                   timeout=180, interval=0.5)
+        wait_until(
+            lambda: _reachable(pg_database) and all_final(pg_database, 60),
+            timeout=180,
+            interval=0.5,
+        )
     planned = email_ids(pg_database)
     received = received_ids(smtp)
-    report("postgresql-restart", {
-        "events": 60, "emails_planned": len(planned), "emails_received": sum(received.values()),
-        "duplicates": sum(1 for n in received.values() if n > 1),
-        "lost": len(planned - set(received)),
-    })
+    report(
+        "postgresql-restart",
+        {
+            "events": 60,
+            "emails_planned": len(planned),
+            "emails_received": sum(received.values()),
+            "duplicates": sum(1 for n in received.values() if n > 1),
+            "lost": len(planned - set(received)),
+        },
+    )
     assert planned == set(received)
 
 

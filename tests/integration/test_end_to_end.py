@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import dramatiq
 import httpx
 import pika
 import pytest
@@ -188,3 +189,39 @@ def test_each_invalid_event_is_rejected_with_its_reason_and_the_next_is_sent(
 def _reject_reasons(database: Database) -> list[str]:
     with database.engine.connect() as connection:
         return [r.reason for r in connection.execute(sa.select(rejected_events.c.reason))]
+
+
+class _IngestMessages(dramatiq.Middleware):
+    """Counts the events in each ingest message the bridge sends."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if message.actor_name == "ingest":
+            self.sizes.append(len(message.args[0]))
+
+
+def test_the_bridge_hands_events_to_ingest_in_groups(
+    app: Notifier, pg_database: Database, smtp: SmtpCatcher
+) -> None:
+    bodies = [
+        json.dumps(
+            vietnamese_event() | {"event_id": str(uuid.uuid4())}, ensure_ascii=False
+        ).encode()
+        for _ in range(60)
+    ]
+    publish_raw(app, bodies)  # waiting in the queue before the worker starts
+    counted = _IngestMessages()
+    app.broker.add_middleware(counted)
+    with RunningWorker(app):
+        wait_until(lambda: len(smtp.messages) == 60, timeout=60)
+        wait_until(lambda: _events_consumed(app))
+    assert sum(counted.sizes) == 60
+    assert max(counted.sizes) > 1
+    assert len(counted.sizes) <= 60 / app.settings.events.batch_size + 5
+    with pg_database.engine.connect() as connection:
+        emails = connection.execute(
+            sa.select(sa.func.count()).where(deliveries.c.channel == "email")
+        ).scalar_one()
+    assert emails == 60

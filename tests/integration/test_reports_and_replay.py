@@ -284,7 +284,7 @@ def test_anonymous_and_read_only_operators_cannot_replay(
     operators.add("lan.admin", PASSWORD, "admin")
     reader_key = ApiKeys(pg_database).create("dashboards", ["operator"], [])
     sends: list[str] = []
-    local_app.deliver_actors["email"].send = lambda *a, **k: sends.append(a[0])  # type: ignore[method-assign]
+    local_app.deliver_actors["email"].send_with_options = lambda *a, **k: sends.extend(k["args"][0])  # type: ignore[method-assign]
 
     with ServedApi(create_api(local_app)) as api:
         url = f"{api.base_url}/v1/deliveries/{dead}/replay"
@@ -355,13 +355,13 @@ def test_double_replay_enqueues_once_and_sends_once(
     _code, dead = make_dead_letter(local_app)
     actor = local_app.deliver_actors["email"]
     enqueued: list[str] = []
-    real_send = actor.send
+    real_send = actor.send_with_options
 
     def counting_send(*args: Any, **kwargs: Any) -> Any:
-        enqueued.append(args[0])
+        enqueued.extend(kwargs["args"][0])
         return real_send(*args, **kwargs)
 
-    actor.send = counting_send  # type: ignore[method-assign]
+    actor.send_with_options = counting_send  # type: ignore[method-assign]
     replayer = Replayer(local_app)
     with RunningWorker(local_app):
         first = replayer.delivery(dead, actor="operator:lan.admin")
@@ -397,9 +397,9 @@ def test_concurrent_replays_of_one_delivery_enqueue_once(
 
     def counting_send(*args: Any, **kwargs: Any) -> None:
         with lock:
-            enqueued.append(args[0])
+            enqueued.extend(kwargs["args"][0])
 
-    local_app.deliver_actors["email"].send = counting_send  # type: ignore[method-assign]
+    local_app.deliver_actors["email"].send_with_options = counting_send  # type: ignore[method-assign]
     replayer = Replayer(local_app)
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: replayer.delivery(dead, actor="t"), range(8)))
@@ -418,7 +418,7 @@ def test_a_failed_enqueue_leaves_the_dead_letter_as_it_was(
     def broken_send(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("broker down")
 
-    local_app.deliver_actors["email"].send = broken_send  # type: ignore[method-assign]
+    local_app.deliver_actors["email"].send_with_options = broken_send  # type: ignore[method-assign]
     result = Replayer(local_app).delivery(dead, actor="t")
     assert result.outcome is ReplayOutcome.FAILED
     assert status_of(pg_database, dead) == ("permanent-failure", 8)
@@ -430,7 +430,7 @@ def test_filtered_replay_skips_those_told_by_a_fallback(
 ) -> None:
     seeded = seed_log(pg_database)
     sends: list[str] = []
-    local_app.deliver_actors["email"].send = lambda *a, **k: sends.append(a[0])  # type: ignore[method-assign]
+    local_app.deliver_actors["email"].send_with_options = lambda *a, **k: sends.extend(k["args"][0])  # type: ignore[method-assign]
     replayer = Replayer(local_app)
     dry = replayer.deliveries(views.dead_letter_query("permanent"), actor="t", dry_run=True)
     assert {r.id: r.outcome for r in dry} == {
