@@ -2,7 +2,7 @@
 
 pika consumes raw events (prefetch 100); each event becomes four deliveries handled
 on one asyncio loop thread: one email over a pool of aiosmtplib sessions (the same
-multipart text + html MIME message notifier builds, with the same compat32 classes),
+multipart text + html MIME message, written by the same function as notifier's),
 one eSMS POST and one ZNS POST over one pooled httpx client, and one PostgreSQL
 INSERT per delivery (the portal's is its inbox row) on a small pool of psycopg
 connections. The raw message is acked
@@ -22,13 +22,6 @@ import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
-from email import charset as email_charset
-from email import policy as email_policy
-from email.header import Header
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
-from email.utils import format_datetime, formataddr
 from functools import partial
 from typing import Any
 
@@ -36,10 +29,15 @@ import aiosmtplib
 import httpx
 import pika
 import psycopg
+from notifier_email.message import build_message
+from notifier_email.settings import EmailSettings
 
-# The same MIME building as notifier's email adapter (compat32 classes, CRLF).
-_POLICY = email_policy.compat32.clone(linesep="\r\n")
-_UTF8 = email_charset.Charset("utf-8")
+from notifier.adapter import OutboundMessage
+
+# The same MIME writer as notifier's email adapter: the comparison is about the
+# framework, not the message format.
+_SETTINGS = EmailSettings(host="127.0.0.1", from_address="bench@example.com",
+                          from_name="Cổng Dịch vụ công")
 # An HTML layout of the size of notifier's (inline styles, ~4.5 KB rendered).
 _LAYOUT = (
     '<!DOCTYPE html><html lang="vi"><head><meta charset="utf-8"></head>'
@@ -141,17 +139,14 @@ class Bare:
     async def email(self, event: dict[str, Any], to: str) -> None:
         delivery_id = uuid.uuid4()
         text = self.email_text(event)
-        message = MIMEMultipart("alternative", policy=_POLICY)
-        message.attach(MIMEText(text, "plain", "utf-8", policy=_POLICY))
         body = _LAYOUT.replace("{{ body }}", html.escape(text))
-        message.attach(MIMEText(body, "html", "utf-8", policy=_POLICY))
-        message["From"] = formataddr((str(Header("Cổng Dịch vụ công", _UTF8)), _FROM))
-        message["To"] = to
         subject = f"Hồ sơ {event['dossier']['code']}: cập nhật trạng thái"
-        message["Subject"] = Header(subject, _UTF8)  # type: ignore[assignment]
-        message["Date"] = format_datetime(datetime.now(UTC))
-        message["Message-ID"] = f"<{delivery_id}@example.com>"
-        data = message.as_bytes()
+        outbound = OutboundMessage(
+            delivery_id, delivery_id, "email", to, "vi",
+            {"subject": subject, "text": text, "html": body},
+            event["dossier"]["code"], event["agency"]["code"], event["dossier"]["status"],
+        )
+        data = build_message(_SETTINGS, outbound, to, f"<{delivery_id}@example.com>")
 
         async def send(client: aiosmtplib.SMTP) -> None:
             await client.sendmail(_FROM, [to], data)

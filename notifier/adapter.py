@@ -185,6 +185,13 @@ class Adapter(abc.ABC, Generic[SettingsT]):
     async def send(self, message: OutboundMessage) -> SendResult:
         """Hand one message to the provider, or raise a :class:`DeliveryFailure`."""
 
+    @property
+    def max_in_flight(self) -> int:
+        """Sends the core runs at once on this adapter, per process. Return the size of
+        the adapter's connection pool: callers beyond it only queue inside the client,
+        and httpx's pool slows down with every waiter."""
+        return 10
+
     # Set to True by adapters that implement parse_receipt; the API then serves
     # GET and POST /v1/receipts/<name>.
     accepts_receipts: ClassVar[bool] = False

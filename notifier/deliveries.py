@@ -14,6 +14,7 @@ expires, and the message the broker redelivers claims it again.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,7 +26,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from notifier.store import Database
-from notifier.store.schema import deliveries, delivery_attempts, receipt_nonces, utcnow
+from notifier.store.schema import (
+    deliveries,
+    delivery_attempts,
+    receipt_nonces,
+    utcnow,
+)
 
 
 class DeliveryStatus(StrEnum):
@@ -318,35 +324,16 @@ class DeliveryStore:
         return [(row.delivery_id, row.channel) for row in found]
 
     def finish_attempts(self, records: Sequence[AttemptRecord]) -> None:
-        """Record attempts and their deliveries' new status, all in one transaction.
-
-        Updates that set the same columns go in one ``executemany``; the attempt rows in
-        one multi-row insert."""
+        """Record attempts and their deliveries' new status, all in one transaction: on
+        PostgreSQL one UPDATE from arrays, and one multi-row INSERT of attempts."""
         if not records:
             return
         now = utcnow()
-        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for record in records:
-            values = _finished_values(record, now)
-            updates.setdefault(tuple(sorted(values)), []).append(
-                {"b_id": record.claimed.delivery_id, **{f"b_{k}": v for k, v in values.items()}}
-            )
-        d = deliveries.c
         with self.database.begin() as connection:
-            for columns, rows in updates.items():
-                connection.execute(
-                    sa.update(deliveries)
-                    .where(d.delivery_id == sa.bindparam("b_id"))
-                    .values(
-                        {
-                            column: d.attempts - 1
-                            if column == "attempts"
-                            else sa.bindparam(f"b_{column}", type_=d[column].type)
-                            for column in columns
-                        }
-                    ),
-                    [{k: v for k, v in row.items() if k != "b_attempts"} for row in rows],
-                )
+            if self.database.is_sqlite:
+                _update_finished_each(connection, records, now)
+            else:
+                _update_finished_at_once(connection, records, now)
             connection.execute(
                 delivery_attempts.insert(),
                 [
@@ -472,3 +459,80 @@ def _finished_values(record: AttemptRecord, now: datetime) -> dict[str, Any]:
     if record.status is DeliveryStatus.DELIVERED:
         values["delivered_at"] = now
     return values
+
+
+def _update_finished_each(
+    connection: Connection, records: Sequence[AttemptRecord], now: datetime
+) -> None:
+    """SQLite: updates that set the same columns go in one ``executemany``."""
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for record in records:
+        values = _finished_values(record, now)
+        updates.setdefault(tuple(sorted(values)), []).append(
+            {"b_id": record.claimed.delivery_id, **{f"b_{k}": v for k, v in values.items()}}
+        )
+    d = deliveries.c
+    for columns, rows in updates.items():
+        connection.execute(
+            sa.update(deliveries)
+            .where(d.delivery_id == sa.bindparam("b_id"))
+            .values(
+                {
+                    column: d.attempts - 1
+                    if column == "attempts"
+                    else sa.bindparam(f"b_{column}", type_=d[column].type)
+                    for column in columns
+                }
+            ),
+            [{k: v for k, v in row.items() if k != "b_attempts"} for row in rows],
+        )
+
+
+# PostgreSQL: one statement for any number of attempts, the rows passed as arrays
+# (one cached statement, unlike a VALUES list that changes with the row count). A NULL
+# keeps the delivery's value, as _finished_values leaves those columns out.
+_FINISH_ALL = sa.text(
+    """
+    UPDATE deliveries AS d
+       SET status = given.status,
+           lease_until = NULL,
+           updated_at = :now,
+           last_error = given.error,
+           provider = COALESCE(given.provider, d.provider),
+           provider_message_id = COALESCE(given.provider_message_id, d.provider_message_id),
+           details = COALESCE(CAST(given.details AS json), d.details),
+           attempts = d.attempts - given.uncounted,
+           sent_at = CASE WHEN given.sent THEN :now ELSE d.sent_at END,
+           delivered_at = CASE WHEN given.delivered THEN :now ELSE d.delivered_at END
+      FROM unnest(
+               CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
+               CAST(:providers AS text[]), CAST(:provider_message_ids AS text[]),
+               CAST(:details AS text[]), CAST(:uncounted AS int[]), CAST(:sent AS bool[]),
+               CAST(:delivered AS bool[])
+           ) AS given(id, status, error, provider, provider_message_id, details, uncounted,
+                      sent, delivered)
+     WHERE d.delivery_id = given.id
+    """
+)
+
+
+def _update_finished_at_once(
+    connection: Connection, records: Sequence[AttemptRecord], now: datetime
+) -> None:
+    connection.execute(
+        _FINISH_ALL,
+        {
+            "now": now,
+            "ids": [r.claimed.delivery_id for r in records],
+            "statuses": [r.status.value for r in records],
+            "errors": [r.error for r in records],
+            "providers": [r.provider for r in records],
+            "provider_message_ids": [r.provider_message_id for r in records],
+            "details": [
+                json.dumps(r.details, ensure_ascii=False) if r.details else None for r in records
+            ],
+            "uncounted": [0 if r.counted else 1 for r in records],
+            "sent": [r.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED) for r in records],
+            "delivered": [r.status is DeliveryStatus.DELIVERED for r in records],
+        },
+    )

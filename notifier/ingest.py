@@ -143,7 +143,7 @@ class Ingest:
                 return [self.handle(raw, source=source, meta=meta) for raw, meta in items]
             duplicates, new = [(i, e) for i, e, _p in new], []
         for index, event, planned in new:
-            log.info(
+            log.debug(
                 "event accepted",
                 event_id=str(event.event_id),
                 dossier_code=event.dossier.code,
@@ -168,6 +168,13 @@ class Ingest:
                 results[index] = IngestResult("duplicate", event.event_id, requeued)
         done = [r for r in results if r is not None]
         assert len(done) == len(items), "every event has a result"
+        log.info(
+            "events ingested",
+            source=source,
+            accepted=len(new),
+            duplicates=len(duplicates),
+            rejected=len(rejects),
+        )
         return done
 
     def _parse(self, raw: str, meta: Mapping[str, Any]) -> DossierStatusEvent:

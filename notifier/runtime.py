@@ -27,6 +27,7 @@ class AdapterRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._adapters: dict[str, Adapter[Any]] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}  # used on the loop only
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -61,11 +62,21 @@ class AdapterRuntime:
                 self._adapters[provider.name] = adapter
             return adapter
 
+    def slot(self, provider: Provider) -> asyncio.Semaphore:
+        """Hold while sending through the provider's adapter (on the loop): at most
+        ``max_in_flight`` sends at once."""
+        slot = self._slots.get(provider.name)
+        if slot is None:
+            slot = self._slots[provider.name] = asyncio.Semaphore(
+                self.adapter(provider).max_in_flight
+            )
+        return slot
+
     def stop(self, timeout: float = 10.0) -> None:
         """Close every adapter on the loop, then stop the loop."""
         with self._lock:
             loop, adapters = self._loop, list(self._adapters.values())
-            self._loop, self._adapters = None, {}
+            self._loop, self._adapters, self._slots = None, {}, {}
         if loop is None:
             return
 

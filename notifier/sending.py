@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ class Sender:
 
     def send(self, delivery_ids: Sequence[UUID]) -> list[SendOutcome]:
         """Send what can be claimed of these deliveries; one outcome per id."""
+        clock = time.perf_counter()
         claims = self.store.claim(delivery_ids, self.lease)
         outcomes: list[SendOutcome] = []
         for delivery_id, why in claims.not_claimed.items():
@@ -142,7 +144,7 @@ class Sender:
                 # out: look again soon (a look is one UPDATE).
                 outcomes.append(SendOutcome(delivery_id, None, random.randint(500, 2000)))
             else:
-                log.info("delivery needs nothing", delivery_id=str(delivery_id), claim=why)
+                log.debug("delivery needs nothing", delivery_id=str(delivery_id), claim=why)
                 outcomes.append(SendOutcome(delivery_id, None))
         now = utcnow()
         concluded: list[tuple[ClaimedDelivery, _Tried]] = []
@@ -170,6 +172,13 @@ class Sender:
                     concluded.append((pending.pop(future), _result(future, self.worker)))
             outcomes.extend(self._record(concluded))
             concluded = []
+        counts = Counter(o.status.value if o.status else "nothing-to-do" for o in outcomes)
+        log.info(
+            "deliveries done",
+            group=len(outcomes),
+            seconds=round(time.perf_counter() - clock, 3),
+            **{k.replace("-", "_"): v for k, v in counts.items()},
+        )
         return outcomes
 
     async def _try_providers(self, claimed: ClaimedDelivery) -> _Tried:
@@ -233,7 +242,10 @@ class Sender:
         """One call of one provider, within its rate limit and circuit breaker; None when
         its circuit is open."""
         guard = self.guard
-        async with guard.slot(provider.name) if guard else contextlib.nullcontext():
+        async with (
+            self.runtime.slot(provider),
+            guard.slot(provider.name) if guard else contextlib.nullcontext(),
+        ):
             rate_wait = 0.0 if guard is None else guard.reserve(provider.name, MAX_RATE_WAIT_S)
             if rate_wait is None:
                 return _Deferred(f"rate limit of {provider.name} reached", self.backoff_ms(1))
@@ -311,7 +323,7 @@ class Sender:
         self, claimed: ClaimedDelivery, tried: _Accepted
     ) -> tuple[AttemptRecord, SendOutcome]:
         status = DeliveryStatus.DELIVERED if tried.result.delivered else DeliveryStatus.SENT
-        log.info(
+        log.debug(
             "delivery sent",
             delivery_id=str(claimed.delivery_id),
             channel=claimed.channel,

@@ -128,6 +128,10 @@ class EmailAdapter(Adapter[EmailSettings]):
         # and the adapter is constructed before (and outside) that loop.
         self._pool: SmtpPool | None = None
 
+    @property
+    def max_in_flight(self) -> int:
+        return self.settings.pool_size
+
     def _get_pool(self) -> SmtpPool:
         loop = asyncio.get_running_loop()
         pool = self._pool
@@ -141,7 +145,7 @@ class EmailAdapter(Adapter[EmailSettings]):
     async def send(self, message: OutboundMessage) -> SendResult:
         recipient = envelope_recipient(message.recipient)
         msgid = message_id(message.delivery_id, self.settings.from_address)
-        data = build_message(self.settings, message, recipient, msgid).as_bytes()
+        data = build_message(self.settings, message, recipient, msgid)
         sender = self.settings.from_address
 
         async def transaction(client: SMTP) -> str:

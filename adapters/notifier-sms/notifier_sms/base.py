@@ -72,12 +72,29 @@ _TOKEN = re.compile(r"[A-Za-z0-9._~\-]{16,200}")
 # the nearest GSM-7 character(s) when sending unaccented, instead of forcing UCS-2.
 _TYPOGRAPHIC = str.maketrans(
     {
-        "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u2032": "'",
-        "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"',
-        "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-",
-        "\u2212": "-", "\u2026": "...", "\u2022": "-", "\u00b7": ".",
-        "\u00a0": " ", "\u202f": " ", "\u2009": " ", "\t": " ",
-        "\u00d0": "D", "\u00f0": "d",  # Eth, sometimes typed for Đ/đ
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201a": "'",
+        "\u2032": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u2033": '"',
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2212": "-",
+        "\u2026": "...",
+        "\u2022": "-",
+        "\u00b7": ".",
+        "\u00a0": " ",
+        "\u202f": " ",
+        "\u2009": " ",
+        "\t": " ",
+        "\u00d0": "D",
+        "\u00f0": "d",  # Eth, sometimes typed for Đ/đ
     }
 )
 
@@ -299,6 +316,10 @@ class SmsAdapterBase(Adapter[S]):
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def max_in_flight(self) -> int:
+        return self.settings.max_connections
+
     # -- what a gateway module provides ---------------------------------------------
 
     @abc.abstractmethod
@@ -376,8 +397,7 @@ class SmsAdapterBase(Adapter[S]):
             ) from None
         except httpx.TransportError as exc:
             raise TemporaryFailure(
-                f"{label} connection lost: {type(exc).__name__} "
-                f"{gateway_text(exc, 120)}".rstrip(),
+                f"{label} connection lost: {type(exc).__name__} {gateway_text(exc, 120)}".rstrip(),
                 code="connection-lost",
                 maybe_sent=True,
             ) from None

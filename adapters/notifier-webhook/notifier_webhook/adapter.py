@@ -147,6 +147,10 @@ class WebhookAdapter(Adapter[WebhookSettings]):
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def max_in_flight(self) -> int:
+        return self.settings.max_connections
+
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._client is not None and self._client_loop is not loop:

@@ -232,6 +232,10 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def max_in_flight(self) -> int:
+        return self.settings.max_connections
+
     # -- receipts ------------------------------------------------------------------------
 
     @classmethod
