@@ -7,9 +7,10 @@ RabbitMQ vhost, the simulators in their own process), each step runs ``--events`
 times in a row and is timed with ``time.process_time()`` (this process's CPU, the
 adapters' event loop thread included) and the wall clock. No concurrency: this is
 what each step costs, not how steps overlap. Next to notifier's own steps it times
-other forms written here, not in notifier: the one-statement record proposed in
-docs/performance.md, and the forms the core had before ac09276 and c645957 (a claim
-as UPDATE then SELECT with a pool pre-ping; an EmailMessage MIME build).
+other forms written here, not in notifier: the forms the core had before ac09276 and
+c645957 (a claim as UPDATE then SELECT with a pool pre-ping; an EmailMessage MIME
+build). The group steps (``handle_batch``, ``sender.send``) take all their items in one
+call and report per item.
 """
 
 from __future__ import annotations
@@ -90,21 +91,6 @@ OLD_CLAIM_UPDATE = sa.text(
     """
 )
 OLD_CLAIM_SELECT = sa.text("SELECT * FROM deliveries WHERE delivery_id = :delivery_id")
-FINISH_SQL = sa.text(
-    """
-    WITH updated AS (
-        UPDATE deliveries SET status = :status, lease_until = NULL, updated_at = :now,
-               last_error = :error, provider = :provider, sent_at = :now
-         WHERE delivery_id = :delivery_id
-        RETURNING delivery_id
-    )
-    INSERT INTO delivery_attempts (delivery_id, number, provider, started_at, finished_at,
-                                   outcome, error, error_code, provider_message_id)
-    SELECT delivery_id, :number, :provider, :started_at, :now, :status, :error, NULL, NULL
-      FROM updated
-    """
-)
-
 _OLD_POLICY = email.policy.SMTP.clone(cte_type="7bit")
 
 
@@ -122,20 +108,6 @@ def email_message_mime(message: OutboundMessage, sender: str, sender_name: str) 
     mime.add_alternative(message.parts["html"], subtype="html")
     mime["Content-Language"] = message.language
     return mime.as_bytes()
-
-
-def outbound(claimed: ClaimedDelivery) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=claimed.delivery_id,
-        event_id=claimed.event_id,
-        channel=claimed.channel,
-        recipient=claimed.recipient,
-        language=claimed.language,
-        parts=claimed.content,
-        dossier_code=claimed.dossier_code,
-        agency_code=claimed.agency_code,
-        status=claimed.event_status,
-    )
 
 
 def main() -> None:
@@ -227,7 +199,7 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
 
     timed("claim as before ac09276 (pre-ping, UPDATE, SELECT *)", second, old_claim, "delivery")
 
-    messages = {c: [outbound(x) for x in got] for c, got in claimed.items()}
+    messages = {c: [x.message() for x in got] for c, got in claimed.items()}
     email_adapter = app.runtime.adapter(app.registry.providers("email")[0])
     from notifier_email.message import build_message
 
@@ -252,16 +224,6 @@ def measure(app: Notifier, n: int, database_url: str) -> None:
               [AttemptRecord(c, DeliveryStatus.SENT, c.channel, utcnow())]),
           "delivery")
 
-    def finish_one_statement(item: tuple[uuid.UUID, str]) -> None:
-        with app.database.begin() as connection:
-            connection.execute(
-                FINISH_SQL,
-                {"delivery_id": item[0], "now": utcnow(), "status": "sent", "error": None,
-                 "provider": item[1], "number": 1, "started_at": utcnow()},
-            )
-
-    timed("finish, proposed: one statement (CTE)", second, finish_one_statement,
-          "delivery")
     for channel in ("email", "sms", "zalo", "portal"):
         timed(f"sender.send, a group of {channel} (claim, send concurrently, record)",
               [d for d, c in third if c == channel], app.sender.send, "delivery", group=True)

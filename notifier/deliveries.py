@@ -25,6 +25,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from notifier.adapter import OutboundMessage
 from notifier.store import Database
 from notifier.store.schema import (
     deliveries,
@@ -83,6 +84,20 @@ class ClaimedDelivery:
     event_status: str
     attempt: int
     created_at: datetime
+
+    def message(self) -> OutboundMessage:
+        """What the channel's adapters are given to send."""
+        return OutboundMessage(
+            delivery_id=self.delivery_id,
+            event_id=self.event_id,
+            channel=self.channel,
+            recipient=self.recipient,
+            language=self.language,
+            parts=self.content,
+            dossier_code=self.dossier_code,
+            agency_code=self.agency_code,
+            status=self.event_status,
+        )
 
 
 class ClaimOutcome(StrEnum):

@@ -189,17 +189,7 @@ class Sender:
             dossier_code=claimed.dossier_code,
             channel=claimed.channel,
         ):
-            message = OutboundMessage(
-                delivery_id=claimed.delivery_id,
-                event_id=claimed.event_id,
-                channel=claimed.channel,
-                recipient=claimed.recipient,
-                language=claimed.language,
-                parts=claimed.content,
-                dossier_code=claimed.dossier_code,
-                agency_code=claimed.agency_code,
-                status=claimed.event_status,
-            )
+            message = claimed.message()
             failure: DeliveryFailure | None = None
             provider_name: str | None = None
             started_at = utcnow()
