@@ -10,16 +10,15 @@ ingest message is confirmed by RabbitMQ, so a crash in between redelivers them
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 import dramatiq
 import pika
-from dramatiq.middleware import Middleware
 from pika.exceptions import AMQPError
 
 from notifier.amqp import connection_parameters, declare_topology
+from notifier.background import BackgroundThread
 from notifier.logging import get_logger
 from notifier.settings import EventsSettings
 
@@ -38,41 +37,32 @@ def ingest_arguments(body: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
     return text, {"size": size, "truncated": truncated, "utf8": utf8}
 
 
-class EventBridge(Middleware):
+class EventBridge(BackgroundThread):
     """Dramatiq middleware: runs the inbound consumer thread inside each worker process."""
+
+    thread_name = "notifier-bridge"
 
     def __init__(
         self, broker_url: str, events: EventsSettings, ingest_actor: dramatiq.Actor[..., Any]
     ):
+        super().__init__()
         self.broker_url = broker_url
         self.events = events
         self.ingest_actor = ingest_actor
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="notifier-bridge", daemon=True)
-        self._thread.start()
-
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         delay = 0.5
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             try:
                 self._consume()
                 delay = 0.5
             except AMQPError as exc:
                 log.warning("bridge lost the broker; reconnecting", error=repr(exc), retry_in=delay)
-                self._stop.wait(delay)
+                self.stopping.wait(delay)
                 delay = min(delay * 2, 15.0)
             except Exception:
                 log.exception("bridge failed; restarting")
-                self._stop.wait(delay)
+                self.stopping.wait(delay)
                 delay = min(delay * 2, 15.0)
 
     def _consume(self) -> None:
@@ -88,7 +78,7 @@ class EventBridge(Middleware):
             for method, _properties, body in channel.consume(
                 self.events.queue, inactivity_timeout=wait_s or 0.01
             ):
-                if self._stop.is_set():
+                if self.stopping.is_set():
                     break
                 if method is not None:
                     if not group:

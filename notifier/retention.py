@@ -24,16 +24,14 @@ Purging is idempotent, so several processes doing it at once is harmless. Tests 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
-import dramatiq
 import sqlalchemy as sa
-from dramatiq.middleware import Middleware
 
+from notifier.background import BackgroundThread
 from notifier.logging import get_logger
 from notifier.settings import RetentionSettings
 from notifier.store import Database
@@ -259,32 +257,25 @@ class Retention:
                 return done
 
 
-class RetentionJob(Middleware):
+class RetentionJob(BackgroundThread):
     """Runs :meth:`Retention.purge` in each worker process every ``interval_s``."""
 
+    thread_name = "notifier-retention"
+
     def __init__(self, retention: Retention) -> None:
+        super().__init__()
         self.retention = retention
         self.settings = retention.settings
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        if not self.settings.enabled:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="notifier-retention", daemon=True)
-        self._thread.start()
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         # A first purge soon after boot, so restarts more often than the interval still
         # purge; then every interval.
         delay = min(self.settings.interval_s, 60.0)
-        while not self._stop.wait(delay):
+        while not self.stopping.wait(delay):
             delay = self.settings.interval_s
             try:
                 self.retention.purge()

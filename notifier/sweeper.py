@@ -10,14 +10,11 @@ racing send nothing twice.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from uuid import UUID
 
-import dramatiq
-from dramatiq.middleware import Middleware
-
+from notifier.background import BackgroundThread
 from notifier.deliveries import DeliveryStore
 from notifier.logging import get_logger
 from notifier.settings import SweeperSettings
@@ -25,33 +22,26 @@ from notifier.settings import SweeperSettings
 log = get_logger(__name__)
 
 
-class Sweeper(Middleware):
+class Sweeper(BackgroundThread):
+    thread_name = "notifier-sweeper"
+
     def __init__(
         self,
         store: DeliveryStore,
         settings: SweeperSettings,
         enqueue: Callable[[Iterable[tuple[UUID, str]]], None],
     ) -> None:
+        super().__init__()
         self.store = store
         self.settings = settings
         self.enqueue = enqueue
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        if not self.settings.enabled:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="notifier-sweeper", daemon=True)
-        self._thread.start()
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.interval_s):
+    def run(self) -> None:
+        while not self.stopping.wait(self.settings.interval_s):
             try:
                 self.sweep()
             except Exception:  # the database may be down; try again next round
