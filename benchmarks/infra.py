@@ -347,6 +347,21 @@ def delivery_rows(database: Database) -> list[tuple[str, str, str, str, float]]:
     return [tuple(row) for row in rows]  # type: ignore[misc]
 
 
+def stage_times(database: Database) -> dict[str, tuple[float, float]]:
+    """delivery id → (its event stored, its first send started), epoch seconds."""
+    with database.engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT d.delivery_id::text, extract(epoch FROM e.received_at)::float8, "
+                "extract(epoch FROM min(a.started_at))::float8 "
+                "FROM deliveries d JOIN events e USING (event_id) "
+                "JOIN delivery_attempts a USING (delivery_id) "
+                "GROUP BY d.delivery_id, e.received_at"
+            )
+        ).all()
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
 def inbox_times(database: Database) -> dict[str, float]:
     with database.engine.connect() as connection:
         rows = connection.execute(

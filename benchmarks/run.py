@@ -52,6 +52,7 @@ from benchmarks.infra import (
     fresh_database,
     fresh_vhost,
     inbox_times,
+    stage_times,
     wait_for,
     worker_env,
 )
@@ -71,6 +72,7 @@ from notifier.store import Database
 from notifier.tokens import TokenStore
 
 CHANNELS = ("email", "sms", "zalo", "portal")
+STAGES = ("to ingest", "to send", "send")
 # Statuses that go to all four channels (config/routing.toml).
 FAN_OUT = (
     Status.REFUSED,
@@ -198,6 +200,7 @@ class Outcome:
     rows: list[tuple[str, str, str, str, float]]
     accepted: dict[str, list[list[Any]]]
     inbox: dict[str, float]
+    stages: dict[str, tuple[float, float]]
 
     def statuses(self) -> dict[str, int]:
         return dict(Counter(row[3] for row in self.rows))
@@ -205,20 +208,40 @@ class Outcome:
     def last_recorded(self) -> float:
         return max(row[4] for row in self.rows)
 
-    def latencies(self, published: dict[str, float]) -> dict[str, dict[str, Any]]:
-        event_of = {row[0]: (row[1], row[2]) for row in self.rows}
-        samples: dict[str, list[float]] = {c: [] for c in CHANNELS}
-        seen: set[str] = set()
+    def first_accepted(self) -> dict[str, tuple[str, float]]:
+        """delivery id → (channel, when a provider first accepted it), notifier's only."""
         accepted = [(c, r[0], r[1]) for c, rows in self.accepted.items() for r in rows]
         accepted += [("portal", d, t) for d, t in self.inbox.items()]
+        known = {row[0] for row in self.rows}
+        first: dict[str, tuple[str, float]] = {}
         for channel, delivery_id, at in sorted(accepted, key=lambda a: a[2]):
-            if delivery_id in seen or delivery_id not in event_of:
-                continue  # a repeat (counted in duplicates) or not notifier's
-            seen.add(delivery_id)
-            event_id, _channel = event_of[delivery_id]
+            if delivery_id in known and delivery_id not in first:
+                first[delivery_id] = (channel, at)  # later ones are repeats
+        return first
+
+    def latencies(self, published: dict[str, float]) -> dict[str, dict[str, Any]]:
+        event_of = {row[0]: row[1] for row in self.rows}
+        samples: dict[str, list[float]] = {c: [] for c in CHANNELS}
+        for delivery_id, (channel, at) in self.first_accepted().items():
+            event_id = event_of[delivery_id]
             if event_id in published:
                 samples[channel].append(at - published[event_id])
         return {channel: percentiles(values) for channel, values in samples.items()}
+
+    def stage_latencies(self, published: dict[str, float]) -> dict[str, dict[str, Any]]:
+        """Where the time goes, all channels together: publish → event stored by ingest,
+        stored → first send started, started → provider accepted."""
+        event_of = {row[0]: row[1] for row in self.rows}
+        samples: dict[str, list[float]] = {s: [] for s in STAGES}
+        for delivery_id, (_channel, at) in self.first_accepted().items():
+            event_id = event_of[delivery_id]
+            if event_id not in published or delivery_id not in self.stages:
+                continue
+            stored, started = self.stages[delivery_id]
+            samples["to ingest"].append(stored - published[event_id])
+            samples["to send"].append(started - stored)
+            samples["send"].append(at - started)
+        return {stage: percentiles(values) for stage, values in samples.items()}
 
     def provider_counts(self) -> dict[str, dict[str, int]]:
         counts = {}
@@ -369,7 +392,10 @@ class Bench:
 
     def collect(self) -> Outcome:
         return Outcome(
-            delivery_rows(self.database), self.providers.dump(), inbox_times(self.database)
+            delivery_rows(self.database),
+            self.providers.dump(),
+            inbox_times(self.database),
+            stage_times(self.database),
         )
 
     def memory(self, workers: WorkerProcesses) -> dict[str, Any]:
@@ -471,6 +497,7 @@ class Bench:
             "events_per_s": round(events / seconds, 1),
             "deliveries_per_s": round(done / seconds, 1),
             "latency_ms": outcome.latencies(published),
+            "stage_latency_ms": outcome.stage_latencies(published),
             "cpu_s": cpu,
             "cpu_s_per_1000_deliveries": {
                 group: round(value * 1000 / max(done, 1), 3) for group, value in cpu.items()
@@ -762,6 +789,32 @@ def render(results: dict[str, Any]) -> str:
             ],
         )
     )
+    staged = [r for r in results["runs"] if "stage_latency_ms" in r]
+    if staged:
+        out += [
+            "",
+            "Latency by stage, ms (p50 / p95 / p99), all channels: publish → event stored "
+            "(to ingest), stored → first send started (to send), started → accepted (send)",
+        ]
+        out.append(
+            table(
+                ["run", "procs", "events", *STAGES],
+                [
+                    [
+                        label(r),
+                        r["processes"],
+                        r["events"],
+                        *(
+                            "{p50} / {p95} / {p99}".format(**r["stage_latency_ms"][s])
+                            if r["stage_latency_ms"][s]["n"]
+                            else "-"
+                            for s in STAGES
+                        ),
+                    ]
+                    for r in staged
+                ],
+            )
+        )
     groups = ["worker", "broker", "database", "simulators", "benchmark", "other"]
     cpu_rows = [
         [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -11,6 +12,18 @@ import sqlalchemy as sa
 from notifier.store import Database
 from notifier.store.schema import inbox_notifications as inbox
 from notifier.store.schema import utcnow
+
+
+@dataclass(frozen=True)
+class NewNotification:
+    delivery_id: UUID
+    account_id: str
+    agency_code: str
+    dossier_code: str
+    status: str
+    title: str
+    body: str
+    link: str | None
 
 
 @dataclass(frozen=True)
@@ -58,24 +71,41 @@ class InboxStore:
         link: str | None,
     ) -> int:
         """Store one notification; the delivery id makes a repeated add a no-op."""
+        notification = NewNotification(
+            delivery_id, account_id, agency_code, dossier_code, status, title, body, link
+        )
+        return self.add_many([notification])[delivery_id]
+
+    def add_many(self, notifications: Sequence[NewNotification]) -> dict[UUID, int]:
+        """Store notifications in one transaction; delivery id → notification id. A
+        delivery stored before keeps its notification (and its id)."""
+        if not notifications:
+            return {}
+        now = utcnow()
         with self.database.begin() as connection:
             connection.execute(
-                self.database.insert_ignore(inbox, "delivery_id").values(
-                    delivery_id=delivery_id,
-                    account_id=account_id,
-                    agency_code=agency_code,
-                    dossier_code=dossier_code,
-                    status=status,
-                    title=title,
-                    body=body,
-                    link=link or None,
-                    created_at=utcnow(),
-                )
+                self.database.insert_ignore(inbox, "delivery_id"),
+                [
+                    {
+                        "delivery_id": n.delivery_id,
+                        "account_id": n.account_id,
+                        "agency_code": n.agency_code,
+                        "dossier_code": n.dossier_code,
+                        "status": n.status,
+                        "title": n.title,
+                        "body": n.body,
+                        "link": n.link or None,
+                        "created_at": now,
+                    }
+                    for n in notifications
+                ],
             )
             found = connection.execute(
-                sa.select(inbox.c.notification_id).where(inbox.c.delivery_id == delivery_id)
-            ).scalar_one()
-            return int(found)
+                sa.select(inbox.c.delivery_id, inbox.c.notification_id).where(
+                    inbox.c.delivery_id.in_([n.delivery_id for n in notifications])
+                )
+            ).all()
+        return {row.delivery_id: int(row.notification_id) for row in found}
 
     def list(
         self,

@@ -51,6 +51,9 @@ log = get_logger(__name__)
 # A send waits at most this long for its provider's rate limit; a longer wait gives the
 # claim back and comes again later, so a lease never runs out in a rate-limit queue.
 MAX_RATE_WAIT_S = 5.0
+# After a send finishes, how long others may join it in one recording transaction. A
+# crash repeats only the sends in flight or finished within this window.
+RECORD_WINDOW_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,9 @@ class Sender:
                     done = set(pending)
                     for future in done:
                         future.cancel()
+                elif len(done) < len(pending):
+                    window = min(RECORD_WINDOW_S, max(0.0, deadline - time.monotonic()))
+                    done, _ = wait(pending, timeout=window)
                 for future in done:
                     concluded.append((pending.pop(future), _result(future, self.worker)))
             outcomes.extend(self._record(concluded))

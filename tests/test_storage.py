@@ -21,7 +21,7 @@ from notifier.deliveries import (
     PlannedDelivery,
 )
 from notifier.events import parse_event
-from notifier.inbox import InboxStore
+from notifier.inbox import InboxStore, NewNotification
 from notifier.samples import sample_event
 from notifier.store import Database
 from notifier.store.schema import deliveries, delivery_attempts, events
@@ -279,6 +279,23 @@ def test_receipts_move_sent_deliveries_forward_only(database: Database) -> None:
         by_id = {row.delivery_id: row.status for row in rows}
     assert by_id[sent_id] == "delivered"
     assert by_id[failed_id] == "permanent-failure"
+
+
+def test_inbox_stores_a_group_at_once_keeping_earlier_notifications(database: Database) -> None:
+    inbox = InboxStore(database)
+
+    def notification(delivery_id: uuid.UUID, title: str) -> NewNotification:
+        return NewNotification(delivery_id, "acc-9", "A", "D", "received", title, "b", None)
+
+    earlier = uuid.uuid4()
+    earlier_id = inbox.add_many([notification(earlier, "first")])[earlier]
+    group = [uuid.uuid4() for _ in range(3)]
+    ids = inbox.add_many([notification(earlier, "again"), *(notification(g, "new") for g in group)])
+    assert set(ids) == {earlier, *group}
+    assert ids[earlier] == earlier_id
+    assert len(set(ids.values())) == 4
+    titles = sorted(item.title for item in inbox.list("acc-9"))
+    assert titles == ["first", "new", "new", "new"]
 
 
 def test_inbox_pages_newest_first_and_marks_read_per_account(database: Database) -> None:
