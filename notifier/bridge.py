@@ -1,9 +1,10 @@
 """The bridge from the public events queue (plain JSON) to the ingest actor.
 
 TTHC systems publish plain JSON, not Dramatiq envelopes, so each worker process runs
-one consumer of the inbound queue. Raw events travel to ingest in groups (up to
-``events.batch_size``, or what arrived within ``events.batch_wait_ms``): one ingest
-message and one confirm per group. A group's raw messages are acked only after its
+one consumer of the inbound queue. Raw events travel to ingest in groups: one ingest
+message and one confirm per group. A lone event goes at once; in a burst, events
+that keep arriving join the group (up to ``events.batch_size`` or
+``events.batch_wait_ms``). A group's raw messages are acked only after its
 ingest message is confirmed by RabbitMQ, so a crash in between redelivers them
 (ingest drops the duplicates).
 """
@@ -71,25 +72,30 @@ class EventBridge(BackgroundThread):
             channel = connection.channel()
             declare_topology(channel, self.events)
             channel.basic_qos(prefetch_count=self.events.prefetch)
-            log.info("bridge consuming", queue=self.events.queue)
             group: list[tuple[int, bytes]] = []
-            first_at = 0.0
-            wait_s = self.events.batch_wait_ms / 1000
-            for method, _properties, body in channel.consume(
-                self.events.queue, inactivity_timeout=wait_s or 0.01
-            ):
-                if self.stopping.is_set():
-                    break
-                if method is not None:
-                    if not group:
-                        first_at = time.monotonic()
-                    group.append((method.delivery_tag, body))
-                full = len(group) >= self.events.batch_size
-                if group and (full or method is None or time.monotonic() - first_at >= wait_s):
-                    self._forward(channel, group)
-                    group = []
+
+            def collect(_channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+                group.append((method.delivery_tag, body))
+
+            channel.basic_consume(self.events.queue, on_message_callback=collect)
+            log.info("bridge consuming", queue=self.events.queue)
+            size, linger_s = self.events.batch_size, self.events.batch_wait_ms / 1000
+            while not self.stopping.is_set():
+                # Until something arrives; wake each second to see if the worker stops.
+                connection.process_data_events(time_limit=1.0)
+                # A lone event goes at once; while more keep arriving (a burst), they
+                # join its group, up to the group size or the linger time.
+                deadline = time.monotonic() + linger_s
+                while group and len(group) < size and time.monotonic() < deadline:
+                    before = len(group)
+                    connection.process_data_events(time_limit=0)
+                    if len(group) == before:
+                        break
+                while group:
+                    self._forward(channel, group[:size])
+                    del group[:size]
             # Unacked prefetched messages go back to the queue when the channel closes.
-            channel.cancel()
+            channel.close()
         finally:
             if connection.is_open:
                 connection.close()

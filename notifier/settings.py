@@ -46,9 +46,10 @@ class EventsSettings(_Section):
     routing_key: str = "dossier.status.v1"
     queue: str = "notifier.events.inbound"
     max_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
-    # The bridge hands events to ingest in groups of up to ``batch_size`` (fewer when
-    # no more arrive within ``batch_wait_ms``): one message, one confirm, one
-    # transaction per group. ``prefetch`` must hold at least one full group.
+    # The bridge hands events to ingest in groups: one message, one confirm, one
+    # transaction per group. A lone event goes at once; while more keep arriving, they
+    # join, up to ``batch_size`` events or ``batch_wait_ms``. ``prefetch`` must hold at
+    # least one full group.
     prefetch: int = Field(default=200, ge=1, le=10_000)
     batch_size: int = Field(default=100, ge=1, le=1_000)
     batch_wait_ms: int = Field(default=20, ge=0, le=5_000)
