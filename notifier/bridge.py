@@ -2,9 +2,12 @@
 
 TTHC systems publish plain JSON, not Dramatiq envelopes, so each worker process runs
 one consumer of the inbound queue. Raw events travel to ingest in groups: one ingest
-message and one confirm per group. A lone event goes at once; in a burst, events
-that keep arriving join the group (up to ``events.batch_size`` or
-``events.batch_wait_ms``). A group's raw messages are acked only after its
+message and one confirm per group, and later one message per channel, one claim and
+one record for each. Events that are already waiting join the group. While the
+worker process is busy (messages wait for a thread), the group also waits for more,
+up to ``events.batch_size`` events or ``events.batch_wait_ms``: a group costs the same
+whatever its size, so this is what lets a busy process catch up. An idle one sends a
+lone event at once. A group's raw messages are acked only after its
 ingest message is confirmed by RabbitMQ, so a crash in between redelivers them
 (ingest drops the duplicates).
 """
@@ -50,6 +53,18 @@ class EventBridge(BackgroundThread):
         self.broker_url = broker_url
         self.events = events
         self.ingest_actor = ingest_actor
+        self._worker: dramatiq.Worker | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._worker = worker
+        super().after_worker_boot(broker, worker)
+
+    def _busy(self) -> bool:
+        """Whether messages of this process wait for a free worker thread."""
+        # Dramatiq's worker keeps the messages its consumers fetched, ready for its
+        # threads, in ``work_queue``.
+        work_queue = getattr(self._worker, "work_queue", None)
+        return work_queue is not None and work_queue.qsize() > 0
 
     def run(self) -> None:
         delay = 0.5
@@ -83,14 +98,15 @@ class EventBridge(BackgroundThread):
             while not self.stopping.is_set():
                 # Until something arrives; wake each second to see if the worker stops.
                 connection.process_data_events(time_limit=1.0)
-                # A lone event goes at once; while more keep arriving (a burst), they
-                # join its group, up to the group size or the linger time.
+                # Those already here join. While the process is busy, the group waits
+                # for more (to its size or the linger time), looking again every 10 ms.
+                connection.process_data_events(time_limit=0)
                 deadline = time.monotonic() + linger_s
-                while group and len(group) < size and time.monotonic() < deadline:
-                    before = len(group)
-                    connection.process_data_events(time_limit=0)
-                    if len(group) == before:
+                while group and len(group) < size and self._busy():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         break
+                    connection.process_data_events(time_limit=min(left, 0.01))
                 while group:
                     self._forward(channel, group[:size])
                     del group[:size]

@@ -47,12 +47,13 @@ class EventsSettings(_Section):
     queue: str = "notifier.events.inbound"
     max_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
     # The bridge hands events to ingest in groups: one message, one confirm, one
-    # transaction per group. A lone event goes at once; while more keep arriving, they
-    # join, up to ``batch_size`` events or ``batch_wait_ms``. ``prefetch`` must hold at
-    # least one full group.
+    # transaction per group. Events already waiting join. While the worker process is
+    # busy, a group also waits for more, up to ``batch_size`` events or
+    # ``batch_wait_ms``; an idle process sends a lone event at once. ``prefetch`` must
+    # hold at least one full group.
     prefetch: int = Field(default=200, ge=1, le=10_000)
     batch_size: int = Field(default=100, ge=1, le=1_000)
-    batch_wait_ms: int = Field(default=20, ge=0, le=5_000)
+    batch_wait_ms: int = Field(default=500, ge=0, le=5_000)
 
     @model_validator(mode="after")
     def _prefetch_holds_a_batch(self) -> EventsSettings:

@@ -1,0 +1,112 @@
+"""The bridge's grouping on real RabbitMQ: a lone event goes at once while the process
+is idle; while it is busy, events that come soon after join one group."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pika
+import pytest
+
+from notifier.amqp import declare_topology
+from notifier.bridge import EventBridge
+from notifier.settings import EventsSettings
+from tests.support import wait_until
+
+
+class RecordingIngest:
+    """Stands in for the ingest actor: keeps each group the bridge sends."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[tuple[str, dict[str, Any]]]] = []
+        self.lock = threading.Lock()
+
+    def send(self, events: list[tuple[str, dict[str, Any]]], source: str) -> None:
+        assert source == "amqp"
+        with self.lock:
+            self.groups.append(events)
+
+    def sizes(self) -> list[int]:
+        with self.lock:
+            return [len(g) for g in self.groups]
+
+
+class FakeWorker:
+    """Dramatiq's worker as the bridge sees it: messages waiting for a thread."""
+
+    def __init__(self) -> None:
+        self.work_queue: queue.Queue[object] = queue.Queue()
+
+    def busy(self, busy: bool) -> None:
+        if busy:
+            self.work_queue.put(object())
+        else:
+            while not self.work_queue.empty():
+                self.work_queue.get_nowait()
+
+
+@pytest.fixture
+def events(queue_prefix: str) -> EventsSettings:
+    return EventsSettings(
+        exchange=f"{queue_prefix}.events",
+        queue=f"{queue_prefix}.events.inbound",
+        batch_wait_ms=2000,
+    )
+
+
+@pytest.fixture
+def bridge(
+    amqp_url: str, events: EventsSettings
+) -> Iterator[tuple[EventBridge, RecordingIngest, FakeWorker]]:
+    ingest, worker = RecordingIngest(), FakeWorker()
+    bridge = EventBridge(amqp_url, events, cast(Any, ingest))
+    bridge.after_worker_boot(cast(Any, None), cast(Any, worker))
+    try:
+        yield bridge, ingest, worker
+    finally:
+        bridge.before_worker_shutdown(cast(Any, None), cast(Any, worker))
+
+
+@pytest.fixture
+def publish(amqp_url: str, events: EventsSettings) -> Iterator[Any]:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    declare_topology(channel, events)
+
+    def publish_one() -> None:
+        body = f'{{"event_id": "{uuid.uuid4()}"}}'.encode()
+        channel.basic_publish(events.exchange, events.routing_key, body)
+
+    yield publish_one
+    connection.close()
+
+
+def test_an_idle_process_forwards_each_lone_event_at_once(bridge: Any, publish: Any) -> None:
+    _bridge, ingest, _worker = bridge
+    for sent in range(1, 4):
+        publish()
+        # Well inside the 2 s a group may wait: it was not kept waiting.
+        wait_until(lambda n=sent: len(ingest.sizes()) == n, timeout=1.0, interval=0.01)
+    assert ingest.sizes() == [1, 1, 1]
+
+
+def test_a_busy_process_lets_a_group_wait_for_the_events_that_follow(
+    bridge: Any, publish: Any
+) -> None:
+    _bridge, ingest, worker = bridge
+    worker.busy(True)
+    for _ in range(5):
+        publish()
+        time.sleep(0.1)
+    wait_until(lambda: ingest.sizes(), timeout=5.0)
+    assert ingest.sizes() == [5]
+    # Once the process is free again, a lone event does not wait.
+    worker.busy(False)
+    publish()
+    wait_until(lambda: len(ingest.sizes()) == 2, timeout=1.0, interval=0.01)
+    assert ingest.sizes() == [5, 1]
