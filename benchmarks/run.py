@@ -11,7 +11,8 @@ eSMS, SpeedSMS, Zalo ZNS on 127.0.0.1) in a process of their own. It measures:
   portal), end to end from the first publish to the last delivery recorded, with
   publish → provider acceptance latency per channel, CPU per process group per
   1,000 deliveries, and each worker process's peak memory;
-- with the first process count: a steady offered rate (latency), and email alone.
+- for each worker process count: steady offered rates (latency);
+- with the first process count: email alone.
 
 Writes benchmarks/results/<timestamp>.json and prints the tables.
 """
@@ -332,7 +333,7 @@ class Bench:
             try:
                 for count in args.events:
                     self.burst(workers, processes, count)
-                if position == 0 and args.steady_seconds:
+                if args.steady_seconds:
                     for rate in args.steady_rate:
                         self.steady(workers, processes, rate)
                 if position == 0 and args.email_events:
@@ -682,20 +683,22 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
         fastest = max(a["per_s"] for a in apprise)
         ratio = email["deliveries_per_s"] / fastest
         rows.append(["email ≥ 10× Apprise", f"{ratio:.1f}×", ratio >= 10])
-    steady = max(
-        (r for r in results["runs"] if r["kind"] == "steady"),
-        key=lambda r: r["offered_per_s"],
-        default=None,
-    )
-    if steady:
-        p99 = max(
-            (v["p99"] for v in steady["latency_ms"].values() if v["p99"] is not None), default=None
-        )
+    steady_runs = [r for r in results["runs"] if r["kind"] == "steady"]
+    if steady_runs:
+        # The highest offered rate, with the process count that served it best.
+        rate = max(r["offered_per_s"] for r in steady_runs)
+
+        def worst_p99(run: dict[str, Any]) -> float:
+            found = [v["p99"] for v in run["latency_ms"].values() if v["p99"] is not None]
+            return max(found, default=float("inf"))
+
+        steady = min((r for r in steady_runs if r["offered_per_s"] == rate), key=worst_p99)
+        p99 = worst_p99(steady)
         rows.append(
             [
-                f"p99 < 250 ms at {steady['offered_per_s']:g} events/s",
-                f"{p99} ms (worst channel)",
-                p99 is not None and p99 < 250,
+                f"p99 < 250 ms at {rate:g} events/s",
+                f"{p99} ms (worst channel, {steady['processes']} proc)",
+                p99 < 250,
             ]
         )
     peaks = [m for r in results["runs"] for m in r["memory"]["peak_rss_mb"]]

@@ -16,6 +16,7 @@ from tests.support import REPO
 pytestmark = pytest.mark.integration
 
 CHANNELS = ("email", "sms", "zalo", "portal")
+STAGES = ("to ingest", "to send", "send")
 
 
 def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) -> None:
@@ -63,6 +64,8 @@ def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) ->
     assert burst["statuses"] == {"sent": 60, "delivered": 20}  # the portal's are delivered
     for channel in CHANNELS:
         assert burst["latency_ms"][channel]["n"] == 20
+    for stage in STAGES:
+        assert burst["stage_latency_ms"][stage]["n"] == 20 * len(CHANNELS)
         assert burst["providers"][channel] == {"accepted": 20, "duplicates": 0}
     assert set(burst["cpu_s"]) == {
         "worker",
