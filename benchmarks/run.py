@@ -11,8 +11,7 @@ eSMS, SpeedSMS, Zalo ZNS on 127.0.0.1) in a process of their own. It measures:
   portal), end to end from the first publish to the last delivery recorded, with
   publish → provider acceptance latency per channel, CPU per process group per
   1,000 deliveries, and each worker process's peak memory;
-- for each worker process count: steady offered rates (latency);
-- with the first process count: email alone.
+- for each worker process count: steady offered rates (latency), and email alone.
 
 Writes benchmarks/results/<timestamp>.json and prints the tables.
 """
@@ -328,7 +327,7 @@ class Bench:
             "zalo", refresh_token=self.providers.info["zalo_refresh_token"]
         )
         declare_topology(self.queues.channel, self.settings.events)
-        for position, processes in enumerate(args.processes):
+        for processes in args.processes:
             workers = self.start_workers(processes)
             try:
                 for count in args.events:
@@ -336,7 +335,7 @@ class Bench:
                 if args.steady_seconds:
                     for rate in args.steady_rate:
                         self.steady(workers, processes, rate)
-                if position == 0 and args.email_events:
+                if args.email_events:
                     self.burst(workers, processes, args.email_events, email_only=True)
             finally:
                 workers.stop()
@@ -677,12 +676,20 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
                 best["events_per_s"] >= 250,
             ]
         )
-    email = next((r for r in results["runs"] if r["kind"] == "email-only"), None)
+    # Each at its best on this machine: Apprise's best is its 8 threads, which keep
+    # both CPUs busy (TLS set-up in C); notifier's is its best process count.
+    email = max(
+        (r for r in results["runs"] if r["kind"] == "email-only"),
+        key=lambda r: r["deliveries_per_s"],
+        default=None,
+    )
     apprise = refs.get("apprise")
     if email and apprise:
         fastest = max(a["per_s"] for a in apprise)
         ratio = email["deliveries_per_s"] / fastest
-        rows.append(["email ≥ 10× Apprise", f"{ratio:.1f}×", ratio >= 10])
+        rows.append(
+            ["email ≥ 10× Apprise", f"{ratio:.1f}× ({email['processes']} proc)", ratio >= 10]
+        )
     steady_runs = [r for r in results["runs"] if r["kind"] == "steady"]
     if steady_runs:
         # The highest offered rate, with the process count that served it best.
@@ -861,9 +868,8 @@ def render(results: dict[str, Any]) -> str:
         )
     if refs.get("apprise") is None and "apprise" in refs:
         ref_rows.append(["Apprise", "not installed", INSTALL_APPRISE])
-    email = next((r for r in results["runs"] if r["kind"] == "email-only"), None)
-    if email:
-        fastest = max((a["per_s"] for a in refs.get("apprise") or []), default=None)
+    fastest = max((a["per_s"] for a in refs.get("apprise") or []), default=None)
+    for email in (r for r in results["runs"] if r["kind"] == "email-only"):
         ref_rows.append(
             [
                 f"notifier email only, {email['processes']} proc",
