@@ -727,6 +727,25 @@ def label(run: dict[str, Any]) -> str:
     return run["kind"] + (f" {run['offered_per_s']:g}/s" if run["kind"] == "steady" else "")
 
 
+def latency_table(runs: list[dict[str, Any]], key: str, columns: tuple[str, ...]) -> str:
+    """One row per run: p50 / p95 / p99 of ``run[key][column]`` for each column."""
+    return table(
+        ["run", "procs", "events", *columns],
+        [
+            [
+                label(r),
+                r["processes"],
+                r["events"],
+                *(
+                    "{p50} / {p95} / {p99}".format(**r[key][c]) if r[key][c]["n"] else "-"
+                    for c in columns
+                ),
+            ]
+            for r in runs
+        ],
+    )
+
+
 def render(results: dict[str, Any]) -> str:
     system = results["system"]
     out = [
@@ -780,25 +799,7 @@ def render(results: dict[str, Any]) -> str:
         )
     )
     out += ["", "Latency publish → provider accepted, ms (p50 / p95 / p99)"]
-    out.append(
-        table(
-            ["run", "procs", "events", *CHANNELS],
-            [
-                [
-                    label(r),
-                    r["processes"],
-                    r["events"],
-                    *(
-                        "{p50} / {p95} / {p99}".format(**r["latency_ms"][c])
-                        if r["latency_ms"][c]["n"]
-                        else "-"
-                        for c in CHANNELS
-                    ),
-                ]
-                for r in results["runs"]
-            ],
-        )
-    )
+    out.append(latency_table(results["runs"], "latency_ms", CHANNELS))
     staged = [r for r in results["runs"] if "stage_latency_ms" in r]
     if staged:
         out += [
@@ -806,25 +807,7 @@ def render(results: dict[str, Any]) -> str:
             "Latency by stage, ms (p50 / p95 / p99), all channels: publish → event stored "
             "(to ingest), stored → first send started (to send), started → accepted (send)",
         ]
-        out.append(
-            table(
-                ["run", "procs", "events", *STAGES],
-                [
-                    [
-                        label(r),
-                        r["processes"],
-                        r["events"],
-                        *(
-                            "{p50} / {p95} / {p99}".format(**r["stage_latency_ms"][s])
-                            if r["stage_latency_ms"][s]["n"]
-                            else "-"
-                            for s in STAGES
-                        ),
-                    ]
-                    for r in staged
-                ],
-            )
-        )
+        out.append(latency_table(staged, "stage_latency_ms", STAGES))
     groups = ["worker", "broker", "database", "simulators", "benchmark", "other"]
     cpu_rows = [
         [
