@@ -1,10 +1,13 @@
 """Who may use the console and its API: signed session cookies, CSRF tokens, API keys.
 
-A session is a cookie holding the username, a stamp of the password hash, a random
-nonce and an expiry, signed with HMAC-SHA256 under a key derived from the service's
-``secret_key``. Every request re-reads the operator, so disabling an account or
-changing its role or password takes effect at once. The CSRF token of a session is
-an HMAC of its nonce: forms carry it in a hidden field, scripts in ``X-CSRF-Token``.
+A session is recorded server-side (``console_sessions``, see
+:mod:`notifier.operators`) and its cookie holds the username, a stamp of the password
+hash, the session's random id and an expiry, signed with HMAC-SHA256 under a key
+derived from the service's ``secret_key``. Every request looks the session and its
+operator up, so signing out, a password change or disabling the account ends the
+session at once (and re-enabling an account revives none), and a role change takes
+effect at once. The CSRF token of a session is an HMAC of its id: forms carry it in a
+hidden field, scripts in ``X-CSRF-Token``.
 The sign-in form has its own token, bound to a short-lived pre-session cookie.
 
 Callers of the JSON API may instead present an API key (``Authorization: Bearer``):
@@ -22,6 +25,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -133,31 +137,50 @@ class Sessions:
     # -- sessions -------------------------------------------------------------------------
 
     def start(self, response: Response, request: Request, operator: Operator) -> None:
+        """Record a session for ``operator`` and set its cookie (blocking: a database
+        write; call from a thread)."""
+        session_id = self.operators.start_session(operator, timedelta(seconds=SESSION_SECONDS))
         token = self._sign(
             {
                 "u": operator.username,
                 "s": operator.password_stamp,
-                "n": secrets.token_urlsafe(16),
+                "n": session_id,
                 "exp": int(time.time()) + SESSION_SECONDS,
             }
         )
         set_cookie(response, request, SESSION_COOKIE, token, SESSION_SECONDS)
         response.delete_cookie(PRESESSION_COOKIE, path="/console")
 
-    def end(self, response: Response) -> None:
+    def _cookie(self, request: Request) -> tuple[dict[str, Any], str] | None:
+        """The verified cookie payload and its session id, if the cookie is ours."""
+        token = request.cookies.get(SESSION_COOKIE)
+        payload = self._verify(token) if token else None
+        session_id = payload.get("n") if payload is not None else None
+        if payload is None or not isinstance(session_id, str) or not session_id:
+            return None
+        return payload, session_id
+
+    def end(self, response: Response, request: Request) -> None:
+        """End this request's session server-side, not only in this browser (blocking)."""
+        cookie = self._cookie(request)
+        if cookie is not None:
+            self.operators.end_session(cookie[1])
         response.delete_cookie(SESSION_COOKIE, path="/")
 
     def principal(self, request: Request) -> Principal | None:
-        """The signed-in operator of this request's session cookie, if still valid."""
-        token = request.cookies.get(SESSION_COOKIE)
-        payload = self._verify(token) if token else None
-        if payload is None:
+        """The signed-in operator of this request's session, if it is still live."""
+        cookie = self._cookie(request)
+        if cookie is None:
             return None
-        operator = self.operators.active(str(payload.get("u", "")))
-        if operator is None or operator.password_stamp != payload.get("s"):
+        payload, session_id = cookie
+        operator = self.operators.session_operator(session_id)
+        if (
+            operator is None
+            or operator.username != payload.get("u")
+            or operator.password_stamp != payload.get("s")
+        ):
             return None
-        nonce = str(payload.get("n", ""))
-        return Principal(operator.username, operator.role, "session", self.csrf_for(nonce))
+        return Principal(operator.username, operator.role, "session", self.csrf_for(session_id))
 
     def from_api_key(self, authorization: str | None) -> Principal | None:
         """The principal of a Bearer API key (None without one); 401 for a bad key,

@@ -117,7 +117,7 @@ def pages_router(console: Console) -> APIRouter:
             return _sign_in_page(request, next_url, "bad_credentials", 401)
         console.throttle.succeeded(username)
         response = console.redirect(request, next_url)
-        console.sessions.start(response, request, operator)
+        await run_in_threadpool(console.sessions.start, response, request, operator)
         return response
 
     @router.post("/sign-out")
@@ -127,7 +127,7 @@ def pages_router(console: Console) -> APIRouter:
         if user is not None:
             console.check_post(request, user, form)
         response = console.redirect(request, "/console/sign-in")
-        console.sessions.end(response)
+        await run_in_threadpool(console.sessions.end, response, request)
         return response
 
     # -- overview -------------------------------------------------------------------------

@@ -180,6 +180,24 @@ operators = sa.Table(
     sa.Column("disabled_at", UTCDateTime, nullable=True),
 )
 
+# A signed-in console session, by the SHA-256 of the random id its cookie carries:
+# deleted on sign-out, and all of an operator's on a password change or when the
+# account is disabled, so a copied cookie is worth nothing after any of them.
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("session_hash", sa.String(64), primary_key=True),
+    sa.Column(
+        "operator_id",
+        sa.Uuid,
+        sa.ForeignKey("operators.operator_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
 # The latest known state of each provider, written by workers on changes, read by the
 # console and metrics (circuit state lives per worker process; this is the last word).
 provider_health = sa.Table(

@@ -473,6 +473,67 @@ def test_disabled_operator_loses_the_session(served: ServedApi, operators: Opera
     assert client.get("/console/overview").status_code == 303  # old password's session
 
 
+def _cookie_copy(base_url: str, client: httpx.Client) -> httpx.Client:
+    """Another client holding a copy of ``client``'s session cookie, as a thief would."""
+    cookie = next(c for c in client.cookies.jar if c.name == "notifier_session")
+    thief = httpx.Client(base_url=base_url, follow_redirects=False, timeout=10)
+    thief.cookies.set("notifier_session", cookie.value, domain=cookie.domain)
+    return thief
+
+
+def test_a_session_cookie_reused_after_sign_out_is_sent_to_sign_in(
+    served: ServedApi, operators: OperatorStore
+) -> None:
+    client = signed_in(served.base_url, "lan.admin")
+    other_browser = signed_in(served.base_url, "lan.admin")
+    overview = client.get("/console/overview")
+    copy = _cookie_copy(served.base_url, client)
+    assert copy.get("/console/overview").status_code == 200
+    out = client.post("/console/sign-out", data={"csrf_token": csrf_of(overview.text)})
+    assert out.status_code == 303
+    again = copy.get("/console/overview")
+    assert again.status_code == 303
+    assert again.headers["location"].startswith("/console/sign-in")
+    assert copy.get("/v1/overview").status_code == 401
+    # Signing out ends that session only: the operator's other browser stays in.
+    assert other_browser.get("/console/overview").status_code == 200
+
+
+def test_a_session_cookie_reused_after_a_password_change_is_sent_to_sign_in(
+    served: ServedApi, operators: OperatorStore
+) -> None:
+    copy = _cookie_copy(served.base_url, signed_in(served.base_url, "minh.viewer"))
+    assert copy.get("/console/overview").status_code == 200
+    operators.set_password("minh.viewer", "a brand new long password")
+    assert copy.get("/console/overview").status_code == 303
+    assert signed_in(served.base_url, "minh.viewer", "a brand new long password")
+
+
+def test_a_session_cookie_reused_after_disable_and_enable_is_sent_to_sign_in(
+    served: ServedApi, operators: OperatorStore
+) -> None:
+    copy = _cookie_copy(served.base_url, signed_in(served.base_url, "minh.viewer"))
+    assert copy.get("/console/overview").status_code == 200
+    operators.disable("minh.viewer")
+    operators.enable("minh.viewer")
+    page = copy.get("/console/overview")
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/console/sign-in")
+    assert signed_in(served.base_url, "minh.viewer").get("/console/overview").status_code == 200
+
+
+def test_operators_sign_out_ends_every_session_of_an_operator(
+    served: ServedApi, operators: OperatorStore
+) -> None:
+    first = signed_in(served.base_url, "lan.admin")
+    second = signed_in(served.base_url, "lan.admin")
+    viewer = signed_in(served.base_url, "minh.viewer")
+    assert operators.end_sessions("lan.admin") == 2
+    assert first.get("/console/overview").status_code == 303
+    assert second.get("/console/overview").status_code == 303
+    assert viewer.get("/console/overview").status_code == 200
+
+
 def test_sign_in_is_throttled(served: ServedApi, operators: OperatorStore) -> None:
     with httpx.Client(base_url=served.base_url) as client:
         token = csrf_of(client.get("/console/sign-in").text)
