@@ -174,6 +174,24 @@ class ApiSettings(_Section):
     # Per caller (API key, else client address) token bucket; see notifier.security.
     rate_per_s: float = Field(default=50.0, gt=0)
     burst: int = Field(default=100, ge=1)
+    # Reverse proxies (addresses or networks, e.g. ["10.0.0.5", "10.1.0.0/16"]) whose
+    # X-Forwarded-For names the client: the client address that rate limits, sign-in
+    # throttling and the access log use. From anyone else the header is ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.5 or 10.1.0.0/16)"
+                ) from None
+        return [item.strip() for item in value]
 
 
 class ProviderPolicy(_Section):

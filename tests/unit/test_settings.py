@@ -312,3 +312,12 @@ def test_settings_error_has_one_line_per_problem() -> None:
         "  NOTIFIER_A: bad",
         "  NOTIFIER_B: worse",
     ]
+
+
+def test_trusted_proxies_take_addresses_and_networks_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFIER_API__TRUSTED_PROXIES", '["10.0.0.5", "10.1.0.0/16", "::1"]')
+    assert load_settings().api.trusted_proxies == ["10.0.0.5", "10.1.0.0/16", "::1"]
+    monkeypatch.setenv("NOTIFIER_API__TRUSTED_PROXIES", '["*"]')
+    joined = "\n".join(problems_of())
+    assert "NOTIFIER_API__TRUSTED_PROXIES" in joined
+    assert "not an IP address or network" in joined
