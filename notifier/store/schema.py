@@ -211,6 +211,12 @@ provider_health = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("details", sa.JSON, nullable=True),  # e.g. ZNS daily quota left
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The latest outcomes any process saw (written every few seconds at most), and when
+    # the circuit last opened: the state shown is derived from them, so an "open" left
+    # by a worker that died does not outlive the next success elsewhere.
+    sa.Column("opened_at", UTCDateTime, nullable=True),
+    sa.Column("last_success_at", UTCDateTime, nullable=True),
+    sa.Column("last_failure_at", UTCDateTime, nullable=True),
 )
 
 # Receipts already taken, so a replayed webhook is refused.
