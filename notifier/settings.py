@@ -98,7 +98,8 @@ def key_strength_bits(value: str) -> float:
     ``_new_symbols``) times the bits of the alphabet they evidently come from."""
     import math
 
-    text = value.strip()
+    # The first 256 characters are plenty to judge (and keep the quadratic scan short).
+    text = value.strip()[:256]
     return _new_symbols(text) * math.log2(_alphabet_size(text)) if text else 0.0
 
 
