@@ -212,5 +212,6 @@ class Notifier:
 
     def close(self) -> None:
         self.runtime.stop()
+        self.guard.close()
         self.broker.close()
         self.database.dispose()

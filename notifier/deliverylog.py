@@ -20,6 +20,7 @@ from notifier.store.schema import (
     events,
     provider_health,
     rejected_events,
+    utcnow,
 )
 
 MAX_PAGE = 500
@@ -207,6 +208,8 @@ class ProviderHealthRow:
     last_error: str | None
     details: dict[str, Any] | None
     updated_at: datetime
+    last_success_at: datetime | None = None
+    last_failure_at: datetime | None = None
 
 
 class DeliveryLog:
@@ -504,21 +507,44 @@ class DeliveryLog:
             for (provider, channel), item in sorted(folded.items())
         ]
 
-    def provider_health(self) -> list[ProviderHealthRow]:
-        """The last state workers recorded per provider (circuit, rate limits, quota)."""
+    def provider_health(self, now: datetime | None = None) -> list[ProviderHealthRow]:
+        """Each provider's health from what workers recorded: the circuit state derived
+        from the latest outcomes (see :func:`notifier.protection.shown_circuit_state`),
+        rate limits, quota."""
+        from notifier.protection import CircuitState, shown_circuit_state
+
+        now = now or utcnow()
         h = provider_health.c
-        statement = sa.select(
-            h.provider,
-            h.channel,
-            h.circuit_state,
-            h.consecutive_failures,
-            h.open_until,
-            h.last_error,
-            h.details,
-            h.updated_at,
-        ).order_by(h.channel, h.provider)
+        statement = sa.select(provider_health).order_by(h.channel, h.provider)
         with self.database.engine.connect() as connection:
-            return [ProviderHealthRow(**row._mapping) for row in connection.execute(statement)]
+            rows = [row._mapping for row in connection.execute(statement)]
+        found = []
+        for m in rows:
+            state = shown_circuit_state(
+                m["circuit_state"],
+                opened_at=m["opened_at"],
+                open_until=m["open_until"],
+                last_success_at=m["last_success_at"],
+                updated_at=m["updated_at"],
+                now=now,
+            )
+            closed = state is CircuitState.CLOSED
+            found.append(
+                ProviderHealthRow(
+                    provider=m["provider"],
+                    channel=m["channel"],
+                    circuit_state=state.value,
+                    # A circuit closed by a later success has no failures in a row left.
+                    consecutive_failures=0 if closed else m["consecutive_failures"],
+                    open_until=None if closed else m["open_until"],
+                    last_error=m["last_error"],
+                    details=m["details"],
+                    updated_at=m["updated_at"],
+                    last_success_at=m["last_success_at"],
+                    last_failure_at=m["last_failure_at"],
+                )
+            )
+        return found
 
     def dossier_code_of(self, delivery_id: UUID) -> str | None:
         statement = sa.select(deliveries.c.dossier_code).where(

@@ -3,7 +3,9 @@
 Rules: an email keeps its first character and domain (``n***@gmail.com``); a phone
 keeps its last three digits (``*******567``); a citizen id keeps its last three.
 Free text is scanned for anything that looks like an email, a Vietnamese phone
-number or a 9-12 digit id, so a value that slips into a message is masked too.
+number or a 9-12 digit id, so a value that slips into a message is masked too: in
+any encoding a URL gives it (``%2B84987000111``, ``erin%40example.org``, a ``+`` for a
+space) and as a path segment (``/v1/inbox/030192007788/notifications``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,24 @@ import hashlib
 import hmac
 import re
 import unicodedata
+from urllib.parse import quote, unquote
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 # Digit runs of 9-15 (optionally +84/84, with spaces, dots, dashes or brackets inside)
 # not glued to other digits or to dossier-code punctuation: in 000.00.12.H29-231025-0001
-# every run follows a dot or dash, so dossier codes stay readable.
-_DIGITS = re.compile(r"(?<![\w.\-/])(\+?\d[\d .()\-]{7,17}\d)(?![\w\-/]|\.\d)")
+# every run follows a dot or dash, so dossier codes stay readable. A run between
+# slashes is a path segment (an account id in /v1/inbox/<id>/...): masked too.
+_DIGITS = re.compile(r"(?<![\w.\-])(\+?\d[\d .()\-]{7,17}\d)(?![\w\-]|\.\d)")
+# Twelve digits in a row are a citizen id even glued to a prefix ("vneid-030192007788"),
+# except as the last group of a UUID (whose fourth group is four hex digits and a dash).
+_CITIZEN_ID = re.compile(r"(?<![0-9A-Za-z])(?<![0-9a-fA-F]{4}-)\d{12}(?!\d)")
+# A token carrying URL encoding (%XX), or a query value with a "+" (a space) in digits.
+_ENCODED_TOKEN = re.compile(
+    r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}|=[^\s\"'<>&]*\d\+\d)[^\s\"'<>]*"
+)
+# Kept as they are when a decoded token is written back (everything else is %-encoded,
+# so a decoded control character cannot forge a log line).
+_URL_SAFE = "!#$&'()*+,/:;=?@[]~"
 
 
 def mask_email(value: str) -> str:
@@ -58,10 +72,43 @@ def _mask_digit_run(match: re.Match[str]) -> str:
     return mask_digits(run)
 
 
-def scrub(text: str) -> str:
-    """Mask emails, phone numbers and citizen ids wherever they appear in ``text``."""
+def _scrub_plain(text: str) -> str:
     text = _EMAIL.sub(lambda m: mask_email(m.group(0)), text)
-    return _DIGITS.sub(_mask_digit_run, text)
+    text = _DIGITS.sub(_mask_digit_run, text)
+    return _CITIZEN_ID.sub(lambda m: mask_digits(m.group(0)), text)
+
+
+def _decoded(token: str) -> str:
+    for _ in range(3):  # twice encoded too: %252B → %2B → +
+        once = unquote(token)
+        if once == token:
+            break
+        token = once
+    return token
+
+
+def _scrub_encoded(match: re.Match[str]) -> str:
+    """A URL-encoded token, decoded and scrubbed; written back encoded only where it
+    held something personal, else left exactly as it was."""
+    token = match.group(0)
+    decoded = _decoded(token)
+    scrubbed = _scrub_plain(decoded)
+    if scrubbed == decoded and "=" in token and "+" in token:
+        # In a query string a literal "+" is a space: "0901+888+484" is a phone.
+        spaced = _decoded(token.replace("+", " "))
+        if _scrub_plain(spaced) != spaced:
+            decoded, scrubbed = spaced, _scrub_plain(spaced)
+    if scrubbed == decoded:
+        return token
+    return quote(scrubbed, safe=_URL_SAFE)
+
+
+def scrub(text: str) -> str:
+    """Mask emails, phone numbers and citizen ids wherever they appear in ``text``,
+    URL-encoded or not."""
+    if "%" in text or "+" in text:
+        text = _ENCODED_TOKEN.sub(_scrub_encoded, text)
+    return _scrub_plain(text)
 
 
 def normalise_recipient(value: str) -> str:

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from notifier.deliverylog import GAVE_UP_PREFIX
+from notifier.deliverylog import GAVE_UP_PREFIX, DeliveryLog
 from notifier.logging import get_logger
 from notifier.sending import ProviderCall
-from notifier.store.schema import deliveries, provider_health, rejected_events
+from notifier.store.schema import deliveries, rejected_events
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -107,7 +107,8 @@ class StateCollector:
             rejected = connection.execute(
                 sa.select(sa.func.count()).select_from(rejected_events)
             ).scalar_one()
-            health_rows = list(connection.execute(sa.select(provider_health)))
+        # The state shown, derived from the latest outcomes (as the console shows it).
+        health_rows = DeliveryLog(self.app.database, "").provider_health()
 
         counts = GaugeMetricFamily(
             "notifier_deliveries",
@@ -151,11 +152,10 @@ class StateCollector:
             "Failures in a row of each provider, as workers last recorded.",
             labels=["provider", "channel"],
         )
-        for row in health_rows:
-            m = row._mapping
-            labels = [m["provider"], m["channel"]]
-            circuit.add_metric(labels, CIRCUIT_STATES.get(m["circuit_state"], 2))
-            failures.add_metric(labels, int(m["consecutive_failures"]))
+        for health in health_rows:
+            labels = [health.provider, health.channel]
+            circuit.add_metric(labels, CIRCUIT_STATES.get(health.circuit_state, 2))
+            failures.add_metric(labels, int(health.consecutive_failures))
         yield circuit
         yield failures
 

@@ -6,6 +6,10 @@ and rejected events. Accounts are created by whoever runs the service
 
 A stored hash is one string, ``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>``, so the
 cost parameters can be raised later without breaking existing passwords.
+
+Console sessions are recorded here too (``console_sessions``, by the SHA-256 of their
+random id): signing out deletes one, and a password change or disabling the account
+deletes all of the operator's, so no cookie outlives any of them.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from notifier.store import Database
-from notifier.store.schema import operators, utcnow
+from notifier.store.schema import console_sessions, operators, utcnow
 
 # 2**15 × 8 × 128 bytes = 32 MiB of memory per hash: slow for an attacker, about
 # 0.1 s for a sign-in.
@@ -35,6 +39,7 @@ _SALT_BYTES = 16
 _KEY_BYTES = 32
 MIN_PASSWORD_LENGTH = 12
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,63}$"
+_SESSION_ID_BYTES = 32
 
 
 class Role(StrEnum):
@@ -150,6 +155,7 @@ class OperatorStore:
                 .where(operators.c.username == username.strip().lower())
                 .values(password_hash=hash_password(password))
             ).rowcount
+            _end_sessions_of(connection, username)
         return bool(changed)
 
     def set_role(self, username: str, role: Role | str) -> bool:
@@ -171,6 +177,7 @@ class OperatorStore:
                 )
                 .values(disabled_at=utcnow())
             ).rowcount
+            _end_sessions_of(connection, username)
         return bool(changed)
 
     def enable(self, username: str) -> bool:
@@ -207,10 +214,73 @@ class OperatorStore:
         found = _operator(row)
         return found if found.disabled_at is None else None
 
+    # -- console sessions -----------------------------------------------------------------
+
+    def start_session(self, operator: Operator, lifetime: timedelta) -> str:
+        """Record a new session for ``operator``; its id, to carry in the cookie."""
+        session_id = secrets.token_urlsafe(_SESSION_ID_BYTES)
+        now = utcnow()
+        with self.database.begin() as connection:
+            # Expired sessions are swept here: the table holds live sessions only.
+            connection.execute(
+                sa.delete(console_sessions).where(console_sessions.c.expires_at <= now)
+            )
+            connection.execute(
+                console_sessions.insert().values(
+                    session_hash=_session_hash(session_id),
+                    operator_id=operator.operator_id,
+                    created_at=now,
+                    expires_at=now + lifetime,
+                )
+            )
+        return session_id
+
+    def session_operator(self, session_id: str) -> Operator | None:
+        """The active operator of a live session, else None (ended, expired, disabled)."""
+        statement = (
+            sa.select(operators)
+            .join(console_sessions, console_sessions.c.operator_id == operators.c.operator_id)
+            .where(
+                console_sessions.c.session_hash == _session_hash(session_id),
+                console_sessions.c.expires_at > utcnow(),
+                operators.c.disabled_at.is_(None),
+            )
+        )
+        with self.database.engine.connect() as connection:
+            row = connection.execute(statement).first()
+        return None if row is None else _operator(row)
+
+    def end_session(self, session_id: str) -> None:
+        with self.database.begin() as connection:
+            connection.execute(
+                sa.delete(console_sessions).where(
+                    console_sessions.c.session_hash == _session_hash(session_id)
+                )
+            )
+
+    def end_sessions(self, username: str) -> int:
+        """End every session of an operator (e.g. a lost laptop); how many there were."""
+        with self.database.begin() as connection:
+            return _end_sessions_of(connection, username)
+
     def list(self) -> list[Operator]:
         with self.database.engine.connect() as connection:
             rows = connection.execute(sa.select(operators).order_by(operators.c.username))
             return [_operator(row) for row in rows]
+
+
+def _session_hash(session_id: str) -> str:
+    # The table holds hashes only: a copy of the database opens no session.
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def _end_sessions_of(connection: sa.Connection, username: str) -> int:
+    owner = sa.select(operators.c.operator_id).where(
+        operators.c.username == username.strip().lower()
+    )
+    return connection.execute(
+        sa.delete(console_sessions).where(console_sessions.c.operator_id.in_(owner.scalar_subquery()))
+    ).rowcount
 
 
 def check_password(password: str) -> None:

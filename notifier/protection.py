@@ -3,18 +3,28 @@
 The rate limit keeps a burst within the provider's own limit (a ban costs more than a
 delay). The circuit breaker stops calling a provider that keeps failing, so the
 channel fails over to its next provider at once, and lets one trial call through
-after a pause. State changes are written to ``provider_health`` for operators.
+after a pause.
+
+Operators see ``provider_health``: each process writes its circuit's changes, and
+the latest success and failure it saw (every ``OUTCOME_WRITE_INTERVAL_S`` at most),
+with times. The state shown is derived from them (:func:`shown_circuit_state`), so a
+circuit left "open" by a worker that was killed reads "closed" once any process has
+a success after it opened, and "half-open" once its pause is over. These writes run
+on a writer thread of their own, never on the adapters' event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import queue
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -30,6 +40,9 @@ log = get_logger(__name__)
 
 # Quota figures change with every send; the database hears of them this often at most.
 QUOTA_WRITE_INTERVAL_S = 10.0
+# Each process writes a provider's latest success (and failure) this often at most: the
+# lag before a stale "open" clears, at the cost of one small UPDATE per interval.
+OUTCOME_WRITE_INTERVAL_S = 5.0
 
 
 class TokenBucket:
@@ -75,6 +88,85 @@ class CircuitState(StrEnum):
     HALF_OPEN = "half-open"
 
 
+def shown_circuit_state(
+    recorded: str,
+    *,
+    opened_at: datetime | None,
+    open_until: datetime | None,
+    last_success_at: datetime | None,
+    updated_at: datetime,
+    now: datetime,
+) -> CircuitState:
+    """The state operators see, from what any process last recorded: a success after
+    the circuit opened closes it (whoever had it open may be dead); past its pause an
+    open circuit lets a trial call through (half-open)."""
+    state = CircuitState(recorded) if recorded in set(CircuitState) else CircuitState.OPEN
+    if state is CircuitState.CLOSED:
+        return state
+    since = opened_at or updated_at
+    if last_success_at is not None and last_success_at > since:
+        return CircuitState.CLOSED
+    if open_until is not None and now >= open_until:
+        return CircuitState.HALF_OPEN
+    return state
+
+
+class _HealthWriter:
+    """Runs provider-health writes in order on a thread of its own, so the adapters'
+    event loop never waits for the database. Best effort: a full queue drops a write."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(size)
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                # First use, or a forked child: the parent's thread did not come along.
+                self._queue = queue.Queue(self.size)
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._queue,), name="provider-health", daemon=True
+                )
+                self._thread.start()
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                log.warning("provider health write dropped: the writer is behind")
+
+    @staticmethod
+    def _run(jobs: queue.Queue[Callable[[], None] | None]) -> None:
+        while True:
+            job = jobs.get()
+            try:
+                if job is None:
+                    return
+                job()
+            except Exception:  # operators' view is best effort; sending goes on
+                log.exception("could not record provider health")
+            finally:
+                jobs.task_done()
+
+    def flush(self) -> None:
+        """Wait until every write submitted so far is done."""
+        with self._lock:
+            jobs = self._queue if self._pid == os.getpid() else None
+        if jobs is not None:
+            jobs.join()
+
+    def close(self) -> None:
+        with self._lock:
+            thread, jobs = self._thread, self._queue
+            mine = self._pid == os.getpid()
+            self._thread = None
+        if thread is not None and mine:
+            jobs.put(None)
+            thread.join(timeout=10)
+
+
 @dataclass
 class _Circuit:
     state: CircuitState = CircuitState.CLOSED
@@ -105,7 +197,16 @@ class ProviderGuard:
         self._slots: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
         self._circuits: dict[str, _Circuit] = {}
         self._quota_written: dict[str, float] = {}
+        self._outcome_written: dict[tuple[str, bool], float] = {}
         self._lock = threading.Lock()
+        self._writer = _HealthWriter()
+
+    def flush(self) -> None:
+        """Wait for the health writes submitted so far (tests, shutdown)."""
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
     def _policy(self, provider: str) -> ProviderPolicy:
         return self.policies.get(provider) or ProviderPolicy()
@@ -153,12 +254,14 @@ class ProviderGuard:
 
     def observe(self, call: ProviderCall) -> None:
         """A Sender observer: count failures that are the provider's, not the recipient's,
-        and keep what providers report about themselves (e.g. ZNS daily quota left)."""
+        and keep what providers report about themselves (e.g. ZNS daily quota left).
+        Runs on the event loop: database writes go to the writer thread."""
         if call.details and any(key.startswith("quota") for key in call.details):
             self._record_quota(call)
         provider_fault = call.outcome == "temporary-failure" or call.operator_alert
         policy = self._policy(call.provider)
         change: tuple[CircuitState, int, str | None] | None = None
+        now = time.monotonic()
         with self._lock:
             circuit = self._circuits.setdefault(call.provider, _Circuit())
             if not provider_fault:
@@ -176,9 +279,14 @@ class ProviderGuard:
                 reopen = circuit.state is CircuitState.HALF_OPEN
                 if reopen or circuit.failures >= policy.circuit_failures:
                     circuit.state = CircuitState.OPEN
-                    circuit.open_until = time.monotonic() + policy.circuit_open_s
+                    circuit.open_until = now + policy.circuit_open_s
                     circuit.trial_in_flight = False
                     change = (CircuitState.OPEN, circuit.failures, call.error_code)
+            outcome = (call.provider, not provider_fault)
+            due = now - self._outcome_written.get(outcome, -1e9) >= OUTCOME_WRITE_INTERVAL_S
+            if change is not None or due:
+                self._outcome_written[outcome] = now
+        at = utcnow()
         if change is not None:
             state, failures, code = change
             if state is CircuitState.OPEN:
@@ -191,14 +299,14 @@ class ProviderGuard:
                 )
             else:
                 log.info("circuit closed: provider recovered", provider=call.provider)
-            self._record(
-                call.channel,
-                call.provider,
-                state,
-                failures,
-                code,
-                policy.circuit_open_s if state is CircuitState.OPEN else None,
+            open_for = policy.circuit_open_s if state is CircuitState.OPEN else None
+            channel, provider = call.channel, call.provider
+            self._writer.submit(
+                lambda: self._record(channel, provider, state, failures, code, open_for, at)
             )
+        elif due:
+            channel, provider, success = call.channel, call.provider, not provider_fault
+            self._writer.submit(lambda: self._record_outcome(channel, provider, success, at))
 
     def _record_quota(self, call: ProviderCall) -> None:
         now = time.monotonic()
@@ -207,26 +315,50 @@ class ProviderGuard:
                 return
             self._quota_written[call.provider] = now
         quota = {k: v for k, v in (call.details or {}).items() if k.startswith("quota")}
-        try:
-            with self.database.begin() as connection:
-                changed = connection.execute(
-                    sa.update(provider_health)
-                    .where(provider_health.c.provider == call.provider)
-                    .values(details=quota, updated_at=utcnow())
-                ).rowcount
-                if not changed:
-                    connection.execute(
-                        self.database.insert_ignore(provider_health, "provider").values(
-                            provider=call.provider,
-                            channel=call.channel,
-                            circuit_state=self.state(call.provider).value,
-                            consecutive_failures=0,
-                            details=quota,
-                            updated_at=utcnow(),
-                        )
+        channel, provider = call.channel, call.provider
+        self._writer.submit(lambda: self._write_quota(channel, provider, quota))
+
+    def _write_quota(self, channel: str, provider: str, quota: dict[str, Any]) -> None:
+        with self.database.begin() as connection:
+            changed = connection.execute(
+                sa.update(provider_health)
+                .where(provider_health.c.provider == provider)
+                .values(details=quota, updated_at=utcnow())
+            ).rowcount
+            if not changed:
+                connection.execute(
+                    self.database.insert_ignore(provider_health, "provider").values(
+                        provider=provider,
+                        channel=channel,
+                        circuit_state=self.state(provider).value,
+                        consecutive_failures=0,
+                        details=quota,
+                        updated_at=utcnow(),
                     )
-        except Exception:  # best effort, like circuit states
-            log.exception("could not record provider quota", provider=call.provider)
+                )
+
+    def _record_outcome(self, channel: str, provider: str, success: bool, at: datetime) -> None:
+        """The latest success or failure this process saw (kept if another process has
+        written a later one)."""
+        h = provider_health.c
+        column = h.last_success_at if success else h.last_failure_at
+        with self.database.begin() as connection:
+            changed = connection.execute(
+                sa.update(provider_health)
+                .where(provider_health.c.provider == provider)
+                .values({column.name: _latest(column, at)})
+            ).rowcount
+            if not changed:
+                connection.execute(
+                    self.database.insert_ignore(provider_health, "provider").values(
+                        provider=provider,
+                        channel=channel,
+                        circuit_state=CircuitState.CLOSED.value,
+                        consecutive_failures=0,
+                        updated_at=at,
+                        **{column.name: at},
+                    )
+                )
 
     def _record(
         self,
@@ -236,27 +368,37 @@ class ProviderGuard:
         failures: int,
         error: str | None,
         open_for_s: float | None,
+        at: datetime,
     ) -> None:
-        values = {
+        """A change of this process's circuit, with the outcome that caused it."""
+        h = provider_health.c
+        opened = state is CircuitState.OPEN
+        values: dict[str, Any] = {
             "channel": channel,
             "circuit_state": state.value,
             "consecutive_failures": failures,
-            "open_until": utcnow() + timedelta(seconds=open_for_s) if open_for_s else None,
+            "open_until": at + timedelta(seconds=open_for_s) if open_for_s else None,
             "last_error": error,
-            "updated_at": utcnow(),
+            "updated_at": at,
         }
-        try:
-            with self.database.begin() as connection:
-                changed = connection.execute(
-                    sa.update(provider_health)
-                    .where(provider_health.c.provider == provider)
-                    .values(**values)
-                ).rowcount
-                if not changed:
-                    connection.execute(
-                        self.database.insert_ignore(provider_health, "provider").values(
-                            provider=provider, **values
-                        )
+        if opened:
+            values["opened_at"] = at
+        outcome = h.last_failure_at if opened else h.last_success_at
+        with self.database.begin() as connection:
+            changed = connection.execute(
+                sa.update(provider_health)
+                .where(h.provider == provider)
+                .values(**values, **{outcome.name: _latest(outcome, at)})
+            ).rowcount
+            if not changed:
+                connection.execute(
+                    self.database.insert_ignore(provider_health, "provider").values(
+                        provider=provider, **values, **{outcome.name: at}
                     )
-        except Exception:  # operators' view is best effort; sending goes on
-            log.exception("could not record provider health", provider=provider)
+                )
+
+
+def _latest(column: sa.Column[Any], at: datetime) -> sa.ColumnElement[Any]:
+    """``column`` set to ``at`` unless it already holds a later time (another process)."""
+    newer = sa.literal(at, column.type)
+    return sa.case((sa.or_(column.is_(None), column < at), newer), else_=column)

@@ -6,8 +6,9 @@
   request charged to the address); anything else (no key, a wrong or revoked key,
   providers' webhooks) is charged to the client address, so trying many keys does not
   buy fresh buckets. Over the limit: 429 with ``Retry-After`` (whole seconds). Behind a
-  reverse proxy every client has the proxy's address: limit per client at the proxy
-  too. ``/healthz`` is not limited.
+  reverse proxy, list it in ``NOTIFIER_API__TRUSTED_PROXIES``: its ``X-Forwarded-For``
+  then names the client (uvicorn's ProxyHeadersMiddleware); otherwise every client has
+  the proxy's address. ``/healthz`` is not limited.
 - **Body size**: any request body over ``NOTIFIER_API__MAX_BODY_BYTES`` is answered 413
   before a route sees it (from ``Content-Length``, or while reading a chunked body).
 - **Values the database refuses** (an id beyond the integer range, a NUL in text)
@@ -324,3 +325,11 @@ def secure_api(api: Any, app: Any) -> None:
         settings=app.settings.api,
         key_is_valid=lambda key: keys.authenticate(key) is not None,
     )
+    trusted = app.settings.api.trusted_proxies
+    if trusted:
+        # Outermost: the rate limit, sign-in throttling and the access log all see the
+        # client a trusted proxy names (its X-Forwarded-For, read right to left past
+        # the trusted hops), never an address a client wrote itself.
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        api.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)

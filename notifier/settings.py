@@ -35,6 +35,92 @@ ENV_PREFIX = "NOTIFIER_"
 _DEV_SECRET = "notifier-development-only"  # noqa: S105
 
 
+# The keys production refuses to start without (see key_weakness).
+_PRODUCTION_KEYS = ("recipient_hash_key", "secret_key")
+GENERATE_KEY_COMMAND = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+MIN_KEY_LENGTH = 32
+MIN_KEY_BITS = 112  # NIST SP 800-57's floor for a symmetric key's strength
+# Stand-ins people leave in place; a key containing one is refused whatever else it holds.
+_PLACEHOLDER_WORDS = (
+    _DEV_SECRET,
+    "development",
+    "changeme",
+    "change_me",
+    "change-me",
+    "placeholder",
+    "example",
+    "secret",
+    "password",
+    "notifier",
+)
+
+
+def _normalised_key(value: str) -> str:
+    return value.strip().casefold()
+
+
+def _alphabet_size(text: str) -> int:
+    """How many symbols a generator of ``text`` evidently drew from (by class)."""
+    if re.fullmatch(r"[0-9a-f]+|[0-9A-F]+", text):
+        return 16
+    size = 0
+    size += 10 if re.search(r"[0-9]", text) else 0
+    size += 26 if re.search(r"[a-z]", text) else 0
+    size += 26 if re.search(r"[A-Z]", text) else 0
+    size += 33 if re.search(r"[^0-9a-zA-Z]", text) else 0
+    return max(size, 1)
+
+
+def _new_symbols(text: str) -> int:
+    """Characters that carry news, LZ77-style: a stretch of 3+ characters that repeats
+    an earlier one (runs included: "aaaa") counts as one symbol, and a character that
+    continues an ascending or descending sequence ("abcd", "4321") counts as none."""
+    count, i = 0, 0
+    while i < len(text):
+        longest = 0
+        for start in range(i):
+            length = 0
+            while i + length < len(text) and text[start + length] == text[i + length]:
+                length += 1
+            longest = max(longest, length)
+        step = ord(text[i]) - ord(text[i - 1]) if i else 0
+        if longest >= 3:
+            count, i = count + 1, i + longest
+        elif i >= 2 and step in (1, -1) and step == ord(text[i - 1]) - ord(text[i - 2]):
+            i += 1
+        else:
+            count, i = count + 1, i + 1
+    return count
+
+
+def key_strength_bits(value: str) -> float:
+    """A conservative estimate of a key's entropy: symbols that carry news (see
+    ``_new_symbols``) times the bits of the alphabet they evidently come from."""
+    import math
+
+    # The first 256 characters are plenty to judge (and keep the quadratic scan short).
+    text = value.strip()[:256]
+    return _new_symbols(text) * math.log2(_alphabet_size(text)) if text else 0.0
+
+
+def key_weakness(value: str) -> str | None:
+    """Why ``value`` is not a production key, or None when it is fit.
+
+    Compared after stripping whitespace, case-insensitively: a placeholder is refused
+    with a space after it or in capitals too."""
+    normalised = _normalised_key(value)
+    if any(word in normalised for word in _PLACEHOLDER_WORDS):
+        return "is a placeholder, not a secret"
+    if len(normalised) < MIN_KEY_LENGTH:
+        return f"must be at least {MIN_KEY_LENGTH} random characters"
+    if key_strength_bits(value) < MIN_KEY_BITS:
+        return (
+            f"is too predictable (repeats, runs or sequences; under {MIN_KEY_BITS} bits "
+            "of entropy)"
+        )
+    return None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,6 +175,24 @@ class ApiSettings(_Section):
     # Per caller (API key, else client address) token bucket; see notifier.security.
     rate_per_s: float = Field(default=50.0, gt=0)
     burst: int = Field(default=100, ge=1)
+    # Reverse proxies (addresses or networks, e.g. ["10.0.0.5", "10.1.0.0/16"]) whose
+    # X-Forwarded-For names the client: the client address that rate limits, sign-in
+    # throttling and the access log use. From anyone else the header is ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.5 or 10.1.0.0/16)"
+                ) from None
+        return [item.strip() for item in value]
 
 
 class ProviderPolicy(_Section):
@@ -197,13 +301,22 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:
         if self.environment == "production":
-            for name in ("recipient_hash_key", "secret_key"):
-                value: SecretStr = getattr(self, name)
-                if value.get_secret_value() == _DEV_SECRET or len(value.get_secret_value()) < 16:
-                    raise ValueError(
-                        f"{ENV_PREFIX}{name.upper()} must be set to a secret of 16+ characters "
-                        "in production"
-                    )
+            keys = {name: getattr(self, name).get_secret_value() for name in _PRODUCTION_KEYS}
+            weak = [
+                f"{ENV_PREFIX}{name.upper()} {weakness}"
+                for name, weakness in ((n, key_weakness(v)) for n, v in keys.items())
+                if weakness is not None
+            ]
+            if weak:
+                raise ValueError(
+                    "; ".join(weak) + f" in production; generate each key with: "
+                    f"{GENERATE_KEY_COMMAND}"
+                )
+            if len({_normalised_key(value) for value in keys.values()}) < len(keys):
+                raise ValueError(
+                    f"{ENV_PREFIX}SECRET_KEY and {ENV_PREFIX}RECIPIENT_HASH_KEY must be two "
+                    f"different keys in production; generate each with: {GENERATE_KEY_COMMAND}"
+                )
         return self
 
     def provider_policy(self, name: str) -> ProviderPolicy:

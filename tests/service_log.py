@@ -11,7 +11,9 @@ each.
 
 ``find_personal_data`` looks through that file for a Vietnamese phone number
 (0…, 84…, +84… with spaces, dots, dashes or brackets inside), an email address, a
-12-digit citizen id, or a secret-looking query parameter, in clear.
+12-digit citizen id, or a secret-looking query parameter, in clear: as written, as a
+path segment (``/v1/inbox/030192007788/…``), and in each line once percent-decoded
+(``%2B84987000111``, ``erin%40example.org``, twice encoded, ``+`` for a space).
 ``tests/integration/test_zz_service_log.py`` runs it after the integration tests.
 """
 
@@ -24,39 +26,63 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 from notifier import logging as notifier_logging
 from notifier.masking import scrub
 
 SERVICE_LOG = Path(__file__).resolve().parent.parent / "test-artifacts" / "service-log.jsonl"
 
-# Digits glued to letters, dots, dashes, colons, slashes or mask stars are parts of
-# ids, dossier codes, times, addresses or masked values, not phone numbers.
-_EDGE_BEFORE = r"(?<![\w.\-:/*+])"
+# Digits glued to letters, dots, dashes, colons or mask stars are parts of ids, dossier
+# codes, times, addresses or masked values, not phone numbers. After a slash they are a
+# path segment: an account id or a contact in a URL, looked at like any other.
+_EDGE_BEFORE = r"(?<![\w.\-:*+])"
 _SEP = r"[ .\-()]{0,2}"
 # 0 + 9 digits, or 84 / +84 + 9 digits, separators allowed between digits.
 PHONE = re.compile(_EDGE_BEFORE + r"(?:(?:\+84|84)" + _SEP + r"|0)(?:\d" + _SEP + r"){8}\d(?!\w)")
 EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
-CITIZEN_ID = re.compile(_EDGE_BEFORE + r"\d{12}(?![\w])")
+# Twelve digits in a row after a prefix too ("vneid-030192007788"), but not as the last
+# group of a UUID.
+CITIZEN_ID = re.compile(r"(?<![0-9A-Za-z.:*+])(?<![0-9a-fA-F]{4}-)\d{12}(?![\w])")
 SECRET_PARAM = re.compile(
     r"[?&](?:token|secret|api_?key|key|password|access_token|refresh_token)=(?!\[redacted\])"
     r"[^&\s\"]+",
     re.IGNORECASE,
 )
+_PLUS_IN_DIGITS = re.compile(r"(?<=\d)\+(?=\d)")
 PATTERNS = {"phone": PHONE, "email": EMAIL, "citizen id": CITIZEN_ID, "secret": SECRET_PARAM}
 
 
 def find_personal_data(text: str, safe: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """(kind, the offending line with the finding masked) for each finding."""
     found = []
-    for line in text.splitlines():
-        for kind, pattern in PATTERNS.items():
-            for match in pattern.finditer(line):
-                if match.group(0) in safe:
-                    continue
-                shown = line.replace(match.group(0), f"<{kind}: {scrub(match.group(0))}>")
-                found.append((kind, _masked_line(shown)))
+    for raw in text.splitlines():
+        seen: set[tuple[str, str]] = set()
+        for line in _readings(raw):
+            for kind, pattern in PATTERNS.items():
+                for match in pattern.finditer(line):
+                    if match.group(0) in safe or (kind, match.group(0)) in seen:
+                        continue
+                    seen.add((kind, match.group(0)))
+                    shown = line.replace(match.group(0), f"<{kind}: {scrub(match.group(0))}>")
+                    found.append((kind, _masked_line(shown)))
     return found
+
+
+def _readings(line: str) -> list[str]:
+    """The line as written, percent-decoded (up to three times, for double encoding),
+    and decoded with a "+" between digits read as a space (as in a query string)."""
+    readings = [line]
+    for spaced in (False, True):
+        decoded = _PLUS_IN_DIGITS.sub(" ", line) if spaced else line
+        for _ in range(3):
+            once = unquote(decoded)
+            if once == decoded:
+                break
+            decoded = once
+        if decoded not in readings:
+            readings.append(decoded)
+    return readings
 
 
 def _masked_line(line: str) -> str:

@@ -74,7 +74,16 @@ class ServedApi:
     """``create_api`` served by a real uvicorn on 127.0.0.1 (a free port)."""
 
     def __init__(self, asgi_app: Any) -> None:
-        config = uvicorn.Config(asgi_app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
+        # As `notifier api` serves: no proxy headers trusted by uvicorn itself (the app
+        # trusts NOTIFIER_API__TRUSTED_PROXIES only).
+        config = uvicorn.Config(
+            asgi_app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            lifespan="off",
+            proxy_headers=False,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

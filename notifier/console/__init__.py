@@ -27,6 +27,7 @@ def install_console(api: FastAPI, app: Notifier) -> None:
     from notifier.console.service import Console
 
     console = Console(app)
+    api.state.console = console  # for operators' tooling and tests (e.g. the throttle's clock)
     api.include_router(pages_router(console))
     api.include_router(api_router(console))
 

@@ -1,10 +1,13 @@
 """Who may use the console and its API: signed session cookies, CSRF tokens, API keys.
 
-A session is a cookie holding the username, a stamp of the password hash, a random
-nonce and an expiry, signed with HMAC-SHA256 under a key derived from the service's
-``secret_key``. Every request re-reads the operator, so disabling an account or
-changing its role or password takes effect at once. The CSRF token of a session is
-an HMAC of its nonce: forms carry it in a hidden field, scripts in ``X-CSRF-Token``.
+A session is recorded server-side (``console_sessions``, see
+:mod:`notifier.operators`) and its cookie holds the username, a stamp of the password
+hash, the session's random id and an expiry, signed with HMAC-SHA256 under a key
+derived from the service's ``secret_key``. Every request looks the session and its
+operator up, so signing out, a password change or disabling the account ends the
+session at once (and re-enabling an account revives none), and a role change takes
+effect at once. The CSRF token of a session is an HMAC of its id: forms carry it in a
+hidden field, scripts in ``X-CSRF-Token``.
 The sign-in form has its own token, bound to a short-lived pre-session cookie.
 
 Callers of the JSON API may instead present an API key (``Authorization: Bearer``):
@@ -21,7 +24,9 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -133,31 +138,50 @@ class Sessions:
     # -- sessions -------------------------------------------------------------------------
 
     def start(self, response: Response, request: Request, operator: Operator) -> None:
+        """Record a session for ``operator`` and set its cookie (blocking: a database
+        write; call from a thread)."""
+        session_id = self.operators.start_session(operator, timedelta(seconds=SESSION_SECONDS))
         token = self._sign(
             {
                 "u": operator.username,
                 "s": operator.password_stamp,
-                "n": secrets.token_urlsafe(16),
+                "n": session_id,
                 "exp": int(time.time()) + SESSION_SECONDS,
             }
         )
         set_cookie(response, request, SESSION_COOKIE, token, SESSION_SECONDS)
         response.delete_cookie(PRESESSION_COOKIE, path="/console")
 
-    def end(self, response: Response) -> None:
+    def _cookie(self, request: Request) -> tuple[dict[str, Any], str] | None:
+        """The verified cookie payload and its session id, if the cookie is ours."""
+        token = request.cookies.get(SESSION_COOKIE)
+        payload = self._verify(token) if token else None
+        session_id = payload.get("n") if payload is not None else None
+        if payload is None or not isinstance(session_id, str) or not session_id:
+            return None
+        return payload, session_id
+
+    def end(self, response: Response, request: Request) -> None:
+        """End this request's session server-side, not only in this browser (blocking)."""
+        cookie = self._cookie(request)
+        if cookie is not None:
+            self.operators.end_session(cookie[1])
         response.delete_cookie(SESSION_COOKIE, path="/")
 
     def principal(self, request: Request) -> Principal | None:
-        """The signed-in operator of this request's session cookie, if still valid."""
-        token = request.cookies.get(SESSION_COOKIE)
-        payload = self._verify(token) if token else None
-        if payload is None:
+        """The signed-in operator of this request's session, if it is still live."""
+        cookie = self._cookie(request)
+        if cookie is None:
             return None
-        operator = self.operators.active(str(payload.get("u", "")))
-        if operator is None or operator.password_stamp != payload.get("s"):
+        payload, session_id = cookie
+        operator = self.operators.session_operator(session_id)
+        if (
+            operator is None
+            or operator.username != payload.get("u")
+            or operator.password_stamp != payload.get("s")
+        ):
             return None
-        nonce = str(payload.get("n", ""))
-        return Principal(operator.username, operator.role, "session", self.csrf_for(nonce))
+        return Principal(operator.username, operator.role, "session", self.csrf_for(session_id))
 
     def from_api_key(self, authorization: str | None) -> Principal | None:
         """The principal of a Bearer API key (None without one); 401 for a bad key,
@@ -226,36 +250,86 @@ def same_origin(request: Request) -> bool:
 
 
 class SignInThrottle:
-    """Slows password guessing: after 5 failures for a name, or 20 from one address,
-    within 15 minutes, sign-in is refused until the window passes (per API process)."""
+    """Slows password guessing without letting anyone lock an operator out (per API
+    process, in memory).
 
-    def __init__(self, per_name: int = 5, per_address: int = 20, window_s: float = 900) -> None:
-        self.per_name, self.per_address, self.window_s = per_name, per_address, window_s
-        self._failures: dict[str, deque[float]] = {}
+    Failures count per (name, client address): the first ``free_failures`` cost
+    nothing, then each one makes that pair wait ``base_delay_s`` doubled per further
+    failure, up to ``max_delay_s``; a success, or ``forget_after_s`` without failures,
+    clears the pair. An attacker guessing a name from one address is slowed to a crawl
+    while the operator signs in from anywhere else. Each address also has a looser
+    limit over every name (``per_address`` failures in ``window_s``), so spraying many
+    names from one address is slowed too. Behind a reverse proxy the client address is
+    the one the proxy names (``NOTIFIER_API__TRUSTED_PROXIES``); without that setting
+    every client shares the proxy's address and its limit."""
+
+    def __init__(
+        self,
+        *,
+        free_failures: int = 3,
+        base_delay_s: float = 1.0,
+        max_delay_s: float = 15 * 60,
+        forget_after_s: float = 3600,
+        per_address: int = 50,
+        window_s: float = 900,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.free_failures, self.base_delay_s = free_failures, base_delay_s
+        self.max_delay_s, self.forget_after_s = max_delay_s, forget_after_s
+        self.per_address, self.window_s = per_address, window_s
+        self.clock = clock
+        self._pairs: dict[tuple[str, str], tuple[int, float]] = {}  # failures, last at
+        self._addresses: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        found = self._failures.setdefault(key, deque())
-        while found and found[0] < now - self.window_s:
+    def _delay(self, failures: int) -> float:
+        """The wait after ``failures`` failures in a row: 0, then 1 s, 2 s, 4 s..."""
+        over = failures - self.free_failures
+        if over <= 0:
+            return 0.0
+        return float(min(self.max_delay_s, self.base_delay_s * 2 ** min(over - 1, 30)))
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        found = self._addresses.setdefault(address, deque())
+        while found and found[0] <= now - self.window_s:
             found.popleft()
         return found
 
-    def blocked(self, name: str, address: str) -> bool:
-        now = time.monotonic()
+    def retry_after(self, name: str, address: str) -> float:
+        """Seconds before this name may try again from this address (0: now)."""
+        now = self.clock()
         with self._lock:
-            return (
-                len(self._recent("n:" + name, now)) >= self.per_name
-                or len(self._recent("a:" + address, now)) >= self.per_address
-            )
+            waits = [0.0]
+            failures, last = self._pairs.get((name, address), (0, now))
+            if failures and now - last < self.forget_after_s:
+                waits.append(last + self._delay(failures) - now)
+            recent = self._recent(address, now)
+            if len(recent) >= self.per_address:
+                waits.append(recent[len(recent) - self.per_address] + self.window_s - now)
+            return max(waits)
+
+    def blocked(self, name: str, address: str) -> bool:
+        return self.retry_after(name, address) > 0
 
     def failed(self, name: str, address: str) -> None:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
-            self._recent("n:" + name, now).append(now)
-            self._recent("a:" + address, now).append(now)
-            if len(self._failures) > 10_000:  # bounded memory under a spray of names
-                self._failures = {k: v for k, v in self._failures.items() if v}
+            failures, last = self._pairs.get((name, address), (0, now))
+            if now - last >= self.forget_after_s:
+                failures = 0
+            self._pairs[(name, address)] = (failures + 1, now)
+            self._recent(address, now).append(now)
+            if len(self._pairs) + len(self._addresses) > 10_000:
+                self._forget_old(now)  # bounded memory under a spray of names
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, address: str) -> None:
         with self._lock:
-            self._failures.pop("n:" + name, None)
+            self._pairs.pop((name, address), None)
+
+    def _forget_old(self, now: float) -> None:
+        self._pairs = {
+            pair: (failures, last)
+            for pair, (failures, last) in self._pairs.items()
+            if now - last < max(self.forget_after_s, self._delay(failures))
+        }
+        self._addresses = {a: q for a, q in self._addresses.items() if self._recent(a, now)}

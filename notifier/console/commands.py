@@ -533,10 +533,20 @@ def operators_list(as_json: bool) -> None:
 @operators.command("disable")
 @click.argument("username")
 def operators_disable(username: str) -> None:
-    """Disable an account; its sessions end at their next request."""
+    """Disable an account; its sessions end at once (enabling it again revives none)."""
     if not _operators().disable(username):
         raise click.ClickException(f"no active operator named {username!r}")
     click.echo(f"disabled {username}")
+
+
+@operators.command("sign-out")
+@click.argument("username")
+def operators_sign_out(username: str) -> None:
+    """End every console session of an operator (e.g. a lost laptop)."""
+    if _operators().get(username) is None:
+        raise click.ClickException(f"no operator named {username!r}")
+    ended = _operators().end_sessions(username)
+    click.echo(f"ended {ended} session(s) of {username}")
 
 
 @operators.command("enable")
@@ -551,7 +561,7 @@ def operators_enable(username: str) -> None:
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True)
 def operators_set_password(username: str, password_stdin: bool) -> None:
-    """Change a password; sessions made with the old one end."""
+    """Change a password; every session of the operator ends."""
     from notifier.operators import OperatorError
 
     try:

@@ -108,16 +108,20 @@ def pages_router(console: Console) -> APIRouter:
             return _sign_in_page(request, next_url, "session_expired", 403)
         username = _first(form, "username").lower()[:64]
         password = (form.get("password") or [""])[0]
+        # The client a trusted proxy named, if any (see NOTIFIER_API__TRUSTED_PROXIES).
         address = request.client.host if request.client else "?"
-        if console.throttle.blocked(username, address):
-            return _sign_in_page(request, next_url, "too_many_attempts", 429)
+        wait = console.throttle.retry_after(username, address)
+        if wait > 0:
+            answer = _sign_in_page(request, next_url, "too_many_attempts", 429)
+            answer.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return answer
         operator = await run_in_threadpool(console.operators.authenticate, username, password)
         if operator is None:
             console.throttle.failed(username, address)
             return _sign_in_page(request, next_url, "bad_credentials", 401)
-        console.throttle.succeeded(username)
+        console.throttle.succeeded(username, address)
         response = console.redirect(request, next_url)
-        console.sessions.start(response, request, operator)
+        await run_in_threadpool(console.sessions.start, response, request, operator)
         return response
 
     @router.post("/sign-out")
@@ -127,7 +131,7 @@ def pages_router(console: Console) -> APIRouter:
         if user is not None:
             console.check_post(request, user, form)
         response = console.redirect(request, "/console/sign-in")
-        console.sessions.end(response)
+        await run_in_threadpool(console.sessions.end, response, request)
         return response
 
     # -- overview -------------------------------------------------------------------------

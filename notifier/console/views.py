@@ -278,6 +278,8 @@ class ProviderView:
             "last_error": h.last_error if h else None,
             "details": h.details if h else None,
             "health_updated_at": h.updated_at.isoformat() if h else None,
+            "last_success_at": h.last_success_at.isoformat() if h and h.last_success_at else None,
+            "last_failure_at": h.last_failure_at.isoformat() if h and h.last_failure_at else None,
             "last_hour": stat(self.hour),
             "last_day": stat(self.day),
         }

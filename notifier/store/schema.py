@@ -180,6 +180,24 @@ operators = sa.Table(
     sa.Column("disabled_at", UTCDateTime, nullable=True),
 )
 
+# A signed-in console session, by the SHA-256 of the random id its cookie carries:
+# deleted on sign-out, and all of an operator's on a password change or when the
+# account is disabled, so a copied cookie is worth nothing after any of them.
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("session_hash", sa.String(64), primary_key=True),
+    sa.Column(
+        "operator_id",
+        sa.Uuid,
+        sa.ForeignKey("operators.operator_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
 # The latest known state of each provider, written by workers on changes, read by the
 # console and metrics (circuit state lives per worker process; this is the last word).
 provider_health = sa.Table(
@@ -193,6 +211,12 @@ provider_health = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("details", sa.JSON, nullable=True),  # e.g. ZNS daily quota left
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The latest outcomes any process saw (written every few seconds at most), and when
+    # the circuit last opened: the state shown is derived from them, so an "open" left
+    # by a worker that died does not outlive the next success elsewhere.
+    sa.Column("opened_at", UTCDateTime, nullable=True),
+    sa.Column("last_success_at", UTCDateTime, nullable=True),
+    sa.Column("last_failure_at", UTCDateTime, nullable=True),
 )
 
 # Receipts already taken, so a replayed webhook is refused.

@@ -473,22 +473,157 @@ def test_disabled_operator_loses_the_session(served: ServedApi, operators: Opera
     assert client.get("/console/overview").status_code == 303  # old password's session
 
 
-def test_sign_in_is_throttled(served: ServedApi, operators: OperatorStore) -> None:
-    with httpx.Client(base_url=served.base_url) as client:
-        token = csrf_of(client.get("/console/sign-in").text)
+def _cookie_copy(base_url: str, client: httpx.Client) -> httpx.Client:
+    """Another client holding a copy of ``client``'s session cookie, as a thief would."""
+    cookie = next(c for c in client.cookies.jar if c.name == "notifier_session")
+    thief = httpx.Client(base_url=base_url, follow_redirects=False, timeout=10)
+    thief.cookies.set("notifier_session", cookie.value, domain=cookie.domain)
+    return thief
+
+
+def test_a_session_cookie_reused_after_sign_out_is_sent_to_sign_in(
+    served: ServedApi, operators: OperatorStore
+) -> None:
+    client = signed_in(served.base_url, "lan.admin")
+    other_browser = signed_in(served.base_url, "lan.admin")
+    overview = client.get("/console/overview")
+    copy = _cookie_copy(served.base_url, client)
+    assert copy.get("/console/overview").status_code == 200
+    out = client.post("/console/sign-out", data={"csrf_token": csrf_of(overview.text)})
+    assert out.status_code == 303
+    again = copy.get("/console/overview")
+    assert again.status_code == 303
+    assert again.headers["location"].startswith("/console/sign-in")
+    assert copy.get("/v1/overview").status_code == 401
+    # Signing out ends that session only: the operator's other browser stays in.
+    assert other_browser.get("/console/overview").status_code == 200
+
+
+def test_a_session_cookie_reused_after_a_password_change_is_sent_to_sign_in(
+    served: ServedApi, operators: OperatorStore
+) -> None:
+    copy = _cookie_copy(served.base_url, signed_in(served.base_url, "minh.viewer"))
+    assert copy.get("/console/overview").status_code == 200
+    operators.set_password("minh.viewer", "a brand new long password")
+    assert copy.get("/console/overview").status_code == 303
+    assert signed_in(served.base_url, "minh.viewer", "a brand new long password")
+
+
+def test_a_session_cookie_reused_after_disable_and_enable_is_sent_to_sign_in(
+    served: ServedApi, operators: OperatorStore
+) -> None:
+    copy = _cookie_copy(served.base_url, signed_in(served.base_url, "minh.viewer"))
+    assert copy.get("/console/overview").status_code == 200
+    operators.disable("minh.viewer")
+    operators.enable("minh.viewer")
+    page = copy.get("/console/overview")
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/console/sign-in")
+    assert signed_in(served.base_url, "minh.viewer").get("/console/overview").status_code == 200
+
+
+def test_operators_sign_out_ends_every_session_of_an_operator(
+    served: ServedApi, operators: OperatorStore
+) -> None:
+    first = signed_in(served.base_url, "lan.admin")
+    second = signed_in(served.base_url, "lan.admin")
+    viewer = signed_in(served.base_url, "minh.viewer")
+    assert operators.end_sessions("lan.admin") == 2
+    assert first.get("/console/overview").status_code == 303
+    assert second.get("/console/overview").status_code == 303
+    assert viewer.get("/console/overview").status_code == 200
+
+
+class FrozenClock:
+    """The sign-in throttle's clock, moved by the test only."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def behind_proxy(pg_url: str, pg_database: Database) -> Iterator[tuple[ServedApi, FrozenClock]]:
+    """The API behind a reverse proxy on 127.0.0.1 that names clients in X-Forwarded-For
+    (the test's requests come from 127.0.0.1 and play the proxy), the throttle on a
+    frozen clock."""
+    notifier = Notifier(
+        make_settings(database_url=pg_url, api={"trusted_proxies": ["127.0.0.1"]})
+    )
+    api = create_api(notifier)
+    clock = FrozenClock()
+    api.state.console.throttle.clock = clock
+    with ServedApi(api) as served:
+        yield served, clock
+    notifier.close()
+
+
+def _sign_in_attempt(client: httpx.Client, username: str, password: str, via: str) -> int:
+    headers = {"X-Forwarded-For": via}
+    token = csrf_of(client.get("/console/sign-in", headers=headers).text)
+    return client.post(
+        "/console/sign-in",
+        data={"username": username, "password": password, "csrf_token": token},
+        headers=headers,
+    ).status_code
+
+
+def test_sign_in_is_throttled_for_the_guessing_address_only(
+    behind_proxy: tuple[ServedApi, FrozenClock], operators: OperatorStore
+) -> None:
+    served, clock = behind_proxy
+    attacker = httpx.Client(base_url=served.base_url, follow_redirects=False, timeout=10)
+    guesses = [
+        _sign_in_attempt(attacker, "lan.admin", f"guess {i} guess", "203.0.113.7")
+        for i in range(5)
+    ]
+    assert guesses == [401, 401, 401, 401, 429]
+    # Throttled, the attacker's next try is refused before the password is looked at,
+    # the right one included, and the wait is said.
+    token = csrf_of(attacker.get("/console/sign-in").text)
+    refused = attacker.post(
+        "/console/sign-in",
+        data={"username": "lan.admin", "password": PASSWORD, "csrf_token": token},
+        headers={"X-Forwarded-For": "203.0.113.7"},
+    )
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    # The operator, from her own address, signs in at once (the reported lock-out).
+    operator = httpx.Client(base_url=served.base_url, follow_redirects=False, timeout=10)
+    assert _sign_in_attempt(operator, "lan.admin", PASSWORD, "198.51.100.20") == 303
+    # The attacker's wait grows: 1 s after the 4th failure, then 2 s after the 5th...
+    clock.now += 1
+    assert _sign_in_attempt(attacker, "lan.admin", "guess 6 guess", "203.0.113.7") == 401
+    clock.now += 1.5
+    assert _sign_in_attempt(attacker, "lan.admin", "guess 7 guess", "203.0.113.7") == 429
+
+
+def test_twenty_failures_through_the_proxy_lock_no_other_client_out(
+    behind_proxy: tuple[ServedApi, FrozenClock], operators: OperatorStore
+) -> None:
+    served, _clock = behind_proxy
+    attacker = httpx.Client(base_url=served.base_url, follow_redirects=False, timeout=10)
+    for i in range(20):
+        assert _sign_in_attempt(attacker, f"name{i}", "wrong password!", "203.0.113.7") == 401
+    operator = httpx.Client(base_url=served.base_url, follow_redirects=False, timeout=10)
+    assert _sign_in_attempt(operator, "minh.viewer", PASSWORD, "198.51.100.20") == 303
+
+
+def test_a_client_cannot_escape_throttling_by_writing_its_own_forwarded_for(
+    app: Notifier, operators: OperatorStore
+) -> None:
+    # No trusted proxy configured: X-Forwarded-For from the client is ignored.
+    api = create_api(app)
+    api.state.console.throttle.clock = FrozenClock()
+    with ServedApi(api) as served:
+        client = httpx.Client(base_url=served.base_url, follow_redirects=False, timeout=10)
         statuses = [
-            client.post(
-                "/console/sign-in",
-                data={"username": "lan.admin", "password": f"guess {i} guess", "csrf_token": token},
-            ).status_code
-            for i in range(6)
+            _sign_in_attempt(client, "lan.admin", f"guess {i} guess", f"192.0.2.{i}")
+            for i in range(5)
         ]
-        assert statuses == [401] * 5 + [429]
-        right = client.post(
-            "/console/sign-in",
-            data={"username": "lan.admin", "password": PASSWORD, "csrf_token": token},
-        )
-        assert right.status_code == 429  # still locked for this name
+    assert statuses == [401, 401, 401, 401, 429]
 
 
 def test_english_on_request_and_remembered(served: ServedApi, operators: OperatorStore) -> None:

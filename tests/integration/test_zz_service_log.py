@@ -14,11 +14,17 @@ import json
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 
+from notifier.api import create_api
+from notifier.apikeys import ApiKeys
+from notifier.app import Notifier
 from notifier.logging import get_logger
 from notifier.security import redact_url_secrets
+from notifier.store import Database
 from tests.service_log import find_personal_data
+from tests.support import ServedApi, make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +47,39 @@ def test_the_pipeline_writes_to_the_service_log(service_log: Path) -> None:
     probe = [json.loads(line) for line in text.splitlines() if "probe" in line]
     assert [p["event"] for p in probe] == ["log scan probe", "probe from k***@example.vn"]
     assert probe[0]["phone"] == "*******484"
+
+
+# Contacts as callers put them in URLs: percent-encoded in a query, and a citizen id as
+# the portal account in a path. uvicorn's access log writes each request line.
+URL_CONTACTS = (
+    "/v1/opt-outs?phone=%2B84987000111",
+    "/v1/deliveries/search?recipient=erin%40example.org",
+    "/v1/inbox/030192007788/notifications",
+    "/v1/inbox/vneid-030192007788/unread-count",
+)
+
+
+def test_contacts_in_request_urls_reach_the_access_log_masked(
+    service_log: Path, pg_url: str, pg_database: Database
+) -> None:
+    key = ApiKeys(pg_database).create("portal-log-scan", ["inbox"], [])
+    app = Notifier(make_settings(database_url=pg_url))
+    try:
+        with ServedApi(create_api(app)) as api:
+            for path in URL_CONTACTS:
+                httpx.get(api.base_url + path, headers={"Authorization": f"Bearer {key}"})
+    finally:
+        app.close()
+    access = [
+        json.loads(line)["event"]
+        for line in _read(service_log).splitlines()
+        if '"logger": "uvicorn.access"' in line and "/v1/" in line
+    ]
+    shown = [line for line in access if any(p in line for p in ("opt-outs?", "search?", "inbox/"))]
+    assert len(shown) >= len(URL_CONTACTS), access  # the traffic was logged
+    assert find_personal_data("\n".join(shown)) == []
+    assert any("/v1/inbox/*********788/notifications" in line for line in shown), shown
+    assert any("recipient=e***@example.org" in line for line in shown), shown
 
 
 def test_nothing_personal_was_logged_in_clear(service_log: Path) -> None:
@@ -72,6 +111,13 @@ def test_nothing_personal_was_logged_in_clear(service_log: Path) -> None:
         "minh.khai@example.vn",
         "cccd 001203004567",
         "GET /v1/inbound-sms/esms?token=abcdef123456&Phone=1",
+        "GET /v1/opt-outs?phone=%2B84987000111 HTTP/1.1",
+        "GET /v1/deliveries?recipient=erin%40example.org HTTP/1.1",
+        "GET /v1/deliveries?recipient=erin%2540example.org HTTP/1.1",
+        "GET /v1/opt-outs?phone=0987+000+111 HTTP/1.1",
+        "GET /v1/inbox/030192007788/notifications HTTP/1.1",
+        "GET /v1/inbox/vneid-030192007788/unread-count HTTP/1.1",
+        "GET /v1/inbox/0987000111/stream HTTP/1.1",
     ],
 )
 def test_the_scan_finds_personal_data_in_any_form(clear: str) -> None:
@@ -93,6 +139,11 @@ def test_the_scan_passes_what_the_service_logs_safely() -> None:
         "125.000.000 đồng",
         "?token=[redacted]&SMSID=40842e23613d4c61aeb8bcc0ba6bc66a",
         redact_url_secrets("/v1/receipts/esms?token=abc123&SendStatus=5"),
+        "GET /v1/deliveries/09564760-3575-4899-980c-123456789012 HTTP/1.1",
+        "GET /v1/dossiers/000.00.12.H29-231025-0001?lang=en%20 HTTP/1.1",
+        "GET /v1/inbox/*********788/notifications HTTP/1.1",
+        "GET /v1/opt-outs?phone=********111&note=100%25 HTTP/1.1",
+        "GET /v1/reports?from=2026-11-01T00%3A00%3A00%2B07%3A00 HTTP/1.1",
     ]
     for value in safe:
         assert find_personal_data(json.dumps({"event": value})) == [], value

@@ -104,6 +104,78 @@ def test_scrub_leaves_codes_timestamps_uuids_and_amounts_unchanged(text: str) ->
     assert scrub(text) == text
 
 
+@pytest.mark.parametrize(
+    ("text", "clear", "kept"),
+    [
+        ("GET /v1/opt-outs?phone=%2B84987000111 HTTP/1.1", "84987000111", "111"),
+        ("GET /v1/opt-outs?phone=%2b84987000111&x=1", "84987000111", "111"),
+        ("/v1/deliveries?recipient=erin%40example.org", "erin", "e***@example.org"),
+        ("/v1/deliveries?recipient=erin%2540example.org", "erin", "e***@example.org"),
+        ("/v1/deliveries?recipient=%252B84987000111", "84987000111", "111"),
+        ("/v1/opt-outs?phone=0987+000+111", "987", "111"),
+        ("GET /v1/inbox/030192007788/notifications HTTP/1.1", "030192007788", "788"),
+        ("GET /v1/inbox/030192007788 HTTP/1.1", "030192007788", "788"),
+        ("/v1/inbox/vneid-030192007788/unread-count", "030192007788", "788"),
+        ("/v1/inbox/%2B84987000111/stream", "84987000111", "111"),
+    ],
+)
+def test_scrub_masks_contacts_in_urls_percent_encoded_and_in_paths(
+    text: str, clear: str, kept: str
+) -> None:
+    scrubbed = scrub(text)
+    assert clear not in scrubbed
+    assert kept in scrubbed
+    assert scrubbed.split("?")[0].split("/")[:3] == text.split("?")[0].split("/")[:3]
+
+
+def test_scrub_keeps_the_rest_of_an_encoded_url_as_it_was() -> None:
+    line = "GET /v1/deliveries?recipient=erin%40example.org&note=a%20b%0Ac HTTP/1.1"
+    scrubbed = scrub(line)
+    # Re-encoded where it was rewritten, so a decoded newline cannot forge a log line.
+    assert "\n" not in scrubbed
+    assert "e***@example.org" in scrubbed
+    assert scrub("GET /v1/reports?from=2026-11-01&note=100%25 HTTP/1.1") == (
+        "GET /v1/reports?from=2026-11-01&note=100%25 HTTP/1.1"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /v1/deliveries/09564760-3575-4899-980c-123456789012 HTTP/1.1",
+        "/v1/dossiers/000.00.12.H29-231025-0001/timeline",
+        "/v1/dossiers/000.00.12.H29-231025-0001?lang=en%20",
+        "/console/static/app.css?v=20261126",
+    ],
+)
+def test_scrub_leaves_uuids_dossier_codes_and_dates_in_paths_unchanged(text: str) -> None:
+    assert scrub(text) == text
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_uvicorn_access_log_lines_never_show_contacts_in_any_encoding(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("INFO", log_format="json")
+    access = logging.getLogger("uvicorn.access")
+    # uvicorn's own format and arguments: client, method, path with query, version, status.
+    for path in (
+        "/v1/opt-outs?phone=%2B84987000111",
+        "/v1/deliveries/search?recipient=erin%40example.org",
+        "/v1/inbox/030192007788/notifications",
+    ):
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 200)
+    err = capsys.readouterr().err
+    for clear in ("84987000111", "erin", "030192007788"):
+        assert clear not in err
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.strip()]
+    assert events == [
+        '127.0.0.1:5000 - "GET /v1/opt-outs?phone=********111 HTTP/1.1" 200',
+        '127.0.0.1:5000 - "GET /v1/deliveries/search?recipient=e***@example.org HTTP/1.1" 200',
+        '127.0.0.1:5000 - "GET /v1/inbox/*********788/notifications HTTP/1.1" 200',
+    ]
+
+
 @pytest.mark.parametrize("text", ["125.000.000 đồng", "phí 1.250.000.000 đồng"])
 def test_scrub_leaves_large_formatted_amounts_unchanged(text: str) -> None:
     # BUG: an amount as rendering formats it ("125.000.000 đồng", 9+ digits grouped by

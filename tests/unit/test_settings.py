@@ -10,7 +10,9 @@ import pytest
 from notifier.settings import Settings, SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
-GOOD_SECRET = "a-real-secret-of-more-than-16-chars"
+# What secrets.token_urlsafe(32) prints (two of them: production wants distinct keys).
+GOOD_SECRET = "kQ7vR2xLp9TzW4mN8bYc3HdF6sJa1GeU5tVw0XyZq_E"
+OTHER_SECRET = "Zr4N-8uTq2WbLx6VfK0pYc9Hs3Dm7GjA1eRo5iUv_Bn"
 
 
 @pytest.fixture(autouse=True)
@@ -144,10 +146,73 @@ def test_a_weak_secret_is_never_echoed(monkeypatch: pytest.MonkeyPatch, weak: st
 def test_production_with_real_secrets_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFIER_ENVIRONMENT", "production")
     monkeypatch.setenv("NOTIFIER_RECIPIENT_HASH_KEY", GOOD_SECRET)
-    monkeypatch.setenv("NOTIFIER_SECRET_KEY", GOOD_SECRET[::-1])
+    monkeypatch.setenv("NOTIFIER_SECRET_KEY", OTHER_SECRET)
     settings = load_settings()
     assert settings.environment == "production"
-    assert settings.secret_key.get_secret_value() == GOOD_SECRET[::-1]
+    assert settings.secret_key.get_secret_value() == OTHER_SECRET
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "NOTIFIER-DEVELOPMENT-ONLY",
+        "notifier-development-only ",
+        " notifier-development-only",
+        "CHANGE_ME_CHANGE_ME_",
+        "aaaaaaaaaaaaaaaa",
+        "a" * 64,
+        "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF",
+        "Xy7#Xy7#Xy7#Xy7#Xy7#Xy7#Xy7#Xy7#Xy7#Xy7#",
+        "changeme-" + GOOD_SECRET,
+    ],
+)
+@pytest.mark.parametrize("variable", ["NOTIFIER_SECRET_KEY", "NOTIFIER_RECIPIENT_HASH_KEY"])
+def test_production_refuses_a_placeholder_or_predictable_key_and_says_how_to_make_one(
+    monkeypatch: pytest.MonkeyPatch, weak: str, variable: str
+) -> None:
+    monkeypatch.setenv("NOTIFIER_ENVIRONMENT", "production")
+    monkeypatch.setenv("NOTIFIER_SECRET_KEY", GOOD_SECRET)
+    monkeypatch.setenv("NOTIFIER_RECIPIENT_HASH_KEY", OTHER_SECRET)
+    monkeypatch.setenv(variable, weak)
+    joined = "\n".join(problems_of())
+    assert variable in joined
+    assert "secrets.token_urlsafe(32)" in joined
+    assert weak.strip() not in joined
+
+
+@pytest.mark.parametrize(
+    "weak", ["NOTIFIER-DEVELOPMENT-ONLY", "CHANGE_ME_CHANGE_ME_", "aaaaaaaaaaaaaaaa"]
+)
+def test_production_refuses_the_reported_weak_values_set_for_both_keys(
+    monkeypatch: pytest.MonkeyPatch, weak: str
+) -> None:
+    monkeypatch.setenv("NOTIFIER_ENVIRONMENT", "production")
+    monkeypatch.setenv("NOTIFIER_SECRET_KEY", weak)
+    monkeypatch.setenv("NOTIFIER_RECIPIENT_HASH_KEY", weak)
+    assert "production" in "\n".join(problems_of())
+
+
+@pytest.mark.parametrize("same", [GOOD_SECRET, f" {GOOD_SECRET} "])
+def test_production_refuses_one_key_for_both_purposes(
+    monkeypatch: pytest.MonkeyPatch, same: str
+) -> None:
+    monkeypatch.setenv("NOTIFIER_ENVIRONMENT", "production")
+    monkeypatch.setenv("NOTIFIER_SECRET_KEY", GOOD_SECRET)
+    monkeypatch.setenv("NOTIFIER_RECIPIENT_HASH_KEY", same)
+    joined = "\n".join(problems_of())
+    assert "different keys" in joined
+    assert GOOD_SECRET not in joined
+
+
+def test_generated_keys_pass_the_production_check() -> None:
+    import secrets
+
+    from notifier.settings import key_weakness
+
+    # A few hundred fresh keys of the kind the error message suggests all pass: the
+    # estimate does not refuse real randomness.
+    refused = [k for k in (secrets.token_urlsafe(32) for _ in range(300)) if key_weakness(k)]
+    assert refused == []
 
 
 def _write(path: Path, text: str) -> Path:
@@ -247,3 +312,12 @@ def test_settings_error_has_one_line_per_problem() -> None:
         "  NOTIFIER_A: bad",
         "  NOTIFIER_B: worse",
     ]
+
+
+def test_trusted_proxies_take_addresses_and_networks_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFIER_API__TRUSTED_PROXIES", '["10.0.0.5", "10.1.0.0/16", "::1"]')
+    assert load_settings().api.trusted_proxies == ["10.0.0.5", "10.1.0.0/16", "::1"]
+    monkeypatch.setenv("NOTIFIER_API__TRUSTED_PROXIES", '["*"]')
+    joined = "\n".join(problems_of())
+    assert "NOTIFIER_API__TRUSTED_PROXIES" in joined
+    assert "not an IP address or network" in joined
