@@ -77,10 +77,14 @@ ESMS_MESSAGES: dict[str, str] = {
     "103": "Balance not enough to send message",
     "104": "Brand name code is not exist",
     "108": "Phone number is invalid",
+    "118": "Message type is invalid",
     "124": "Request exist 1",
     "140": "IP is not in whitelist",
+    "143": "Account is locked",
     "146": "Sai template Brandname CSKH",
     "177": "Telco is not registered for the brandname",
+    "201": "Content contains a blocked keyword",
+    "300": "Message type is missing",
 }
 SPEEDSMS_MESSAGES: dict[str, str] = {
     "007": "IP locked",
@@ -439,11 +443,19 @@ class EsmsSimulator(_GatewaySimulator):
         self.balance = balance
         self.auto_report_after_s = auto_report_after_s
         self._request_ids: set[str] = set()
+        self._invalid_requests = 0
         self.report_errors: list[str] = []  # auto reports that failed (type names)
 
     def _reset_gateway(self) -> None:
         self._request_ids.clear()
+        self._invalid_requests = 0
         self.report_errors.clear()
+
+    def fail_next_invalid_request(self, n: int = 1) -> None:
+        """Answer the next ``n`` send requests ``{"error": "Invalid request"}``, eSMS's
+        answer to a request it cannot read (no CodeResult)."""
+        with self._cond:
+            self._invalid_requests += n
 
     def _route(self, request: ReceivedRequest) -> _Route | None:
         path = request.path.rstrip("/")
@@ -476,6 +488,13 @@ class EsmsSimulator(_GatewaySimulator):
             return _Answer.of_json({"error": "Invalid request"})
         if not self._authorised(document):
             return self._code("101")
+        with self._cond:
+            invalid, self._invalid_requests = (
+                self._invalid_requests > 0,
+                max(0, self._invalid_requests - 1),
+            )
+        if invalid:
+            return _Answer.of_json({"error": "Invalid request"})
         failure = self._take_failure()
         if failure is not None:
             return self._code(*failure)
