@@ -726,3 +726,27 @@ def test_malformed_routing_stops_start_up(tmp_path: Path, text: str, problem: st
     with pytest.raises(SettingsError) as refused:
         Notifier(settings, registry=Registry({}))
     assert problem in str(refused.value)
+
+
+def test_a_providers_published_rate_limit_reaches_the_guard_unless_configured(
+    tmp_path: Path,
+) -> None:
+    # SpeedSMS publishes 60 requests a minute (notifier_sms.speedsms); the worker's
+    # guard takes it as the default, and the deployment's own setting wins.
+    speedsms = {"brandname": "UBND.HN", "access_token": "t0ken-for-the-test"}
+    published = make_settings(
+        database_url=f"sqlite:///{tmp_path}/published.db",
+        adapters={"speedsms": speedsms},
+        channels={"sms": {"providers": ["speedsms"]}},
+    )
+    policy = Notifier(published).guard.policies["speedsms"]
+    assert (policy.rate_per_s, policy.burst) == (1.0, 10)
+
+    configured = make_settings(
+        database_url=f"sqlite:///{tmp_path}/configured.db",
+        adapters={"speedsms": speedsms},
+        channels={"sms": {"providers": ["speedsms"]}},
+        providers={"speedsms": {"rate_per_s": 0.2, "burst": 2}},
+    )
+    policy = Notifier(configured).guard.policies["speedsms"]
+    assert (policy.rate_per_s, policy.burst) == (0.2, 2)
