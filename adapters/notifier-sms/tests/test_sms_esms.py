@@ -240,6 +240,15 @@ def test_unregistered_brandname_is_an_operator_alert(esms, context, make_message
     assert (failure.code, failure.operator_alert) == ("104", True)
 
 
+def test_a_mobifone_0891_number_is_sent_and_the_gateway_judges_it(
+    esms, context, make_message
+) -> None:
+    # 0890-0895 were refused before any send ("not a valid Vietnamese number"); they
+    # are MobiFone's 089 block and go to the gateway now.
+    _send_one(_adapter(esms, context), make_message(recipient="089 123 4567"))
+    assert [sms.phone for sms in esms.messages] == ["0891234567"]
+
+
 def test_blocked_number_is_final_for_the_recipient(esms, context, make_message) -> None:
     esms.fail_phone("0901888484", "99")
     failure = _failure(_adapter(esms, context), make_message(recipient="090.188.8484"))
