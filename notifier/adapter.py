@@ -169,7 +169,9 @@ class AdapterContext:
     http_transport: httpx.AsyncBaseTransport | None = None
 
     def http_client(self, **kwargs: Any) -> httpx.AsyncClient:
-        """A pooled client for the adapter's own lifetime (close it in ``close``)."""
+        """A pooled client for the adapter's own lifetime (close it in ``close``). HTTP
+        adapters rather use :class:`notifier.adapter_http.AdapterHttp`, which makes one
+        and maps its outcomes onto the failure types."""
         return httpx.AsyncClient(transport=self.http_transport, **kwargs)
 
 

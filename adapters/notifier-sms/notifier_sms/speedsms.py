@@ -121,7 +121,7 @@ class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
     accepts_receipts: ClassVar[bool] = False
     # SpeedSMS allows 60 requests in 60 seconds per account. Its 429 answer is that of
     # a refilling allowance (one request a second back, up to 60 saved up); the burst is
-    # kept at 10 because each worker process has its own (see docs/operations.md).
+    # kept at 10 because each worker process has its own (see docs/reliability.md).
     default_rate_limit: ClassVar[RateLimit | None] = RateLimit(rate_per_s=1.0, burst=10)
 
     def retry_after(self, response: httpx.Response) -> float | None:
