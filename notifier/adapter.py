@@ -48,6 +48,16 @@ class TemplatePart:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A provider's published request limit, as notifier's default for it: ``rate_per_s``
+    for the whole deployment, at most ``burst`` calls at once per worker process.
+    ``NOTIFIER_PROVIDERS__<NAME>__RATE_PER_S`` / ``__BURST`` override it."""
+
+    rate_per_s: float
+    burst: int
+
+
+@dataclass(frozen=True)
 class OutboundMessage:
     """One rendered message for one recipient on one channel."""
 
@@ -159,7 +169,9 @@ class AdapterContext:
     http_transport: httpx.AsyncBaseTransport | None = None
 
     def http_client(self, **kwargs: Any) -> httpx.AsyncClient:
-        """A pooled client for the adapter's own lifetime (close it in ``close``)."""
+        """A pooled client for the adapter's own lifetime (close it in ``close``). HTTP
+        adapters rather use :class:`notifier.adapter_http.AdapterHttp`, which makes one
+        and maps its outcomes onto the failure types."""
         return httpx.AsyncClient(transport=self.http_transport, **kwargs)
 
 
@@ -195,6 +207,16 @@ class Adapter(abc.ABC, Generic[SettingsT]):
     # Set to True by adapters that implement parse_receipt; the API then serves
     # GET and POST /v1/receipts/<name>.
     accepts_receipts: ClassVar[bool] = False
+
+    # The provider's own request limit (e.g. SpeedSMS: 60 a minute), used when the
+    # deployment sets none for it; None: no limit known.
+    default_rate_limit: ClassVar[RateLimit | None] = None
+
+    # How long the provider refuses a second message with our reference (the delivery
+    # id), e.g. eSMS's RequestId: 24 hours. A resend of a send that may have been taken
+    # is deduplicated only inside this window. None: the provider does not dedupe by
+    # our reference, or does not say for how long.
+    dedupe_window_s: ClassVar[float | None] = None
 
     @classmethod
     def parse_receipt(cls, settings: SettingsT, request: ReceiptRequest) -> list[Receipt]:

@@ -15,7 +15,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
-from notifier.adapter import AdapterContext, TemplatePart
+from notifier.adapter import Adapter, AdapterContext, TemplatePart
 from notifier.bridge import EventBridge, ingest_arguments
 from notifier.deliveries import DeliveryStatus, DeliveryStore
 from notifier.inbox import InboxStore
@@ -44,6 +44,12 @@ class _AdapterLifecycle(Middleware):
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.runtime.stop()
+
+
+def _published_rate(adapter_class: type[Adapter[Any]]) -> tuple[float, int] | None:
+    """An adapter's published request limit as (rate per second, burst), if it has one."""
+    limit = adapter_class.default_rate_limit
+    return None if limit is None else (limit.rate_per_s, limit.burst)
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
@@ -97,7 +103,10 @@ class Notifier:
         )
         self.guard = ProviderGuard(
             self.database,
-            {p.name: settings.provider_policy(p.name) for p in self.registry.all_providers()},
+            {
+                p.name: settings.provider_policy(p.name, _published_rate(p.adapter_class))
+                for p in self.registry.all_providers()
+            },
             processes=settings.worker.processes,
         )
         self.sender.guard = self.guard

@@ -343,8 +343,11 @@ _ADAPTER = Template('''\
 
 Registered as ``$name`` in the ``notifier.adapters`` entry-point group (pyproject.toml).
 As generated it POSTs one JSON document per message (:func:`payload`) with a Bearer
-token and the delivery id as ``Idempotency-Key``. Adapt ``payload`` and
-``_failure`` to the real API, and keep notifier's rules (docs/adapters.md):
+token and the delivery id as ``Idempotency-Key``, through the adapter kit's HTTP
+layer (:mod:`notifier.adapter_http`), which already turns timeouts, refused
+connections, 429 and 5xx into TemporaryFailure (``maybe_sent`` when the request went
+out). Adapt ``payload`` and ``_failure`` to the real API, and keep notifier's rules
+(docs/adapters.md):
 
 * report failures only as TemporaryFailure (retry later) or PermanentFailure (never
   retry; ``operator_alert=True`` when it is our configuration, not the citizen);
@@ -354,21 +357,20 @@ token and the delivery id as ``Idempotency-Key``. Adapt ``payload`` and
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, ClassVar
 
 import httpx
 from notifier.adapter import (
     Adapter,
     AdapterContext,
+    DeliveryFailure,
     Health,
     OutboundMessage,
-    PermanentFailure,
     RecipientKind,
     SendResult,
     TemplatePart,
-    TemporaryFailure,
 )
+from notifier.adapter_http import AdapterHttp, status_failure
 from notifier.logging import get_logger
 
 from .settings import ${Prefix}Settings
@@ -390,20 +392,12 @@ def payload(message: OutboundMessage) -> dict[str, Any]:
     }
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "").strip()
-    return min(float(value), 3600.0) if value.isdigit() else None
-
-
-def _failure(response: httpx.Response) -> TemporaryFailure | PermanentFailure:
-    """Map an error answer onto notifier's retry model."""
-    status = response.status_code
-    reason = f"the provider answered HTTP {status}"
-    if status in (408, 425, 429) or status >= 500:
-        return TemporaryFailure(reason, code=str(status), retry_after_s=_retry_after(response))
-    if status in (401, 403):  # our token: the worker fails over to the next provider
-        return PermanentFailure(f"{reason}: check the token", code=str(status), operator_alert=True)
-    return PermanentFailure(reason, code=str(status))
+def _failure(response: httpx.Response) -> DeliveryFailure:
+    """Map an error answer (not 429/5xx: the HTTP layer raised those) onto notifier's
+    retry model. 401/403 (our token) and 3xx/404 (our URL) are operator alerts and the
+    worker fails over to the next provider; read the provider's own error codes here
+    before falling back on the HTTP status."""
+    return status_failure(response, "the provider", refusal_is_ours=False)
 
 
 class ${Prefix}Adapter(Adapter[${Prefix}Settings]):
@@ -418,34 +412,28 @@ class ${Prefix}Adapter(Adapter[${Prefix}Settings]):
 
     def __init__(self, settings: ${Prefix}Settings, context: AdapterContext) -> None:
         super().__init__(settings, context)
-        # Made on first use, on the event loop that runs the sends.
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The pooled client, made on first use on the event loop that runs the sends.
+        self._http = AdapterHttp(
+            context,
+            "the provider",
+            timeout_s=settings.timeout_s,
+            max_connections=settings.max_connections,
+            follow_redirects=False,
+        )
 
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = self.context.http_client(
-                timeout=httpx.Timeout(self.settings.timeout_s),
-                limits=httpx.Limits(max_connections=self.settings.max_connections),
-                follow_redirects=False,
-            )
-            self._loop = loop
-        return self._client
+    @property
+    def max_in_flight(self) -> int:
+        return self.settings.max_connections
 
     async def send(self, message: OutboundMessage) -> SendResult:
         headers = {
             "Authorization": f"Bearer {self.settings.token.get_secret_value()}",
             "Idempotency-Key": str(message.delivery_id),
         }
-        try:
-            response = await self._http().post(
-                self.settings.url, json=payload(message), headers=headers
-            )
-        except httpx.TimeoutException as exc:
-            raise TemporaryFailure("the provider did not answer in time") from exc
-        except httpx.HTTPError as exc:  # refused, reset, DNS, TLS...
-            raise TemporaryFailure(f"the provider is unreachable ({type(exc).__name__})") from exc
+        # Timeouts, refused connections, 429 and 5xx come out as TemporaryFailure.
+        response = await self._http.request(
+            "POST", self.settings.url, json=payload(message), headers=headers
+        )
         if not response.is_success:
             raise _failure(response)
         log.debug("provider accepted the message", status=response.status_code)
@@ -459,13 +447,11 @@ class ${Prefix}Adapter(Adapter[${Prefix}Settings]):
         return SendResult(provider_message_id=provider_id or None)
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
-            await client.aclose()
+        await self._http.aclose()
 
     async def health(self) -> Health:
         try:
-            response = await self._http().head(self.settings.url)
+            response = await self._http.client().head(self.settings.url)
         except httpx.HTTPError as exc:
             return Health(ok=False, detail=f"unreachable: {type(exc).__name__}")
         return Health(ok=response.status_code < 500, detail=f"HTTP {response.status_code}")
@@ -539,6 +525,10 @@ class Test${Prefix}Contract(AdapterContract):
             port = sock.getsockname()[1]
         return {**self.valid_settings(provider), "url": f"http://127.0.0.1:{port}/send"}
 
+    def no_answer_settings(self, provider: LocalHttpServer, url: str) -> dict[str, Any]:
+        # The kit's server at ``url`` takes the request and never answers.
+        return {**self.valid_settings(provider), "url": url + "/send"}
+
     def sent_reference(self, provider: LocalHttpServer) -> str | None:
         request = provider.last_request
         return None if request is None else request.header("idempotency-key")
@@ -579,7 +569,10 @@ _README = Template("""\
 A notifier channel adapter: **$channel** notifications through
 **$name**, generated by `notifier adapters new $name`. It works as generated (one JSON
 POST per message with a Bearer token); adapt `payload` and `_failure` in
-`$package/adapter.py` to the provider's real API.
+`$package/adapter.py` to the provider's real API. It sends through notifier's HTTP
+layer (`notifier.adapter_http.AdapterHttp`): timeouts, refused connections, 429 and
+5xx are already `TemporaryFailure` (`maybe_sent=True` when the request went out and
+no answer came), so `_failure` reads only the provider's own refusals.
 
 ## Install and test
 

@@ -319,8 +319,18 @@ class Settings(BaseSettings):
                 )
         return self
 
-    def provider_policy(self, name: str) -> ProviderPolicy:
-        return self.providers.get(name) or ProviderPolicy()
+    def provider_policy(
+        self, name: str, default_rate: tuple[float, int] | None = None
+    ) -> ProviderPolicy:
+        """The policy for one provider: as configured, with the adapter's published
+        rate limit ``default_rate`` (rate per second, burst) where none is configured."""
+        policy = self.providers.get(name) or ProviderPolicy()
+        if default_rate is None or "rate_per_s" in policy.model_fields_set:
+            return policy
+        rate_per_s, burst = default_rate
+        if "burst" in policy.model_fields_set:
+            burst = policy.burst
+        return policy.model_copy(update={"rate_per_s": rate_per_s, "burst": burst})
 
     @model_validator(mode="after")
     def _sweeper_after_retries(self) -> Settings:

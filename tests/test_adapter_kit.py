@@ -66,6 +66,7 @@ from notifier.adapter import (
     Adapter, AdapterSettings, InvalidReceipt, OutboundMessage, PermanentFailure, Receipt,
     ReceiptRequest, RecipientKind, SendResult, TemplatePart, TemporaryFailure,
 )
+from notifier.adapter_http import request
 from notifier.logging import get_logger
 from notifier.testing import AdapterContract, LocalHttpServer
 
@@ -98,21 +99,24 @@ class Good(Adapter[GoodSettings]):
     def reference(self, message: OutboundMessage) -> str:
         return str(message.delivery_id)
 
-    async def post(self, message: OutboundMessage) -> httpx.Response:
+    def http(self) -> httpx.AsyncClient:
         if self.client is None:
             self.client = self.context.http_client(timeout=self.settings.timeout_s)
-        return await self.client.post(
-            self.settings.url,
+        return self.client
+
+    async def post(self, message: OutboundMessage) -> httpx.Response:
+        return await self.exchange(
             json={"to": message.recipient, **message.parts},
             headers={"Idempotency-Key": self.reference(message)},
         )
 
+    async def exchange(self, **kwargs: Any) -> httpx.Response:
+        return await request(
+            self.http(), "POST", self.settings.url, provider="the provider", **kwargs
+        )
+
     async def send(self, message: OutboundMessage) -> SendResult:
-        try:
-            response = await self.post(message)
-        except httpx.HTTPError as exc:
-            raise TemporaryFailure(f"unreachable: {type(exc).__name__}") from exc
-        return self.classify(response)
+        return self.classify(await self.post(message))
 
     def classify(self, response: httpx.Response) -> SendResult:
         if response.status_code >= 500:
@@ -142,8 +146,17 @@ class Good(Adapter[GoodSettings]):
 
 
 class LeaksHttpxErrors(Good):
+    async def exchange(self, **kwargs: Any) -> httpx.Response:
+        return await self.http().post(self.settings.url, **kwargs)  # timeouts, refusals escape
+
+
+class ForgetsMaybeSent(LeaksHttpxErrors):
     async def send(self, message: OutboundMessage) -> SendResult:
-        return self.classify(await self.post(message))  # timeouts, refusals escape
+        try:
+            response = await self.post(message)
+        except httpx.HTTPError as exc:  # a read timeout too: the provider may have it
+            raise TemporaryFailure(f"unreachable: {type(exc).__name__}") from exc
+        return self.classify(response)
 
 
 class LogsRecipient(Good):
@@ -235,6 +248,9 @@ class Hooks(AdapterContract):
             port = sock.getsockname()[1]
         return {**self.valid_settings(provider), "url": f"http://127.0.0.1:{port}/send"}
 
+    def no_answer_settings(self, provider: LocalHttpServer, url: str) -> dict[str, Any]:
+        return {**self.valid_settings(provider), "url": url + "/send"}
+
     def sent_reference(self, provider: LocalHttpServer) -> str | None:
         request = provider.last_request
         return None if request is None else request.header("idempotency-key")
@@ -257,6 +273,7 @@ KIT_TESTS = [
     "test_a_temporary_failure_is_reported_as_temporary",
     "test_a_permanent_failure_is_reported_as_permanent",
     "test_a_slow_provider_is_a_temporary_failure",
+    "test_no_answer_after_the_request_went_out_is_maybe_sent",
     "test_an_unreachable_provider_is_a_temporary_failure",
     "test_logs_never_show_the_recipient",
     "test_close_is_clean_and_repeatable",
@@ -293,8 +310,10 @@ EXPECTED_FAILURES: dict[str, set[str]] = {
     "DocsExample": set(),
     "LeaksHttpxErrors": {
         "test_a_slow_provider_is_a_temporary_failure",
+        "test_no_answer_after_the_request_went_out_is_maybe_sent",
         "test_an_unreachable_provider_is_a_temporary_failure",
     },
+    "ForgetsMaybeSent": {"test_no_answer_after_the_request_went_out_is_maybe_sent"},
     "LogsRecipient": {"test_logs_never_show_the_recipient"},
     "IgnoresDeliveryId": {"test_the_delivery_id_reaches_the_provider"},
     "PlainSecret": {"test_secret_settings_are_secret"},
@@ -305,6 +324,7 @@ EXPECTED_FAILURES: dict[str, set[str]] = {
     "TypoTolerant": {"test_declarations_are_well_formed", "test_invalid_settings_are_refused"},
     "AllBroken": {
         "test_a_slow_provider_is_a_temporary_failure",
+        "test_no_answer_after_the_request_went_out_is_maybe_sent",
         "test_an_unreachable_provider_is_a_temporary_failure",
         "test_logs_never_show_the_recipient",
         "test_the_delivery_id_reaches_the_provider",
@@ -316,6 +336,7 @@ EXPECTED_FAILURES: dict[str, set[str]] = {
 # Words the kit's failure message must use, so a developer knows what to fix.
 EXPECTED_MESSAGES = {
     "LeaksHttpxErrors": ["httpx.ConnectError", "report it as TemporaryFailure"],
+    "ForgetsMaybeSent": ["without maybe_sent=True", "notifier.adapter_http.request"],
     "LogsRecipient": ["the recipient appears in clear in log lines", "«RECIPIENT»"],
     "IgnoresDeliveryId": ["does not hold the delivery id"],
     "PlainSecret": ["'token' holds a secret but is typed"],
@@ -705,3 +726,27 @@ def test_malformed_routing_stops_start_up(tmp_path: Path, text: str, problem: st
     with pytest.raises(SettingsError) as refused:
         Notifier(settings, registry=Registry({}))
     assert problem in str(refused.value)
+
+
+def test_a_providers_published_rate_limit_reaches_the_guard_unless_configured(
+    tmp_path: Path,
+) -> None:
+    # SpeedSMS publishes 60 requests a minute (notifier_sms.speedsms); the worker's
+    # guard takes it as the default, and the deployment's own setting wins.
+    speedsms = {"brandname": "UBND.HN", "access_token": "t0ken-for-the-test"}
+    published = make_settings(
+        database_url=f"sqlite:///{tmp_path}/published.db",
+        adapters={"speedsms": speedsms},
+        channels={"sms": {"providers": ["speedsms"]}},
+    )
+    policy = Notifier(published).guard.policies["speedsms"]
+    assert (policy.rate_per_s, policy.burst) == (1.0, 10)
+
+    configured = make_settings(
+        database_url=f"sqlite:///{tmp_path}/configured.db",
+        adapters={"speedsms": speedsms},
+        channels={"sms": {"providers": ["speedsms"]}},
+        providers={"speedsms": {"rate_per_s": 0.2, "burst": 2}},
+    )
+    policy = Notifier(configured).guard.policies["speedsms"]
+    assert (policy.rate_per_s, policy.burst) == (0.2, 2)

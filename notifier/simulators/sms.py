@@ -77,10 +77,14 @@ ESMS_MESSAGES: dict[str, str] = {
     "103": "Balance not enough to send message",
     "104": "Brand name code is not exist",
     "108": "Phone number is invalid",
+    "118": "Message type is invalid",
     "124": "Request exist 1",
     "140": "IP is not in whitelist",
+    "143": "Account is locked",
     "146": "Sai template Brandname CSKH",
     "177": "Telco is not registered for the brandname",
+    "201": "Content contains a blocked keyword",
+    "300": "Message type is missing",
 }
 SPEEDSMS_MESSAGES: dict[str, str] = {
     "007": "IP locked",
@@ -380,10 +384,17 @@ class _GatewaySimulator(BackgroundHttpServer):
                         429, "Too Many Requests", **{"Retry-After": _header(retry_after_s)}
                     )
                 self._window = (second, admitted + 1)
+        refusal = self._over_limit()
+        if refusal is not None:
+            return refusal
         route = self._route(request)
         if route is None:
             return _Answer.of_text(404, "Not Found")
         return route(request)
+
+    def _over_limit(self) -> _Answer | None:
+        """The gateway's own request limit: an answer refusing this request, or None."""
+        return None
 
     @abc.abstractmethod
     def _route(self, request: ReceivedRequest) -> _Route | None:
@@ -439,11 +450,19 @@ class EsmsSimulator(_GatewaySimulator):
         self.balance = balance
         self.auto_report_after_s = auto_report_after_s
         self._request_ids: set[str] = set()
+        self._invalid_requests = 0
         self.report_errors: list[str] = []  # auto reports that failed (type names)
 
     def _reset_gateway(self) -> None:
         self._request_ids.clear()
+        self._invalid_requests = 0
         self.report_errors.clear()
+
+    def fail_next_invalid_request(self, n: int = 1) -> None:
+        """Answer the next ``n`` send requests ``{"error": "Invalid request"}``, eSMS's
+        answer to a request it cannot read (no CodeResult)."""
+        with self._cond:
+            self._invalid_requests += n
 
     def _route(self, request: ReceivedRequest) -> _Route | None:
         path = request.path.rstrip("/")
@@ -476,6 +495,13 @@ class EsmsSimulator(_GatewaySimulator):
             return _Answer.of_json({"error": "Invalid request"})
         if not self._authorised(document):
             return self._code("101")
+        with self._cond:
+            invalid, self._invalid_requests = (
+                self._invalid_requests > 0,
+                max(0, self._invalid_requests - 1),
+            )
+        if invalid:
+            return _Answer.of_json({"error": "Invalid request"})
         failure = self._take_failure()
         if failure is not None:
             return self._code(*failure)
@@ -610,7 +636,15 @@ class EsmsSimulator(_GatewaySimulator):
 
 class SpeedSmsSimulator(_GatewaySimulator):
     """SpeedSMS's API under ``/index.php``: ``POST /sms/send`` and ``GET /user/info``,
-    HTTP Basic auth with the access token as user name (HTTP 401 otherwise)."""
+    HTTP Basic auth with the access token as user name (HTTP 401 otherwise).
+
+    Its request limit, as its API page states it: ``rate_limit`` requests in
+    ``rate_window_s`` seconds (60 in 60 by default; None lifts it). The allowance refills
+    continuously (one request a second back at the default) and holds at most the
+    limit; a request without allowance gets HTTP 429 ``{"name": "Too Many Requests",
+    ...}`` with ``X-Rate-Limit-Reset`` (seconds to wait: the window, as SpeedSMS's
+    framework answers) and spends what allowance had come back.
+    """
 
     gateway: ClassVar[str] = "speedsms"
     path_prefix: ClassVar[str] = "/index.php"
@@ -626,11 +660,52 @@ class SpeedSmsSimulator(_GatewaySimulator):
         access_token: str = "sim-access-token",  # noqa: S107 - the simulator's own
         balance: int = 1_000_000,
         latency_s: float = 0.0,
+        rate_limit: int | None = 60,
+        rate_window_s: float = 60.0,
     ) -> None:
         super().__init__(host, port, latency_s=latency_s)
         self.access_token = access_token
         self.balance = balance
+        self.rate_limit = rate_limit
+        self.rate_window_s = rate_window_s
         self._tran_id = 0
+        self._allowance = float(rate_limit or 0)
+        self._allowance_at = time.monotonic()
+        self.rate_limited = 0  # requests answered 429 by the limit
+
+    def _reset_gateway(self) -> None:
+        self._allowance = float(self.rate_limit or 0)
+        self._allowance_at = time.monotonic()
+        self.rate_limited = 0
+
+    def _over_limit(self) -> _Answer | None:
+        limit = self.rate_limit
+        if limit is None:
+            return None
+        with self._cond:
+            now = time.monotonic()
+            refill = (now - self._allowance_at) * limit / self.rate_window_s
+            allowance = min(float(limit), self._allowance + refill)
+            self._allowance_at = now
+            if allowance < 1:
+                self._allowance = 0.0
+                self.rate_limited += 1
+                return _Answer.of_json(
+                    {
+                        "name": "Too Many Requests",
+                        "message": "Rate limit exceeded.",
+                        "code": 0,
+                        "status": 429,
+                    },
+                    status=429,
+                    **{
+                        "X-Rate-Limit-Limit": str(limit),
+                        "X-Rate-Limit-Remaining": "0",
+                        "X-Rate-Limit-Reset": str(int(self.rate_window_s)),
+                    },
+                )
+            self._allowance = allowance - 1
+        return None
 
     def _route(self, request: ReceivedRequest) -> _Route | None:
         path = request.path.rstrip("/")

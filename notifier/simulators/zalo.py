@@ -13,8 +13,9 @@ It serves, on 127.0.0.1 and a free port, in daemon threads (stdlib
 unless the ``access_token`` header holds the current access token, per-phone
 outcomes (:meth:`not_zalo_user` -118, :meth:`blocked` -114, :meth:`invalid_phone`
 -108), template refusals (:meth:`reject_template`, -131 by default), a daily quota
-(:meth:`set_quota`, then :data:`QUOTA_ERROR`), arbitrary errors (:meth:`fail_next`)
-and outages (:meth:`set_outage`: HTTP 503).
+(:meth:`set_quota`, then :data:`QUOTA_ERROR`), any ZBS error code on demand
+(:meth:`fail_next`: -100, -110, -115, -133, -139..., with the simulator's own text) and
+outages (:meth:`set_outage`: HTTP 503).
 
 ``POST /v4/oa/access_token`` behaves like OAuth v4 refresh: it checks the
 ``secret_key`` header and ``app_id``, and refresh tokens are **single use**: each
@@ -26,8 +27,8 @@ sharing tokens refresh once. ``access_token_ttl_s`` sets the access token lifeti
 :meth:`send_receipt` POSTs a signed ``user_received_message`` webhook (see
 :meth:`build_receipt` for the body and signature) to a callback URL.
 
-Error codes of failures Zalo has not documented publicly (the quota code, OAuth
-errors) are the simulator's own choice; the adapter must not depend on them beyond
+Error codes of failures Zalo has not documented publicly (OAuth errors) are the
+simulator's own choice; the adapter must not depend on them beyond
 what its settings say.
 """
 
@@ -52,11 +53,23 @@ import httpx
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 from notifier.simulators.http import BackgroundHttpServer
 
-__all__ = ["QUOTA_ERROR", "SentZns", "ZaloSimulator"]
+__all__ = [
+    "APP_TOO_OLD",
+    "OUTSIDE_HOURS",
+    "QUOTA_ERROR",
+    "REFUSED_TYPE",
+    "UNKNOWN_ERROR",
+    "SentZns",
+    "ZaloSimulator",
+]
 
-# Our choice for "OA daily quota exceeded": Zalo's real code is unverified (the
-# adapter's default ``quota_error_codes`` has the same value).
-QUOTA_ERROR = -144
+# What the simulator answers past its daily quota: -115, "balance too low" in Zalo's
+# ZBS error table (the wallet/quota case; the table has no separate daily-quota code).
+QUOTA_ERROR = -115
+UNKNOWN_ERROR = -100
+APP_TOO_OLD = -110
+OUTSIDE_HOURS = -133
+REFUSED_TYPE = -139
 TOKEN_INVALID = -124
 NOT_ZALO_USER = -118
 USER_BLOCKED = -114
@@ -79,8 +92,11 @@ _ERROR_TEXT = {
     INVALID_PHONE: "Phone number is invalid",
     TEMPLATE_NOT_APPROVED: "Template is not approved",
     TEMPLATE_MISSING: "Template does not exist",
-    QUOTA_ERROR: "Out of daily quota (simulated code)",
-    -133: "Template is not allowed to be sent at this time",
+    QUOTA_ERROR: "Balance is not enough to send this message",
+    UNKNOWN_ERROR: "Unknown error, please try again later",
+    APP_TOO_OLD: "User's Zalo version is not supported for this message",
+    OUTSIDE_HOURS: "Template is not allowed to be sent at this time (22:00-06:00)",
+    REFUSED_TYPE: "User has refused to receive this type of message",
 }
 _MAX_BODY = 1 << 20
 
@@ -266,7 +282,7 @@ class ZaloSimulator(BackgroundHttpServer):
             self._daily_quota = daily
             self._used_quota = 0
 
-    def fail_next(self, n: int = 1, code: int = -133, message: str | None = None) -> None:
+    def fail_next(self, n: int = 1, code: int = OUTSIDE_HOURS, message: str | None = None) -> None:
         """Answer the next ``n`` sends (with a valid token) with error ``code``."""
         with self._cond:
             text = message if message is not None else _ERROR_TEXT.get(code, "Simulated error")

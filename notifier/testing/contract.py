@@ -28,7 +28,8 @@
 The kit then checks what the core relies on (see docs/adapters.md): well-formed
 declarations, settings validation and secrets, sends that return a SendResult,
 the delivery id passed through as the idempotency reference, failures classified
-as TemporaryFailure/PermanentFailure and nothing else escaping, no recipient in
+as TemporaryFailure/PermanentFailure and nothing else escaping, a request that got
+no answer reported as ``maybe_sent``, no recipient in
 clear in any log line or failure reason, a clean and repeatable close(), health,
 and receipts that parse while forged ones are refused.
 
@@ -44,6 +45,7 @@ import contextlib
 import inspect
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -80,6 +82,7 @@ from notifier.testing.helpers import (
     run,
     sample_message,
 )
+from notifier.testing.http import LocalHttpServer, RecordedRequest, Reply
 
 __all__ = ["OMIT", "SCENARIOS", "AdapterContract", "Outcome"]
 
@@ -100,6 +103,7 @@ SCENARIOS: Final = frozenset(
         "temporary_failure",
         "permanent_failure",
         "timeout",
+        "no_answer",
         "unreachable",
         "idempotency",
         "close_connections",
@@ -206,6 +210,13 @@ class AdapterContract:
     def unreachable_settings(self, provider: Any) -> dict[str, Any]:
         """Valid settings pointing at an address where nothing listens."""
         raise _HookMissing("unreachable_settings(provider)")
+
+    def no_answer_settings(self, provider: Any, url: str) -> dict[str, Any]:
+        """Valid settings that send to ``url`` (``http://127.0.0.1:<port>``, no slash)
+        instead of the provider, with a short timeout (well under ``send_timeout_s``):
+        the kit serves an HTTP server there that reads the whole request and never
+        answers."""
+        raise _HookMissing("no_answer_settings(provider, url)")
 
     def recover(self, provider: Any) -> None:
         """Undo ``cause_temporary_failure`` if it was not a one-off."""
@@ -489,6 +500,52 @@ class AdapterContract:
             return  # the worker's own send timeout cuts it off and counts it temporary
         self._expect(outcomes[0], "temporary", "a provider that answers too late")
 
+    def test_no_answer_after_the_request_went_out_is_maybe_sent(self, kit_provider: Any) -> None:
+        """A real local server takes the whole request and never answers: the provider
+        may have taken the message, and the core must know (it then neither fails over
+        to another provider nor resends blindly)."""
+        self._applies("no_answer")
+        received = threading.Event()
+
+        def take_and_hold(request: RecordedRequest) -> Reply | None:
+            received.set()
+            return None  # then the default reply, held back until the server stops
+
+        silent = LocalHttpServer(
+            check=take_and_hold, default=Reply(200, {"ok": True}, delay_s=3600.0)
+        )
+        outcomes: list[Outcome] = []
+        with silent:
+            raw = self._hook(lambda: self.no_answer_settings(kit_provider, silent.url), "no_answer")
+            settings = self._validated(raw, "no_answer_settings(provider, url)")
+
+            async def scenario(adapter: Adapter[Any]) -> None:
+                outcomes.append(await self._attempt(adapter, self.message()))
+
+            self._exercise(kit_provider, scenario, settings=settings)
+        outcome = outcomes[0]
+        if not received.is_set():
+            pytest.fail(
+                f"the send never reached the server at no_answer_settings' url (it "
+                f"{outcome.describe()}): point the adapter's URL setting at it"
+            )
+        if outcome.kind == "hung":
+            pytest.fail(
+                f"the send was {outcome.describe()}: give the adapter a short timeout in "
+                "no_answer_settings, so it reports the silence itself"
+            )
+        situation = "a provider that took the request and never answered"
+        self._expect(outcome, "temporary", situation)
+        error = outcome.error
+        assert isinstance(error, TemporaryFailure)
+        if error.maybe_sent is not True:
+            pytest.fail(
+                f"{situation}: send raised TemporaryFailure({error.reason!r}) without "
+                "maybe_sent=True: the provider may have taken the message. Send through "
+                "notifier.adapter_http.request (or AdapterHttp), which reports it, or "
+                "raise TemporaryFailure(..., maybe_sent=True) on a read timeout"
+            )
+
     def test_an_unreachable_provider_is_a_temporary_failure(self, kit_provider: Any) -> None:
         self._applies("unreachable")
         raw = self._hook(lambda: self.unreachable_settings(kit_provider), "unreachable")
@@ -764,6 +821,8 @@ class AdapterContract:
             not isinstance(retry_after, int | float) or retry_after < 0
         ):
             problems.append(f"retry_after_s {retry_after!r} must be seconds >= 0")
+        if isinstance(error, TemporaryFailure) and not isinstance(error.maybe_sent, bool):
+            problems.append("maybe_sent must be a bool")
         if isinstance(error, PermanentFailure) and not isinstance(error.operator_alert, bool):
             problems.append("operator_alert must be a bool")
         _report(f"{situation}: the {wanted} is malformed", problems)

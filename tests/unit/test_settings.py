@@ -321,3 +321,21 @@ def test_trusted_proxies_take_addresses_and_networks_only(monkeypatch: pytest.Mo
     joined = "\n".join(problems_of())
     assert "NOTIFIER_API__TRUSTED_PROXIES" in joined
     assert "not an IP address or network" in joined
+
+
+def test_an_adapters_published_rate_limit_is_the_default_unless_the_deployment_sets_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    published = (1.0, 10)  # e.g. SpeedSMS: 60 requests a minute
+    settings = load_settings()
+    policy = settings.provider_policy("speedsms", published)
+    assert (policy.rate_per_s, policy.burst) == (1.0, 10)
+    assert settings.provider_policy("speedsms").rate_per_s is None  # none published
+
+    monkeypatch.setenv("NOTIFIER_PROVIDERS__SPEEDSMS__BURST", "4")
+    policy = load_settings().provider_policy("speedsms", published)
+    assert (policy.rate_per_s, policy.burst) == (1.0, 4)  # the burst set, the rate published
+
+    monkeypatch.setenv("NOTIFIER_PROVIDERS__SPEEDSMS__RATE_PER_S", "0.5")
+    policy = load_settings().provider_policy("speedsms", published)
+    assert (policy.rate_per_s, policy.burst) == (0.5, 4)  # the deployment's own

@@ -57,6 +57,7 @@ class TestPortalContract(AdapterContract):
         ),
         "timeout": "no remote provider; a stuck database is cut off by the worker's send timeout",
         "unreachable": "no network address; an unavailable database is the temporary scenario",
+        "no_answer": "no HTTP request: the inbox is a database write in one transaction",
     }
 
     @contextmanager

@@ -1,5 +1,6 @@
-"""What every SMS gateway adapter shares: settings, text and phone preparation, the
-pooled HTTP client and the mapping of HTTP/transport errors onto the core's failures.
+"""What every SMS gateway adapter shares: settings, text and phone preparation and the
+pooled HTTP client (the adapter kit's :class:`~notifier.adapter_http.AdapterHttp`, which
+maps HTTP/transport errors onto the core's failures the same way for every adapter).
 
 A gateway module subclasses :class:`SmsAdapterBase` and implements :meth:`submit`
 (one HTTP exchange, answering a :class:`GatewayAccepted` or raising a
@@ -14,16 +15,12 @@ texts that come from a gateway are scrubbed (:func:`notifier.masking.scrub`).
 from __future__ import annotations
 
 import abc
-import asyncio
 import hmac
 import json
-import math
 import re
-import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeVar
 
 import httpx
@@ -33,7 +30,6 @@ from notifier.adapter import (
     Adapter,
     AdapterContext,
     AdapterSettings,
-    DeliveryFailure,
     InvalidReceipt,
     OutboundMessage,
     PermanentFailure,
@@ -41,8 +37,8 @@ from notifier.adapter import (
     RecipientKind,
     SendResult,
     TemplatePart,
-    TemporaryFailure,
 )
+from notifier.adapter_http import AdapterHttp, request, retry_after
 from notifier.masking import scrub
 from notifier.phones import InvalidPhone, MobileNumber, parse_mobile
 from notifier.text import SmsLength, is_gsm7, sms_length, strip_diacritics
@@ -54,11 +50,9 @@ __all__ = [
     "SmsSettings",
     "check_http_url",
     "check_receipt_token",
-    "client_error",
     "decode_json_text",
     "gateway_text",
     "json_path",
-    "parse_retry_after",
     "prepare_text",
 ]
 
@@ -208,26 +202,6 @@ def gateway_text(value: Any, limit: int = 160) -> str:
     return scrub(" ".join(str(value).split()))[:limit]
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date)."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
-
-
 def json_path(document: Any, path: str | None) -> Any:
     """The value at a dotted path (``data.tranId``, ``items.0.id``), or None."""
     if path is None:
@@ -253,34 +227,6 @@ def read_json(response: httpx.Response) -> Any:
         return None
 
 
-def client_error(response: httpx.Response, gateway: str) -> DeliveryFailure:
-    """An HTTP answer that is neither success, throttling nor a server error, and that
-    the gateway's own codes did not explain: our URL, credentials or request shape."""
-    status = response.status_code
-    code = f"http-{status}"
-    if status in (401, 403):
-        return PermanentFailure(
-            f"{gateway} refused our credentials (HTTP {status})", code=code, operator_alert=True
-        )
-    if status in (408, 425):
-        return TemporaryFailure(f"{gateway} asked us to try again (HTTP {status})", code=code)
-    if 300 <= status < 400:
-        return PermanentFailure(
-            f"{gateway} answered a redirect (HTTP {status}): check its base_url",
-            code=code,
-            operator_alert=True,
-        )
-    if 400 <= status < 500:
-        return PermanentFailure(
-            f"{gateway} refused the request (HTTP {status}): check its settings",
-            code=code,
-            operator_alert=True,
-        )
-    # 1xx/2xx that the gateway module could not read: the message may or may not have
-    # been taken; retrying is the conservative choice (and idempotent where supported).
-    return TemporaryFailure(f"{gateway} gave an unreadable answer (HTTP {status})", code=code)
-
-
 def check_receipt_token(settings: SmsSettings, request: ReceiptRequest) -> None:
     """Require ``?token=<receipt_token>`` on a callback, compared in constant time."""
     expected = settings.receipt_token
@@ -299,8 +245,9 @@ class SmsAdapterBase(Adapter[S]):
     :meth:`send` prepares the text (diacritics, segments), parses the phone number,
     then calls the gateway's :meth:`submit` with a pooled ``httpx.AsyncClient``
     created on first use through :meth:`AdapterContext.http_client` and closed in
-    :meth:`close`. Timeouts, connection errors, HTTP 429 (with Retry-After) and 5xx
-    become :class:`TemporaryFailure`.
+    :meth:`close`. Timeouts, connection errors, HTTP 429 (with Retry-After, or the
+    gateway's own header through :meth:`retry_after`) and 5xx become
+    :class:`TemporaryFailure` in the adapter kit's HTTP layer (:mod:`notifier.adapter_http`).
     """
 
     channel: ClassVar[str] = "sms"
@@ -311,10 +258,9 @@ class SmsAdapterBase(Adapter[S]):
 
     def __init__(self, settings: S, context: AdapterContext) -> None:
         super().__init__(settings, context)
-        # Created on first send: an httpx client belongs to the loop that uses it, and
-        # adapters are constructed before (and outside) that loop.
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        # The pooled client is made on first send: an httpx client belongs to the loop
+        # that uses it, and adapters are constructed before (and outside) that loop.
+        self._http: AdapterHttp | None = None
 
     @property
     def max_in_flight(self) -> int:
@@ -376,73 +322,38 @@ class SmsAdapterBase(Adapter[S]):
     async def request(
         self, client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
     ) -> httpx.Response:
-        """One HTTP exchange with transport errors, 429 and 5xx already mapped to
-        :class:`TemporaryFailure`; other answers are the caller's to read."""
-        label = self.gateway_label
-        # Codes tell whether the gateway may have taken the message: "connect-failed"
-        # (it never saw the request) vs "timeout"/"connection-lost" (outcome unknown).
-        try:
-            response = await client.request(method, url, **kwargs)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError) as exc:
-            raise TemporaryFailure(
-                f"{label} unreachable: {type(exc).__name__} {gateway_text(exc, 120)}".rstrip(),
-                code="connect-failed",
-            ) from None
-        except httpx.TimeoutException as exc:
-            raise TemporaryFailure(
-                f"{label} did not answer within {self.settings.timeout_s:g}s "
-                f"({type(exc).__name__}); it may have taken the message",
-                code="timeout",
-                maybe_sent=True,
-            ) from None
-        except httpx.TransportError as exc:
-            raise TemporaryFailure(
-                f"{label} connection lost: {type(exc).__name__} {gateway_text(exc, 120)}".rstrip(),
-                code="connection-lost",
-                maybe_sent=True,
-            ) from None
-        status = response.status_code
-        if status == 429:
-            raise TemporaryFailure(
-                f"{label} is throttling us (HTTP 429)",
-                code="http-429",
-                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-            )
-        if status >= 500:
-            raise TemporaryFailure(
-                f"{label} server error (HTTP {status})",
-                code=f"http-{status}",
-                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-            )
-        return response
+        """One HTTP exchange through the adapter kit's :func:`~notifier.adapter_http.request`:
+        transport errors, 429 and 5xx are already :class:`TemporaryFailure` (with
+        ``maybe_sent`` once the request went out); other answers are the caller's to read."""
+        return await request(
+            client,
+            method,
+            url,
+            provider=self.gateway_label,
+            retry_after_hook=self.retry_after,
+            **kwargs,
+        )
+
+    def retry_after(self, response: httpx.Response) -> float | None:
+        """Seconds a throttling (429) or failing (5xx) gateway asks us to wait: the
+        ``Retry-After`` header unless the gateway uses its own (override it)."""
+        return retry_after(response)
 
     # -- the client -----------------------------------------------------------------
 
     def _get_client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._client
-        if client is not None and self._client_loop is not loop:
-            # Made on another event loop (tests, a restarted runtime): its connections
-            # cannot be used or closed from this one; let it go.
-            client = None
-        if client is None or client.is_closed:
-            limits = httpx.Limits(
+        if self._http is None:
+            self._http = AdapterHttp(
+                self.context,
+                self.gateway_label,
+                timeout_s=self.settings.timeout_s,
                 max_connections=self.settings.max_connections,
-                max_keepalive_connections=self.settings.max_connections,
-            )
-            client = self.context.http_client(
+                retry_after_hook=self.retry_after,
                 base_url=self.base_url(),
-                timeout=httpx.Timeout(self.settings.timeout_s),
-                limits=limits,
                 **self.client_options(),
             )
-            self._client, self._client_loop = client, loop
-        return client
+        return self._http.client()
 
     async def close(self) -> None:
-        client, loop = self._client, self._client_loop
-        self._client = self._client_loop = None
-        if client is None or client.is_closed:
-            return
-        if loop is asyncio.get_running_loop():
-            await client.aclose()
+        if self._http is not None:
+            await self._http.aclose()

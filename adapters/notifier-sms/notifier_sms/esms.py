@@ -1,11 +1,15 @@
 """eSMS.vn: customer-care (CSKH) brandname SMS through ``SendMultipleMessage_V4_post_json``.
 
 - One POST per message, JSON; the phone in national form (``0901888484``).
-- ``RequestId`` is the delivery id. eSMS refuses a RequestId it saw the same day with
-  code 124, which makes a retry after a lost answer safe: 124 means the first
-  request was taken, and is reported as sent, not as a failure.
+- ``RequestId`` is the delivery id. eSMS refuses a RequestId it saw in the last
+  **24 hours** with code 124, which makes a retry after a lost answer safe within that
+  window: 124 means the first request was taken, and is reported as sent, not as a
+  failure. Later than that a retry may send twice: :attr:`EsmsAdapter.dedupe_window_s`
+  says how long the dedupe lasts, for the core's resend policy.
 - Result codes (``CodeResult``) map onto the core's failures: see :data:`OPERATOR_CODES`,
   :data:`PERMANENT_CODES`; unknown codes are temporary (retried), conservatively.
+  ``{"error": "Invalid request"}`` (no ``CodeResult``) is eSMS refusing the request's
+  shape: our malformed request, an operator alert, never the citizen's failure.
 - Delivery reports: eSMS calls ``CallbackUrl`` with HTTP GET and query parameters
   (``SMSID``, ``SendStatus``, ``SendSuccess``, ``SendFailed``, ``RequestId``...). They
   carry no signature, so the URL carries our secret: ``?token=<receipt_token>``,
@@ -33,6 +37,7 @@ from notifier.adapter import (
     ReceiptRequest,
     TemporaryFailure,
 )
+from notifier.adapter_http import status_failure
 from notifier.phones import PhoneFormat
 
 from .base import (
@@ -42,14 +47,15 @@ from .base import (
     SmsSettings,
     check_http_url,
     check_receipt_token,
-    client_error,
     gateway_text,
     read_json,
 )
 
 __all__ = [
     "ACCEPTED",
+    "DEDUPE_WINDOW_S",
     "DUPLICATE_REQUEST",
+    "INVALID_REQUEST",
     "OPERATOR_CODES",
     "PERMANENT_CODES",
     "EsmsAdapter",
@@ -61,7 +67,18 @@ SEND_PATH = "/MainService.svc/json/SendMultipleMessage_V4_post_json/"
 BALANCE_PATH = "/MainService.svc/json/GetBalance_json"
 
 ACCEPTED = "100"
-DUPLICATE_REQUEST = "124"  # RequestId already used today: the first request was taken
+# RequestId already used within the last 24 hours: the first request was taken.
+DUPLICATE_REQUEST = "124"
+# How long eSMS remembers a RequestId (bang-ma-loi.md, code 124): a resend of an
+# uncertain send is deduped only inside this window.
+DEDUPE_WINDOW_S = 24 * 3600
+# Our code for eSMS's ``{"error": "Invalid request"}`` answer, which has no CodeResult.
+INVALID_REQUEST = "invalid-request"
+
+# Source of both tables: eSMS's error table, devesms/gitbook_esms_for_develop_v2
+# esms-api/bang-ma-loi.md (cited in the package README). Codes in neither table are
+# retried (temporary), conservatively.
+
 # Our account or configuration at eSMS: never a retry loop; the core fails over to
 # the next gateway of the channel and the operator is alerted.
 OPERATOR_CODES: dict[str, str] = {
@@ -69,13 +86,18 @@ OPERATOR_CODES: dict[str, str] = {
     "102": "no price list on the eSMS account",
     "103": "eSMS balance too low",
     "104": "brandname not registered or not active at eSMS",
+    "118": "message type (SmsType) not supported by the account",
     "140": "our server's IP address is not whitelisted at eSMS",
+    "143": "the eSMS account is locked",
     "146": "the text does not match a registered CSKH template",
     "177": "the recipient's carrier is not registered for the brandname",
+    "201": "the text holds a keyword eSMS blocks (check the SMS template)",
+    "300": "message type (SmsType) missing or not supported",
+    INVALID_REQUEST: "eSMS refused the request as malformed (ours: check the adapter settings)",
 }
 # About this message or recipient: final, no failover.
 PERMANENT_CODES: dict[str, str] = {
-    "99": "phone number blocked at eSMS, or request refused",
+    "99": "phone number blocked at eSMS",
     "108": "phone number refused as malformed by eSMS",
 }
 
@@ -145,6 +167,9 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
     settings_model = EsmsSettings
     gateway_label: ClassVar[str] = "eSMS"
     accepts_receipts: ClassVar[bool] = True
+    # eSMS dedupes by RequestId (our delivery id) for 24 hours only: a resend of a send
+    # that may have been taken is safe inside this window, may send twice after it.
+    dedupe_window_s: ClassVar[float] = DEDUPE_WINDOW_S
 
     def base_url(self) -> str:
         return self.settings.base_url
@@ -178,11 +203,11 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
         response = await self.request(client, "POST", SEND_PATH, json=body)
         document = read_json(response)
         if not isinstance(document, dict):
-            raise client_error(response, "eSMS")
+            raise status_failure(response, "eSMS")
         if "CodeResult" not in document:
-            if "error" in document:  # eSMS's "invalid request" answer (code 99)
-                raise classify_esms_code("99", document.get("error"))
-            raise client_error(response, "eSMS")
+            if "error" in document:  # {"error": "Invalid request"}: our request's shape
+                raise classify_esms_code(INVALID_REQUEST, document.get("error"))
+            raise status_failure(response, "eSMS")
         code = str(document["CodeResult"]).strip()
         sms_id = document.get("SMSID")
         provider_id = str(sms_id) if sms_id not in (None, "") else None
@@ -208,7 +233,7 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
             return Health(ok=False, detail=str(exc))
         document = read_json(response)
         if not isinstance(document, dict):
-            return Health(ok=False, detail=str(client_error(response, "eSMS")))
+            return Health(ok=False, detail=str(status_failure(response, "eSMS")))
         code = str(document.get("CodeResponse", "")).strip()
         if code != ACCEPTED:
             return Health(ok=False, detail=str(classify_esms_code(code or "?")))

@@ -44,6 +44,7 @@ from notifier.adapter import (
     ReceiptRequest,
     TemporaryFailure,
 )
+from notifier.adapter_http import status_failure
 from notifier.phones import PhoneFormat
 
 from .base import (
@@ -53,7 +54,6 @@ from .base import (
     SmsSettings,
     check_http_url,
     check_receipt_token,
-    client_error,
     decode_json_text,
     gateway_text,
     json_path,
@@ -139,8 +139,14 @@ class HttpSmsSettings(SmsSettings):
     receipt_error_field: str | None = "error"
 
     @field_validator(
-        "headers", "secrets", "body", "permanent_codes", "operator_alert_codes",
-        "duplicate_codes", "receipt_delivered_values", "receipt_failed_values",
+        "headers",
+        "secrets",
+        "body",
+        "permanent_codes",
+        "operator_alert_codes",
+        "duplicate_codes",
+        "receipt_delivered_values",
+        "receipt_failed_values",
         mode="before",
     )
     @classmethod
@@ -179,8 +185,13 @@ class HttpSmsSettings(SmsSettings):
         return value
 
     @field_validator(
-        "success_field", "message_id_field", "code_field", "message_field",
-        "receipt_reference_field", "receipt_message_id_field", "receipt_status_field",
+        "success_field",
+        "message_id_field",
+        "code_field",
+        "message_field",
+        "receipt_reference_field",
+        "receipt_message_id_field",
+        "receipt_status_field",
         "receipt_error_field",
     )
     @classmethod
@@ -281,7 +292,7 @@ class HttpSmsAdapter(SmsAdapterBase[HttpSmsSettings]):
         if code is not None and code in settings.permanent_codes:
             raise PermanentFailure(f"{label} refused the message: code {code}{suffix}", code=code)
         if not response.is_success:
-            raise client_error(response, label)
+            raise status_failure(response, label)
         raise TemporaryFailure(
             f"{label} did not confirm the message{'' if code is None else f': code {code}'}"
             f"{suffix}",

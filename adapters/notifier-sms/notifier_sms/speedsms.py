@@ -12,16 +12,29 @@ Limits of this gateway, as far as its public API goes:
 - **No idempotency key**: SpeedSMS takes no reference of ours, so a retry after a lost
   answer (a read timeout) may send the SMS twice. Put SpeedSMS after eSMS in the
   failover order when that matters.
+- **60 requests a minute**: over it SpeedSMS answers HTTP 429 with
+  ``X-Rate-Limit-Reset`` (seconds to wait), which :meth:`SpeedSmsAdapter.retry_after`
+  reads; :attr:`SpeedSmsAdapter.default_rate_limit` keeps notifier under the limit.
+
+Source: SpeedSMS's API page (speedsms.vn/sms-api, "Rate limit" and "Error Codes").
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from notifier.adapter import DeliveryFailure, Health, PermanentFailure, TemporaryFailure
+from notifier.adapter import (
+    DeliveryFailure,
+    Health,
+    PermanentFailure,
+    RateLimit,
+    TemporaryFailure,
+)
+from notifier.adapter_http import parse_retry_after, retry_after, status_failure
 from notifier.phones import PhoneFormat
 
 from .base import (
@@ -30,7 +43,6 @@ from .base import (
     SmsAdapterBase,
     SmsSettings,
     check_http_url,
-    client_error,
     gateway_text,
     json_path,
     read_json,
@@ -47,13 +59,21 @@ __all__ = [
 SEND_PATH = "/sms/send"
 USER_INFO_PATH = "/user/info"
 SUCCESS = "00"
+# Sent with a 429: seconds until the request allowance is back (the docs say to read it).
+RATE_LIMIT_RESET_HEADER = "X-Rate-Limit-Reset"
+# A reset value this large is a Unix time rather than a number of seconds.
+_EPOCH_THRESHOLD = 1_000_000_000
 
+# Source of both tables: SpeedSMS's API page, "Error Codes" (en.speedsms.vn/sms-api-service-2,
+# cited in the package README). Codes in neither table (500 "internal error, please try
+# again", unknown ones) are retried (temporary).
 PERMANENT_CODES: dict[str, str] = {
     "105": "invalid phone number",
 }
-# Our template (encoding, length) or our account (balance, access): the operator must
-# act; the core fails over to the next gateway meanwhile.
+# Our request (parameters), template (encoding, length) or account (balance, access):
+# the operator must act; the core fails over to the next gateway meanwhile.
 OPERATOR_CODES: dict[str, str] = {
+    "101": "invalid or missing parameters (our request: check the adapter settings)",
     "110": "content encoding not supported (check the template and the unicode setting)",
     "113": "content too long (shorten the SMS template)",
     "300": "SpeedSMS balance too low",
@@ -99,6 +119,26 @@ class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
     settings_model = SpeedSmsSettings
     gateway_label: ClassVar[str] = "SpeedSMS"
     accepts_receipts: ClassVar[bool] = False
+    # SpeedSMS allows 60 requests in 60 seconds per account. Its 429 answer is that of
+    # a refilling allowance (one request a second back, up to 60 saved up); the burst is
+    # kept at 10 because each worker process has its own (see docs/reliability.md).
+    default_rate_limit: ClassVar[RateLimit | None] = RateLimit(rate_per_s=1.0, burst=10)
+
+    def retry_after(self, response: httpx.Response) -> float | None:
+        """``X-Rate-Limit-Reset`` on a 429 (seconds; a Unix time is accepted too), else
+        the standard ``Retry-After``."""
+        value = response.headers.get(RATE_LIMIT_RESET_HEADER, "").strip()
+        if value:
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and number >= _EPOCH_THRESHOLD:
+                return parse_retry_after(str(number - time.time()))
+            seconds = parse_retry_after(value)
+            if seconds is not None:
+                return seconds
+        return retry_after(response)
 
     def base_url(self) -> str:
         return self.settings.base_url
@@ -115,10 +155,10 @@ class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
         }
         response = await self.request(client, "POST", SEND_PATH, json=body)
         if response.status_code in (401, 403):
-            raise client_error(response, "SpeedSMS")
+            raise status_failure(response, "SpeedSMS")
         document = read_json(response)
         if not isinstance(document, dict) or "status" not in document:
-            raise client_error(response, "SpeedSMS")
+            raise status_failure(response, "SpeedSMS")
         code = str(document.get("code", "")).strip()
         if document["status"] != "success":
             raise classify_speedsms_code(code or "?", document.get("message"))
@@ -148,7 +188,7 @@ class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
             failure = (
                 classify_speedsms_code(code)
                 if code and response.status_code == 200
-                else client_error(response, "SpeedSMS")
+                else status_failure(response, "SpeedSMS")
             )
             return Health(ok=False, detail=str(failure))
         balance = gateway_text(json_path(document, "data.balance"), 30)

@@ -84,6 +84,9 @@ class TestEsmsContract(AdapterContract):
     def unreachable_settings(self, provider: EsmsSimulator) -> dict[str, Any]:
         return {**self.valid_settings(provider), "base_url": f"http://127.0.0.1:{closed_port()}"}
 
+    def no_answer_settings(self, provider: EsmsSimulator, url: str) -> dict[str, Any]:
+        return {**self.valid_settings(provider), "base_url": url}
+
     def sent_reference(self, provider: EsmsSimulator) -> str | None:
         # A retry of the same RequestId is answered 124 and recorded no second time.
         messages = provider.messages
@@ -166,6 +169,9 @@ class TestSpeedSmsContract(AdapterContract):
             "base_url": f"http://127.0.0.1:{closed_port()}/index.php",
         }
 
+    def no_answer_settings(self, provider: SpeedSmsSimulator, url: str) -> dict[str, Any]:
+        return {**self.valid_settings(provider), "base_url": url + "/index.php"}
+
 
 # -- http_sms: a gateway described by settings, answered by a LocalHttpServer ------------
 
@@ -244,6 +250,9 @@ class TestHttpSmsContract(AdapterContract):
             **self.valid_settings(provider),
             "url": f"http://127.0.0.1:{closed_port()}/api/sms/send",
         }
+
+    def no_answer_settings(self, provider: LocalHttpServer, url: str) -> dict[str, Any]:
+        return {**self.valid_settings(provider), "url": url + "/api/sms/send"}
 
     def sent_reference(self, provider: LocalHttpServer) -> str | None:
         request = provider.last_request

@@ -3,6 +3,7 @@ citizens actually write, and Vietnamese text made fit for GSM-7 SMS."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import pytest
@@ -93,6 +94,70 @@ def test_numbers_that_cannot_take_an_sms_are_refused(written: str) -> None:
 )
 def test_carriers_by_prefix(written: str, carrier: str) -> None:
     assert parse_mobile(written).carrier == carrier
+
+
+# The mobile blocks of the published numbering plan (shared/providers.md), by carrier;
+# iTel's 087 besides.
+PUBLISHED_BLOCKS = {
+    "viettel": ["032", "033", "034", "035", "036", "037", "038", "039", "086", "096", "097", "098"],
+    "mobifone": ["070", "076", "077", "078", "079", "089", "090", "093"],
+    "vinaphone": ["081", "082", "083", "084", "085", "088", "091", "094"],
+    "vietnamobile": ["052", "056", "058", "092"],
+    "gmobile": ["059", "099"],
+    "reddi": ["055"],
+    "itel": ["087"],
+}
+
+
+@pytest.mark.parametrize(
+    ("block", "carrier"),
+    [(block, carrier) for carrier, blocks in PUBLISHED_BLOCKS.items() for block in blocks],
+)
+def test_every_published_mobile_block_is_accepted(block: str, carrier: str) -> None:
+    for written in (f"{block}0000000", f"{block}5551234", f"{block}9999999"):
+        number = parse_mobile(written)
+        assert number.format(PhoneFormat.NATIONAL) == written
+        assert number.carrier == carrier
+
+
+@pytest.mark.parametrize("block", ["0890", "0891", "0892", "0893", "0894", "0895"])
+def test_mobifone_0890_to_0895_numbers_are_accepted(block: str) -> None:
+    # libphonenumber's 2026 metadata knows only 0896-0899 of MobiFone's 089 block; the
+    # published plan gives MobiFone the whole block, and refusing a real number means a
+    # citizen never told.
+    number = parse_mobile(f"{block} 123 456")
+    assert number.national_number == f"{block[1:]}123456"
+    assert number.carrier == "mobifone"
+    assert parse_mobile(f"+84 {block[1:]} 123 456") == number
+
+
+def test_030_numbers_are_accepted_because_the_pinned_metadata_lists_them_as_mobile() -> None:
+    # 030 is in no published plan we found, but libphonenumber's metadata lists it as
+    # mobile: not certainly invalid, so the gateway judges (and its 108/105 is recorded).
+    number = parse_mobile("030 123 4567")
+    assert number.format(PhoneFormat.E164) == "+84301234567"
+    assert number.carrier == "unknown"  # reports only: no published carrier for it
+
+
+@pytest.mark.parametrize(
+    ("written", "reason"),
+    [
+        ("0801234567", "080 is not a mobile prefix block"),
+        ("0601234567", "060 is not a mobile prefix block"),
+        ("0401234567", "040 is not a mobile prefix block"),
+        ("0571234567", "057 is not a mobile prefix block"),
+        ("0891 234 56", "wrong length"),
+        ("0891 234 5678", "wrong length"),
+        ("1900 1234", "wrong length"),
+        ("028 3829 5555", "landlines cannot receive SMS"),
+        ("01688888888", "converted to 10 digits in 2018"),
+        ("+86 138 0013 8000", "not a Vietnamese number (+84)"),
+        ("0901-888-48a", "digits, spaces, dots, dashes and + only"),
+    ],
+)
+def test_certainly_invalid_numbers_are_refused_with_the_reason(written: str, reason: str) -> None:
+    with pytest.raises(InvalidPhone, match=re.escape(reason)):
+        parse_mobile(written)
 
 
 # -- Vietnamese without diacritics --------------------------------------------------------------

@@ -142,7 +142,9 @@ def test_sandbox_flag(esms, context, make_message) -> None:
 
 def test_callback_url_carries_the_receipt_token(esms, context, make_message) -> None:
     adapter = _adapter(
-        esms, context, callback_url="https://notifier.example.vn/v1/receipts/esms",
+        esms,
+        context,
+        callback_url="https://notifier.example.vn/v1/receipts/esms",
         receipt_token=TOKEN,
     )
     _send_one(adapter, make_message())
@@ -184,7 +186,10 @@ def test_concurrent_sends_share_one_client(esms, context, make_message) -> None:
         ("140", "alert"),
         ("146", "alert"),
         ("177", "alert"),
-        ("118", "temporary"),  # not documented for sends: retried, conservatively
+        ("118", "alert"),  # message type: our configuration (sms_type)
+        ("300", "alert"),
+        ("143", "alert"),  # account locked
+        ("201", "alert"),  # blocked keyword: our template
         ("999", "temporary"),
     ],
 )
@@ -201,6 +206,26 @@ def test_result_codes_map_to_failure_kinds(esms, context, make_message, code, ki
     assert esms.messages == []
 
 
+def test_an_invalid_request_answer_is_our_fault_and_alerts_the_operator(
+    esms, context, make_message
+) -> None:
+    # eSMS answers a request it cannot read with {"error": "Invalid request"} and no
+    # CodeResult: our malformed request, never the citizen's failure.
+    esms.fail_next_invalid_request(1)
+    failure = _failure(_adapter(esms, context), make_message())
+    assert isinstance(failure, PermanentFailure)
+    assert failure.operator_alert is True
+    assert failure.code == "invalid-request"
+    assert "0901888484" not in str(failure)
+    assert esms.messages == []
+
+
+def test_the_adapter_states_esms_24_hour_dedupe_window() -> None:
+    # eSMS refuses a repeated RequestId for 24 hours (code 124): the resend policy of
+    # an uncertain send must stay inside that window.
+    assert EsmsAdapter.dedupe_window_s == 24 * 3600
+
+
 def test_wrong_keys_are_an_operator_alert(esms, context, make_message) -> None:
     failure = _failure(_adapter(esms, context, api_key="not-the-key"), make_message())
     assert isinstance(failure, PermanentFailure)
@@ -213,6 +238,15 @@ def test_unregistered_brandname_is_an_operator_alert(esms, context, make_message
     failure = _failure(_adapter(esms, context, brandname="OTHER"), make_message())
     assert isinstance(failure, PermanentFailure)
     assert (failure.code, failure.operator_alert) == ("104", True)
+
+
+def test_a_mobifone_0891_number_is_sent_and_the_gateway_judges_it(
+    esms, context, make_message
+) -> None:
+    # 0890-0895 were refused before any send ("not a valid Vietnamese number"); they
+    # are MobiFone's 089 block and go to the gateway now.
+    _send_one(_adapter(esms, context), make_message(recipient="089 123 4567"))
+    assert [sms.phone for sms in esms.messages] == ["0891234567"]
 
 
 def test_blocked_number_is_final_for_the_recipient(esms, context, make_message) -> None:
@@ -355,16 +389,17 @@ def test_empty_text_is_refused(esms, context, make_message) -> None:
 
 def _receipt_settings(**extra: Any) -> EsmsSettings:
     values: dict[str, Any] = {
-        "brandname": BRANDNAME, "api_key": "k", "secret_key": "s", "receipt_token": TOKEN,
+        "brandname": BRANDNAME,
+        "api_key": "k",
+        "secret_key": "s",
+        "receipt_token": TOKEN,
     }
     values.update(extra)
     return EsmsSettings.model_validate(values)
 
 
 def _report(**query: str) -> ReceiptRequest:
-    return ReceiptRequest(
-        method="GET", headers={}, query=query, body=b"", received_at=time.time()
-    )
+    return ReceiptRequest(method="GET", headers={}, query=query, body=b"", received_at=time.time())
 
 
 def test_delivery_report_end_to_end(esms, context, make_message, receipt_catcher) -> None:
@@ -419,18 +454,25 @@ def test_simulator_can_report_by_itself(context, make_message, receipt_catcher) 
 def test_in_progress_reports_give_no_receipt(status) -> None:
     delivery_id = str(uuid.uuid4())
     request = _report(
-        token=TOKEN, SMSID="abc", SendStatus=status, SendSuccess="0", SendFailed="0",
+        token=TOKEN,
+        SMSID="abc",
+        SendStatus=status,
+        SendSuccess="0",
+        SendFailed="0",
         RequestId=delivery_id,
     )
     assert EsmsAdapter.parse_receipt(_receipt_settings(), request) == []
 
 
 def test_report_without_request_id_matches_by_smsid() -> None:
-    request = _report(token=TOKEN, SMSID="abc123", SendStatus="5", SendSuccess="1",
-                      SendFailed="0", RequestId="")
+    request = _report(
+        token=TOKEN, SMSID="abc123", SendStatus="5", SendSuccess="1", SendFailed="0", RequestId=""
+    )
     [receipt] = EsmsAdapter.parse_receipt(_receipt_settings(), request)
     assert (receipt.delivered, receipt.delivery_id, receipt.provider_message_id) == (
-        True, None, "abc123",
+        True,
+        None,
+        "abc123",
     )
 
 
@@ -438,8 +480,7 @@ def test_report_without_request_id_matches_by_smsid() -> None:
     "query",
     [
         {"SMSID": "abc", "SendStatus": "5", "SendSuccess": "1"},  # no token
-        {"token": "wrong-token-0123456789", "SMSID": "abc", "SendStatus": "5",
-         "SendSuccess": "1"},
+        {"token": "wrong-token-0123456789", "SMSID": "abc", "SendStatus": "5", "SendSuccess": "1"},
         {"token": TOKEN[:-1], "SMSID": "abc", "SendStatus": "5", "SendSuccess": "1"},
         {"token": TOKEN, "SMSID": "abc"},  # no SendStatus
         {"token": TOKEN, "SendStatus": "5", "SendSuccess": "1"},  # no id at all
@@ -481,8 +522,10 @@ def test_health_reports_balance_or_bad_keys(esms, context) -> None:
         ({"brandname": "TWELVECHARSX"}, "brandname"),
         ({"brandname": ""}, "brandname"),
         ({"callback_url": "https://x.vn/v1/receipts/esms"}, "callback_url"),  # no token
-        ({"callback_url": "https://x.vn/v1/receipts/esms?token=abc", "receipt_token": TOKEN},
-         "token"),
+        (
+            {"callback_url": "https://x.vn/v1/receipts/esms?token=abc", "receipt_token": TOKEN},
+            "token",
+        ),
         ({"receipt_token": "short"}, "receipt_token"),
         ({"base_url": "ftp://rest.esms.vn"}, "base_url"),
         ({"max_segments": 0}, "max_segments"),
@@ -519,7 +562,9 @@ def test_failover_order_comes_from_channel_settings() -> None:
         },
     )
     installed: dict[str, Any] = {
-        "esms": EsmsAdapter, "speedsms": SpeedSmsAdapter, "http_sms": HttpSmsAdapter,
+        "esms": EsmsAdapter,
+        "speedsms": SpeedSmsAdapter,
+        "http_sms": HttpSmsAdapter,
     }
     registry = Registry.from_settings(settings, installed=installed)
     assert [p.name for p in registry.providers("sms")] == ["speedsms", "esms"]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from notifier_sms import SpeedSmsAdapter, SpeedSmsSettings
 
@@ -57,6 +58,22 @@ def _send_one(adapter: SpeedSmsAdapter, message: OutboundMessage) -> SendResult:
     return _run(send())
 
 
+async def _send_each(
+    adapter: SpeedSmsAdapter, messages: list[OutboundMessage]
+) -> list[SendResult | DeliveryFailure]:
+    """Send one after the other; each outcome, a result or the failure it raised."""
+    outcomes: list[SendResult | DeliveryFailure] = []
+    try:
+        for message in messages:
+            try:
+                outcomes.append(await adapter.send(message))
+            except DeliveryFailure as failure:
+                outcomes.append(failure)
+    finally:
+        await adapter.close()
+    return outcomes
+
+
 def _failure(adapter: SpeedSmsAdapter, message: OutboundMessage) -> DeliveryFailure:
     with pytest.raises(DeliveryFailure) as caught:
         _send_one(adapter, message)
@@ -99,6 +116,7 @@ def test_unicode_setting_sends_accents(speedsms, context, make_message) -> None:
     ("code", "kind"),
     [
         ("105", "permanent"),
+        ("101", "alert"),  # invalid or missing parameters: our request
         ("110", "alert"),
         ("113", "alert"),
         ("300", "alert"),
@@ -149,11 +167,47 @@ def test_429_is_temporary_with_retry_after(speedsms, context, make_message) -> N
     assert failure.retry_after_s == 12.0
 
 
+def test_over_its_rate_limit_speedsms_answers_429_and_the_adapter_waits_for_its_reset(
+    context, make_message
+) -> None:
+    # SpeedSMS allows a number of requests a minute and then answers 429 with
+    # X-Rate-Limit-Reset (seconds): the adapter must wait that long, not guess.
+    with SpeedSmsSimulator(access_token="limited-token", rate_limit=2) as limited:
+        adapter = _adapter(limited, context)
+        outcomes = _run(_send_each(adapter, [make_message() for _ in range(3)]))
+    assert [isinstance(o, SendResult) for o in outcomes] == [True, True, False]
+    throttled = outcomes[2]
+    assert isinstance(throttled, TemporaryFailure)
+    assert throttled.code == "http-429"
+    assert throttled.retry_after_s == 60.0
+    assert limited.rate_limited == 1
+    assert len(limited.messages) == 2
+
+
+def test_a_rate_limit_reset_given_as_a_unix_time_is_read_as_the_time_left(context) -> None:
+    adapter = SpeedSmsAdapter(SpeedSmsSettings(brandname=BRANDNAME, access_token="t"), context)
+    reset_at = int(time.time()) + 30
+    waited = adapter.retry_after(httpx.Response(429, headers={"X-Rate-Limit-Reset": str(reset_at)}))
+    assert waited is not None
+    assert 25 <= waited <= 30
+    assert adapter.retry_after(httpx.Response(429, headers={"Retry-After": "9"})) == 9.0
+
+
+def test_speedsms_publishes_its_one_request_a_second_limit_as_the_default() -> None:
+    # 60 requests a minute (SpeedSMS's API page): notifier stays under it unless the
+    # deployment says otherwise.
+    limit = SpeedSmsAdapter.default_rate_limit
+    assert limit is not None
+    assert limit.rate_per_s == 1.0
+    assert 1 <= limit.burst <= 60
+
+
 def test_timeout_is_temporary(speedsms, context, make_message) -> None:
     speedsms.set_latency(1.0)
     failure = _failure(_adapter(speedsms, context, timeout_s=0.2), make_message())
     assert isinstance(failure, TemporaryFailure)
     assert failure.code == "timeout"
+    assert failure.maybe_sent is True  # and SpeedSMS takes no reference to dedupe by
 
 
 def test_invalid_phone_fails_before_any_request(speedsms, context, make_message) -> None:

@@ -13,23 +13,26 @@ How the app's answer is read:
 ==========================  ==========================================================
 2xx                         sent; the app's id for it from the JSON field
                             ``message_id_field`` or the header ``message_id_header``
-408, 425, 429, 5xx          temporary: retried later (Retry-After honoured)
-timeouts, connection errors temporary
+408, 425, 429, 5xx          temporary: retried later (Retry-After honoured), code
+                            ``http-<status>``
+cannot connect              temporary, code ``connect-failed`` (nothing was sent)
+timeout or connection lost  temporary and ``maybe_sent`` (the app may have it; it
+after the request went out  dedupes the retry by ``Idempotency-Key``)
 401, 403                    permanent + operator alert: our secret or the app's key is
                             wrong (the worker fails over to the next provider, if any)
 404, 405, 3xx               permanent + operator alert: the URL is wrong
 other 4xx (400, 410, 422)   permanent: the app cannot take this message (e.g. unknown
                             account); the core then tries the routing's fallback channel
 ==========================  ==========================================================
+
+Transport errors, 429 and 5xx are mapped by the adapter kit's HTTP layer
+(:mod:`notifier.adapter_http`), the same way for every adapter.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import httpx
@@ -47,21 +50,18 @@ from notifier.adapter import (
     TemplatePart,
     TemporaryFailure,
 )
+from notifier.adapter_http import AdapterHttp, status_failure
 from notifier.logging import get_logger
 
 from .receipts import read_receipts
 from .settings import WebhookSettings
 from .signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_header
 
-__all__ = ["WebhookAdapter", "payload", "retry_after_seconds"]
+__all__ = ["WebhookAdapter", "payload"]
 
 log = get_logger(__name__)
 
 USER_AGENT = "notifier-webhook/0.1"
-_RETRYABLE = frozenset({408, 425, 429})
-_OUR_CREDENTIALS = frozenset({401, 403})
-_WRONG_URL = frozenset({404, 405})
-_MAX_RETRY_AFTER_S = 3600.0
 
 
 TITLE_MAX, BODY_MAX, LINK_MAX = 120, 500, 2000
@@ -89,23 +89,6 @@ def payload(message: OutboundMessage) -> dict[str, Any]:
         "body": _clip(message.parts.get("body", ""), BODY_MAX),
         "link": link if link and len(link) <= LINK_MAX else None,
     }
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None if absent/unreadable."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return min(float(text), _MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    reference = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    return min(max((when - reference).total_seconds(), 0.0), _MAX_RETRY_AFTER_S)
 
 
 def _provider_message_id(response: httpx.Response, settings: WebhookSettings) -> str | None:
@@ -142,31 +125,18 @@ class WebhookAdapter(Adapter[WebhookSettings]):
 
     def __init__(self, settings: WebhookSettings, context: AdapterContext) -> None:
         super().__init__(settings, context)
-        # Made on first use, on the loop that runs the sends (the adapter is built
-        # before, outside that loop).
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._http = AdapterHttp(
+            context,
+            "the app",
+            timeout_s=settings.timeout_s,
+            max_connections=settings.max_connections,
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+        )
 
     @property
     def max_in_flight(self) -> int:
         return self.settings.max_connections
-
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is not None and self._client_loop is not loop:
-            self._client = None  # its connections belong to a loop that is gone
-        if self._client is None:
-            self._client = self.context.http_client(
-                timeout=httpx.Timeout(self.settings.timeout_s),
-                limits=httpx.Limits(
-                    max_connections=self.settings.max_connections,
-                    max_keepalive_connections=self.settings.max_connections,
-                ),
-                follow_redirects=False,
-                headers={"User-Agent": USER_AGENT},
-            )
-            self._client_loop = loop
-        return self._client
 
     async def send(self, message: OutboundMessage) -> SendResult:
         body = json.dumps(payload(message), ensure_ascii=False, separators=(",", ":")).encode()
@@ -179,14 +149,9 @@ class WebhookAdapter(Adapter[WebhookSettings]):
                 self.settings.secret.get_secret_value(), timestamp, body
             ),
         }
-        try:
-            response = await self._http().post(self.settings.url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise TemporaryFailure(
-                f"the app did not answer within {self.settings.timeout_s:g}s"
-            ) from exc
-        except httpx.HTTPError as exc:  # connection refused or reset, DNS, TLS...
-            raise TemporaryFailure(f"the app is unreachable ({type(exc).__name__})") from exc
+        response = await self._http.request(
+            "POST", self.settings.url, content=body, headers=headers
+        )
         status = response.status_code
         if 200 <= status < 300:
             provider_id = _provider_message_id(response, self.settings)
@@ -195,25 +160,23 @@ class WebhookAdapter(Adapter[WebhookSettings]):
         raise self._failure(response)
 
     def _failure(self, response: httpx.Response) -> TemporaryFailure | PermanentFailure:
+        """A non-2xx answer the HTTP layer returned (429 and 5xx it raised itself), read
+        by :func:`~notifier.adapter_http.status_failure`: 408/425 temporary; 401/403 our
+        secret and 3xx/404/405 the URL (operator alerts); other 4xx (400, 410, 422) the
+        app cannot take this message, e.g. an unknown account."""
         status = response.status_code
         what = f"the app answered HTTP {status} {response.reason_phrase}".rstrip()
-        if status in _RETRYABLE or status >= 500:
-            return TemporaryFailure(
-                what,
-                code=str(status),
-                retry_after_s=retry_after_seconds(response.headers.get("retry-after")),
+        failure = status_failure(response, "the app", refusal_is_ours=False)
+        if isinstance(failure, TemporaryFailure):
+            return failure
+        if failure.operator_alert:
+            hint = (
+                "check the shared secret with the app"
+                if status in (401, 403)
+                else "check the webhook URL"
             )
-        if status in _OUR_CREDENTIALS:
-            return PermanentFailure(
-                f"{what}: check the shared secret with the app",
-                code=str(status),
-                operator_alert=True,
-            )
-        if status in _WRONG_URL or 300 <= status < 400:
-            return PermanentFailure(
-                f"{what}: check the webhook URL", code=str(status), operator_alert=True
-            )
-        return PermanentFailure(what, code=str(status))
+            return PermanentFailure(f"{what}: {hint}", code=failure.code, operator_alert=True)
+        return PermanentFailure(what, code=failure.code)
 
     @classmethod
     def parse_receipt(cls, settings: WebhookSettings, request: ReceiptRequest) -> list[Receipt]:
@@ -221,17 +184,12 @@ class WebhookAdapter(Adapter[WebhookSettings]):
         return read_receipts(settings, request)
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is None:
-            return
-        if self._client_loop is asyncio.get_running_loop():
-            await client.aclose()
-        # else: its loop is gone, and with it the connections
+        await self._http.aclose()
 
     async def health(self) -> Health:
         """Whether the app's host answers at all (any HTTP status), without sending."""
         try:
-            response = await self._http().head(self.settings.url)
+            response = await self._http.client().head(self.settings.url)
         except httpx.HTTPError as exc:
             return Health(ok=False, detail=f"unreachable: {type(exc).__name__}")
         return Health(ok=response.status_code < 500, detail=f"HTTP {response.status_code}")

@@ -84,6 +84,9 @@ class TestWebhookContract(AdapterContract):
             port = sock.getsockname()[1]
         return {**self.valid_settings(provider), "url": f"http://127.0.0.1:{port}/notify"}
 
+    def no_answer_settings(self, provider: Any, url: str) -> dict[str, Any]:
+        return {**self.valid_settings(provider), "url": url + "/notify"}
+
     def sent_reference(self, provider: Any) -> str | None:
         request = provider.server.last_request
         return None if request is None else request.header("idempotency-key")

@@ -17,22 +17,29 @@ Answers. Zalo answers HTTP 200 to failures too; the ``error`` field decides:
 ====================  ===================================================================
 0                     sent: ``msg_id`` and the OA's daily quota go to the delivery log
 -124                  access token invalid/expired: refresh once, send once more
--108 -114 -118        the citizen's phone/account cannot get ZNS: permanent, no alert
-                      (the core then falls back to SMS)
--131 -132             template not approved / does not exist: permanent, operator alert
-quota (-144 ?)        daily quota used up: permanent, operator alert, code "quota"
-                      (the real code is unverified, see ``ZaloSettings.quota_error_codes``)
--133                  outside the template's sending hours: retry after 07:00 (Vietnam)
+-108 -110 -114 -118   the citizen's side (invalid phone, Zalo app too old, inactive or
+-139                  blocked, no Zalo account, refused this message type): permanent,
+                      no alert (the core then falls back to SMS)
+-131 -132             template not approved / invalid parameter: permanent, operator alert
+-115                  balance (ZBS wallet / quota) too low: permanent, operator alert,
+                      code "quota"; so are ``ZaloSettings.quota_error_codes`` and errors
+                      whose message says "quota"
+-100                  unknown error, try again later: temporary
+-133                  no sends 22:00-06:00 for this template: retry at 06:00 (Vietnam)
 other codes           permanent, operator alert (unknown: an operator should look)
-HTTP 5xx, 429,        temporary (429 honours Retry-After)
-timeouts, no network
+HTTP 5xx, 429,        temporary, through the adapter kit's HTTP layer
+timeouts, no network  (:mod:`notifier.adapter_http`): 429/5xx honour ``Retry-After``;
+                      a timeout or a lost connection after the request went out is
+                      ``maybe_sent`` (Zalo does not dedupe by ``tracking_id``)
 ====================  ===================================================================
+
+Source: Zalo's ZBS error table as cited by public clients and Zalo Cloud's
+error-handling guide (see the package README and shared/providers.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -54,6 +61,7 @@ from notifier.adapter import (
     TemplatePart,
     TemporaryFailure,
 )
+from notifier.adapter_http import AdapterHttp, request_sync, status_failure
 from notifier.logging import get_logger
 from notifier.masking import scrub
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
@@ -67,17 +75,33 @@ __all__ = ["ZaloZnsAdapter", "classify_answer", "zns_phone"]
 
 log = get_logger(__name__)
 
+# Zalo's ZBS error codes, by who must act (source: the package README).
 TOKEN_INVALID = -124
-# The citizen's side: no Zalo account, inactive/blocked/outdated app, invalid phone.
-RECIPIENT_ERRORS = frozenset({-108, -114, -118})
-# Our side: the template is not approved or does not exist.
-TEMPLATE_ERRORS = frozenset({-131, -132})
+# The citizen's side: invalid phone, Zalo app too old, inactive/blocked, no Zalo
+# account, refused this message type. Final for Zalo; the core falls back to SMS.
+RECIPIENT_ERRORS: dict[int, str] = {
+    -108: "the phone number is invalid",
+    -110: "the citizen's Zalo app is too old for this message",
+    -114: "the citizen's Zalo account is inactive or blocked the OA",
+    -118: "the phone number has no Zalo account",
+    -139: "the citizen refused this type of message",
+}
+# Our side: the template is not approved, or a parameter is invalid.
+TEMPLATE_ERRORS: dict[int, str] = {
+    -131: "the template is not approved",
+    -132: "a template parameter is invalid",
+}
+# The OA cannot pay for the message: top up the ZBS wallet (or wait for the quota).
+BALANCE_TOO_LOW = -115
+# "Unknown error, please try again later".
+TRY_AGAIN = -100
+# No sends 22:00-06:00 for this type of template.
 OUTSIDE_HOURS = -133
 
 VIETNAM = ZoneInfo("Asia/Ho_Chi_Minh")
-# Customer-care templates may be sent 07:00-22:00 (unofficial summary); transactional
-# ones any time. After -133 the send waits for the next 07:00 in Vietnam.
-_WINDOW_OPENS = 7
+# -133: this template may not be sent 22:00-06:00 (ZBS error table); the send waits
+# for the next 06:00 in Vietnam.
+_WINDOW_OPENS = 6
 _WINDOW_CLOSES = 22
 _INSIDE_WINDOW_RETRY_S = 900.0
 
@@ -109,7 +133,7 @@ def zns_phone(recipient: str) -> str:
 
 
 def seconds_until_window(now: datetime | None = None) -> float:
-    """Seconds until ZNS's sending window (07:00-22:00 in Vietnam) opens again."""
+    """Seconds until the sending window closed by -133 (22:00-06:00 in Vietnam) ends."""
     local = (now or datetime.now(UTC)).astimezone(VIETNAM)
     opens = local.replace(hour=_WINDOW_OPENS, minute=0, second=0, microsecond=0)
     if local.hour >= _WINDOW_CLOSES:
@@ -165,13 +189,19 @@ def classify_answer(answer: dict[str, Any], settings: ZaloSettings) -> SendResul
     text = _zalo_text(answer)
     reason = f"Zalo error {code}" + (f": {text}" if text else "")
     if code in RECIPIENT_ERRORS:
-        raise PermanentFailure(reason, code=str(code))
+        raise PermanentFailure(f"{RECIPIENT_ERRORS[code]} ({reason})", code=str(code))
     if code in TEMPLATE_ERRORS:
-        raise PermanentFailure(reason, code=str(code), operator_alert=True)
-    if code in settings.quota_error_codes or "quota" in text.lower():
         raise PermanentFailure(
-            f"ZNS daily quota used up ({reason})", code="quota", operator_alert=True
+            f"{TEMPLATE_ERRORS[code]} ({reason})", code=str(code), operator_alert=True
         )
+    if code == BALANCE_TOO_LOW or code in settings.quota_error_codes or "quota" in text.lower():
+        raise PermanentFailure(
+            f"the OA's ZBS balance or quota is used up: top it up ({reason})",
+            code="quota",
+            operator_alert=True,
+        )
+    if code == TRY_AGAIN:
+        raise TemporaryFailure(reason, code=str(code))
     if code == OUTSIDE_HOURS:
         raise TemporaryFailure(reason, code=str(code), retry_after_s=seconds_until_window())
     if code == TOKEN_INVALID:
@@ -179,23 +209,6 @@ def classify_answer(answer: dict[str, Any], settings: ZaloSettings) -> SendResul
     # Unknown to us: most of Zalo's other codes are about the app, the OA or the
     # request (our configuration); an operator should look at it.
     raise PermanentFailure(reason, code=str(code), operator_alert=True)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
@@ -227,8 +240,12 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
         super().__init__(settings, context)
         self._token: Token | None = None  # newest version seen, to skip a read per send
         # asyncio objects belong to the loop that runs ``send``; made on first use.
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._http = AdapterHttp(
+            context,
+            "Zalo",
+            timeout_s=settings.timeout_s,
+            max_connections=settings.max_connections,
+        )
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
@@ -269,57 +286,19 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
         self, token: Token, body: dict[str, str | dict[str, ParamValue]]
     ) -> dict[str, Any]:
         assert token.access_token is not None
-        try:
-            response = await self._get_client().post(
-                f"{self.settings.base_url}/message/template",
-                json=body,
-                headers={"access_token": token.access_token},
-            )
-        except httpx.TimeoutException:
-            raise TemporaryFailure(
-                f"no answer from Zalo within {self.settings.timeout_s:g}s"
-            ) from None
-        except httpx.TransportError as exc:
-            raise TemporaryFailure(f"Zalo unreachable: {type(exc).__name__}") from None
-        status = response.status_code
-        if status == 429:
-            raise TemporaryFailure(
-                "Zalo is rate limiting (HTTP 429)",
-                code="http_429",
-                retry_after_s=_retry_after(response),
-            )
-        if status >= 500:
-            raise TemporaryFailure(
-                f"Zalo server error (HTTP {status})",
-                code=f"http_{status}",
-                retry_after_s=_retry_after(response),
-            )
-        if not 200 <= status < 300:
+        response = await self._http.request(
+            "POST",
+            f"{self.settings.base_url}/message/template",
+            json=body,
+            headers={"access_token": token.access_token},
+        )
+        if not 200 <= response.status_code < 300:
             # Zalo answers 200 even to failures: anything else is a wrong URL or a proxy.
-            raise PermanentFailure(
-                f"unexpected HTTP {status} from {self.settings.base_url}",
-                code=f"http_{status}",
-                operator_alert=True,
-            )
+            raise status_failure(response, "Zalo")
         answer = _json_object(response)
         if answer is None:
             raise TemporaryFailure("unexpected answer from Zalo: not a JSON object")
         return answer
-
-    def _get_client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client.is_closed or self._client_loop is not loop:
-            # A client made on another loop (tests, a restarted runtime) cannot be used
-            # or closed from this one; its connections go with it.
-            self._client = self.context.http_client(
-                timeout=httpx.Timeout(self.settings.timeout_s),
-                limits=httpx.Limits(
-                    max_connections=self.settings.max_connections,
-                    max_keepalive_connections=self.settings.max_connections,
-                ),
-            )
-            self._client_loop = loop
-        return self._client
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -438,8 +417,11 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
         name = settings.token_name
         try:
             with httpx.Client(timeout=httpx.Timeout(settings.timeout_s)) as client:
-                response = client.post(
+                response = request_sync(
+                    client,
+                    "POST",
                     settings.oauth_url,
+                    provider="Zalo OAuth",
                     headers={"secret_key": settings.app_secret.get_secret_value()},
                     data={
                         "refresh_token": current.refresh_token,
@@ -447,21 +429,16 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
                         "grant_type": "refresh_token",
                     },
                 )
-        except httpx.TimeoutException:
-            # If Zalo did refresh, its answer (and the new single-use refresh token) is
-            # lost: the next refresh will be refused and ask for re-authorisation.
+        except TemporaryFailure as exc:
+            # Whatever happened to the refresh, no message went out: the send that
+            # needed the token is retried like any temporary failure, never held as
+            # "maybe sent". (If Zalo did refresh and its answer was lost, the new
+            # single-use refresh token is lost too: the next refresh asks for
+            # re-authorisation.)
             raise TemporaryFailure(
-                f"no answer from Zalo OAuth within {settings.timeout_s:g}s"
+                exc.reason, code=exc.code, retry_after_s=exc.retry_after_s
             ) from None
-        except httpx.TransportError as exc:
-            raise TemporaryFailure(f"Zalo OAuth unreachable: {type(exc).__name__}") from None
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise TemporaryFailure(
-                f"Zalo OAuth unavailable (HTTP {status})",
-                code=f"http_{status}",
-                retry_after_s=_retry_after(response),
-            )
         answer = _json_object(response) or {}
         access_token = answer.get("access_token")
         if 200 <= status < 300 and isinstance(access_token, str) and access_token:
@@ -492,10 +469,7 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
     # -- lifecycle -----------------------------------------------------------------------
 
     async def close(self) -> None:
-        client, loop = self._client, self._client_loop
-        self._client = self._client_loop = None
-        if client is not None and loop is asyncio.get_running_loop():
-            await client.aclose()
+        await self._http.aclose()
 
     async def health(self) -> Health:
         """Whether tokens are stored and when the access token expires (no Zalo call)."""

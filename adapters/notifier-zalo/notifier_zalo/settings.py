@@ -26,11 +26,11 @@ DEFAULT_PARAM_LIMITS: dict[str, int] = {
     "address": 200,
 }
 
-# The error code of "OA daily ZNS quota exceeded" is NOT verified: -144 is recalled
-# from Zalo's ZNS error table ("OA has exceeded its daily ZNS limit") and no public
-# source at hand confirms it. Errors whose message mentions "quota" count too.
-# Operators who see the real code in the delivery log can set it here.
-QUOTA_ERROR_CODES: tuple[int, ...] = (-144,)
+# Codes meaning "the OA cannot send more today" besides -115 (balance too low), which
+# the adapter always treats so. The ZBS error table has no separate daily-quota code
+# (-144, once assumed here, is not in it); errors whose message mentions "quota" count
+# too. Operators who see another code in the delivery log can add it here.
+QUOTA_ERROR_CODES: tuple[int, ...] = ()
 
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
@@ -98,7 +98,7 @@ class ZaloSettings(AdapterSettings):
     @field_validator("param_limits", "quota_error_codes", mode="before")
     @classmethod
     def _json_from_environment(cls, value: object) -> object:
-        # NOTIFIER_ADAPTERS__ZALO__QUOTA_ERROR_CODES='[-144, -1200]' arrives as a string.
+        # NOTIFIER_ADAPTERS__ZALO__QUOTA_ERROR_CODES='[-1200]' arrives as a string.
         if isinstance(value, str):
             try:
                 return json.loads(value)

@@ -142,7 +142,7 @@ class TestZaloContract(AdapterContract):
             {"app_secret": "   "},
             {"timeout_s": 0},
             {"param_limits": {"customer_name": 1}},
-            {"quota_error_codes": "-144"},
+            {"quota_error_codes": "-1200"},
             {"receipt_max_age_s": 0},
         ]
 
@@ -165,6 +165,9 @@ class TestZaloContract(AdapterContract):
             "base_url": nowhere,
             "oauth_url": nowhere + "/v4/oa/access_token",
         }
+
+    def no_answer_settings(self, provider: ZaloSimulator, url: str) -> dict[str, Any]:
+        return {**self.valid_settings(provider), "base_url": url}  # OAuth stays answered
 
     def sent_reference(self, provider: ZaloSimulator) -> str | None:
         messages = provider.messages

@@ -11,12 +11,14 @@ import socket
 import unicodedata
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from notifier_zalo import ZaloSettings, ZaloZnsAdapter, classify_answer
+from notifier_zalo.adapter import seconds_until_window
 from notifier_zalo.params import shorten
 from pydantic import ValidationError
 
@@ -28,7 +30,14 @@ from notifier.adapter import (
     SendResult,
     TemporaryFailure,
 )
-from notifier.simulators.zalo import QUOTA_ERROR, ZaloSimulator
+from notifier.simulators.zalo import (
+    APP_TOO_OLD,
+    OUTSIDE_HOURS,
+    QUOTA_ERROR,
+    REFUSED_TYPE,
+    UNKNOWN_ERROR,
+    ZaloSimulator,
+)
 from notifier.store import Database
 from notifier.store.schema import utcnow
 from notifier.tokens import Token, TokenGrant, TokenStore
@@ -128,12 +137,12 @@ def test_settings_keep_secrets_out_of_repr() -> None:
         {
             "app_id": "1",
             "app_secret": "s",
-            "quota_error_codes": "[-144, -1200]",
+            "quota_error_codes": "[-1200, -1201]",
             "param_limits": '{"customer_name": 20}',
             "development_mode": "true",
         }
     )
-    assert from_env.quota_error_codes == (-144, -1200)
+    assert from_env.quota_error_codes == (-1200, -1201)
     assert from_env.param_limits == {"customer_name": 20}
     assert from_env.development_mode is True
 
@@ -337,6 +346,25 @@ def test_recipient_errors_are_permanent_without_alert(
     assert sim.messages == []
 
 
+@pytest.mark.parametrize(
+    ("code", "what"),
+    [(APP_TOO_OLD, "too old"), (REFUSED_TYPE, "refused this type")],
+)
+def test_the_citizens_zalo_app_or_choice_is_the_recipients_failure_not_an_alert(
+    sim: ZaloSimulator, make_adapter: Factory, code: int, what: str
+) -> None:
+    # -110: the citizen's Zalo app is too old; -139: the citizen refused this type of
+    # message. Neither is ours to fix: permanent for Zalo, the core falls back to SMS.
+    sim.fail_next(1, code)
+    failure = fail(make_adapter(), message())
+    assert isinstance(failure, PermanentFailure)
+    assert failure.operator_alert is False
+    assert failure.code == str(code)
+    assert what in failure.reason
+    assert "901888484" not in str(failure)
+    assert sim.messages == []
+
+
 def test_zalo_user_id_recipient_is_permanent(sim: ZaloSimulator, make_adapter: Factory) -> None:
     failure = fail(make_adapter(), message(recipient="4368496045530239152"))
     assert isinstance(failure, PermanentFailure)
@@ -372,6 +400,27 @@ def test_quota_exhausted_alerts_with_code_quota(sim: ZaloSimulator, make_adapter
     assert isinstance(failure, PermanentFailure)
     assert failure.operator_alert
     assert failure.code == "quota"
+
+
+def test_a_balance_too_low_answer_alerts_the_operator(
+    sim: ZaloSimulator, make_adapter: Factory
+) -> None:
+    sim.fail_next(1, QUOTA_ERROR)  # -115: the OA's ZBS balance is too low
+    failure = fail(make_adapter(), message())
+    assert isinstance(failure, PermanentFailure)
+    assert failure.operator_alert is True
+    assert failure.code == "quota"
+    assert "-115" in failure.reason
+
+
+def test_minus_144_is_not_taken_for_a_quota_code() -> None:
+    # -144 is not in Zalo's ZBS error list: an unknown code, for an operator to look at,
+    # not the quota case.
+    settings = ZaloSettings(app_id="1", app_secret="s")
+    assert settings.quota_error_codes == ()
+    with pytest.raises(PermanentFailure) as unknown:
+        classify_answer({"error": -144, "message": "x"}, settings)
+    assert unknown.value.code == "-144"
 
 
 def test_quota_is_recognised_by_code_or_by_message() -> None:
@@ -439,19 +488,51 @@ def test_outage_is_temporary(sim: ZaloSimulator, make_adapter: Factory) -> None:
     sim.set_outage(True)
     failure = fail(adapter, message())
     assert isinstance(failure, TemporaryFailure)
-    assert failure.code == "http_503"
+    assert failure.code == "http-503"
+    assert failure.maybe_sent is False  # Zalo answered: nothing was taken
     sim.set_outage(False)
     send(adapter, message())
     assert len(sim.messages) == 1
 
 
 def test_outside_sending_hours_is_retried_later(sim: ZaloSimulator, make_adapter: Factory) -> None:
-    sim.fail_next(1, -133)
+    sim.fail_next(1, OUTSIDE_HOURS)
     failure = fail(make_adapter(), message())
     assert isinstance(failure, TemporaryFailure)
     assert failure.code == "-133"
     assert failure.retry_after_s is not None
     assert failure.retry_after_s >= 60
+
+
+@pytest.mark.parametrize(
+    ("vietnam_time", "wait_s"),
+    [
+        ("2026-12-03T22:00:00", 8 * 3600),  # closes at 22:00: opens at 06:00 next day
+        ("2026-12-03T23:30:00", 6.5 * 3600),
+        ("2026-12-04T05:00:00", 3600),  # one hour before 06:00, not two before 07:00
+        ("2026-12-04T05:59:00", 60),
+    ],
+)
+def test_minus_133_waits_for_six_in_the_morning_vietnam_time(
+    vietnam_time: str, wait_s: float
+) -> None:
+    # -133: no sends 22:00-06:00 for this template: the retry is due at 06:00.
+    now = datetime.fromisoformat(vietnam_time).replace(tzinfo=ZoneInfo("Asia/Ho_Chi_Minh"))
+    assert seconds_until_window(now) == wait_s
+
+
+def test_unknown_error_minus_100_is_temporary_without_an_alert(
+    sim: ZaloSimulator, make_adapter: Factory
+) -> None:
+    # -100: "unknown error, try again later" is Zalo's own trouble, retried.
+    adapter = make_adapter()
+    sim.fail_next(1, UNKNOWN_ERROR)
+    failure = fail(adapter, message())
+    assert isinstance(failure, TemporaryFailure)
+    assert failure.code == "-100"
+    assert sim.messages == []
+    send(adapter, message())  # and the next try goes through
+    assert len(sim.messages) == 1
 
 
 def test_timeout_is_temporary(
@@ -461,6 +542,8 @@ def test_timeout_is_temporary(
     sim.latency_s = 1.0
     failure = fail(make_adapter(timeout_s=0.2), message())
     assert isinstance(failure, TemporaryFailure)
+    # Zalo may have taken the message, and does not dedupe by tracking_id.
+    assert failure.maybe_sent is True
 
 
 def test_connection_refused_is_temporary(
@@ -472,6 +555,7 @@ def test_connection_refused_is_temporary(
         port = probe.getsockname()[1]
     failure = fail(make_adapter(base_url=f"http://127.0.0.1:{port}"), message())
     assert isinstance(failure, TemporaryFailure)
+    assert failure.maybe_sent is False  # never connected: nothing was sent
 
 
 def test_http_429_honours_retry_after(
@@ -489,7 +573,7 @@ def test_http_429_honours_retry_after(
     )
     failure = fail(ZaloZnsAdapter(make_settings(), context), message())
     assert isinstance(failure, TemporaryFailure)
-    assert failure.code == "http_429"
+    assert failure.code == "http-429"
     assert failure.retry_after_s == 7
 
 
