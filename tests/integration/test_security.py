@@ -86,7 +86,7 @@ def test_keys_are_stored_hashed_agency_limited_and_revocation_is_immediate(
     own, second, foreign = sample_event(0), sample_event(1), sample_event(2)  # H29, H56, H26
     submitted: list[bytes] = []
     app = local_app(pg_url)
-    with ServedApi(create_api(app, submit=submitted.append)) as api:
+    with ServedApi(create_api(app, submit=lambda body, _submitter: submitted.append(body))) as api:
 
         def post(event: dict[str, Any]) -> int:
             return httpx.post(
