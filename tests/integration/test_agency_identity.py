@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,16 +19,19 @@ import sqlalchemy as sa
 from notifier.api import create_api
 from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
+from notifier.deliverylog import DeliveryLog
 from notifier.events import Status
+from notifier.replay import Replayer, ReplayOutcome
 from notifier.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
-from notifier.store.schema import deliveries, events, rejected_events
+from notifier.store.schema import deliveries, events, rejected_events, utcnow
 from tests.support import RunningWorker, ServedApi, make_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
 AGENCY_A, AGENCY_B = "000.00.12.H29", "000.00.20.H56"  # sample_event(0) and sample_event(1)
+HASH_KEY = "notifier-development-only"
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -131,3 +135,206 @@ def test_replay_all_does_not_deliver_an_other_agencys_event_sent_with_an_invalid
     [result] = replayed.json()["items"]
     assert result["outcome"] == "still-invalid"
     assert "utf-8" in result["detail"]
+
+
+def insert_reject(database: Database, **values: Any) -> uuid.UUID:
+    reject_id = uuid.uuid4()
+    payload = values.get("payload")
+    row = {
+        "reject_id": reject_id,
+        "received_at": utcnow(),
+        "source": "http",
+        "reason": "as received",
+        "payload_bytes": len(payload.encode()) if payload else 0,
+        **values,
+    }
+    with database.begin() as connection:
+        connection.execute(rejected_events.insert().values(**row))
+    return reject_id
+
+
+def test_a_reject_is_refused_at_replay_when_its_key_may_not_publish_for_its_agency(
+    pg_url: str, pg_database: Database, smtp: SmtpCatcher
+) -> None:
+    """Over the size limit at first (so rejected before the agency check), then the
+    operator raises the limit: the replay is authorised as the submission would be."""
+    keys = ApiKeys(pg_database)
+    publisher_a = keys.create("motcua-a", ["publish"], [AGENCY_A])
+    publisher_b = keys.create("motcua-b", ["publish"], [AGENCY_B])
+    foreign, own = agency_b_event(), agency_b_event()
+    for event in (foreign, own):
+        event["dossier"]["note"] = "Ghi chú dài. " * 100  # about 1.4 KB
+    small = Notifier(
+        make_settings(
+            database_url=pg_url,
+            adapters={"email": {"host": "127.0.0.1", "port": smtp.port}},
+            events={"max_bytes": 1024},
+        )
+    )
+    with ServedApi(create_api(small)) as api:
+        for event, key in ((foreign, publisher_a), (own, publisher_b)):
+            answer = httpx.post(f"{api.base_url}/v1/events", json=event, headers=bearer(key))
+            assert answer.status_code == 422
+            assert "over the 1024-byte limit" in answer.json()["detail"]["reason"]
+    small.close()
+    app = Notifier(
+        make_settings(
+            database_url=pg_url, adapters={"email": {"host": "127.0.0.1", "port": smtp.port}}
+        )
+    )
+    with RunningWorker(app):
+        # What "replay all" does from the console, the API and the CLI alike.
+        results = Replayer(app).rejects(actor="t")
+        wait_until(lambda: len(smtp.messages) == 1)
+        settle()
+    outcomes = {r.outcome: r for r in results}
+    assert set(outcomes) == {ReplayOutcome.REPLAYED, ReplayOutcome.REFUSED}
+    assert outcomes[ReplayOutcome.REFUSED].detail == (
+        f"API key 'motcua-a' may not publish for agency '{AGENCY_B}' (its agencies: {AGENCY_A})"
+    )
+    assert deliveries_of(pg_database, foreign["event_id"]) == []
+    assert [d["status"] for d in deliveries_of(pg_database, own["event_id"])] == ["sent"]
+    assert len(smtp.messages) == 1
+    # The refused one stays a reject, ready to replay if the key is given the agency.
+    kept = {r["submitter_name"]: r["replayed_at"] for r in rejects_of(pg_database)}
+    assert kept["motcua-a"] is None
+    assert kept["motcua-b"] is not None
+
+
+def test_a_revoked_keys_reject_is_not_replayed(local_app: Notifier, pg_database: Database) -> None:
+    keys = ApiKeys(pg_database)
+    keys.create("motcua-b", ["publish"], [AGENCY_B])
+    [client] = keys.list()
+    body = json.dumps(agency_b_event(), ensure_ascii=False).encode()
+    reject = insert_reject(
+        pg_database,
+        payload=body.decode(),
+        payload_raw=body,
+        submitter_kind="api-key",
+        submitter_name="motcua-b",
+        submitter_id=str(client.client_id),
+        submitter_agencies=[AGENCY_B],
+    )
+    submitted: list[bytes] = []
+    replayer = Replayer(local_app, submit=lambda raw, _who: submitted.append(raw))
+    keys.revoke("motcua-b")
+    result = replayer.reject(reject, actor="t")
+    assert (result.outcome, result.detail) == (
+        ReplayOutcome.REFUSED,
+        "API key 'motcua-b' is revoked or unknown",
+    )
+    assert submitted == []
+
+
+def test_an_old_reject_kept_only_as_altered_text_or_without_its_submitter_is_not_replayed(
+    local_app: Notifier, pg_database: Database
+) -> None:
+    """Rejects stored before raw bytes and submitters were kept."""
+    event = json.dumps(agency_b_event(), ensure_ascii=False)
+    name = json.loads(event)["applicant"]["name"]
+    altered = insert_reject(
+        pg_database, payload=event.replace(name, name[:2] + "\ufffd" + name[2:])
+    )
+    from_http = insert_reject(pg_database, payload=event)
+    from_amqp = insert_reject(pg_database, payload=event, source="amqp")
+    submitted: list[bytes] = []
+    replayer = Replayer(local_app, submit=lambda raw, _who: submitted.append(raw))
+    outcomes = {
+        reject: replayer.reject(reject, actor="t") for reject in (altered, from_http, from_amqp)
+    }
+    assert outcomes[altered].outcome is ReplayOutcome.NOT_FAITHFUL
+    assert outcomes[from_http].outcome is ReplayOutcome.REFUSED
+    assert "was not recorded" in (outcomes[from_http].detail or "")
+    # An old AMQP reject's publisher is unknown: refused while identity is strict.
+    assert outcomes[from_amqp].outcome is ReplayOutcome.REFUSED
+    assert "no user_id" in (outcomes[from_amqp].detail or "")
+    assert submitted == []
+    assert all(r["replayed_at"] is None for r in rejects_of(pg_database))
+
+
+# -- 2. a dossier code belongs to its agency; names come from the registry ----------------
+
+
+def test_a_key_cannot_write_into_another_agencys_dossier_under_its_own_agency_code(
+    local_app: Notifier, pg_database: Database, smtp: SmtpCatcher
+) -> None:
+    keys = ApiKeys(pg_database)
+    publisher_a = keys.create("motcua-a", ["publish"], [AGENCY_A])
+    publisher_b = keys.create("motcua-b", ["publish"], [AGENCY_B])
+    genuine = agency_b_event()
+    forged = agency_b_event()
+    forged["agency"] = {"code": AGENCY_A, "name": "UBND B"}
+    forged["dossier"]["status"] = "payment_required"
+    forged["dossier"]["amount_due"] = 5_000_000
+    forged["dossier"]["tracking_url"] = "https://pay.example.net/b"
+    assert forged["dossier"]["code"] == genuine["dossier"]["code"]
+    dossier = genuine["dossier"]["code"]
+    with RunningWorker(local_app), ServedApi(create_api(local_app)) as api:
+        url = f"{api.base_url}/v1/events"
+        assert httpx.post(url, json=genuine, headers=bearer(publisher_b)).status_code == 202
+        wait_until(lambda: len(smtp.messages) == 1)
+        refused = httpx.post(url, json=forged, headers=bearer(publisher_a))
+        assert refused.status_code == 422
+        assert refused.json()["detail"]["reason"] == (
+            f"dossier code {dossier!r} does not belong to agency {AGENCY_A!r}: a dossier "
+            f"code is <agency code>-<YYMMDD>-<NNNN>, e.g. {AGENCY_A}-261126-0001"
+        )
+        settle()
+    # B's dossier shows B's event only, and B's citizen got one message.
+    timeline = DeliveryLog(pg_database, HASH_KEY).dossier(dossier)
+    assert [e.event_id for e in timeline.events] == [uuid.UUID(genuine["event_id"])]
+    assert {d.delivery.event_id for d in timeline.deliveries} == {uuid.UUID(genuine["event_id"])}
+    assert len(smtp.messages) == 1
+    assert deliveries_of(pg_database, forged["event_id"]) == []
+
+
+AGENCIES_TOML = f"""
+[agencies."{AGENCY_A}"]
+name = "UBND phường Điện Biên, quận Ba Đình"
+name_en = "Dien Bien Ward People's Committee"
+
+[agencies."{AGENCY_B}"]
+name = "Sở Tư pháp tỉnh Khánh Hòa"
+"""
+
+
+def test_with_a_registry_the_agency_name_comes_from_it_and_unknown_agencies_are_rejected(
+    pg_url: str, pg_database: Database, smtp: SmtpCatcher, tmp_path: Path
+) -> None:
+    registry = tmp_path / "agencies.toml"
+    registry.write_text(AGENCIES_TOML, encoding="utf-8")
+    app = Notifier(
+        make_settings(
+            database_url=pg_url,
+            agencies_file=registry,
+            adapters={"email": {"host": "127.0.0.1", "port": smtp.port}},
+        )
+    )
+    publisher = ApiKeys(pg_database).create("motcua", ["publish"], [])
+    claimed = sample_event(0, status=Status.RESULT_READY, event_id=uuid.uuid4())
+    claimed["agency"]["name"] = "UBND B"  # the event's own claim: ignored
+    claimed["applicant"].update(language="vi", contacts={"email": "citizen.a@example.com"})
+    unknown = sample_event(2, status=Status.RESULT_READY, event_id=uuid.uuid4())  # H26
+    with RunningWorker(app), ServedApi(create_api(app)) as api:
+        url = f"{api.base_url}/v1/events"
+        assert httpx.post(url, json=claimed, headers=bearer(publisher)).status_code == 202
+        refused = httpx.post(url, json=unknown, headers=bearer(publisher))
+        wait_until(lambda: len(smtp.messages) == 1)
+    assert refused.status_code == 422
+    assert refused.json()["detail"]["reason"] == (
+        f"agency '000.01.31.H26' is not in the registry of agencies ({registry})"
+    )
+    [message] = smtp.messages
+    text = message_text(message)
+    assert "UBND phường Điện Biên, quận Ba Đình" in text
+    assert "UBND B" not in text
+    [reject] = rejects_of(pg_database)
+    assert reject["event_id"] == unknown["event_id"]
+    assert reject["submitter_name"] == "motcua"
+
+
+def message_text(message: Any) -> str:
+    """The subject and every text part of a caught email, decoded."""
+    parts = [str(message["Subject"])]
+    parts += [p.get_content() for p in message.walk() if p.get_content_maintype() == "text"]
+    return "\n".join(parts)

@@ -475,6 +475,10 @@ def test_replayed_rejects_go_through_ingest_once(
                     source="amqp",
                     reason="no usable contact (routing since fixed)",
                     payload=payload,
+                    payload_raw=payload.encode(),
+                    submitter_kind="service",
+                    submitter_name="notifier",
+                    submitter_agencies=["*"],
                     payload_bytes=size or len(payload.encode()),
                 )
             )

@@ -42,6 +42,7 @@ from notifier.security import SecurityMiddleware
 from notifier.settings import ApiSettings, EventsSettings
 from notifier.simulators.local import LocalProviders
 from notifier.store import Database
+from notifier.store.migrate import upgrade
 from notifier.store.schema import api_clients, deliveries, opt_outs, utcnow
 from tests.support import (
     REPO,
@@ -592,11 +593,18 @@ def test_a_publisher_may_publish_events_and_nothing_else(
     password = secrets.token_urlsafe(18)
     env = {
         "NOTIFIER_BROKER_URL": amqp_url,
+        "NOTIFIER_DATABASE_URL": settings.database_url,
         "NOTIFIER_EVENTS__EXCHANGE": events.exchange,
         "NOTIFIER_EVENTS__QUEUE": events.queue,
     }
+    upgrade(Database(settings.database_url))  # the command records the user's agencies
     runner = CliRunner()
-    created = runner.invoke(main, ["broker", "add-publisher", name], input=password + "\n", env=env)
+    created = runner.invoke(
+        main,
+        ["broker", "add-publisher", name, "--agency", "000.00.12.H29"],
+        input=password + "\n",
+        env=env,
+    )
     assert created.exit_code == 0, created.output
     try:
         host_and_vhost = amqp_url.split("@", 1)[1]
