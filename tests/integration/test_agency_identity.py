@@ -6,6 +6,7 @@ validated ``user_id``. On the real PostgreSQL and RabbitMQ."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,20 +14,33 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pika
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
+from pika.exceptions import ChannelClosedByBroker
 
+from notifier.amqp import declare_topology
 from notifier.api import create_api
 from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
+from notifier.cli import main
 from notifier.deliverylog import DeliveryLog
 from notifier.events import Status
+from notifier.publishers import SUBMITTER_HEADER
 from notifier.replay import Replayer, ReplayOutcome
 from notifier.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
 from notifier.store.schema import deliveries, events, rejected_events, utcnow
-from tests.support import RunningWorker, ServedApi, make_settings, wait_until
+from tests.support import (
+    RunningWorker,
+    ServedApi,
+    make_settings,
+    notifier_env,
+    rabbit_settings,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -338,3 +352,135 @@ def message_text(message: Any) -> str:
     parts = [str(message["Subject"])]
     parts += [p.get_content() for p in message.walk() if p.get_content_maintype() == "text"]
     return "\n".join(parts)
+
+
+# -- 3. AMQP: publishers bound to their agencies by RabbitMQ's validated user_id ----------
+
+
+def publish_as(
+    url: str, events: Any, body: bytes, user_id: str | None, headers: dict[str, Any] | None = None
+) -> tuple[int, str]:
+    """Publish with confirms as the URL's user; the broker's reply (200: confirmed)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            events.exchange,
+            events.routing_key,
+            body,
+            pika.BasicProperties(content_type="application/json", delivery_mode=2, user_id=user_id),
+            mandatory=True,
+        )
+        return 200, "confirmed"
+    except ChannelClosedByBroker as exc:
+        return int(exc.reply_code), str(exc.reply_text)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def test_a_broker_publisher_may_publish_only_for_its_agencies_and_cannot_forge_user_id(
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    smtp: SmtpCatcher,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = rabbit_settings(
+        amqp_url, pg_url, queue_prefix, adapters={"email": {"host": "127.0.0.1", "port": smtp.port}}
+    )
+    events_settings = settings.events
+    admin = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    declare_topology(admin.channel(), events_settings)
+    admin.close()
+    name, password = f"pub-a-{queue_prefix}", secrets.token_urlsafe(18)
+    env = notifier_env(settings)
+    runner = CliRunner()
+    created = runner.invoke(
+        main,
+        ["broker", "add-publisher", name, "--agency", AGENCY_A],
+        input=password + "\n",
+        env=env,
+    )
+    assert created.exit_code == 0, created.output
+    listed = runner.invoke(main, ["broker", "publishers", "--json"], env=env)
+    assert json.loads(listed.output) == {"name": name, "agencies": [AGENCY_A]}
+    as_publisher = f"amqp://{name}:{password}@{amqp_url.split('@', 1)[1]}"
+    own = sample_event(0, status=Status.RESULT_READY, event_id=uuid.uuid4())
+    own["applicant"]["contacts"] = {"email": "citizen.a@example.com"}
+    foreign, anonymous, forged = agency_b_event(), agency_b_event(), agency_b_event()
+    # Only notifier's own user may name another submitter: from a publisher, ignored.
+    forged_header = {
+        SUBMITTER_HEADER: json.dumps({"kind": "service", "name": "api", "agencies": ["*"]})
+    }
+
+    def body(event: dict[str, Any]) -> bytes:
+        return json.dumps(event, ensure_ascii=False).encode()
+
+    app = Notifier(settings)
+    try:
+        with RunningWorker(app):
+            assert publish_as(as_publisher, events_settings, body(own), name)[0] == 200
+            assert (
+                publish_as(as_publisher, events_settings, body(foreign), name, forged_header)[0]
+                == 200
+            )
+            assert publish_as(as_publisher, events_settings, body(anonymous), None)[0] == 200
+            # The broker itself refuses a user_id that is not the connection's user.
+            assert publish_as(as_publisher, events_settings, body(forged), "guest") == (
+                406,
+                f"PRECONDITION_FAILED - user_id property set to 'guest' but authenticated "
+                f"user was '{name}'",
+            )
+            wait_until(lambda: len(rejects_of(pg_database)) == 2 and len(smtp.messages) == 1)
+            settle()
+        # A replay of the foreign event is refused as its publication was.
+        replayer = Replayer(Notifier(settings), submit=lambda *_: None)
+        replays = replayer.rejects(actor="t")
+        replayer.app.close()
+    finally:
+        runner.invoke(main, ["broker", "remove-publisher", name], env=env)
+    assert [m["To"] for m in smtp.messages] == ["citizen.a@example.com"]
+    rejects = {r["event_id"]: r for r in rejects_of(pg_database)}
+    assert set(rejects) == {foreign["event_id"], anonymous["event_id"]}
+    wrong_agency = rejects[foreign["event_id"]]
+    assert wrong_agency["reason"] == (
+        f"broker user {name!r} may not publish for agency {AGENCY_B!r} (its agencies: {AGENCY_A})"
+    )
+    assert (wrong_agency["submitter_kind"], wrong_agency["submitter_name"]) == (
+        "broker-user",
+        name,
+    )
+    assert wrong_agency["payload_raw"] == body(foreign)
+    no_user = rejects[anonymous["event_id"]]
+    assert no_user["submitter_kind"] == "unidentified"
+    assert no_user["reason"].startswith("the message has no user_id property")
+    for event in (foreign, anonymous, forged):
+        assert deliveries_of(pg_database, event["event_id"]) == []
+    # The forged message never reached the queue (RabbitMQ closed the channel, above).
+    assert {r.outcome for r in replays} == {ReplayOutcome.REFUSED}
+    assert {r.detail for r in replays} == {wrong_agency["reason"], no_user["reason"]}
+
+
+def test_a_reject_found_after_the_202_over_rabbitmq_names_the_api_key(
+    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str, smtp: SmtpCatcher
+) -> None:
+    """The API publishes as notifier's own broker user, naming the key in a header."""
+    settings = rabbit_settings(
+        amqp_url, pg_url, queue_prefix, adapters={"email": {"host": "127.0.0.1", "port": smtp.port}}
+    )
+    publisher = ApiKeys(pg_database).create("motcua-a", ["publish"], [AGENCY_A])
+    event = sample_event(0, status=Status.RESULT_READY, event_id=uuid.uuid4())
+    event["applicant"]["contacts"] = {"phone": "0912345678"}  # SMS is off here: no contact
+    app = Notifier(settings)
+    with RunningWorker(app), ServedApi(create_api(app)) as api:
+        posted = httpx.post(f"{api.base_url}/v1/events", json=event, headers=bearer(publisher))
+        assert posted.status_code == 202
+        wait_until(lambda: rejects_of(pg_database))
+    [reject] = rejects_of(pg_database)
+    assert reject["reason"].startswith("no usable contact")
+    assert reject["source"] == "amqp"
+    assert (reject["submitter_kind"], reject["submitter_name"]) == ("api-key", "motcua-a")
+    assert reject["submitter_agencies"] == [AGENCY_A]
