@@ -274,7 +274,9 @@ def add_publisher_command(
     --generate-password; it is passed to rabbitmqctl on its standard input, never as
     an argument.
     """
-    chosen = _agencies(agencies, every_agency)
+    # A password rotation keeps the agencies unless new ones are given.
+    keep = update_password and not agencies and not every_agency
+    chosen = [] if keep else _agencies(agencies, every_agency)
     settings = _loaded_settings()
     try:
         target = vhost or vhost_of(settings.broker_url)
@@ -289,7 +291,10 @@ def add_publisher_command(
         )
     except BrokerAdminError as exc:
         raise click.ClickException(str(exc)) from None
-    _publishers(settings).set(name, chosen)
+    if keep:
+        chosen = list(_publishers(settings).agencies_of([name]).get(name, ("none registered",)))
+    else:
+        _publishers(settings).set(name, chosen)
     permissions = publisher_permissions(settings.events)
     click.echo(
         f"publisher {name!r} on vhost {target!r}: configure {permissions.configure!r}, "

@@ -232,7 +232,10 @@ def rejects(limit: int, as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row.__dict__, default=str, ensure_ascii=False))
         return
-    print_table([r.__dict__ for r in rows], ("received_at", "source", "event_id", "reason"))
+    print_table(
+        [{**r.__dict__, "submitted_by": r.submitted_by} for r in rows],
+        ("received_at", "source", "submitted_by", "event_id", "reason"),
+    )
 
 
 @main.group(invoke_without_command=True)

@@ -566,7 +566,7 @@ def test_cli_replay_on_rabbitmq(
     with RunningWorker(rabbit_app):
         done = runner.invoke(main, ["replay", "dead-letters", "--dossier", code, "--json"], env=env)
         assert done.exit_code == 0, done.output
-        assert json.loads(done.output.splitlines()[-1])["outcome"] == "replayed"
+        assert json.loads(done.output.splitlines()[-1])["outcome"] == "replayed", done.output
         again = runner.invoke(main, ["replay", "delivery", str(dead)], env=env)
         assert "not-replayable" in again.output
         wait_until(lambda: len(smtp.messages) == 1)

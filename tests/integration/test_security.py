@@ -529,10 +529,16 @@ def _fake_rabbitmqctl(tmp_path: Path) -> tuple[Path, Path]:
 def test_the_publisher_password_never_is_an_argument(tmp_path: Path) -> None:
     script, record = _fake_rabbitmqctl(tmp_path)
     password = "correct-horse-battery-" + secrets.token_hex(4)
-    env = {"NOTIFIER_BROKER_URL": "amqp://admin:pw@rabbit:5672/tthc"}
+    database_url = f"sqlite:///{tmp_path}/n.db"
+    upgrade(Database(database_url))  # the command records the publisher's agencies
+    env = {
+        "NOTIFIER_BROKER_URL": "amqp://admin:pw@rabbit:5672/tthc",
+        "NOTIFIER_DATABASE_URL": database_url,
+    }
+    agency = ["--agency", "000.00.12.H29"]
     result = CliRunner().invoke(
         main,
-        ["broker", "add-publisher", "motcua-hn", "--rabbitmqctl", str(script)],
+        ["broker", "add-publisher", "motcua-hn", *agency, "--rabbitmqctl", str(script)],
         input=password + "\n",
         env=env,
     )
@@ -554,16 +560,26 @@ def test_the_publisher_password_never_is_an_argument(tmp_path: Path) -> None:
     ]
     short = CliRunner().invoke(
         main,
-        ["broker", "add-publisher", "x", "--rabbitmqctl", str(script)],
+        ["broker", "add-publisher", "x", *agency, "--rabbitmqctl", str(script)],
         input="short\n",
         env=env,
     )
     assert short.exit_code != 0
     assert "16+ characters" in short.output
     bad_name = CliRunner().invoke(
-        main, ["broker", "add-publisher", "--", "-p"], input=password + "\n", env=env
+        main, ["broker", "add-publisher", *agency, "--", "-p"], input=password + "\n", env=env
     )
     assert bad_name.exit_code != 0
+    assert "a publisher name is" in bad_name.output
+    # Without agencies there is no publisher: the command says what to give.
+    unbound = CliRunner().invoke(
+        main,
+        ["broker", "add-publisher", "motcua-x", "--rabbitmqctl", str(script)],
+        input=password + "\n",
+        env=env,
+    )
+    assert unbound.exit_code == 2
+    assert "give --agency CODE (repeatable), or --every-agency" in unbound.output
 
 
 def _refusal(connection: pika.BlockingConnection, action: Callable[[Any], object]) -> int:
