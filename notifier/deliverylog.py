@@ -105,6 +105,7 @@ class RejectRow:
     # Who submitted it: api-key, broker-user, service or unidentified (None: before 0005).
     submitter_kind: str | None = None
     submitter_name: str | None = None
+    replay_refusal: str | None = None  # why the last replay was refused
 
     @property
     def submitted_by(self) -> str:
@@ -305,6 +306,7 @@ class DeliveryLog:
             r.replayed_at,
             r.submitter_kind,
             r.submitter_name,
+            r.replay_refusal,
         )
         if since is not None:
             statement = statement.where(r.received_at >= since)

@@ -243,6 +243,11 @@ class Replayer:
                 return ReplayResult("reject", reject_id, ReplayOutcome.MISSING)
             body, submitter, refused = self._replayable(row, reject_id)
             if refused is not None:
+                connection.execute(
+                    sa.update(rejected_events)
+                    .where(r.reject_id == reject_id)
+                    .values(replay_refusal=f"{refused.outcome.value}: {refused.detail}"[:2000])
+                )
                 log.info(
                     "reject not replayed",
                     reject_id=str(reject_id),

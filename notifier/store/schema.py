@@ -133,6 +133,8 @@ rejected_events = sa.Table(
     sa.Column("submitter_name", sa.String(100), nullable=True),
     sa.Column("submitter_id", sa.String(64), nullable=True),
     sa.Column("submitter_agencies", sa.JSON, nullable=True),
+    # Why the last replay was refused (it stays a reject), shown to operators.
+    sa.Column("replay_refusal", sa.Text, nullable=True),
 )
 
 inbox_notifications = sa.Table(

@@ -27,12 +27,14 @@ from notifier.app import Notifier
 from notifier.cli import main
 from notifier.deliverylog import DeliveryLog
 from notifier.events import Status
+from notifier.operators import OperatorStore
 from notifier.publishers import SUBMITTER_HEADER
 from notifier.replay import Replayer, ReplayOutcome
 from notifier.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
 from notifier.store.schema import deliveries, events, rejected_events, utcnow
+from tests.integration.test_console import PASSWORD, signed_in
 from tests.support import (
     RunningWorker,
     ServedApi,
@@ -133,6 +135,9 @@ def test_replay_all_does_not_deliver_an_other_agencys_event_sent_with_an_invalid
         )
         assert replayed.status_code == 200, replayed.text
         settle()
+        # The console shows who sent it and why it was not replayed.
+        OperatorStore(pg_database).add("lan.admin", PASSWORD, "admin")
+        page = signed_in(api.base_url, "lan.admin").get("/console/rejects").text
     # Agency B's event was not delivered, nor even recorded as an event.
     assert smtp.messages == []
     assert deliveries_of(pg_database, event["event_id"]) == []
@@ -149,6 +154,9 @@ def test_replay_all_does_not_deliver_an_other_agencys_event_sent_with_an_invalid
     [result] = replayed.json()["items"]
     assert result["outcome"] == "still-invalid"
     assert "utf-8" in result["detail"]
+    assert reject["replay_refusal"] == f"still-invalid: {result['detail']}"
+    assert "api-key:motcua-a" in page
+    assert "Không gửi lại: still-invalid: body is not valid JSON" in page
 
 
 def insert_reject(database: Database, **values: Any) -> uuid.UUID:

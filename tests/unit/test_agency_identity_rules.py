@@ -134,3 +134,9 @@ def test_a_body_that_is_not_utf8_travels_to_ingest_with_its_bytes() -> None:
     text, meta = ingest_arguments(valid, 65536)
     assert "raw_b64" not in meta
     assert raw_body(text, meta) == valid
+
+
+def test_the_example_registry_shipped_in_config_loads() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "agencies.example.toml"
+    registry = AgencyRegistry.load(example)
+    assert registry.unknown("000.00.12.H29") is None

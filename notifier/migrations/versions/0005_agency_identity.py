@@ -33,10 +33,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("submitter_name", sa.String(length=100), nullable=True))
         batch_op.add_column(sa.Column("submitter_id", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("submitter_agencies", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("replay_refusal", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("rejected_events", schema=None) as batch_op:
+        batch_op.drop_column("replay_refusal")
         batch_op.drop_column("submitter_agencies")
         batch_op.drop_column("submitter_id")
         batch_op.drop_column("submitter_name")
