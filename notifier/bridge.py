@@ -46,7 +46,8 @@ class EventBridge(BackgroundThread):
         self.broker_url = broker_url
         self.events = events
         self.ingest_actor = ingest_actor
-        self._me = broker_user(broker_url)
+        # notifier's own broker users: this process's, and e.g. the API's if it differs.
+        self._us = frozenset({broker_user(broker_url), *events.service_users})
         self._worker: dramatiq.Worker | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -84,7 +85,7 @@ class EventBridge(BackgroundThread):
             group: list[tuple[int, bytes, Submitter]] = []
 
             def collect(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
-                group.append((method.delivery_tag, body, submitter_of(properties, self._me)))
+                group.append((method.delivery_tag, body, submitter_of(properties, self._us)))
 
             channel.basic_consume(self.events.queue, on_message_callback=collect)
             log.info("bridge consuming", queue=self.events.queue)
@@ -127,17 +128,17 @@ class EventBridge(BackgroundThread):
         channel.basic_ack(last_tag, multiple=True)
 
 
-def submitter_of(properties: Any, service_user: str) -> Submitter:
+def submitter_of(properties: Any, service_users: frozenset[str]) -> Submitter:
     """Who published a message, from RabbitMQ's validated ``user_id`` property.
 
     RabbitMQ refuses a message whose ``user_id`` is not the publishing connection's
-    user, so a present ``user_id`` is who published it. Only notifier's own user may
+    user, so a present ``user_id`` is who published it. Only notifier's own users may
     name another submitter (the API key that posted it, in :data:`SUBMITTER_HEADER`).
     """
     user_id = getattr(properties, "user_id", None)
     if not user_id:
         return Submitter(SubmitterKind.UNIDENTIFIED, "-")
-    if user_id != service_user:
+    if user_id not in service_users:
         return Submitter(SubmitterKind.BROKER_USER, str(user_id)[:100])
     headers = getattr(properties, "headers", None) or {}
     named = headers.get(SUBMITTER_HEADER)

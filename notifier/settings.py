@@ -146,6 +146,10 @@ class EventsSettings(_Section):
     # warning, for the transition of an existing deployment only. A user with
     # registered agencies is always held to them.
     amqp_identity: Literal["strict", "lenient"] = "strict"
+    # Broker users that are notifier itself besides the one in NOTIFIER_BROKER_URL (e.g.
+    # the API's, if it connects as another user): trusted for every agency, and to name
+    # the API key that posted an event. Never a TTHC system's user.
+    service_users: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _prefetch_holds_a_batch(self) -> EventsSettings:

@@ -109,18 +109,25 @@ def properties(**values: Any) -> Any:
 
 
 def test_a_broker_message_is_from_its_validated_user_id() -> None:
-    assert submitter_of(properties(user_id="motcua-a"), "notifier") == Submitter(
+    assert submitter_of(properties(user_id="motcua-a"), frozenset({"notifier"})) == Submitter(
         SubmitterKind.BROKER_USER, "motcua-a"
     )
-    assert submitter_of(properties(), "notifier").kind is SubmitterKind.UNIDENTIFIED
-    assert submitter_of(properties(user_id="notifier"), "notifier") == Submitter.service("notifier")
+    assert submitter_of(properties(), frozenset({"notifier"})).kind is SubmitterKind.UNIDENTIFIED
+    ours = frozenset({"notifier", "notifier-api"})
+    assert submitter_of(properties(user_id="notifier-api"), ours) == Submitter.service(
+        "notifier-api"
+    )
 
 
 def test_only_notifiers_own_user_may_name_the_api_key_that_posted_an_event() -> None:
     key = Submitter(SubmitterKind.API_KEY, "motcua-a", "1234", ("000.00.12.H29",))
     header = {SUBMITTER_HEADER: json.dumps(key.as_json()).encode()}
-    assert submitter_of(properties(user_id="notifier", headers=header), "notifier") == key
-    from_publisher = submitter_of(properties(user_id="motcua-b", headers=header), "notifier")
+    assert (
+        submitter_of(properties(user_id="notifier", headers=header), frozenset({"notifier"})) == key
+    )
+    from_publisher = submitter_of(
+        properties(user_id="motcua-b", headers=header), frozenset({"notifier"})
+    )
     assert from_publisher == Submitter(SubmitterKind.BROKER_USER, "motcua-b")
 
 
