@@ -102,7 +102,8 @@ class RejectRow:
     event_id: str | None
     payload_bytes: int
     replayed_at: datetime | None
-    # Who submitted it: api-key, broker-user, service or unidentified (None: before 0005).
+    # Who submitted it: api-key, broker-user, service or unidentified (None: kept before
+    # submitters were recorded).
     submitter_kind: str | None = None
     submitter_name: str | None = None
     replay_refusal: str | None = None  # why the last replay was refused

@@ -304,8 +304,8 @@ class Replayer:
         if submitter is None:
             return no(
                 ReplayOutcome.REFUSED,
-                "who submitted it was not recorded (a reject from before version 0005 "
-                "over HTTP); publish the event again from its system",
+                "who submitted it was not recorded (a reject kept before submitters "
+                "were); publish the event again from its system",
             )
         try:
             event = parse_event(body, max_bytes=self.app.settings.events.max_bytes)

@@ -1,7 +1,7 @@
 """agency identity: who submitted a reject, its raw bytes, broker publishers' agencies
 
-Revision ID: 0005
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03 07:00:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import notifier.store.schema
 
-revision = "0005"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
