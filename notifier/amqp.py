@@ -17,6 +17,12 @@ def connection_parameters(url: str, **overrides: Any) -> pika.URLParameters:
     return parameters
 
 
+def broker_user(url: str) -> str:
+    """The user name an amqp:// URL connects as (what RabbitMQ validates user_id against)."""
+    credentials = pika.URLParameters(url).credentials
+    return str(getattr(credentials, "username", "") or "")
+
+
 def declare_topology(channel: Any, events: EventsSettings) -> None:
     """Declare the events exchange and the inbound queue (idempotent).
 

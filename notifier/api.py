@@ -28,6 +28,7 @@ from notifier.events import EventRejected, parse_event
 from notifier.inbox import InboxItem
 from notifier.logging import get_logger
 from notifier.publisher import EventPublisher
+from notifier.publishers import SUBMITTER_HEADER, Submitter, SubmitterKind
 
 log = get_logger(__name__)
 
@@ -80,17 +81,20 @@ class EventSubmitter:
         self._publisher: EventPublisher | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, body: bytes) -> None:
+    def __call__(self, body: bytes, submitter: Submitter) -> None:
         if not self.app.settings.uses_rabbitmq:
-            self.app.submit(body, source="http")
+            self.app.submit(body, source="http", submitter=submitter)
             return
+        # Published as notifier's own broker user (user_id), which alone the bridge
+        # trusts to name the API key that posted the event.
+        headers = {SUBMITTER_HEADER: json.dumps(submitter.as_json())}
         with self._lock:
             try:
-                self._current().publish(body)
+                self._current().publish(body, headers=headers)
             except Exception:
                 # One reconnect: the broker may have restarted since the last call.
                 self._drop()
-                self._current().publish(body)
+                self._current().publish(body, headers=headers)
 
     def _current(self) -> EventPublisher:
         if self._publisher is None:
@@ -104,7 +108,9 @@ class EventSubmitter:
             self._publisher = None
 
 
-def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) -> FastAPI:
+def create_api(
+    app: Notifier, *, submit: Callable[[bytes, Submitter], None] | None = None
+) -> FastAPI:
     api = FastAPI(
         title="notifier",
         version=__version__,
@@ -150,22 +156,36 @@ def create_api(app: Notifier, *, submit: Callable[[bytes], None] | None = None) 
         request: Request, client: Annotated[ApiClient, Depends(caller("publish"))]
     ) -> Accepted:
         body = await _bounded_body(request, max_body)
+        submitter = Submitter(
+            SubmitterKind.API_KEY, client.name, str(client.client_id), client.agencies
+        )
+
+        async def rejected(rejection: EventRejected, event_id: str | None = None) -> None:
+            # Kept with the bytes received and the key that sent them: a replay is
+            # authorised as this submission was.
+            await asyncio.to_thread(
+                app.ingest.reject,
+                body,
+                source="http",
+                rejection=rejection,
+                submitter=submitter,
+                event_id=event_id,
+            )
+
         try:
             event = parse_event(body, max_bytes=app.settings.events.max_bytes)
         except EventRejected as rejection:
-            await asyncio.to_thread(
-                app.ingest.reject,
-                body.decode(errors="replace"),
-                source="http",
-                rejection=rejection,
-                size=len(body),
-            )
+            await rejected(rejection)
             raise HTTPException(
                 422, {"reason": rejection.reason, "errors": rejection.errors}
             ) from None
         if not client.may_publish_for(event.agency.code):
             raise HTTPException(403, f"this key may not publish for agency {event.agency.code!r}")
-        await asyncio.to_thread(submit_event, body)
+        unknown = None if app.agencies is None else app.agencies.unknown(event.agency.code)
+        if unknown is not None:
+            await rejected(EventRejected(unknown), str(event.event_id))
+            raise HTTPException(422, {"reason": unknown, "errors": [f"agency.code: {unknown}"]})
+        await asyncio.to_thread(submit_event, body, submitter)
         return Accepted(event_id=event.event_id)
 
     @api.get(

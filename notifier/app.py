@@ -16,19 +16,21 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from notifier.adapter import Adapter, AdapterContext, TemplatePart
+from notifier.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.bridge import EventBridge, ingest_arguments
 from notifier.deliveries import DeliveryStatus, DeliveryStore
 from notifier.inbox import InboxStore
 from notifier.ingest import Ingest
 from notifier.logging import get_logger
 from notifier.protection import ProviderGuard
+from notifier.publishers import Authoriser, PublisherIdentity, Submitter
 from notifier.registry import Registry
 from notifier.rendering import TemplateSet
 from notifier.retention import Retention, RetentionJob
 from notifier.routing import Routing
 from notifier.runtime import AdapterRuntime
 from notifier.sending import Sender
-from notifier.settings import Settings
+from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
 from notifier.sweeper import Sweeper
 from notifier.tokens import TokenStore
@@ -82,6 +84,14 @@ class Notifier:
                 "routing names channels that are not enabled here; they are skipped",
                 channels=sorted(self.routing.skipped_channels),
             )
+        path = settings.agencies_path
+        try:
+            self.agencies = None if path is None else AgencyRegistry.load(path)
+        except AgencyRegistryError as exc:
+            raise SettingsError([f"{ENV_PREFIX}AGENCIES_FILE: {exc}"]) from None
+        self.authoriser = Authoriser(
+            self.database, PublisherIdentity(settings.events.amqp_identity)
+        )
         self.ingest = Ingest(
             database=self.database,
             deliveries=self.deliveries,
@@ -90,6 +100,8 @@ class Notifier:
             recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
             max_event_bytes=settings.events.max_bytes,
             hash_key=settings.recipient_hash_key.get_secret_value(),
+            authoriser=self.authoriser,
+            agencies=self.agencies,
         )
         self.tokens = TokenStore(self.database, settings.secret_key.get_secret_value())
         self.runtime = AdapterRuntime(
@@ -212,9 +224,12 @@ class Notifier:
 
     # -- entry points ---------------------------------------------------------------------
 
-    def submit(self, body: bytes, *, source: str) -> None:
-        """Hand a raw event to ingest directly (the in-process broker's path)."""
-        self.ingest_actor.send([ingest_arguments(body, self.settings.events.max_bytes)], source)
+    def submit(self, body: bytes, *, source: str, submitter: Submitter | None = None) -> None:
+        """Hand a raw event to ingest directly (the in-process broker's path, and replay).
+        Without a submitter, the event is notifier's own (any agency)."""
+        self.ingest_actor.send(
+            [ingest_arguments(body, self.settings.events.max_bytes, submitter)], source
+        )
 
     def channel_parts(self) -> dict[str, tuple[TemplatePart, ...]]:
         return {c: p[0].adapter_class.template_parts for c, p in self.registry.channels.items()}

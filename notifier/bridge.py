@@ -14,6 +14,7 @@ ingest message is confirmed by RabbitMQ, so a crash in between redelivers them
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -21,24 +22,16 @@ import dramatiq
 import pika
 from pika.exceptions import AMQPError
 
-from notifier.amqp import connection_parameters, declare_topology
+from notifier.amqp import broker_user, connection_parameters, declare_topology
 from notifier.background import BackgroundThread
 from notifier.logging import get_logger
+from notifier.publishers import SUBMITTER_HEADER, Submitter, SubmitterKind
+from notifier.received import ingest_arguments
 from notifier.settings import EventsSettings
 
+__all__ = ["EventBridge", "ingest_arguments", "submitter_of"]
+
 log = get_logger(__name__)
-
-
-def ingest_arguments(body: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
-    """The ingest actor's arguments for a raw body, bounded so huge bodies stay cheap."""
-    size = len(body)
-    truncated = size > max_bytes
-    kept = body[: max_bytes + 1] if truncated else body
-    try:
-        text, utf8 = kept.decode("utf-8"), True
-    except UnicodeDecodeError:
-        text, utf8 = kept.decode("utf-8", errors="replace"), truncated
-    return text, {"size": size, "truncated": truncated, "utf8": utf8}
 
 
 class EventBridge(BackgroundThread):
@@ -53,6 +46,8 @@ class EventBridge(BackgroundThread):
         self.broker_url = broker_url
         self.events = events
         self.ingest_actor = ingest_actor
+        # notifier's own broker users: this process's, and e.g. the API's if it differs.
+        self._us = frozenset({broker_user(broker_url), *events.service_users})
         self._worker: dramatiq.Worker | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -87,10 +82,10 @@ class EventBridge(BackgroundThread):
             channel = connection.channel()
             declare_topology(channel, self.events)
             channel.basic_qos(prefetch_count=self.events.prefetch)
-            group: list[tuple[int, bytes]] = []
+            group: list[tuple[int, bytes, Submitter]] = []
 
-            def collect(_channel: Any, method: Any, _properties: Any, body: bytes) -> None:
-                group.append((method.delivery_tag, body))
+            def collect(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+                group.append((method.delivery_tag, body, submitter_of(properties, self._us)))
 
             channel.basic_consume(self.events.queue, on_message_callback=collect)
             log.info("bridge consuming", queue=self.events.queue)
@@ -116,9 +111,12 @@ class EventBridge(BackgroundThread):
             if connection.is_open:
                 connection.close()
 
-    def _forward(self, channel: Any, group: list[tuple[int, bytes]]) -> None:
+    def _forward(self, channel: Any, group: list[tuple[int, bytes, Submitter]]) -> None:
         last_tag = group[-1][0]
-        events = [ingest_arguments(body, self.events.max_bytes) for _tag, body in group]
+        events = [
+            ingest_arguments(body, self.events.max_bytes, submitter)
+            for _tag, body, submitter in group
+        ]
         try:
             self.ingest_actor.send(events, "amqp")
         except Exception:
@@ -128,3 +126,26 @@ class EventBridge(BackgroundThread):
             time.sleep(1.0)
             return
         channel.basic_ack(last_tag, multiple=True)
+
+
+def submitter_of(properties: Any, service_users: frozenset[str]) -> Submitter:
+    """Who published a message, from RabbitMQ's validated ``user_id`` property.
+
+    RabbitMQ refuses a message whose ``user_id`` is not the publishing connection's
+    user, so a present ``user_id`` is who published it. Only notifier's own users may
+    name another submitter (the API key that posted it, in :data:`SUBMITTER_HEADER`).
+    """
+    user_id = getattr(properties, "user_id", None)
+    if not user_id:
+        return Submitter(SubmitterKind.UNIDENTIFIED, "-")
+    if user_id not in service_users:
+        return Submitter(SubmitterKind.BROKER_USER, str(user_id)[:100])
+    headers = getattr(properties, "headers", None) or {}
+    named = headers.get(SUBMITTER_HEADER)
+    if named:
+        try:
+            text = named.decode() if isinstance(named, bytes) else str(named)
+            return Submitter.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable submitter header from notifier's own user; ignored")
+    return Submitter.service(str(user_id)[:100])

@@ -232,7 +232,10 @@ def rejects(limit: int, as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row.__dict__, default=str, ensure_ascii=False))
         return
-    print_table([r.__dict__ for r in rows], ("received_at", "source", "event_id", "reason"))
+    print_table(
+        [{**r.__dict__, "submitted_by": r.submitted_by} for r in rows],
+        ("received_at", "source", "submitted_by", "event_id", "reason"),
+    )
 
 
 @main.group(invoke_without_command=True)
@@ -470,7 +473,12 @@ def tokens_show(name: str) -> None:
 def _register_commands() -> None:
     """Commands that live beside the code they drive (each module keeps its own heavy
     imports inside its commands, so `notifier --help` stays quick)."""
-    from notifier.brokeradmin import add_publisher_command, remove_publisher_command
+    from notifier.brokeradmin import (
+        add_publisher_command,
+        publishers_command,
+        remove_publisher_command,
+        set_agencies_command,
+    )
     from notifier.console import commands as console
     from notifier.optouts import opt_out_group
     from notifier.retention import purge_command
@@ -479,6 +487,8 @@ def _register_commands() -> None:
     adapters.add_command(new_adapter, "new")
     broker.add_command(add_publisher_command)
     broker.add_command(remove_publisher_command)
+    broker.add_command(set_agencies_command)
+    broker.add_command(publishers_command)
     for command in (
         purge_command,
         opt_out_group,

@@ -102,6 +102,17 @@ class RejectRow:
     event_id: str | None
     payload_bytes: int
     replayed_at: datetime | None
+    # Who submitted it: api-key, broker-user, service or unidentified (None: kept before
+    # submitters were recorded).
+    submitter_kind: str | None = None
+    submitter_name: str | None = None
+    replay_refusal: str | None = None  # why the last replay was refused
+
+    @property
+    def submitted_by(self) -> str:
+        if self.submitter_kind is None:
+            return "-"
+        return f"{self.submitter_kind}:{self.submitter_name}"
 
 
 # What the sender writes when a delivery failed after exhausting its retries.
@@ -294,6 +305,9 @@ class DeliveryLog:
             r.event_id,
             r.payload_bytes,
             r.replayed_at,
+            r.submitter_kind,
+            r.submitter_name,
+            r.replay_refusal,
         )
         if since is not None:
             statement = statement.where(r.received_at >= since)

@@ -7,6 +7,7 @@ generated from these models (``notifier schema``) and documented in ``docs/event
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from datetime import date
 from enum import StrEnum
@@ -129,7 +130,8 @@ def _single_line(value: str) -> str:
 
 SingleLine = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 Text = Annotated[str, StringConstraints(max_length=2000)]
-Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")]
+CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN.pattern)]
 Language = Literal["vi", "en"]
 ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
 
@@ -157,7 +159,8 @@ class Procedure(_Model):
 class Dossier(_Model):
     code: Code = Field(
         description=(
-            "Mã hồ sơ, usually <agency code>-<YYMMDD>-<NNNN>, e.g. 000.00.12.H29-231025-0001"
+            "Mã hồ sơ, <agency code>-<YYMMDD>-<NNNN>, e.g. 000.00.12.H29-231025-0001; "
+            "it must start with the event's agency code and a '-'"
         )
     )
     procedure: Procedure
@@ -279,12 +282,34 @@ def parse_event(raw: bytes | str, *, max_bytes: int) -> DossierStatusEvent:
             f'this service accepts the string "{SCHEMA_VERSION}"'
         )
     try:
-        return DossierStatusEvent.model_validate_json(raw)
+        event = DossierStatusEvent.model_validate_json(raw)
     except ValidationError as exc:
         errors = [_describe(error) for error in exc.errors()]
         raise EventRejected(
             "event does not match the schema: " + "; ".join(errors), errors
         ) from None
+    mismatch = dossier_code_mismatch(event.agency.code, event.dossier.code)
+    if mismatch is not None:
+        raise EventRejected(mismatch, [f"dossier.code: {mismatch}"])
+    return event
+
+
+def dossier_code_mismatch(agency_code: str, dossier_code: str) -> str | None:
+    """Why a dossier code does not belong to the agency, or None if it does.
+
+    The national dossier code is ``<agency code>-<YYMMDD>-<NNNN>`` (e.g.
+    ``000.00.12.H29-231025-0001``), so the code must start with the agency code
+    exactly (same case) followed by ``-`` and something more. The date and the
+    number are not checked: systems differ in the sequence's width. Checked at
+    parse time, not in the model, so events stored before the rule still load.
+    """
+    prefix = agency_code + "-"
+    if dossier_code.startswith(prefix) and len(dossier_code) > len(prefix):
+        return None
+    return (
+        f"dossier code {dossier_code!r} does not belong to agency {agency_code!r}: a "
+        f"dossier code is <agency code>-<YYMMDD>-<NNNN>, e.g. {prefix}261126-0001"
+    )
 
 
 def _describe(error: Any) -> str:

@@ -17,21 +17,21 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from notifier.adapter import RecipientKind
+from notifier.agencies import AgencyRegistry
 from notifier.deliveries import DeliveryStatus, DeliveryStore, PlannedDelivery
 from notifier.events import DossierStatusEvent, EventRejected, parse_event
 from notifier.logging import get_logger
 from notifier.masking import mask_recipient, recipient_hash
 from notifier.optouts import opted_out, suppress
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
+from notifier.publishers import Authoriser, Submitter
+from notifier.received import KEPT_REJECT_BYTES, raw_body
 from notifier.rendering import TemplateSet
 from notifier.routing import Routing
 from notifier.store import Database
 from notifier.store.schema import deliveries, events, rejected_events, utcnow
 
 log = get_logger(__name__)
-
-# Rejected payloads are kept for operators, but not without bound.
-_KEPT_PAYLOAD_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ class Ingest:
         recipient_kinds: Mapping[str, RecipientKind],
         max_event_bytes: int,
         hash_key: str,
+        authoriser: Authoriser,
+        agencies: AgencyRegistry | None = None,
     ) -> None:
         self.database = database
         self.deliveries = deliveries
@@ -87,6 +89,8 @@ class Ingest:
         self.recipient_kinds = dict(recipient_kinds)
         self.max_event_bytes = max_event_bytes
         self.hash_key = hash_key
+        self.authoriser = authoriser
+        self.agencies = agencies
 
     def handle(
         self, raw: str, *, source: str, meta: Mapping[str, Any] | None = None
@@ -97,25 +101,51 @@ class Ingest:
     def handle_batch(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], *, source: str
     ) -> list[IngestResult]:
-        """Ingest raw events (text, and the bridge's size facts): one result each, in order.
+        """Ingest raw events (text, and the bridge's facts: size, raw bytes, submitter):
+        one result each, in order.
 
-        The group costs one lookup of known events, one of opt-outs, and one transaction
-        for every new event, delivery and rejection; duplicates only re-enqueue what is
-        still unsent."""
+        The group costs one lookup of the submitters' scopes, one of known events, one
+        of opt-outs, and one transaction for every new event, delivery and rejection;
+        duplicates only re-enqueue what is still unsent."""
         results: list[IngestResult | None] = [None] * len(items)
         rejects: list[dict[str, Any]] = []
-        parsed: list[tuple[int, DossierStatusEvent, str]] = []
+        parsed: list[tuple[int, DossierStatusEvent, str, Mapping[str, Any], Submitter]] = []
+
+        def rejected(
+            index: int,
+            raw: str,
+            meta: Mapping[str, Any],
+            submitter: Submitter,
+            rejection: EventRejected,
+            event_id: str | None = None,
+        ) -> None:
+            kept = raw_body(raw, meta)
+            size = int(meta.get("size", len(kept)))
+            rejects.append(self._rejected_row(kept, size, source, rejection, submitter, event_id))
+            results[index] = IngestResult("rejected", reason=rejection.reason)
+
         for index, (raw, meta) in enumerate(items):
+            submitter = Submitter.of_meta(meta)
             try:
-                parsed.append((index, self._parse(raw, meta), raw))
+                parsed.append((index, self._parse(raw, meta), raw, meta, submitter))
             except EventRejected as rejection:
-                size = int(meta.get("size", len(raw.encode(errors="replace"))))
-                rejects.append(self._rejected_row(raw, source, rejection, size))
-                results[index] = IngestResult("rejected", reason=rejection.reason)
-        known = self._known([event.event_id for _index, event, _raw in parsed])
+                rejected(index, raw, meta, submitter, rejection)
+        # Who may speak for which agency, before anything else: an event its submitter
+        # may not send is a reject, even when its id is already known.
+        scopes = self.authoriser.scopes({submitter for *_rest, submitter in parsed})
+        authorised: list[tuple[int, DossierStatusEvent, str, Mapping[str, Any], Submitter]] = []
+        for index, event, raw, meta, submitter in parsed:
+            refusal = scopes[submitter].refusal(submitter, event.agency.code)
+            if refusal is None and self.agencies is not None:
+                refusal = self.agencies.unknown(event.agency.code)
+            if refusal is not None:
+                rejected(index, raw, meta, submitter, EventRejected(refusal), str(event.event_id))
+            else:
+                authorised.append((index, event, raw, meta, submitter))
+        known = self._known([event.event_id for _index, event, *_rest in authorised])
         duplicates: list[tuple[int, DossierStatusEvent]] = []
         new: list[tuple[int, DossierStatusEvent, list[PlannedDelivery]]] = []
-        for index, event, raw in parsed:
+        for index, event, raw, meta, submitter in authorised:
             if event.event_id in known:
                 duplicates.append((index, event))
                 continue
@@ -123,12 +153,7 @@ class Ingest:
             try:
                 new.append((index, event, self._deliveries_for(event)))
             except EventRejected as rejection:
-                rejects.append(
-                    self._rejected_row(
-                        raw, source, rejection, len(raw.encode()), str(event.event_id)
-                    )
-                )
-                results[index] = IngestResult("rejected", reason=rejection.reason)
+                rejected(index, raw, meta, submitter, rejection, str(event.event_id))
         new = self._suppress_opted_out(new)
         try:
             with self.database.begin() as connection:
@@ -209,6 +234,8 @@ class Ingest:
         return [(i, e, suppress(ps, found)) for i, e, ps in new]
 
     def _render_for(self, event: DossierStatusEvent, channels: list[str]) -> list[PlannedDelivery]:
+        if self.agencies is not None:
+            event = self.agencies.resolved(event)  # the registry's name, never the event's
         language = event.applicant.language
         planned = []
         for channel in channels:
@@ -305,23 +332,35 @@ class Ingest:
         )
         return created
 
-    def reject(self, raw: str, *, source: str, rejection: EventRejected, size: int) -> IngestResult:
+    def reject(
+        self,
+        body: bytes,
+        *,
+        source: str,
+        rejection: EventRejected,
+        submitter: Submitter,
+        event_id: str | None = None,
+    ) -> IngestResult:
         """Keep a rejected event for operators (when it was refused before ingest)."""
+        kept = body[:KEPT_REJECT_BYTES]
+        row = self._rejected_row(kept, len(body), source, rejection, submitter, event_id)
         with self.database.begin() as connection:
-            connection.execute(
-                rejected_events.insert(), [self._rejected_row(raw, source, rejection, size)]
-            )
+            connection.execute(rejected_events.insert(), [row])
         return IngestResult("rejected", reason=rejection.reason)
 
     def _rejected_row(
         self,
-        raw: str,
+        kept: bytes,
+        size: int,
         source: str,
         rejection: EventRejected,
-        size: int,
+        submitter: Submitter,
         event_id: str | None = None,
     ) -> dict[str, Any]:
-        log.warning("event rejected", reason=rejection.reason, source=source)
+        """A reject row: the bytes received (the text only for reading) and who sent them."""
+        log.warning(
+            "event rejected", reason=rejection.reason, source=source, submitter=submitter.describe()
+        )
         return {
             "reject_id": uuid.uuid4(),
             "received_at": utcnow(),
@@ -329,8 +368,10 @@ class Ingest:
             "reason": rejection.reason[:2000],
             "errors": rejection.errors[:50],
             "event_id": event_id,
-            "payload": raw[:_KEPT_PAYLOAD_CHARS],
+            "payload": kept.decode("utf-8", errors="replace"),
+            "payload_raw": kept,
             "payload_bytes": size,
+            **submitter.row(),
         }
 
 

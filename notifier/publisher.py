@@ -33,7 +33,7 @@ import pika
 from pika import spec
 from pika.exceptions import AMQPConnectionError
 
-from notifier.amqp import connection_parameters
+from notifier.amqp import broker_user, connection_parameters
 from notifier.settings import EventsSettings
 
 # Events published before the IO loop gets a turn: enough to fill TCP segments well,
@@ -59,11 +59,17 @@ def event_bytes(event: Any) -> tuple[bytes, str]:
     return json.dumps(event, ensure_ascii=False).encode(), str(event.get("event_id", "?"))
 
 
-def _properties(event_id: str) -> pika.BasicProperties:
+def _properties(
+    event_id: str, user_id: str | None, headers: dict[str, Any] | None = None
+) -> pika.BasicProperties:
+    # user_id: RabbitMQ checks it is the connection's user and refuses the message
+    # otherwise, so notifier knows for sure who published (and for which agencies).
     return pika.BasicProperties(
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
         message_id=event_id if event_id != "?" else None,
+        user_id=user_id or None,
+        headers=headers,
     )
 
 
@@ -71,15 +77,19 @@ class EventPublisher:
     """A confirmed publisher on one connection. Not thread-safe: one per thread, or
     guarded by the caller (the API holds a lock)."""
 
-    def __init__(self, broker_url: str, events: EventsSettings | None = None) -> None:
+    def __init__(
+        self, broker_url: str, events: EventsSettings | None = None, *, user_id: str | None = None
+    ) -> None:
         self.broker_url = broker_url
         self.events = events or EventsSettings()
+        # The user this connection authenticates as (from the URL unless given).
+        self.user_id = user_id if user_id is not None else broker_user(broker_url)
         self._connection = pika.BlockingConnection(connection_parameters(broker_url))
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
         self._lock = threading.Lock()
 
-    def publish(self, event: Any) -> None:
+    def publish(self, event: Any, *, headers: dict[str, Any] | None = None) -> None:
         """Publish one event and wait for the broker's confirm; raises if not confirmed
         (``NackError``, ``UnroutableError``, or the connection's error)."""
         body, event_id = event_bytes(event)
@@ -89,7 +99,7 @@ class EventPublisher:
                 self.events.exchange,
                 self.events.routing_key,
                 body,
-                _properties(event_id),
+                _properties(event_id, self.user_id, headers),
                 mandatory=True,
             )
 
@@ -114,7 +124,9 @@ class EventPublisher:
         """
         if window < 1:
             raise ValueError("window must be at least 1")
-        return _PipelinedBatch(self.broker_url, self.events, events, window, timeout_s).run()
+        return _PipelinedBatch(
+            self.broker_url, self.events, events, window, timeout_s, self.user_id
+        ).run()
 
     def close(self) -> None:
         if self._connection.is_open:
@@ -156,8 +168,10 @@ class _PipelinedBatch:
         events: Iterable[Any],
         window: int,
         timeout_s: float,
+        user_id: str | None = None,
     ) -> None:
         self.settings = settings
+        self.user_id = user_id
         self.window = window
         self.timeout_s = timeout_s
         self.report = PublishReport()
@@ -283,7 +297,7 @@ class _PipelinedBatch:
                 self.settings.exchange,
                 self.settings.routing_key,
                 body,
-                _properties(event_id),
+                _properties(event_id, self.user_id),
                 mandatory=True,
             )
         if self._exhausted:

@@ -7,10 +7,15 @@ the delivery a fresh round of attempts (``attempts`` back to 0) and is recorded 
 attempt log as outcome ``replayed``, with who asked. The worker then claims and sends
 it like any other delivery, with the usual lease and fallback rules.
 
-A rejected event is marked ``replayed_at`` in one conditional UPDATE, then its stored
-payload goes to the ingest actor again (source ``replay``), where the event id dedupes
-it: an event meanwhile accepted sends nothing twice. If it is still invalid, ingest
-keeps a new rejection with the reason.
+A rejected event is replayed as it was received and as who sent it: its stored raw
+bytes (a reject from before they were kept is replayed only if its text cannot have
+been altered) go to the ingest actor again (source ``replay``) with the original
+submitter, so ingest authorises it exactly as the first submission (the submitter's
+scope as it is now). Before that, the replayer checks what ingest would: an event
+that is still invalid, or for an agency outside its submitter's scope, is refused and
+stays a reject, with the reason. Otherwise the reject is marked ``replayed_at`` in one
+conditional UPDATE and the event id dedupes it: an event meanwhile accepted sends
+nothing twice.
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import sqlalchemy as sa
 
 from notifier.deliveries import DeliveryStatus
 from notifier.deliverylog import DeliveryLog, DeliveryQuery
+from notifier.events import EventRejected, parse_event
 from notifier.logging import get_logger
+from notifier.publishers import Submitter, SubmitterKind
 from notifier.store.schema import deliveries, delivery_attempts, rejected_events, utcnow
 
 if TYPE_CHECKING:
@@ -46,6 +53,9 @@ class ReplayOutcome(StrEnum):
     CHANNEL_OFF = "channel-disabled"  # no enabled channel here to send it
     TOLD_BY_FALLBACK = "told-by-fallback"  # a fallback channel already reached the citizen
     NO_PAYLOAD = "no-payload"  # the payload was purged or cut at the size limit
+    NOT_FAITHFUL = "not-faithful"  # only an altered text of the body is kept (old rejects)
+    STILL_INVALID = "still-invalid"  # the event is still rejected: kept as it is
+    REFUSED = "refused"  # its submitter may not publish it (now): kept as it is
     FAILED = "failed"  # could not enqueue; nothing changed
 
 
@@ -70,14 +80,16 @@ class Replayer:
         self,
         app: Notifier,
         *,
-        submit: Callable[[bytes], None] | None = None,
+        submit: Callable[[bytes, Submitter], None] | None = None,
         delivery_log: DeliveryLog | None = None,
     ) -> None:
         self.app = app
         self.database = app.database
         # The ingest actor is the normal path for both brokers (the AMQP bridge feeds
         # it too); source "replay" tells a re-rejected replay apart in the log.
-        self.submit = submit or (lambda body: app.submit(body, source="replay"))
+        self.submit = submit or (
+            lambda body, submitter: app.submit(body, source="replay", submitter=submitter)
+        )
         self.log = delivery_log or DeliveryLog(
             app.database, app.settings.recipient_hash_key.get_secret_value()
         )
@@ -216,17 +228,34 @@ class Replayer:
         r = rejected_events.c
         with self.database.begin() as connection:
             row = connection.execute(
-                sa.select(r.payload, r.payload_bytes).where(r.reject_id == reject_id)
+                sa.select(
+                    r.source,
+                    r.payload,
+                    r.payload_raw,
+                    r.payload_bytes,
+                    r.submitter_kind,
+                    r.submitter_name,
+                    r.submitter_id,
+                    r.submitter_agencies,
+                ).where(r.reject_id == reject_id)
             ).first()
             if row is None:
                 return ReplayResult("reject", reject_id, ReplayOutcome.MISSING)
-            if row.payload is None or len(row.payload.encode()) < row.payload_bytes:
-                return ReplayResult(
-                    "reject",
-                    reject_id,
-                    ReplayOutcome.NO_PAYLOAD,
-                    "the stored payload is purged or incomplete",
+            body, submitter, refused = self._replayable(row, reject_id)
+            if refused is not None:
+                connection.execute(
+                    sa.update(rejected_events)
+                    .where(r.reject_id == reject_id)
+                    .values(replay_refusal=f"{refused.outcome.value}: {refused.detail}"[:2000])
                 )
+                log.info(
+                    "reject not replayed",
+                    reject_id=str(reject_id),
+                    outcome=refused.outcome.value,
+                    detail=refused.detail,
+                    actor=actor,
+                )
+                return refused
             changed = connection.execute(
                 sa.update(rejected_events)
                 .where(r.reject_id == reject_id, r.replayed_at.is_(None))
@@ -235,7 +264,7 @@ class Replayer:
         if not changed:
             return ReplayResult("reject", reject_id, ReplayOutcome.NOT_REPLAYABLE, "replayed")
         try:
-            self.submit(row.payload.encode())
+            self.submit(body, submitter)
         except Exception as exc:
             with self.database.begin() as connection:
                 connection.execute(
@@ -247,6 +276,64 @@ class Replayer:
             return ReplayResult("reject", reject_id, ReplayOutcome.FAILED, repr(exc))
         log.info("rejected event replayed", reject_id=str(reject_id), actor=actor)
         return ReplayResult("reject", reject_id, ReplayOutcome.REPLAYED)
+
+    def _replayable(
+        self, row: Any, reject_id: UUID
+    ) -> tuple[bytes, Submitter, ReplayResult | None]:
+        """The bytes and submitter to replay, or why this reject is not replayed."""
+
+        def no(outcome: ReplayOutcome, detail: str) -> tuple[bytes, Submitter, ReplayResult]:
+            return b"", Submitter.service(), ReplayResult("reject", reject_id, outcome, detail)
+
+        if row.payload_raw is not None:
+            body = bytes(row.payload_raw)
+        elif row.payload is None:
+            return no(ReplayOutcome.NO_PAYLOAD, "the stored payload is purged")
+        elif "\ufffd" in row.payload:
+            # Kept before raw bytes were: U+FFFD may stand for bytes that were not
+            # UTF-8, and replaying the text could make a different, valid event.
+            return no(
+                ReplayOutcome.NOT_FAITHFUL,
+                "only a text with replaced bytes is kept; publish the event again",
+            )
+        else:
+            body = row.payload.encode()
+        if len(body) < row.payload_bytes:
+            return no(ReplayOutcome.NO_PAYLOAD, "the stored payload is purged or incomplete")
+        submitter = self._submitter(row)
+        if submitter is None:
+            return no(
+                ReplayOutcome.REFUSED,
+                "who submitted it was not recorded (a reject kept before submitters "
+                "were); publish the event again from its system",
+            )
+        try:
+            event = parse_event(body, max_bytes=self.app.settings.events.max_bytes)
+        except EventRejected as rejection:
+            return no(ReplayOutcome.STILL_INVALID, rejection.reason)
+        refusal = self.app.authoriser.refusal(submitter, event.agency.code)
+        if refusal is not None:
+            return no(ReplayOutcome.REFUSED, refusal)
+        if self.app.agencies is not None:
+            unknown = self.app.agencies.unknown(event.agency.code)
+            if unknown is not None:
+                return no(ReplayOutcome.STILL_INVALID, unknown)
+        return body, submitter, None
+
+    @staticmethod
+    def _submitter(row: Any) -> Submitter | None:
+        if row.submitter_kind is not None:
+            return Submitter(
+                SubmitterKind(row.submitter_kind),
+                row.submitter_name or "-",
+                row.submitter_id,
+                tuple(row.submitter_agencies or ()),
+            )
+        # Older rejects: over AMQP the publisher was never known, which is what an
+        # unidentified publisher is (refused unless events.amqp_identity is lenient).
+        if row.source == "amqp":
+            return Submitter(SubmitterKind.UNIDENTIFIED, "-")
+        return None
 
     def rejects(
         self,

@@ -8,7 +8,8 @@ What goes, once older than its period (``NOTIFIER_RETENTION__*``):
   reports and searches by contact still work;
 - events: the payload as received (names, contacts) becomes NULL once the event and
   every delivery of it (fallbacks are created later) are past ``deliveries_days``;
-- rejected events: the kept payload becomes NULL after ``deliveries_days`` (the
+- rejected events: the kept payload (text and raw bytes) becomes NULL after
+  ``deliveries_days`` (the
   reason and size stay; a purged reject can no longer be replayed);
 - the portal inbox (``inbox_days``, default 180): notifications are deleted;
 - receipt nonces (``receipt_nonces_days``, default 7): deleted. A nonce must outlive
@@ -145,8 +146,12 @@ class Retention:
             rejects=self._clear(
                 rejected_events,
                 r.reject_id,
-                sa.and_(r.received_at < delivery_cutoff, r.payload.is_not(None)),
-                {"payload": sa.null()},
+                sa.and_(
+                    r.received_at < delivery_cutoff,
+                    sa.or_(r.payload.is_not(None), r.payload_raw.is_not(None)),
+                ),
+                # The raw bytes are the same personal data as the text.
+                {"payload": sa.null(), "payload_raw": sa.null()},
                 dry_run,
             ),
             inbox=self._delete(

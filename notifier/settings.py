@@ -140,6 +140,16 @@ class EventsSettings(_Section):
     prefetch: int = Field(default=200, ge=1, le=10_000)
     batch_size: int = Field(default=100, ge=1, le=1_000)
     batch_wait_ms: int = Field(default=500, ge=0, le=5_000)
+    # AMQP publishers are bound to agencies by RabbitMQ's validated user_id (see
+    # notifier.publishers). "strict" rejects a message without user_id, or from a user
+    # with no agencies registered; "lenient" accepts those for any agency with a
+    # warning, for the transition of an existing deployment only. A user with
+    # registered agencies is always held to them.
+    amqp_identity: Literal["strict", "lenient"] = "strict"
+    # Broker users that are notifier itself besides the one in NOTIFIER_BROKER_URL (e.g.
+    # the API's, if it connects as another user): trusted for every agency, and to name
+    # the API key that posted an event. Never a TTHC system's user.
+    service_users: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _prefetch_holds_a_batch(self) -> EventsSettings:
@@ -257,6 +267,13 @@ class Settings(BaseSettings):
         description="postgresql+psycopg://... in production; sqlite:///file.db embedded.",
     )
     config_dir: Path = Path("config")
+    agencies_file: Path | None = Field(
+        default=None,
+        description=(
+            "Registry of agencies (TOML, code -> official names); relative to config_dir. "
+            "When set, unknown agency codes are rejected and names come from it."
+        ),
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     default_language: Literal["vi", "en"] = "vi"
@@ -340,6 +357,16 @@ class Settings(BaseSettings):
                 "NOTIFIER_WORKER__MAX_BACKOFF_MS, or pending retries would be swept"
             )
         return self
+
+    @property
+    def agencies_path(self) -> Path | None:
+        if self.agencies_file is None:
+            return None
+        return (
+            self.agencies_file
+            if self.agencies_file.is_absolute()
+            else (self.config_dir / self.agencies_file)
+        )
 
     @property
     def uses_rabbitmq(self) -> bool:

@@ -17,6 +17,7 @@ from notifier.app import Notifier
 from notifier.cli import main
 from notifier.events import EventRejected, Status
 from notifier.masking import recipient_hash
+from notifier.publishers import Submitter
 from notifier.retention import Retention, RetentionJob
 from notifier.samples import sample_event
 from notifier.settings import RetentionSettings
@@ -81,7 +82,10 @@ def test_after_the_period_bodies_and_contacts_are_gone_and_counts_remain(
     first = ingest(app)
     ingest(app)
     app.ingest.reject(
-        '{"phone": "0901888484"}', source="test", rejection=EventRejected("bad"), size=25
+        b'{"phone": "0901888484"}',
+        source="test",
+        rejection=EventRejected("bad"),
+        submitter=Submitter.service(),
     )
     add_inbox(app)
     app.deliveries.take_nonces("zalo", ["n-1"])
@@ -109,6 +113,7 @@ def test_after_the_period_bodies_and_contacts_are_gone_and_counts_remain(
     assert all(d["recipient"] is None and d["content"] is None for d in after["deliveries"])
     assert all(e["payload"] is None for e in after["events"])
     assert all(r["payload"] is None for r in after["rejected_events"])
+    assert all(r["payload_raw"] is None for r in after["rejected_events"])
     with database.engine.connect() as connection:  # SQL NULL, not a JSON null
         sql_null = sa.and_(deliveries.c.recipient.is_(None), deliveries.c.content.is_(None))
         cleared = sa.select(sa.func.count()).select_from(deliveries).where(sql_null)
@@ -127,7 +132,7 @@ def test_after_the_period_bodies_and_contacts_are_gone_and_counts_remain(
     assert [e["dossier_code"] for e in after["events"]] == [
         e["dossier_code"] for e in before["events"]
     ]
-    assert after["rejected_events"][0]["payload_bytes"] == 25
+    assert after["rejected_events"][0]["payload_bytes"] == 23
     assert first["dossier"]["code"] in {d["dossier_code"] for d in after["deliveries"]}
     # The inbox keeps its own, longer period.
     assert len(after["inbox_notifications"]) == 1

@@ -122,9 +122,19 @@ rejected_events = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("errors", sa.JSON, nullable=True),
     sa.Column("event_id", sa.String(64), nullable=True),
+    # For reading: the body as text (invalid UTF-8 shown as U+FFFD). Replay uses
+    # payload_raw, the bytes received, so it never replays an altered event.
     sa.Column("payload", sa.Text, nullable=True),
+    sa.Column("payload_raw", sa.LargeBinary, nullable=True),
     sa.Column("payload_bytes", sa.Integer, nullable=False),
     sa.Column("replayed_at", UTCDateTime, nullable=True),
+    # Who submitted it (see notifier.publishers): replay re-checks their scope.
+    sa.Column("submitter_kind", sa.String(16), nullable=True),
+    sa.Column("submitter_name", sa.String(100), nullable=True),
+    sa.Column("submitter_id", sa.String(64), nullable=True),
+    sa.Column("submitter_agencies", sa.JSON, nullable=True),
+    # Why the last replay was refused (it stays a reject), shown to operators.
+    sa.Column("replay_refusal", sa.Text, nullable=True),
 )
 
 inbox_notifications = sa.Table(
@@ -154,6 +164,16 @@ api_clients = sa.Table(
     sa.Column("agencies", sa.JSON, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+# The agencies each RabbitMQ publisher user may publish for (its validated user_id).
+broker_publishers = sa.Table(
+    "broker_publishers",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("agencies", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 provider_tokens = sa.Table(

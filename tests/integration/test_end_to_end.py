@@ -60,7 +60,10 @@ def publish_raw(app: Notifier, bodies: list[bytes]) -> None:
             events.exchange,
             events.routing_key,
             body,
-            pika.BasicProperties(content_type="application/json", delivery_mode=2),
+            # user_id: who publishes (RabbitMQ checks it is this connection's user).
+            pika.BasicProperties(
+                content_type="application/json", delivery_mode=2, user_id="guest"
+            ),
             mandatory=True,
         )
     connection.close()

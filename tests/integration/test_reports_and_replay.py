@@ -475,6 +475,10 @@ def test_replayed_rejects_go_through_ingest_once(
                     source="amqp",
                     reason="no usable contact (routing since fixed)",
                     payload=payload,
+                    payload_raw=payload.encode(),
+                    submitter_kind="service",
+                    submitter_name="notifier",
+                    submitter_agencies=["*"],
                     payload_bytes=size or len(payload.encode()),
                 )
             )
@@ -562,7 +566,7 @@ def test_cli_replay_on_rabbitmq(
     with RunningWorker(rabbit_app):
         done = runner.invoke(main, ["replay", "dead-letters", "--dossier", code, "--json"], env=env)
         assert done.exit_code == 0, done.output
-        assert json.loads(done.output.splitlines()[-1])["outcome"] == "replayed"
+        assert json.loads(done.output.splitlines()[-1])["outcome"] == "replayed", done.output
         again = runner.invoke(main, ["replay", "delivery", str(dead)], env=env)
         assert "not-replayable" in again.output
         wait_until(lambda: len(smtp.messages) == 1)

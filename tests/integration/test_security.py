@@ -42,6 +42,7 @@ from notifier.security import SecurityMiddleware
 from notifier.settings import ApiSettings, EventsSettings
 from notifier.simulators.local import LocalProviders
 from notifier.store import Database
+from notifier.store.migrate import upgrade
 from notifier.store.schema import api_clients, deliveries, opt_outs, utcnow
 from tests.support import (
     REPO,
@@ -86,7 +87,7 @@ def test_keys_are_stored_hashed_agency_limited_and_revocation_is_immediate(
     own, second, foreign = sample_event(0), sample_event(1), sample_event(2)  # H29, H56, H26
     submitted: list[bytes] = []
     app = local_app(pg_url)
-    with ServedApi(create_api(app, submit=submitted.append)) as api:
+    with ServedApi(create_api(app, submit=lambda body, _submitter: submitted.append(body))) as api:
 
         def post(event: dict[str, Any]) -> int:
             return httpx.post(
@@ -528,10 +529,16 @@ def _fake_rabbitmqctl(tmp_path: Path) -> tuple[Path, Path]:
 def test_the_publisher_password_never_is_an_argument(tmp_path: Path) -> None:
     script, record = _fake_rabbitmqctl(tmp_path)
     password = "correct-horse-battery-" + secrets.token_hex(4)
-    env = {"NOTIFIER_BROKER_URL": "amqp://admin:pw@rabbit:5672/tthc"}
+    database_url = f"sqlite:///{tmp_path}/n.db"
+    upgrade(Database(database_url))  # the command records the publisher's agencies
+    env = {
+        "NOTIFIER_BROKER_URL": "amqp://admin:pw@rabbit:5672/tthc",
+        "NOTIFIER_DATABASE_URL": database_url,
+    }
+    agency = ["--agency", "000.00.12.H29"]
     result = CliRunner().invoke(
         main,
-        ["broker", "add-publisher", "motcua-hn", "--rabbitmqctl", str(script)],
+        ["broker", "add-publisher", "motcua-hn", *agency, "--rabbitmqctl", str(script)],
         input=password + "\n",
         env=env,
     )
@@ -553,16 +560,26 @@ def test_the_publisher_password_never_is_an_argument(tmp_path: Path) -> None:
     ]
     short = CliRunner().invoke(
         main,
-        ["broker", "add-publisher", "x", "--rabbitmqctl", str(script)],
+        ["broker", "add-publisher", "x", *agency, "--rabbitmqctl", str(script)],
         input="short\n",
         env=env,
     )
     assert short.exit_code != 0
     assert "16+ characters" in short.output
     bad_name = CliRunner().invoke(
-        main, ["broker", "add-publisher", "--", "-p"], input=password + "\n", env=env
+        main, ["broker", "add-publisher", *agency, "--", "-p"], input=password + "\n", env=env
     )
     assert bad_name.exit_code != 0
+    assert "a publisher name is" in bad_name.output
+    # Without agencies there is no publisher: the command says what to give.
+    unbound = CliRunner().invoke(
+        main,
+        ["broker", "add-publisher", "motcua-x", "--rabbitmqctl", str(script)],
+        input=password + "\n",
+        env=env,
+    )
+    assert unbound.exit_code == 2
+    assert "give --agency CODE (repeatable), or --every-agency" in unbound.output
 
 
 def _refusal(connection: pika.BlockingConnection, action: Callable[[Any], object]) -> int:
@@ -592,11 +609,18 @@ def test_a_publisher_may_publish_events_and_nothing_else(
     password = secrets.token_urlsafe(18)
     env = {
         "NOTIFIER_BROKER_URL": amqp_url,
+        "NOTIFIER_DATABASE_URL": settings.database_url,
         "NOTIFIER_EVENTS__EXCHANGE": events.exchange,
         "NOTIFIER_EVENTS__QUEUE": events.queue,
     }
+    upgrade(Database(settings.database_url))  # the command records the user's agencies
     runner = CliRunner()
-    created = runner.invoke(main, ["broker", "add-publisher", name], input=password + "\n", env=env)
+    created = runner.invoke(
+        main,
+        ["broker", "add-publisher", name, "--agency", "000.00.12.H29"],
+        input=password + "\n",
+        env=env,
+    )
     assert created.exit_code == 0, created.output
     try:
         host_and_vhost = amqp_url.split("@", 1)[1]
