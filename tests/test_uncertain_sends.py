@@ -15,10 +15,10 @@ from uuid import UUID
 import pytest
 import sqlalchemy as sa
 
-from notifier.adapter import LookupAnswer, OutboundMessage
+from notifier.adapter import LookupAnswer
 from notifier.app import Notifier
 from notifier.deliveries import DeliveryStatus, DispatchMark
-from notifier.replay import ReplayOutcome, Replayer, Resolution
+from notifier.replay import Replayer, ReplayOutcome, Resolution
 from notifier.samples import sample_event
 from notifier.store.schema import deliveries
 from tests.support import RunningWorker, wait_until
@@ -118,7 +118,8 @@ def test_a_marked_call_to_a_hold_provider_becomes_unknown_and_is_not_sent_again(
     killed_mid_send(app, delivery_id, marked="mail_a")
     [outcome] = app.sender.send([delivery_id])
     assert outcome.status is DeliveryStatus.UNKNOWN
-    assert MailA.sent == [] and MailB.sent == []
+    assert MailA.sent == []
+    assert MailB.sent == []
     row = status_of(app, delivery_id)
     assert row["status"] == "unknown"
     assert row["dispatch_provider"] == "mail_a"
@@ -225,7 +226,8 @@ def test_an_admin_marks_an_unknown_delivery_sent_without_a_send(tmp_path: Path) 
     result = Replayer(app).resolve(delivery_id, Resolution.MARK_SENT, actor="cli:bob")
     assert result.outcome is ReplayOutcome.MARKED_SENT
     row = status_of(app, delivery_id)
-    assert row["status"] == "sent" and row["sent_at"] is not None
+    assert row["status"] == "sent"
+    assert row["sent_at"] is not None
     assert MailA.sent == []
     assert [o for o, _p, _e in attempts(app)] == ["unknown", "resolved:mark-sent"]
     assert rows(app)[0]["dispatch_provider"] is None
