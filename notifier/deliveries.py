@@ -320,7 +320,9 @@ class DeliveryStore:
         return Claims(claimed, not_claimed)
 
     def release(self, claims: Sequence[ClaimedDelivery], reason: str) -> None:
-        """Give claims back without counting an attempt (no provider was called)."""
+        """Give claims back without counting an attempt (no provider was called in this
+        try, or only ones that answered for sure). A claim that found a dispatch mark
+        keeps it: the earlier call's outcome is still unknown."""
         if not claims:
             return
         d = deliveries.c
@@ -329,22 +331,30 @@ class DeliveryStore:
                 (True, DeliveryStatus.QUEUED),
                 (False, DeliveryStatus.TEMPORARY_FAILURE),
             ):
-                ids = [c.delivery_id for c in claims if (c.attempt == 1) is first]
-                if not ids:
-                    continue
-                connection.execute(
-                    sa.update(deliveries)
-                    .where(d.delivery_id.in_(ids), d.status == DeliveryStatus.SENDING.value)
-                    .values(
-                        status=status.value,
-                        attempts=d.attempts - 1,
-                        lease_until=None,
-                        dispatch_provider=None,
-                        dispatch_attempt=None,
-                        last_error=reason,
-                        updated_at=utcnow(),
+                for uncertain in (False, True):
+                    ids = [
+                        c.delivery_id
+                        for c in claims
+                        if (c.attempt == 1) is first
+                        and (c.uncertain_provider is not None) is uncertain
+                    ]
+                    if not ids:
+                        continue
+                    marks = (
+                        {} if uncertain else {"dispatch_provider": None, "dispatch_attempt": None}
                     )
-                )
+                    connection.execute(
+                        sa.update(deliveries)
+                        .where(d.delivery_id.in_(ids), d.status == DeliveryStatus.SENDING.value)
+                        .values(
+                            status=status.value,
+                            attempts=d.attempts - 1,
+                            lease_until=None,
+                            last_error=reason,
+                            updated_at=utcnow(),
+                            **marks,
+                        )
+                    )
 
     def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
         """Deliveries waiting with no message in flight: claimable ones untouched for

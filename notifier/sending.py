@@ -204,32 +204,39 @@ class Sender:
                 pending[self.runtime.submit(try_)] = claimed
         # Nothing here can outwait the lease; past it, another worker may send.
         deadline = time.monotonic() + self.lease.total_seconds() - 5
-        while concluded or pending:
-            if pending:
-                done, _ = wait(
-                    pending,
-                    timeout=max(0.0, deadline - time.monotonic()),
-                    return_when=FIRST_COMPLETED,
-                )
-                if not done:
-                    done = set(pending)
+        try:
+            while concluded or pending:
+                if pending:
+                    done, _ = wait(
+                        pending,
+                        timeout=max(0.0, deadline - time.monotonic()),
+                        return_when=FIRST_COMPLETED,
+                    )
+                    if not done:
+                        done = set(pending)
+                        for future in done:
+                            future.cancel()
+                    elif len(done) < len(pending) and not self.backlog.blocked:
+                        window = min(RECORD_WINDOW_S, max(0.0, deadline - time.monotonic()))
+                        done, _ = wait(pending, timeout=window)
                     for future in done:
-                        future.cancel()
-                elif len(done) < len(pending) and not self.backlog.blocked:
-                    window = min(RECORD_WINDOW_S, max(0.0, deadline - time.monotonic()))
-                    done, _ = wait(pending, timeout=window)
-                for future in done:
-                    claimed = pending.pop(future)
-                    tried = _result(future, self.worker, progress[claimed.delivery_id])
-                    concluded.append((claimed, tried))
-            waiting = sum(1 for c, _ in concluded if progress[c.delivery_id].in_backlog)
-            try:
-                outcomes.extend(self._record(concluded))
-            finally:
-                # Written, or given up on (the lease will run out): either way no
-                # longer this process's to bound.
-                self.backlog.recorded(waiting)
-            concluded = []
+                        claimed = pending.pop(future)
+                        tried = _result(future, self.worker, progress[claimed.delivery_id])
+                        concluded.append((claimed, tried))
+                waiting = sum(1 for c, _ in concluded if progress[c.delivery_id].in_backlog)
+                try:
+                    outcomes.extend(self._record(concluded))
+                finally:
+                    # Written, or given up on (the lease will run out): either way no
+                    # longer this process's to bound.
+                    self.backlog.recorded(waiting)
+                concluded = []
+        finally:
+            # Recording failed for good (the exception goes on to Dramatiq): the sends
+            # still running will never be recorded here, so they must not hold back
+            # this process's calls once they end.
+            for future, claimed in pending.items():
+                future.add_done_callback(self._forget(progress[claimed.delivery_id]))
         counts = Counter(o.status.value if o.status else "nothing-to-do" for o in outcomes)
         log.info(
             "deliveries done",
@@ -238,6 +245,13 @@ class Sender:
             **{k.replace("-", "_"): v for k, v in counts.items()},
         )
         return outcomes
+
+    def _forget(self, progress: _Progress) -> Callable[[Future[_Tried]], None]:
+        def forget(_future: Future[_Tried]) -> None:
+            if progress.in_backlog:
+                self.backlog.recorded(1)
+
+        return forget
 
     async def _try_providers(self, claimed: ClaimedDelivery, progress: _Progress) -> _Tried:
         """The channel's providers in order until one accepts (runs on the event loop)."""

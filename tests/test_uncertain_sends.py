@@ -20,6 +20,7 @@ from notifier.app import Notifier
 from notifier.deliveries import DeliveryStatus, DispatchMark
 from notifier.replay import Replayer, ReplayOutcome, Resolution
 from notifier.samples import sample_event
+from notifier.sending import ProviderCall
 from notifier.store.schema import deliveries
 from tests.support import RunningWorker, wait_until
 from tests.test_pipeline import (
@@ -153,6 +154,23 @@ def test_a_marked_call_to_a_resend_provider_is_sent_again_through_that_provider_
     # Not mail_a, first in the channel's order: only mail_b drops the repeat.
     assert MailA.sent == []
     assert [m.delivery_id for m in MailB.sent] == [delivery_id]
+
+
+def test_a_resend_waiting_for_its_providers_circuit_never_goes_to_another_provider(
+    tmp_path: Path,
+) -> None:
+    app = build_app(tmp_path, providers={"mail_a": {"uncertain_send": "resend"}})
+    delivery_id = planned_email(app)
+    killed_mid_send(app, delivery_id, marked="mail_a")
+    for _ in range(5):  # mail_a failing: its circuit opens
+        app.guard.observe(ProviderCall("email", "mail_a", "temporary-failure", 0.1))
+    # Twice: the first try waits for mail_a's circuit, and so does the next one.
+    for _ in range(2):
+        [outcome] = app.sender.send([delivery_id])
+        assert outcome.retry_in_ms is not None
+        assert status_of(app, delivery_id)["dispatch_provider"] == "mail_a"
+    assert MailA.sent == []
+    assert MailB.sent == []  # mail_b would not drop mail_a's repeat
 
 
 def test_a_resend_provider_past_its_dedupe_window_holds_instead(tmp_path: Path) -> None:
