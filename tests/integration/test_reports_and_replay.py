@@ -644,6 +644,28 @@ def test_only_an_admin_with_the_csrf_token_resolves_an_unknown_delivery_in_the_c
     assert outcomes_of(pg_database, other)[-1] == "resolved:mark-sent"
 
 
+def test_the_api_resolves_an_unknown_delivery_for_an_admin_key_only(
+    local_app: Notifier, pg_database: Database
+) -> None:
+    _code, held = make_unknown(local_app)
+    keys = ApiKeys(pg_database)
+    reader, admin = keys.create("dash", ["operator"], []), keys.create("ops", ["admin"], [])
+    with ServedApi(create_api(local_app)) as api:
+        url = f"{api.base_url}/v1/deliveries/{held}/resolve"
+        body = {"resolution": "mark-sent"}
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers=bearer(reader)).status_code == 403
+        wrong = httpx.post(url, json={"resolution": "maybe"}, headers=bearer(admin))
+        assert wrong.status_code == 422
+        assert status_of(pg_database, held)[0] == "unknown"
+        done = httpx.post(url, json=body, headers=bearer(admin))
+        assert done.json()["outcome"] == "marked-sent"
+        again = httpx.post(url, json=body, headers=bearer(admin))
+        assert again.json()["outcome"] == "not-replayable"
+    assert status_of(pg_database, held)[0] == "sent"
+    assert outcomes_of(pg_database, held)[-1] == "resolved:mark-sent"
+
+
 def test_the_cli_lists_unknown_deliveries_and_refuses_a_status_that_does_not_exist(
     local_app: Notifier, pg_url: str
 ) -> None:
