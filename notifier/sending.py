@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from notifier.protection import ProviderGuard
 from notifier.registry import Provider, Registry
 from notifier.runtime import AdapterRuntime
-from notifier.settings import WorkerSettings
+from notifier.settings import SettingsError, WorkerSettings
 from notifier.store.schema import utcnow
 
 log = get_logger(__name__)
@@ -152,9 +152,12 @@ class Sender:
             policy = (uncertain_send or {}).get(provider.name)
             policy = policy or provider.adapter_class.uncertain_send_policy
             if policy is UncertainSendPolicy.VERIFY and not provider.adapter_class.has_lookup():
-                raise ValueError(
-                    f"NOTIFIER_PROVIDERS__{provider.name.upper()}__UNCERTAIN_SEND: verify needs "
-                    f"a status lookup, which adapter {provider.adapter_class.name!r} has not"
+                raise SettingsError(
+                    [
+                        f"NOTIFIER_PROVIDERS__{provider.name.upper()}__UNCERTAIN_SEND: verify "
+                        "needs a status lookup, which adapter "
+                        f"{provider.adapter_class.name!r} has not"
+                    ]
                 )
             self.policies[provider.name] = policy
         self.backlog = RecordBacklog(worker.max_unrecorded)

@@ -21,6 +21,7 @@ from notifier.deliveries import DeliveryStatus, DispatchMark
 from notifier.replay import Replayer, ReplayOutcome, Resolution
 from notifier.samples import sample_event
 from notifier.sending import ProviderCall
+from notifier.settings import SettingsError
 from notifier.store.schema import deliveries
 from tests.support import RunningWorker, wait_until
 from tests.test_pipeline import (
@@ -208,7 +209,7 @@ def test_a_verify_provider_is_asked_before_anything_is_sent_again(
 def test_verify_for_an_adapter_without_a_status_lookup_is_refused_at_start_up(
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(ValueError, match="verify needs a status lookup"):
+    with pytest.raises(SettingsError, match="verify needs a status lookup"):
         build_app(tmp_path, providers={"mail_a": {"uncertain_send": "verify"}})
 
 
