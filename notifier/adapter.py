@@ -120,6 +120,30 @@ class PermanentFailure(DeliveryFailure):
         self.operator_alert = operator_alert
 
 
+class UncertainSendPolicy(StrEnum):
+    """What to do with a send whose outcome is unknown: the worker died during the call
+    (its lease ran out with the call marked as started), or the adapter reported
+    ``TemporaryFailure(maybe_sent=True)``."""
+
+    # Send again: the provider drops a repeat of our reference (within
+    # ``Adapter.dedupe_window_s`` of the first send).
+    RESEND = "resend"
+    # Ask the provider (``Adapter.lookup``) whether it has the message; send again only
+    # if it says it has not.
+    VERIFY = "verify"
+    # Send nothing: the delivery becomes ``unknown`` until an admin resends it or marks
+    # it sent.
+    HOLD = "hold"
+
+
+class LookupAnswer(StrEnum):
+    """What a provider's status lookup said about one of our messages."""
+
+    ACCEPTED = "accepted"  # it has the message (sent, waiting, delivered)
+    DELIVERED = "delivered"  # it reports the message delivered
+    NOT_FOUND = "not-found"  # it never took it: safe to send
+
+
 @dataclass(frozen=True)
 class ReceiptRequest:
     """A provider's delivery-report call, as received by ``notifier api``."""
@@ -204,6 +228,21 @@ class Adapter(abc.ABC, Generic[SettingsT]):
         and httpx's pool slows down with every waiter."""
         return 10
 
+    # What the core does when a send's outcome is unknown (see UncertainSendPolicy and
+    # docs/reliability.md). ``hold`` is the safe default for a provider that does not
+    # drop repeats of our reference; an operator may override it per provider
+    # (NOTIFIER_PROVIDERS__<NAME>__UNCERTAIN_SEND).
+    uncertain_send_policy: ClassVar[UncertainSendPolicy] = UncertainSendPolicy.HOLD
+    async def lookup(self, message: OutboundMessage) -> LookupAnswer:
+        """Ask the provider whether it took ``message`` (for the ``verify`` policy).
+        Raise :class:`TemporaryFailure` when it cannot tell now. Adapters without a
+        status lookup leave this as is, and ``verify`` cannot be chosen for them."""
+        raise NotImplementedError(f"adapter {self.name!r} has no status lookup")
+
+    @classmethod
+    def has_lookup(cls) -> bool:
+        return cls.lookup is not Adapter.lookup
+
     # Set to True by adapters that implement parse_receipt; the API then serves
     # GET and POST /v1/receipts/<name>.
     accepts_receipts: ClassVar[bool] = False
@@ -214,8 +253,10 @@ class Adapter(abc.ABC, Generic[SettingsT]):
 
     # How long the provider refuses a second message with our reference (the delivery
     # id), e.g. eSMS's RequestId: 24 hours. A resend of a send that may have been taken
-    # is deduplicated only inside this window. None: the provider does not dedupe by
-    # our reference, or does not say for how long.
+    # is deduplicated only inside this window: with the ``resend`` policy, an uncertain
+    # send older than this is held instead. None: no time limit (e.g. the portal inbox,
+    # unique on the delivery id); a provider that does not dedupe at all declares the
+    # ``hold`` policy instead.
     dedupe_window_s: ClassVar[float | None] = None
 
     @classmethod

@@ -112,6 +112,11 @@ class Notifier:
             registry=self.registry,
             runtime=self.runtime,
             worker=settings.worker,
+            uncertain_send={
+                name: policy.uncertain_send
+                for name, policy in settings.providers.items()
+                if policy.uncertain_send is not None
+            },
         )
         self.guard = ProviderGuard(
             self.database,
@@ -237,5 +242,6 @@ class Notifier:
     def close(self) -> None:
         self.runtime.stop()
         self.guard.close()
+        self.sender.journal.close()
         self.broker.close()
         self.database.dispose()

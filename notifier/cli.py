@@ -155,10 +155,14 @@ def publish(file: TextIO) -> None:
         sys.exit(1)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--dossier", "dossier_code", help="Dossier code (mã hồ sơ).")
 @click.option("--channel")
-@click.option("--status")
+@click.option(
+    "--status",
+    help="queued, sending, sent, delivered, temporary-failure, permanent-failure, "
+    "suppressed or unknown (held: resolve with `notifier deliveries resolve`).",
+)
 @click.option("--agency", "agency_code")
 @click.option("--event", "event_id", type=click.UUID)
 @click.option("--recipient", help="A full phone or email; matched by its hash, shown masked.")
@@ -166,7 +170,9 @@ def publish(file: TextIO) -> None:
 @click.option("--until", type=click.DateTime())
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")
+@click.pass_context
 def deliveries(
+    ctx: click.Context,
     dossier_code: str | None,
     channel: str | None,
     status: str | None,
@@ -179,9 +185,18 @@ def deliveries(
     as_json: bool,
 ) -> None:
     """List and filter the delivery log."""
+    if ctx.invoked_subcommand is not None:
+        return
     from datetime import UTC
 
+    from notifier.deliveries import DeliveryStatus
     from notifier.deliverylog import DeliveryLog, DeliveryQuery
+
+    if status is not None and status not in {s.value for s in DeliveryStatus}:
+        raise click.BadParameter(
+            f"{status!r}; one of: {', '.join(s.value for s in DeliveryStatus)}",
+            param_hint="--status",
+        )
 
     settings = _settings()
     query = DeliveryQuery(
@@ -485,6 +500,7 @@ def _register_commands() -> None:
     from notifier.scaffold import new_adapter
 
     adapters.add_command(new_adapter, "new")
+    deliveries.add_command(console.resolve)
     broker.add_command(add_publisher_command)
     broker.add_command(remove_publisher_command)
     broker.add_command(set_agencies_command)

@@ -6,10 +6,16 @@ Lifecycle (after GOV.UK Notify)::
        ▲                 │   └──► permanent-failure     (never retried)
        └── retry ── temporary-failure ◄┘                 (retried with backoff)
     suppressed: planned but not sent (opt-out, quiet rules)
+    unknown: a call whose outcome is unknown, held for an admin (resend or mark sent)
 
 A delivery is claimed with a lease before a send, so two workers holding copies of
 the same message never both send; a worker that dies mid-send leaves a lease that
 expires, and the message the broker redelivers claims it again.
+
+Before each provider call the worker writes a *dispatch mark* (provider, attempt) on
+the delivery; recording the outcome clears it. A claim that finds a mark knows the
+last call may have reached the provider, and the sender applies that provider's
+policy for an uncertain send (resend, verify, hold) instead of simply sending.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ class DeliveryStatus(StrEnum):
     TEMPORARY_FAILURE = "temporary-failure"
     PERMANENT_FAILURE = "permanent-failure"
     SUPPRESSED = "suppressed"
+    # The last provider call's outcome is unknown (the worker died during it, or the
+    # adapter said it may have sent) and the provider does not drop repeats: held until
+    # an admin resends it or marks it sent.
+    UNKNOWN = "unknown"
 
     @property
     def final(self) -> bool:
@@ -54,6 +64,7 @@ _FINAL = {
     DeliveryStatus.DELIVERED,
     DeliveryStatus.PERMANENT_FAILURE,
     DeliveryStatus.SUPPRESSED,
+    DeliveryStatus.UNKNOWN,
 }
 _CLAIMABLE = (DeliveryStatus.QUEUED, DeliveryStatus.TEMPORARY_FAILURE)
 
@@ -84,6 +95,9 @@ class ClaimedDelivery:
     event_status: str
     attempt: int
     created_at: datetime
+    # Set when the claim found a dispatch mark: the provider the last call went to,
+    # whose outcome was never recorded.
+    uncertain_provider: str | None = None
 
     def message(self) -> OutboundMessage:
         """What the channel's adapters are given to send."""
@@ -131,6 +145,18 @@ class AttemptRecord:
     provider_message_id: str | None = None
     details: dict[str, Any] | None = None
     counted: bool = True
+    # Keep the dispatch mark: the call may have reached the provider (maybe_sent, or
+    # the delivery is held as unknown), so the next claim applies the provider's policy.
+    keep_mark: bool = False
+
+
+@dataclass(frozen=True)
+class DispatchMark:
+    """A provider call about to start: written durably before the call."""
+
+    delivery_id: UUID
+    provider: str
+    attempt: int
 
 
 _d = deliveries.c
@@ -169,6 +195,8 @@ _CLAIM = (
         _d.event_status,
         _d.attempts,
         _d.created_at,
+        # Not changed by the claim: the mark left by the previous claim, if any.
+        _d.dispatch_provider,
     )
 )
 _STATUS_OF = sa.select(_d.delivery_id, _d.status).where(
@@ -292,7 +320,9 @@ class DeliveryStore:
         return Claims(claimed, not_claimed)
 
     def release(self, claims: Sequence[ClaimedDelivery], reason: str) -> None:
-        """Give claims back without counting an attempt (no provider was called)."""
+        """Give claims back without counting an attempt (no provider was called in this
+        try, or only ones that answered for sure). A claim that found a dispatch mark
+        keeps it: the earlier call's outcome is still unknown."""
         if not claims:
             return
         d = deliveries.c
@@ -301,20 +331,30 @@ class DeliveryStore:
                 (True, DeliveryStatus.QUEUED),
                 (False, DeliveryStatus.TEMPORARY_FAILURE),
             ):
-                ids = [c.delivery_id for c in claims if (c.attempt == 1) is first]
-                if not ids:
-                    continue
-                connection.execute(
-                    sa.update(deliveries)
-                    .where(d.delivery_id.in_(ids), d.status == DeliveryStatus.SENDING.value)
-                    .values(
-                        status=status.value,
-                        attempts=d.attempts - 1,
-                        lease_until=None,
-                        last_error=reason,
-                        updated_at=utcnow(),
+                for uncertain in (False, True):
+                    ids = [
+                        c.delivery_id
+                        for c in claims
+                        if (c.attempt == 1) is first
+                        and (c.uncertain_provider is not None) is uncertain
+                    ]
+                    if not ids:
+                        continue
+                    marks = (
+                        {} if uncertain else {"dispatch_provider": None, "dispatch_attempt": None}
                     )
-                )
+                    connection.execute(
+                        sa.update(deliveries)
+                        .where(d.delivery_id.in_(ids), d.status == DeliveryStatus.SENDING.value)
+                        .values(
+                            status=status.value,
+                            attempts=d.attempts - 1,
+                            lease_until=None,
+                            last_error=reason,
+                            updated_at=utcnow(),
+                            **marks,
+                        )
+                    )
 
     def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
         """Deliveries waiting with no message in flight: claimable ones untouched for
@@ -337,6 +377,40 @@ class DeliveryStore:
                     .values(updated_at=now)
                 )
         return [(row.delivery_id, row.channel) for row in found]
+
+    def mark_dispatched(self, marks: Sequence[DispatchMark]) -> None:
+        """Write dispatch marks, all in one transaction, before their calls start. Only
+        a claim still held (``sending``, same attempt) is marked."""
+        if not marks:
+            return
+        with self.database.begin() as connection:
+            if self.database.is_sqlite:
+                d = deliveries.c
+                connection.execute(
+                    sa.update(deliveries)
+                    .where(
+                        d.delivery_id == sa.bindparam("b_id"),
+                        d.status == DeliveryStatus.SENDING.value,
+                        d.attempts == sa.bindparam("b_attempt"),
+                    )
+                    .values(
+                        dispatch_provider=sa.bindparam("b_provider"),
+                        dispatch_attempt=sa.bindparam("b_attempt"),
+                    ),
+                    [
+                        {"b_id": m.delivery_id, "b_provider": m.provider, "b_attempt": m.attempt}
+                        for m in marks
+                    ],
+                )
+            else:
+                connection.execute(
+                    _MARK_ALL,
+                    {
+                        "ids": [m.delivery_id for m in marks],
+                        "providers": [m.provider for m in marks],
+                        "attempts": [m.attempt for m in marks],
+                    },
+                )
 
     def finish_attempts(self, records: Sequence[AttemptRecord]) -> None:
         """Record attempts and their deliveries' new status, all in one transaction: on
@@ -417,7 +491,17 @@ class DeliveryStore:
                 sa.update(deliveries)
                 .where(
                     d.delivery_id == row.delivery_id,
-                    d.status.in_([DeliveryStatus.SENT.value, DeliveryStatus.SENDING.value]),
+                    # A held (unknown) delivery too: the receipt proves the provider had it.
+                    d.status.in_(
+                        [
+                            s.value
+                            for s in (
+                                DeliveryStatus.SENT,
+                                DeliveryStatus.SENDING,
+                                DeliveryStatus.UNKNOWN,
+                            )
+                        ]
+                    ),
                 )
                 .values(**values)
             )
@@ -450,6 +534,7 @@ def _claimed(m: Any) -> ClaimedDelivery:
         event_status=m["event_status"],
         attempt=m["attempts"],
         created_at=m["created_at"],
+        uncertain_provider=m["dispatch_provider"],
     )
 
 
@@ -469,6 +554,9 @@ def _finished_values(record: AttemptRecord, now: datetime) -> dict[str, Any]:
         values["details"] = record.details
     if not record.counted:
         values["attempts"] = None
+    if not record.keep_mark:
+        values["dispatch_provider"] = None
+        values["dispatch_attempt"] = None
     if record.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
         values["sent_at"] = now
     if record.status is DeliveryStatus.DELIVERED:
@@ -517,15 +605,17 @@ _FINISH_ALL = sa.text(
            provider_message_id = COALESCE(given.provider_message_id, d.provider_message_id),
            details = COALESCE(CAST(given.details AS json), d.details),
            attempts = d.attempts - given.uncounted,
+           dispatch_provider = CASE WHEN given.keep_mark THEN d.dispatch_provider END,
+           dispatch_attempt = CASE WHEN given.keep_mark THEN d.dispatch_attempt END,
            sent_at = CASE WHEN given.sent THEN :now ELSE d.sent_at END,
            delivered_at = CASE WHEN given.delivered THEN :now ELSE d.delivered_at END
       FROM unnest(
                CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
                CAST(:providers AS text[]), CAST(:provider_message_ids AS text[]),
                CAST(:details AS text[]), CAST(:uncounted AS int[]), CAST(:sent AS bool[]),
-               CAST(:delivered AS bool[])
+               CAST(:delivered AS bool[]), CAST(:keep_mark AS bool[])
            ) AS given(id, status, error, provider, provider_message_id, details, uncounted,
-                      sent, delivered)
+                      sent, delivered, keep_mark)
      WHERE d.delivery_id = given.id
     """
 )
@@ -549,5 +639,19 @@ def _update_finished_at_once(
             "uncounted": [0 if r.counted else 1 for r in records],
             "sent": [r.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED) for r in records],
             "delivered": [r.status is DeliveryStatus.DELIVERED for r in records],
+            "keep_mark": [r.keep_mark for r in records],
         },
     )
+
+
+# PostgreSQL: every mark of a group commit in one statement (rows as arrays).
+_MARK_ALL = sa.text(
+    """
+    UPDATE deliveries AS d
+       SET dispatch_provider = given.provider,
+           dispatch_attempt = given.attempt
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:providers AS text[]), CAST(:attempts AS int[]))
+           AS given(id, provider, attempt)
+     WHERE d.delivery_id = given.id AND d.status = 'sending' AND d.attempts = given.attempt
+    """
+)

@@ -7,6 +7,11 @@ the delivery a fresh round of attempts (``attempts`` back to 0) and is recorded 
 attempt log as outcome ``replayed``, with who asked. The worker then claims and sends
 it like any other delivery, with the usual lease and fallback rules.
 
+A delivery held as ``unknown`` (its last call's outcome is unknown and its provider
+does not drop repeats) is *resolved* by an admin: ``resend`` puts it back to ``queued``
+without its dispatch mark, so it is sent again; ``mark-sent`` records it as sent. Both
+are one conditional UPDATE on ``unknown`` and an attempt row naming who decided.
+
 A rejected event is replayed as it was received and as who sent it: its stored raw
 bytes (a reject from before they were kept is replayed only if its text cannot have
 been altered) go to the ingest actor again (source ``replay``) with the original
@@ -57,6 +62,14 @@ class ReplayOutcome(StrEnum):
     STILL_INVALID = "still-invalid"  # the event is still rejected: kept as it is
     REFUSED = "refused"  # its submitter may not publish it (now): kept as it is
     FAILED = "failed"  # could not enqueue; nothing changed
+    MARKED_SENT = "marked-sent"  # an unknown delivery recorded as sent by an admin
+
+
+class Resolution(StrEnum):
+    """An admin's decision on a delivery held as ``unknown``."""
+
+    RESEND = "resend"
+    MARK_SENT = "mark-sent"
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,9 @@ class Replayer:
                     status=DeliveryStatus.QUEUED.value,
                     attempts=0,
                     lease_until=None,
+                    # An admin's replay is a decision to send: no uncertain-send policy.
+                    dispatch_provider=None,
+                    dispatch_attempt=None,
                     updated_at=now,
                 )
             ).rowcount
@@ -148,6 +164,72 @@ class Replayer:
             return ReplayResult("delivery", delivery_id, ReplayOutcome.FAILED, repr(exc))
         log.info("delivery replayed", delivery_id=str(delivery_id), actor=actor)
         return ReplayResult("delivery", delivery_id, ReplayOutcome.REPLAYED, f"was {row.status}")
+
+    def resolve(self, delivery_id: UUID, resolution: Resolution, *, actor: str) -> ReplayResult:
+        """Resend, or mark as sent, a delivery held as ``unknown``."""
+        d = deliveries.c
+        now = utcnow()
+        resend = resolution is Resolution.RESEND
+        with self.database.begin() as connection:
+            row = connection.execute(
+                sa.select(d.channel, d.status, d.attempts, d.last_error).where(
+                    d.delivery_id == delivery_id
+                )
+            ).first()
+            if row is None:
+                return ReplayResult("delivery", delivery_id, ReplayOutcome.MISSING)
+            if resend and row.channel not in self.app.deliver_actors:
+                return ReplayResult(
+                    "delivery",
+                    delivery_id,
+                    ReplayOutcome.CHANNEL_OFF,
+                    f"channel {row.channel} is not enabled here",
+                )
+            values: dict[str, object] = (
+                {"status": DeliveryStatus.QUEUED.value, "attempts": 0}
+                if resend
+                else {"status": DeliveryStatus.SENT.value, "sent_at": now}
+            )
+            changed = connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id == delivery_id, d.status == DeliveryStatus.UNKNOWN.value)
+                .values(
+                    **values,
+                    lease_until=None,
+                    # Without the mark the next claim sends, as the admin decided.
+                    dispatch_provider=None,
+                    dispatch_attempt=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if not changed:
+                return ReplayResult(
+                    "delivery", delivery_id, ReplayOutcome.NOT_REPLAYABLE, f"status {row.status}"
+                )
+            connection.execute(
+                delivery_attempts.insert().values(
+                    delivery_id=delivery_id,
+                    number=row.attempts,
+                    started_at=now,
+                    finished_at=now,
+                    outcome=f"resolved:{resolution.value}",
+                    error=f"by {actor}; was unknown: {row.last_error or '-'}"[:2000],
+                )
+            )
+        log.info(
+            "unknown delivery resolved",
+            delivery_id=str(delivery_id),
+            actor=actor,
+            resolution=resolution.value,
+        )
+        if not resend:
+            return ReplayResult("delivery", delivery_id, ReplayOutcome.MARKED_SENT, "was unknown")
+        try:
+            self.app.enqueue_deliveries([(delivery_id, row.channel)])
+        except Exception as exc:
+            self._undo(delivery_id, DeliveryStatus.UNKNOWN.value, row.attempts, actor, exc)
+            return ReplayResult("delivery", delivery_id, ReplayOutcome.FAILED, repr(exc))
+        return ReplayResult("delivery", delivery_id, ReplayOutcome.REPLAYED, "was unknown")
 
     def _undo(
         self, delivery_id: UUID, status: str, attempts: int, actor: str, exc: Exception

@@ -30,6 +30,8 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from notifier.adapter import UncertainSendPolicy
+
 ENV_PREFIX = "NOTIFIER_"
 # Stands in for secrets in development; refused in production (see the validator).
 _DEV_SECRET = "notifier-development-only"  # noqa: S105
@@ -176,6 +178,10 @@ class WorkerSettings(_Section):
     # Deliveries per channel message: claimed in one statement, sent concurrently (up to
     # the adapter's pool), recorded in groups as they finish.
     batch_size: int = Field(default=100, ge=1, le=1_000)
+    # Backpressure: no provider call starts while this many results (accepted, or maybe
+    # sent) wait to be written, per process. A crash leaves at most this many, plus the
+    # calls in flight (the adapters' max_in_flight), sent but unrecorded.
+    max_unrecorded: int = Field(default=8, ge=1, le=1_000)
 
 
 class ApiSettings(_Section):
@@ -216,6 +222,10 @@ class ProviderPolicy(_Section):
     # how long calls then stop before one trial call is let through.
     circuit_failures: int = Field(default=5, ge=1)
     circuit_open_s: float = Field(default=30.0, gt=0)
+    # What to do when a call's outcome is unknown (the worker died during it, or a
+    # read timeout): resend, verify or hold. Unset: the adapter's own default (see its
+    # README and docs/reliability.md).
+    uncertain_send: UncertainSendPolicy | None = None
 
 
 class SweeperSettings(_Section):

@@ -65,6 +65,7 @@ from pydantic import ConfigDict, SecretStr
 from notifier.adapter import (
     Adapter, AdapterSettings, InvalidReceipt, OutboundMessage, PermanentFailure, Receipt,
     ReceiptRequest, RecipientKind, SendResult, TemplatePart, TemporaryFailure,
+    UncertainSendPolicy,
 )
 from notifier.adapter_http import request
 from notifier.logging import get_logger
@@ -216,6 +217,10 @@ class TypoTolerant(Good):
     settings_model = TypoTolerantSettings
 
 
+class VerifyWithoutLookup(Good):
+    uncertain_send_policy = UncertainSendPolicy.VERIFY
+
+
 class AllBroken(LeaksHttpxErrors, LogsRecipient, IgnoresDeliveryId, CloseTwiceRaises):
     settings_model = PlainSettings
 
@@ -322,6 +327,7 @@ EXPECTED_FAILURES: dict[str, set[str]] = {
     "EverythingTemporary": {"test_a_permanent_failure_is_reported_as_permanent"},
     "AcceptsForgedReceipts": {"test_forged_receipts_are_refused"},
     "TypoTolerant": {"test_declarations_are_well_formed", "test_invalid_settings_are_refused"},
+    "VerifyWithoutLookup": {"test_declarations_are_well_formed"},
     "AllBroken": {
         "test_a_slow_provider_is_a_temporary_failure",
         "test_no_answer_after_the_request_went_out_is_maybe_sent",
@@ -345,6 +351,7 @@ EXPECTED_MESSAGES = {
     "EverythingTemporary": ["expected PermanentFailure"],
     "AcceptsForgedReceipts": ["forged receipt #1 was accepted"],
     "TypoTolerant": ["extra='forbid'", "an unknown key"],
+    "VerifyWithoutLookup": ["VERIFY but lookup is not implemented"],
 }
 
 

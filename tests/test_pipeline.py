@@ -8,7 +8,7 @@ import json
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from notifier.adapter import (
     Adapter,
     AdapterSettings,
+    LookupAnswer,
     OutboundMessage,
     PermanentFailure,
     RecipientKind,
@@ -44,10 +45,19 @@ class Scripted(Adapter[AdapterSettings]):
     slow_s: ClassVar[float] = 0.0
     in_flight: ClassVar[int] = 0
     most_in_flight: ClassVar[int] = 0
+    pool: ClassVar[int] = 10
+    # Called as each send starts (tests watch what the core lets through).
+    on_start: ClassVar[Callable[[OutboundMessage], None] | None] = None
     lock = threading.Lock()
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.pool
 
     async def send(self, message: OutboundMessage) -> SendResult:
         cls = type(self)
+        if cls.on_start is not None:
+            cls.on_start(message)
         cls.in_flight += 1
         cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
         try:
@@ -69,12 +79,27 @@ class Scripted(Adapter[AdapterSettings]):
         return SendResult(provider_message_id=f"{self.name}-{len(self.sent)}")
 
 
+class ScriptedWithLookup(Scripted):
+    """A scripted provider with a status lookup, answering from ``lookup_answers``."""
+
+    lookup_answers: ClassVar[list[LookupAnswer]] = []
+    looked_up: ClassVar[list[OutboundMessage]] = []
+
+    async def lookup(self, message: OutboundMessage) -> LookupAnswer:
+        type(self).looked_up.append(message)
+        return self.lookup_answers.pop(0) if self.lookup_answers else LookupAnswer.NOT_FOUND
+
+
 def scripted(
-    name: str, channel: str, kind: RecipientKind, parts: tuple[TemplatePart, ...]
+    name: str,
+    channel: str,
+    kind: RecipientKind,
+    parts: tuple[TemplatePart, ...],
+    base: type[Scripted] = Scripted,
 ) -> type[Scripted]:
     return type(
         name,
-        (Scripted,),
+        (base,),
         {
             "name": name,
             "channel": channel,
@@ -89,12 +114,17 @@ def scripted(
 EMAIL_PARTS = (TemplatePart("subject"), TemplatePart("text"), TemplatePart("html", html=True))
 SMS_PARTS = (TemplatePart("text"),)
 MailA = scripted("mail_a", "email", RecipientKind.EMAIL, EMAIL_PARTS)
-MailB = scripted("mail_b", "email", RecipientKind.EMAIL, EMAIL_PARTS)
+MailB = scripted("mail_b", "email", RecipientKind.EMAIL, EMAIL_PARTS, ScriptedWithLookup)
 Sms = scripted("sms_gw", "sms", RecipientKind.PHONE, SMS_PARTS)
 
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Notifier]:
+    return build_app(tmp_path)
+
+
+def build_app(tmp_path: Path, **overrides: Any) -> Notifier:
+    """The scripted pipeline on SQLite; ``overrides`` go to the settings."""
     config = tmp_path / "config"
     shutil.copytree(REPO / "config" / "templates", config / "templates")
     statuses = "\n".join(
@@ -119,16 +149,21 @@ def app(tmp_path: Path) -> Iterator[Notifier]:
     for adapter in (MailA, MailB, Sms):
         adapter.script, adapter.sent, adapter.slow = [], [], set()
         adapter.in_flight = adapter.most_in_flight = 0
+        adapter.pool, adapter.on_start, adapter.dedupe_window_s = 10, None, None
+    ScriptedWithLookup.lookup_answers, ScriptedWithLookup.looked_up = [], []
+    worker = {
+        "max_attempts": 3,
+        "min_backoff_ms": 10,
+        "max_backoff_ms": 100,
+        "send_timeout_s": 2,
+        **overrides.pop("worker", {}),
+    }
     settings = make_settings(
         config_dir=config,
         database_url=f"sqlite:///{tmp_path}/t.db",
         channels={"email": {"providers": ["mail_a", "mail_b"]}, "sms": {"providers": ["sms_gw"]}},
-        worker={
-            "max_attempts": 3,
-            "min_backoff_ms": 10,
-            "max_backoff_ms": 100,
-            "send_timeout_s": 2,
-        },
+        worker=worker,
+        **overrides,
     )
     registry = Registry.from_settings(
         settings, installed={"mail_a": MailA, "mail_b": MailB, "sms_gw": Sms}
@@ -210,8 +245,10 @@ def test_a_provider_problem_fails_over_to_the_next_provider(app: Notifier) -> No
 
 
 def test_an_unknown_outcome_retries_the_same_provider_instead_of_failing_over(
-    app: Notifier,
+    tmp_path: Path,
 ) -> None:
+    # A provider that drops repeats of our reference: its policy is resend.
+    app = build_app(tmp_path, providers={"mail_a": {"uncertain_send": "resend"}})
     MailA.script = ["maybe"]
     with RunningWorker(app):
         submit(app, sample_event(6, event_id=uuid.uuid4()))

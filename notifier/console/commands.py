@@ -364,6 +364,27 @@ def _report_results(results: list[ReplayResult], as_json: bool) -> None:
         sys.exit(1)
 
 
+@click.command("resolve")
+@click.argument("ids", nargs=-1, required=True, type=click.UUID)
+@click.option("--resend", "resolution", flag_value="resend", help="Send it again.")
+@click.option(
+    "--mark-sent", "resolution", flag_value="mark-sent", help="Record it as sent (no send)."
+)
+@click.option("--json", "as_json", is_flag=True)
+def resolve(ids: tuple[UUID, ...], resolution: str | None, as_json: bool) -> None:
+    """Decide on deliveries held as `unknown` (a call whose outcome is unknown, to a
+    provider that does not drop repeats): resend them, or mark them sent. Look at the
+    provider's own records (its console, the citizen) before resending."""
+    from notifier.replay import Resolution
+
+    if resolution is None:
+        raise click.UsageError("say --resend or --mark-sent")
+    with _replayer() as replayer:
+        _report_results(
+            [replayer.resolve(i, Resolution(resolution), actor=_actor()) for i in ids], as_json
+        )
+
+
 @click.group()
 def replay() -> None:
     """Send dead letters and rejected events again, through the normal path.

@@ -17,7 +17,7 @@ from notifier.console import views
 from notifier.console.auth import Principal
 from notifier.console.service import Console
 from notifier.deliverylog import MAX_ID, MAX_PAGE, DeliveryQuery
-from notifier.replay import ReplayResult, summarise
+from notifier.replay import ReplayResult, Resolution, summarise
 from notifier.reports import ReportError, build_report, report_range, zone
 
 
@@ -57,6 +57,10 @@ class DeliveryReplayRequest(BaseModel):
     all: bool = False
     include_told_by_fallback: bool = False
     dry_run: bool = False
+
+
+class ResolveRequest(BaseModel):
+    resolution: Resolution
 
 
 class RejectReplayRequest(BaseModel):
@@ -154,6 +158,12 @@ def api_router(console: Console) -> APIRouter:
     def replay_delivery(user: Admin, delivery_id: UUID) -> dict[str, Any]:
         """Send one failed delivery again (a second call does nothing)."""
         return console.replayer.delivery(delivery_id, actor=user.actor).as_json()
+
+    @router.post("/v1/deliveries/{delivery_id}/resolve")
+    def resolve_delivery(user: Admin, delivery_id: UUID, body: ResolveRequest) -> dict[str, Any]:
+        """Decide on a delivery held as ``unknown``: resend it, or mark it sent (a
+        second call does nothing)."""
+        return console.replayer.resolve(delivery_id, body.resolution, actor=user.actor).as_json()
 
     @router.post("/v1/dead-letters/replay")
     def replay_dead_letters(user: Admin, body: DeliveryReplayRequest) -> dict[str, Any]:

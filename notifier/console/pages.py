@@ -17,7 +17,7 @@ from notifier.console.i18n import LOCAL_ZONE, STATUS_ORDER
 from notifier.console.service import Console, static_file
 from notifier.deliverylog import DeliveryQuery
 from notifier.masking import recipient_hash
-from notifier.replay import ReplayOutcome, ReplayResult, summarise
+from notifier.replay import ReplayOutcome, ReplayResult, Resolution, summarise
 from notifier.reports import ReportError, build_report, parse_moment, report_range
 
 PAGE_SIZE = 50
@@ -260,6 +260,26 @@ def pages_router(console: Console) -> APIRouter:
         user = await _admin(request, form)
         result = await run_in_threadpool(console.replayer.delivery, delivery_id, actor=user.actor)
         target = _safe_next(_first(form, "next"), "/console/dead-letters")
+        base, _, anchor = target.partition("#")
+        joiner = "&" if "?" in base else "?"
+        return console.redirect(
+            request,
+            f"{base}{joiner}done={result.outcome.value}" + (f"#{anchor}" if anchor else ""),
+        )
+
+    @router.post("/deliveries/{delivery_id}/resolve")
+    async def resolve_delivery(request: Request, delivery_id: UUID) -> Response:
+        """An admin's decision on a delivery held as unknown: resend, or mark sent."""
+        form = await console.form(request)
+        user = await _admin(request, form)
+        try:
+            resolution = Resolution(_first(form, "resolution") or "")
+        except ValueError:
+            raise HTTPException(400, "resolution must be resend or mark-sent") from None
+        result = await run_in_threadpool(
+            console.replayer.resolve, delivery_id, resolution, actor=user.actor
+        )
+        target = _safe_next(_first(form, "next"), "/console/deliveries?status=unknown")
         base, _, anchor = target.partition("#")
         joiner = "&" if "?" in base else "?"
         return console.redirect(

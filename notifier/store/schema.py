@@ -86,6 +86,11 @@ deliveries = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime, nullable=True),
     sa.Column("delivered_at", UTCDateTime, nullable=True),
+    # The dispatch mark: a provider call of this attempt may have started (written
+    # before the call, cleared when its outcome is recorded). A claim that finds it set
+    # knows the last call's outcome is unknown and applies the provider's policy.
+    sa.Column("dispatch_provider", sa.String(64), nullable=True),
+    sa.Column("dispatch_attempt", sa.Integer, nullable=True),
     # Set on a fallback delivery (e.g. SMS after Zalo failed): the delivery it replaces.
     sa.Column("fallback_of", sa.Uuid, nullable=True, index=True),
     # The idempotency key: one delivery per event, channel and recipient.

@@ -73,6 +73,7 @@ from notifier.adapter import (
     SendResult,
     TemplatePart,
     TemporaryFailure,
+    UncertainSendPolicy,
 )
 from notifier.testing.helpers import (
     DEFAULT_RECIPIENTS,
@@ -301,6 +302,11 @@ class AdapterContract:
             vars(cls)["parse_receipt"], classmethod | staticmethod
         ):
             problems.append("parse_receipt must be a classmethod (the API has no instance)")
+        policy = getattr(cls, "uncertain_send_policy", None)
+        if not isinstance(policy, UncertainSendPolicy):
+            problems.append("uncertain_send_policy must be a notifier.adapter.UncertainSendPolicy")
+        elif policy is UncertainSendPolicy.VERIFY and not cls.has_lookup():
+            problems.append("uncertain_send_policy is VERIFY but lookup is not implemented")
         for scenario, reason in self.not_applicable.items():
             if scenario not in SCENARIOS:
                 problems.append(

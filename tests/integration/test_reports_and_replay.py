@@ -577,3 +577,103 @@ def test_cli_replay_on_rabbitmq(
     )
     assert embedded.exit_code == 1
     assert "needs RabbitMQ" in embedded.output
+
+
+# -- deliveries held as unknown --------------------------------------------------------
+
+
+def make_unknown(app: Notifier, index: int = 5) -> tuple[str, uuid.UUID]:
+    """A real email delivery held as unknown, as the sender holds it."""
+    code, email_id = make_dead_letter(app, index)
+    with app.database.begin() as connection:
+        connection.execute(
+            sa.update(deliveries)
+            .where(deliveries.c.delivery_id == email_id)
+            .values(
+                status="unknown",
+                dispatch_provider="email",
+                dispatch_attempt=8,
+                last_error="outcome of the call to email unknown; held for an admin",
+            )
+        )
+    return code, email_id
+
+
+def test_only_an_admin_with_the_csrf_token_resolves_an_unknown_delivery_in_the_console(
+    local_app: Notifier, pg_database: Database
+) -> None:
+    code, held = make_unknown(local_app)
+    _code2, other = make_unknown(local_app, index=7)
+    operators = OperatorStore(pg_database)
+    operators.add("minh.viewer", PASSWORD, "viewer")
+    operators.add("lan.admin", PASSWORD, "admin")
+    sends: list[str] = []
+    local_app.deliver_actors["email"].send_with_options = lambda *a, **k: sends.extend(k["args"][0])  # type: ignore[method-assign]
+
+    with ServedApi(create_api(local_app)) as api:
+        resolve = f"/console/deliveries/{held}/resolve"
+        viewer = signed_in(api.base_url, "minh.viewer")
+        page = viewer.get(f"/console/dossiers/{code}")
+        assert "resolve-resend" not in page.text  # no buttons for a viewer
+        token = csrf_of(page.text)
+        refused = viewer.post(resolve, data={"resolution": "resend", "csrf_token": token})
+        assert refused.status_code == 403
+        admin = signed_in(api.base_url, "lan.admin")
+        assert admin.post(resolve, data={"resolution": "resend"}).status_code == 403
+        assert status_of(pg_database, held)[0] == "unknown"
+        page = admin.get(f"/console/dossiers/{code}")
+        assert "resolve-resend" in page.text
+        assert "resolve-mark-sent" in page.text
+        admin_token = csrf_of(page.text)
+        assert (
+            admin.post(resolve, data={"resolution": "maybe", "csrf_token": admin_token}).status_code
+            == 400
+        )
+        done = admin.post(resolve, data={"resolution": "resend", "csrf_token": admin_token})
+        assert done.status_code == 303
+        assert "done=replayed" in done.headers["location"]
+        marked = admin.post(
+            f"/console/deliveries/{other}/resolve",
+            data={"resolution": "mark-sent", "csrf_token": admin_token},
+        )
+        assert "done=marked-sent" in marked.headers["location"]
+    assert sends == [str(held)]
+    assert status_of(pg_database, held) == ("queued", 0)
+    assert outcomes_of(pg_database, held)[-1] == "resolved:resend"
+    assert status_of(pg_database, other)[0] == "sent"
+    assert outcomes_of(pg_database, other)[-1] == "resolved:mark-sent"
+
+
+def test_the_api_resolves_an_unknown_delivery_for_an_admin_key_only(
+    local_app: Notifier, pg_database: Database
+) -> None:
+    _code, held = make_unknown(local_app)
+    keys = ApiKeys(pg_database)
+    reader, admin = keys.create("dash", ["operator"], []), keys.create("ops", ["admin"], [])
+    with ServedApi(create_api(local_app)) as api:
+        url = f"{api.base_url}/v1/deliveries/{held}/resolve"
+        body = {"resolution": "mark-sent"}
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers=bearer(reader)).status_code == 403
+        wrong = httpx.post(url, json={"resolution": "maybe"}, headers=bearer(admin))
+        assert wrong.status_code == 422
+        assert status_of(pg_database, held)[0] == "unknown"
+        done = httpx.post(url, json=body, headers=bearer(admin))
+        assert done.json()["outcome"] == "marked-sent"
+        again = httpx.post(url, json=body, headers=bearer(admin))
+        assert again.json()["outcome"] == "not-replayable"
+    assert status_of(pg_database, held)[0] == "sent"
+    assert outcomes_of(pg_database, held)[-1] == "resolved:mark-sent"
+
+
+def test_the_cli_lists_unknown_deliveries_and_refuses_a_status_that_does_not_exist(
+    local_app: Notifier, pg_url: str
+) -> None:
+    _code, held = make_unknown(local_app)
+    env = {"NOTIFIER_DATABASE_URL": pg_url, "NOTIFIER_CONFIG_DIR": str(REPO / "config")}
+    listed = CliRunner().invoke(main, ["deliveries", "--status", "unknown", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert [json.loads(line)["delivery_id"] for line in listed.output.splitlines()] == [str(held)]
+    wrong = CliRunner().invoke(main, ["deliveries", "--status", "unknwon"], env=env)
+    assert wrong.exit_code == 2
+    assert "unknown" in wrong.output

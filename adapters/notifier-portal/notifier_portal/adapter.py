@@ -21,6 +21,7 @@ from notifier.adapter import (
     SendResult,
     TemplatePart,
     TemporaryFailure,
+    UncertainSendPolicy,
 )
 from notifier.inbox import NewNotification
 
@@ -38,6 +39,8 @@ class PortalInboxAdapter(Adapter[PortalSettings]):
     description = "Public Service Portal inbox (stored here, served over HTTP)"
     settings_model = PortalSettings
     recipient_kind = RecipientKind.PORTAL_ACCOUNT
+    # The inbox row is unique on the delivery id: a repeat inserts nothing, ever.
+    uncertain_send_policy = UncertainSendPolicy.RESEND
     template_parts = (
         TemplatePart("title", max_length=300),
         TemplatePart("body"),

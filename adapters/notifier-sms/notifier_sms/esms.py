@@ -36,6 +36,7 @@ from notifier.adapter import (
     Receipt,
     ReceiptRequest,
     TemporaryFailure,
+    UncertainSendPolicy,
 )
 from notifier.adapter_http import status_failure
 from notifier.phones import PhoneFormat
@@ -170,6 +171,9 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
     # eSMS dedupes by RequestId (our delivery id) for 24 hours only: a resend of a send
     # that may have been taken is safe inside this window, may send twice after it.
     dedupe_window_s: ClassVar[float] = DEDUPE_WINDOW_S
+    # An uncertain send (the worker died during the call, a read timeout) is sent again
+    # inside that window (eSMS answers 124 to the repeat) and held after it.
+    uncertain_send_policy: ClassVar[UncertainSendPolicy] = UncertainSendPolicy.RESEND
 
     def base_url(self) -> str:
         return self.settings.base_url
