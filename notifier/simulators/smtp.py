@@ -11,7 +11,9 @@ and so can async code running on a different loop::
 Tests can make it misbehave on purpose: :meth:`SmtpCatcher.fail_next` answers the
 next MAIL/RCPT/DATA commands with an error reply, ``auth=("user", "pass")`` requires
 AUTH, ``latency_s`` slows every reply down like a remote relay, and
-:meth:`SmtpCatcher.drop_connections` hangs up on every client. ``connections``
+:meth:`SmtpCatcher.drop_connections` hangs up on every client,
+:meth:`SmtpCatcher.hang_up_after_data` keeps the next messages but hangs up before
+answering their DATA (the relay has them; the client never hears so). ``connections``
 counts accepted TCP connections, so a test can prove that a client reuses them.
 """
 
@@ -141,6 +143,8 @@ class _Handler:
             return refusal
         connection_id = server.connection_id if isinstance(server, _Session) else 0
         number = self.catcher._record(session, envelope, connection_id)
+        if self.catcher._take_hang_up() and server.transport is not None:
+            server.transport.close()  # kept, but the 250 never reaches the client
         return f"250 2.0.0 OK: queued as CATCHER{number:06d}"
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -180,6 +184,7 @@ class SmtpCatcher:
         self._cond = threading.Condition()
         self._messages: list[CaughtMessage] = []
         self._failures: dict[Stage, _Failure] = {}
+        self._hang_ups_after_data = 0
         self._sessions: set[_Session] = set()
         self._connections = 0
         self._quits = 0
@@ -305,6 +310,7 @@ class SmtpCatcher:
         with self._cond:
             self._messages.clear()
             self._failures.clear()
+            self._hang_ups_after_data = 0
             self._connections = 0
             self._quits = 0
 
@@ -327,6 +333,19 @@ class SmtpCatcher:
                 self._failures[stage] = _Failure(n, f"{code} {message}")
             else:
                 self._failures.pop(stage, None)
+
+    def hang_up_after_data(self, n: int = 1) -> None:
+        """Keep the next ``n`` messages, then hang up instead of answering their DATA:
+        the client cannot tell whether the relay took them."""
+        with self._cond:
+            self._hang_ups_after_data = n
+
+    def _take_hang_up(self) -> bool:
+        with self._cond:
+            if self._hang_ups_after_data <= 0:
+                return False
+            self._hang_ups_after_data -= 1
+            return True
 
     def drop_connections(self) -> int:
         """Hang up on every connected client (as a relay's idle timeout would)."""

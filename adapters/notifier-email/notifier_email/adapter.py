@@ -18,6 +18,7 @@ from aiosmtplib import (
     SMTPException,
     SMTPHeloError,
     SMTPNotSupported,
+    SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponseException,
     SMTPSenderRefused,
@@ -82,6 +83,8 @@ def classify_smtp_error(exc: BaseException) -> DeliveryFailure:
         if first is None:
             return TemporaryFailure("SMTP server refused the recipient")
         return _from_reply(first.code, first.message, "recipient refused", ours=False)
+    if isinstance(exc, SMTPRecipientRefused):
+        return _from_reply(exc.code, exc.message, "recipient refused", ours=False)
     if isinstance(exc, SMTPAuthenticationError):
         return _from_reply(exc.code, exc.message, "SMTP authentication failed", ours=True)
     if isinstance(exc, SMTPConnectResponseError | SMTPHeloError):
@@ -103,6 +106,10 @@ def classify_smtp_error(exc: BaseException) -> DeliveryFailure:
     if isinstance(exc, OSError):  # TLS errors, DNS failures, unreachable networks
         return TemporaryFailure(f"SMTP connection error: {type(exc).__name__}")
     return TemporaryFailure(f"unexpected email error: {type(exc).__name__}")
+
+
+class _AnswerToDataLost(Exception):
+    """The message was sent, but the relay's answer to it never arrived."""
 
 
 class EmailAdapter(Adapter[EmailSettings]):
@@ -149,11 +156,29 @@ class EmailAdapter(Adapter[EmailSettings]):
         sender = self.settings.from_address
 
         async def transaction(client: SMTP) -> str:
-            _refused, reply = await client.sendmail(sender, [recipient], data)
-            return reply
+            # MAIL, RCPT and DATA one by one rather than sendmail(), to know when the
+            # message went out: a refusal up to DATA's answer means nothing was taken,
+            # while a lost answer to DATA means the relay may hold the message.
+            await client.mail(sender)
+            await client.rcpt(recipient)
+            try:
+                response = await client.data(data)
+            except SMTPResponseException:
+                raise  # the relay answered: it refused the message
+            except (TimeoutError, OSError, SMTPException) as exc:
+                raise _AnswerToDataLost(type(exc).__name__) from exc
+            return response.message
 
         try:
             reply = await self._get_pool().run(transaction)
+        except _AnswerToDataLost as exc:
+            # Not a stale session (the pool does not retry this): repeating it now could
+            # deliver twice, so the sender applies the email provider's uncertain policy.
+            raise TemporaryFailure(
+                f"no answer from the SMTP server after the message was sent ({exc})",
+                code="smtp-no-answer-to-data",
+                maybe_sent=True,
+            ) from None
         except Exception as exc:
             failure = classify_smtp_error(exc)
             # Chain only exceptions whose text cannot hold the address (network errors);

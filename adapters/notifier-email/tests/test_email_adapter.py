@@ -393,3 +393,35 @@ def test_health_reports_the_relay(catcher: SmtpCatcher) -> None:
     ok, detail = _run(check(_adapter(_closed_port())))
     assert not ok
     assert "unreachable" in detail
+
+
+def test_a_lost_answer_to_data_is_maybe_sent_and_never_repeated_on_a_new_session(
+    catcher: SmtpCatcher,
+) -> None:
+    # The relay keeps the message but hangs up before its 250: the adapter cannot know
+    # it was taken, so it says "maybe sent" and must not retry it on a fresh session.
+    adapter = _adapter(catcher.port)
+
+    async def scenario() -> None:
+        try:
+            await adapter.send(_message())  # a pooled session, reused below
+            catcher.hang_up_after_data(1)
+            with pytest.raises(TemporaryFailure) as failure:
+                await adapter.send(_message())
+            assert failure.value.maybe_sent
+            assert failure.value.code == "smtp-no-answer-to-data"
+        finally:
+            await adapter.close()
+
+    _run(scenario())
+    assert len(catcher.wait_for(2)) == 2
+    catcher.wait_for_idle(timeout=2.0)
+    assert len(catcher.messages) == 2  # the held message reached the relay once only
+
+
+def test_a_refusal_before_data_is_not_maybe_sent(catcher: SmtpCatcher) -> None:
+    catcher.fail_next(1, code=451, stage="rcpt")
+    with pytest.raises(TemporaryFailure) as failure:
+        _run(_send_all(_adapter(catcher.port), _message()))
+    assert not failure.value.maybe_sent
+    assert catcher.messages == []
