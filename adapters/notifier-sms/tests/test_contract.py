@@ -126,7 +126,9 @@ class TestEsmsContract(AdapterContract):
             # The deprecated ?token= form, wrong; and a right one that a wrong path
             # token does not let through.
             replace(genuine, token=None, query={**genuine.query, "token": "X" + RECEIPT_TOKEN}),
-            replace(genuine, token="X" + RECEIPT_TOKEN, query={**genuine.query, "token": RECEIPT_TOKEN}),
+            replace(
+                genuine, token="X" + RECEIPT_TOKEN, query={**genuine.query, "token": RECEIPT_TOKEN}
+            ),
         ]
 
 
