@@ -409,4 +409,18 @@ def test_speedsms_delivery_reports_and_stop_replies_arrive_by_its_callbacks(
         assert stop.status_code == 200, stop.text
         assert (stop.json()["inbound"], stop.json()["opted_out"]) == (1, 1)
         assert store.is_opted_out(PHONE, "sms")
+        # The same kind of call on the inbound-SMS URL, token in the path; and eSMS's
+        # reply forwarding with the token in the path too.
+        token = providers.receipt_token
+        by_inbound_url = providers.speedsms.send_incoming(
+            "0912345678", "Huy", url=f"{api.base_url}/v1/inbound-sms/speedsms/{token}"
+        )
+        assert by_inbound_url.json() == {"opted_out": True}
+        assert store.is_opted_out("0912345678", "sms")
+        esms_reply = httpx.get(
+            f"{api.base_url}/v1/inbound-sms/esms/{token}",
+            params={"Phone": "0987000111", "Content": "TU CHOI"},
+        )
+        assert esms_reply.json() == {"opted_out": True}
+        assert store.is_opted_out("0987000111", "sms")
     assert rows(pg_database)["sms"]["status"] == "delivered"
