@@ -153,6 +153,10 @@ class ReceiptRequest:
     query: Mapping[str, str]
     body: bytes
     received_at: float  # epoch seconds, for signature time windows
+    # The secret path segment of ``/v1/receipts/<name>/<token>`` (None on the older
+    # ``/v1/receipts/<name>?token=`` form). Gateways that cannot sign their calls are
+    # given the URL with it; see :func:`notifier_sms.base.check_receipt_token`.
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,13 +172,27 @@ class Receipt:
     provider_message_id: str | None = None
     error: str | None = None
     error_code: str | None = None
-    # A value unique to this report (a signature, the provider's event id): a receipt
-    # whose nonce was seen before is refused as a replay.
+    # What identifies this report (a signature, the provider's event id, the message
+    # and the state it reports): a receipt whose nonce was seen before is a duplicate,
+    # acknowledged (providers retry anything else) and not applied again.
     nonce: str | None = None
 
 
+@dataclass(frozen=True)
+class InboundSms:
+    """A citizen's SMS to us, forwarded by the gateway (a reply such as STOP)."""
+
+    phone: str
+    text: str
+
+
 class InvalidReceipt(Exception):
-    """A receipt that fails verification (bad signature or token, stale, malformed)."""
+    """A receipt that fails verification (bad signature or token): answered 403."""
+
+
+class MalformedReceipt(InvalidReceipt):
+    """A verified caller's report that cannot be read (a parameter missing, not a
+    number, given twice): answered 400."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +282,16 @@ class Adapter(abc.ABC, Generic[SettingsT]):
         """Verify a provider's delivery report and read it. Pure: no I/O, so the API can
         call it without the adapter's connections. Raise :class:`InvalidReceipt` to refuse."""
         raise InvalidReceipt(f"adapter {cls.name!r} does not take delivery receipts")
+
+    # Set to True by adapters whose gateway forwards citizens' SMS (replies) to the
+    # same callback; the API then reads them with parse_inbound, and STOP opts out.
+    accepts_inbound: ClassVar[bool] = False
+
+    @classmethod
+    def parse_inbound(cls, settings: SettingsT, request: ReceiptRequest) -> list[InboundSms]:
+        """Verify a gateway's call and read the citizens' messages it forwards (none when
+        the call is a delivery report). Pure, like :meth:`parse_receipt`."""
+        raise InvalidReceipt(f"adapter {cls.name!r} does not forward inbound messages")
 
     async def close(self) -> None:
         """Release pooled connections."""

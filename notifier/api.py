@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from notifier import __version__
-from notifier.adapter import InvalidReceipt, ReceiptRequest
+from notifier.adapter import InvalidReceipt, MalformedReceipt, ReceiptRequest
 from notifier.apikeys import ApiClient, ApiKeys
 from notifier.app import Notifier
 from notifier.deliverylog import MAX_ID, DeliveryLog, DeliveryQuery
@@ -66,6 +66,14 @@ class NotificationPage(BaseModel):
 
 class UnreadCount(BaseModel):
     unread: int
+
+
+class ReceiptAnswer(BaseModel):
+    received: int  # delivery reports in the call
+    applied: int  # deliveries they moved forward
+    duplicates: int = 0  # reports seen before: acknowledged, not applied again
+    inbound: int = 0  # citizens' messages forwarded in the call
+    opted_out: int = 0  # of which asked to stop (STOP, TU CHOI, HUY)
 
 
 class Accepted(BaseModel):
@@ -268,12 +276,30 @@ def create_api(
     receipt_adapters = {
         p.name: p for p in app.registry.all_providers() if p.adapter_class.accepts_receipts
     }
+    # The channels each provider serves here: its receipts touch only their deliveries.
+    served: dict[str, set[str]] = {}
+    for channel_name, channel_providers in app.registry.channels.items():
+        for p in channel_providers:
+            served.setdefault(p.name, set()).add(channel_name)
+    from notifier.optouts import OptOutStore, take_reply
 
-    async def receipt(provider: str, request: Request) -> dict[str, int]:
-        """Delivery reports from providers, verified by each adapter's own scheme."""
+    replies = OptOutStore(app.database, app.settings.recipient_hash_key.get_secret_value())
+
+    async def take_receipt(provider: str, request: Request, token: str | None) -> ReceiptAnswer:
+        """Delivery reports from providers, verified by each adapter's own scheme.
+
+        A duplicate (a report seen before, e.g. a provider's retry after our answer was
+        lost) is answered 200 and not applied again: providers retry anything else, and
+        Zalo may turn off a webhook that keeps failing. Only what fails verification is
+        refused (403); a verified but unreadable report is 400.
+        """
         found = receipt_adapters.get(provider)
         if found is None:
             raise HTTPException(404, "no provider here takes receipts under that name")
+        names = [name for name, _ in request.query_params.multi_items()]
+        if len(names) != len(set(names)):
+            # Which of two SMSIDs is the report's? Neither: refuse rather than guess.
+            raise HTTPException(400, "a query parameter is given more than once")
         body = await _bounded_body(request, 64 * 1024)
         receipt_request = ReceiptRequest(
             method=request.method,
@@ -281,45 +307,94 @@ def create_api(
             query=dict(request.query_params),
             body=body,
             received_at=time.time(),
+            token=token,
         )
+        adapter_class = found.adapter_class
         try:
-            receipts = found.adapter_class.parse_receipt(found.settings, receipt_request)
+            receipts = adapter_class.parse_receipt(found.settings, receipt_request)
+            inbound = (
+                adapter_class.parse_inbound(found.settings, receipt_request)
+                if adapter_class.accepts_inbound
+                else []
+            )
+        except MalformedReceipt as exc:
+            log.warning("receipt refused: malformed", provider=provider, reason=str(exc))
+            raise HTTPException(400, "receipt malformed") from None
         except InvalidReceipt as exc:
             log.warning("receipt refused", provider=provider, reason=str(exc))
             raise HTTPException(403, "receipt refused") from None
+        if token is None and receipts:
+            log.warning(
+                "receipt by the deprecated ?token= URL: give the provider "
+                f"/v1/receipts/{provider}/<token> instead",
+                provider=provider,
+            )
         fresh = [r for r in receipts if r.nonce is None]
         nonces = [r for r in receipts if r.nonce is not None]
         if nonces:
             taken = await asyncio.to_thread(
                 app.deliveries.take_nonces, provider, [r.nonce or "" for r in nonces]
             )
-            if not any(taken):
-                log.warning("receipt refused: replayed", provider=provider)
-                raise HTTPException(409, "receipt already received")
             fresh += [r for r, new in zip(nonces, taken, strict=True) if new]
+        duplicates = len(receipts) - len(fresh)
+        if duplicates:
+            log.info("receipt duplicate acknowledged", provider=provider, count=duplicates)
         applied = 0
         for item in fresh:
-            matched = await asyncio.to_thread(
+            changed = await asyncio.to_thread(
                 app.deliveries.apply_receipt,
                 provider,
+                channels=served.get(provider, set()),
                 delivered=item.delivered,
                 delivery_id=item.delivery_id,
                 provider_message_id=item.provider_message_id,
                 error=item.error,
                 error_code=item.error_code,
             )
-            applied += int(matched)
-        return {"received": len(receipts), "applied": applied}
+            applied += int(changed)
+        opted_out = 0
+        for message in inbound:
+            opted_out += int(
+                await asyncio.to_thread(take_reply, replies, provider, message.phone, message.text)
+            )
+        return ReceiptAnswer(
+            received=len(receipts),
+            applied=applied,
+            duplicates=duplicates,
+            inbound=len(inbound),
+            opted_out=opted_out,
+        )
 
-    # Providers call back with GET (eSMS) or POST (Zalo, webhooks): one handler, two
-    # operations in the OpenAPI document.
+    async def receipt(provider: str, request: Request) -> ReceiptAnswer:
+        """A provider's delivery report; gateways that cannot sign prove themselves with
+        ``?token=`` (deprecated: use ``/v1/receipts/{provider}/{token}``)."""
+        return await take_receipt(provider, request, None)
+
+    async def receipt_with_token(
+        provider: str, token: Annotated[str, Path(max_length=200)], request: Request
+    ) -> ReceiptAnswer:
+        """A provider's delivery report, the shared secret in the path: eSMS appends its
+        own query string to the callback URL, which a ``?token=`` might not survive."""
+        return await take_receipt(provider, request, token)
+
+    # Providers call back with GET (eSMS) or POST (Zalo, SpeedSMS, webhooks): one handler,
+    # two operations in the OpenAPI document, for each URL form.
     for method in ("GET", "POST"):
         api.add_api_route(
             "/v1/receipts/{provider}",
             receipt,
             methods=[method],
+            response_model=ReceiptAnswer,
             tags=["receipts"],
             operation_id=f"receipt_{method.lower()}",
+        )
+        api.add_api_route(
+            "/v1/receipts/{provider}/{token}",
+            receipt_with_token,
+            methods=[method],
+            response_model=ReceiptAnswer,
+            tags=["receipts"],
+            operation_id=f"receipt_with_token_{method.lower()}",
         )
 
     @api.get("/v1/deliveries", tags=["operators"])

@@ -21,7 +21,7 @@ policy for an uncertain send (resend, verify, hold) instead of simply sending.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -459,6 +459,7 @@ class DeliveryStore:
         self,
         provider: str,
         *,
+        channels: Collection[str],
         delivered: bool,
         delivery_id: UUID | None,
         provider_message_id: str | None,
@@ -466,17 +467,41 @@ class DeliveryStore:
         error_code: str | None,
     ) -> bool:
         """Move a sent delivery to delivered, or to permanent-failure when the provider
-        reports it undeliverable. Returns whether a delivery matched."""
+        reports it undeliverable. Returns whether a delivery changed.
+
+        A receipt only touches a delivery of its own provider: one on a channel the provider
+        serves (``channels``) whose accepted attempt was recorded with this ``provider``, and,
+        when both sides know the provider's message id, with the same one. So a
+        gateway (or whoever holds its callback secret) cannot mark another channel's or
+        another gateway's delivery delivered or failed. The attempt row that records the
+        receipt is written only when the status changed: a repeated report adds nothing.
+        """
         d = deliveries.c
+        owned = sa.and_(d.channel.in_(list(channels)), d.provider == provider)
         if delivery_id is not None:
-            match = d.delivery_id == delivery_id
+            match = sa.and_(owned, d.delivery_id == delivery_id)
+            if provider_message_id is not None:
+                # Our reference and the provider's id must name the same message.
+                match = sa.and_(
+                    match,
+                    sa.or_(
+                        d.provider_message_id.is_(None),
+                        d.provider_message_id == provider_message_id,
+                    ),
+                )
         elif provider_message_id is not None:
-            match = sa.and_(d.provider == provider, d.provider_message_id == provider_message_id)
+            match = sa.and_(owned, d.provider_message_id == provider_message_id)
         else:
             return False
         now = utcnow()
         new_status = DeliveryStatus.DELIVERED if delivered else DeliveryStatus.PERMANENT_FAILURE
-        values: dict[str, Any] = {"status": new_status.value, "updated_at": now}
+        values: dict[str, Any] = {
+            "status": new_status.value,
+            "updated_at": now,
+            # Settled: a held delivery's mark no longer stands for an open question.
+            "dispatch_provider": None,
+            "dispatch_attempt": None,
+        }
         if delivered:
             values["delivered_at"] = now
         else:
@@ -485,26 +510,22 @@ class DeliveryStore:
             row = connection.execute(sa.select(d.delivery_id, d.attempts).where(match)).first()
             if row is None:
                 return False
-            # Receipts only move deliveries forward from sent (or sending, when the
-            # receipt overtakes our own record of the send).
-            connection.execute(
+            # Receipts only move deliveries forward from sent or unknown. (A receipt
+            # that overtakes our own record of the send finds the delivery still
+            # "sending", with no provider recorded for this attempt yet: it is not
+            # applied, see
+            # docs/security.md.)
+            changed = connection.execute(
                 sa.update(deliveries)
                 .where(
                     d.delivery_id == row.delivery_id,
-                    # A held (unknown) delivery too: the receipt proves the provider had it.
-                    d.status.in_(
-                        [
-                            s.value
-                            for s in (
-                                DeliveryStatus.SENT,
-                                DeliveryStatus.SENDING,
-                                DeliveryStatus.UNKNOWN,
-                            )
-                        ]
-                    ),
+                    # Sent, or held as unknown: a report proves the provider had it.
+                    d.status.in_([DeliveryStatus.SENT.value, DeliveryStatus.UNKNOWN.value]),
                 )
                 .values(**values)
-            )
+            ).rowcount
+            if not changed:
+                return False
             connection.execute(
                 delivery_attempts.insert().values(
                     delivery_id=row.delivery_id,

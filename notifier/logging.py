@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import structlog
 
-from notifier.masking import scrub
+from notifier.masking import redact_url_secrets, scrub
 
 # Keys whose values are contacts or identifiers: masked whatever they look like.
 _ALWAYS_MASKED = {"phone", "email", "recipient", "citizen_id", "to", "address"}
@@ -29,7 +29,7 @@ def _mask_value(key: str, value: Any) -> Any:
             from notifier.masking import mask_recipient
 
             return mask_recipient(value)
-        return scrub(value)
+        return scrub(redact_url_secrets(value))
     if isinstance(value, dict):
         return {k: _mask_value(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -121,3 +121,25 @@ def recipient_hash(value: str, key: str) -> str:
     """A keyed hash, so the log can be searched by contact without storing it in clear."""
     normalised = normalise_recipient(value).encode()
     return hmac.new(key.encode(), normalised, hashlib.sha256).hexdigest()
+
+
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&](?:token|secret|api_?key|key|password|access_token|refresh_token|signature)=)"
+    r"[^&\s\"']+",
+    re.IGNORECASE,
+)
+# Callback URLs whose last path segment is the gateway's shared token.
+_SECRET_SEGMENT = re.compile(
+    r"(?P<route>/v1/(?:receipts|inbound-sms)/[^/?#\s\"']+/)[^/?#\s\"']+"
+)
+
+
+def redact_url_secrets(text: str) -> str:
+    """Secrets in URLs made unreadable: ``?token=abc`` → ``?token=[redacted]`` (and the
+    other secret-looking parameters), ``/v1/receipts/esms/abc`` →
+    ``/v1/receipts/esms/[redacted]`` (the callback token as a path segment)."""
+    if "/v1/" in text:
+        text = _SECRET_SEGMENT.sub(r"\g<route>[redacted]", text)
+    if "=" in text:
+        text = _SECRET_PARAM.sub(r"\g<name>[redacted]", text)
+    return text

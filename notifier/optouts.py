@@ -12,13 +12,16 @@ Who records one:
   to opt back in), with an API key of scope ``inbox``;
 - operators: ``notifier opt-out add|remove --channel C --recipient R``;
 - the citizen, by replying STOP to an SMS, where the gateway forwards replies (MO
-  messages) to ``/v1/inbound-sms/<provider>?token=<receipt_token>``. The parameter
+  messages) to ``/v1/inbound-sms/<provider>/<receipt_token>`` (the older
+  ``?token=<receipt_token>`` form still works, deprecated). The parameter
   names ``Phone`` and ``Content`` follow eSMS's usual naming and are an assumption:
   no gateway's MO-forwarding document was at hand; check with the gateway before
   relying on it (any of query string, form or JSON body is read, names
   case-insensitive). ``STOP``, ``TU CHOI``/``TUCHOI`` and ``HUY`` (any case, with or
   without diacritics and punctuation) opt the number out of SMS; any other text is
-  acknowledged and ignored.
+  acknowledged and ignored. A gateway whose adapter reads its own format
+  (``accepts_inbound``: SpeedSMS's JSON ``{type: "incoming", phone, content}``) is read
+  by the adapter, here and on its receipts URL alike.
 
 Phone numbers are taken in any written form and kept in the +84 form ingest uses, so
 ``0901 888 484`` and ``+84901888484`` are one citizen.
@@ -29,15 +32,17 @@ Phone numbers are taken in any written form and kept in the +84 form ingest uses
 import hmac
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Annotated, Any
 
 import click
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from notifier.adapter import InvalidReceipt, MalformedReceipt, ReceiptRequest
 from notifier.apikeys import ApiClient, ApiKeys
 from notifier.deliveries import DeliveryStatus, PlannedDelivery
 from notifier.logging import get_logger
@@ -143,6 +148,22 @@ def suppress(planned: list[PlannedDelivery], found: set[tuple[str, str]]) -> lis
     return result
 
 
+def take_reply(store: OptOutStore, provider: str, phone: str, text: str) -> bool:
+    """A citizen's SMS forwarded by ``provider``: STOP words opt the number out of SMS.
+    Returns whether it did; any other text (or a number that is not a Vietnamese
+    mobile) is acknowledged and ignored."""
+    if not is_stop_text(text):
+        log.info("inbound sms ignored: not a stop word", provider=provider)
+        return False
+    try:
+        number = parse_mobile(phone).format(PhoneFormat.E164)
+    except InvalidPhone:
+        log.warning("inbound sms ignored: not a Vietnamese mobile number", provider=provider)
+        return False
+    store.add(number, SMS_CHANNEL, f"sms-stop:{provider}"[:32])
+    return True
+
+
 # -- HTTP ---------------------------------------------------------------------------------
 
 
@@ -227,14 +248,35 @@ def opt_out_routes(app: Any) -> APIRouter:
 
     sms_providers = {p.name: p for p in app.registry.channels.get(SMS_CHANNEL, [])}
 
-    async def inbound_sms(provider: str, request: Request) -> InboundSmsResult:
-        """Replies (MO messages) forwarded by an SMS gateway; ``?token=`` is the gateway's
-        ``receipt_token``. STOP / TU CHOI / HUY opts the sender out of SMS."""
+    async def take_inbound(provider: str, request: Request, token: str | None) -> InboundSmsResult:
         found = sms_providers.get(provider)
         expected = getattr(found.settings, "receipt_token", None) if found else None
-        if expected is None:
+        if found is None or expected is None:
             raise HTTPException(404, "no SMS gateway here forwards replies under that name")
-        given = request.query_params.get("token") or ""
+        adapter_class = found.adapter_class
+        if adapter_class.accepts_inbound:
+            # The gateway's own format (e.g. SpeedSMS's JSON), read by its adapter.
+            body = await request.body()
+            if len(body) > 16 * 1024:
+                raise HTTPException(413, "body over 16384 bytes")
+            call = ReceiptRequest(
+                method=request.method,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                query=dict(request.query_params),
+                body=body,
+                received_at=time.time(),
+                token=token,
+            )
+            try:
+                messages = adapter_class.parse_inbound(found.settings, call)
+            except MalformedReceipt:
+                raise HTTPException(422, "inbound message malformed") from None
+            except InvalidReceipt:
+                log.warning("inbound sms refused", provider=provider)
+                raise HTTPException(403, "inbound message refused") from None
+            stopped = [take_reply(store, provider, m.phone, m.text) for m in messages]
+            return InboundSmsResult(opted_out=any(stopped))
+        given = token if token is not None else request.query_params.get("token") or ""
         if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
             log.warning("inbound sms refused: wrong token", provider=provider)
             raise HTTPException(403, "inbound message refused")
@@ -243,14 +285,23 @@ def opt_out_routes(app: Any) -> APIRouter:
         if not phone:
             raise HTTPException(422, "Phone is missing")
         try:
-            number = parse_mobile(phone).format(PhoneFormat.E164)
+            parse_mobile(phone)
         except InvalidPhone:
             raise HTTPException(422, "Phone is not a Vietnamese mobile number") from None
-        if not is_stop_text(text):
-            log.info("inbound sms ignored: not a stop word", provider=provider)
-            return InboundSmsResult(opted_out=False)
-        store.add(number, SMS_CHANNEL, f"sms-stop:{provider}"[:32])
-        return InboundSmsResult(opted_out=True)
+        return InboundSmsResult(opted_out=take_reply(store, provider, phone, text))
+
+    async def inbound_sms(provider: str, request: Request) -> InboundSmsResult:
+        """Replies (MO messages) forwarded by an SMS gateway; ``?token=`` is the gateway's
+        ``receipt_token`` (deprecated: use ``/v1/inbound-sms/{provider}/{token}``).
+        STOP / TU CHOI / HUY opts the sender out of SMS."""
+        return await take_inbound(provider, request, None)
+
+    async def inbound_sms_with_token(
+        provider: str, token: Annotated[str, Path(max_length=200)], request: Request
+    ) -> InboundSmsResult:
+        """Replies (MO messages) forwarded by an SMS gateway, its ``receipt_token`` in the
+        path. STOP / TU CHOI / HUY opts the sender out of SMS."""
+        return await take_inbound(provider, request, token)
 
     for method in ("GET", "POST"):
         router.add_api_route(
@@ -260,6 +311,14 @@ def opt_out_routes(app: Any) -> APIRouter:
             response_model=InboundSmsResult,
             tags=["opt-outs"],
             operation_id=f"inbound_sms_{method.lower()}",
+        )
+        router.add_api_route(
+            "/v1/inbound-sms/{provider}/{token}",
+            inbound_sms_with_token,
+            methods=[method],
+            response_model=InboundSmsResult,
+            tags=["opt-outs"],
+            operation_id=f"inbound_sms_with_token_{method.lower()}",
         )
     return router
 

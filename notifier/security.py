@@ -13,6 +13,12 @@
   before a route sees it (from ``Content-Length``, or while reading a chunked body).
 - **Values the database refuses** (an id beyond the integer range, a NUL in text)
   are answered 422 rather than 500: a caller's mistake, not a server fault.
+- **Text that is not Unicode**: a JSON body with an unpaired surrogate escape
+  (``"\\ud800"``, valid JSON syntax but no character) is answered 400 before any
+  route sees it, whatever the route (logins, webhooks, opt-outs, searches alike); such
+  text cannot be encoded to UTF-8, so it would fail later, in hashing, the database or
+  the answer. A 422 answer lists what was wrong without echoing the input (which can
+  hold personal data, and bad text).
 - **Headers** on every response, unless the route set its own (the console sets a
   stricter policy for its pages): ``X-Content-Type-Options: nosniff``,
   ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``; ``Cache-Control:
@@ -28,17 +34,19 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import pydantic_core
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from notifier.logging import get_logger
+from notifier.masking import redact_url_secrets
 from notifier.settings import ApiSettings
 
 log = get_logger(__name__)
@@ -171,6 +179,15 @@ class SecurityMiddleware:
             if body is None:
                 await _answer(secured, 413, f"body over {self.max_body} bytes")
                 return
+            if has_unpaired_surrogate(body):
+                log.warning("request refused: unpaired surrogate in the body", path=path)
+                await _answer(
+                    secured,
+                    400,
+                    "the body holds text that is not valid Unicode "
+                    "(an unpaired surrogate escape such as \\ud800)",
+                )
+                return
             receive = _replay(body, receive)
         await self.app(scope, receive, secured)
 
@@ -203,6 +220,31 @@ class SecurityMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def has_unpaired_surrogate(body: bytes) -> bool:
+    """Whether ``body`` is JSON whose text holds an unpaired UTF-16 surrogate.
+
+    Only a ``\\u`` escape can make one (raw bytes that are not UTF-8 fail to decode
+    anyway). pydantic's parser refuses such escapes and Python's ``json`` takes them:
+    a body the first refuses and the second takes is checked by encoding what it holds.
+    """
+    if b"\\u" not in body:
+        return False
+    try:
+        pydantic_core.from_json(body)
+        return False
+    except ValueError:
+        pass
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False  # not JSON at all: the route answers for itself
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -258,21 +300,10 @@ async def _answer(
     await send({"type": "http.response.body", "body": body})
 
 
-_SECRET_PARAM = re.compile(
-    r"(?P<name>[?&](?:token|secret|api_?key|key|password|access_token|refresh_token|signature)=)"
-    r"[^&\s\"']+",
-    re.IGNORECASE,
-)
-
-
-def redact_url_secrets(text: str) -> str:
-    """``?token=abc`` → ``?token=[redacted]`` (and the other secret-looking parameters)."""
-    return _SECRET_PARAM.sub(r"\g<name>[redacted]", text)
-
-
 class RedactUrlSecrets(logging.Filter):
-    """Redacts secrets in URLs a library logs: uvicorn's access log prints the query
-    string, where eSMS receipts and forwarded SMS replies carry the shared token."""
+    """Redacts secrets in URLs a library logs: uvicorn's access log prints the path and
+    query string, where gateways' receipts and forwarded SMS replies carry the shared
+    token (``/v1/receipts/esms/<token>``, the deprecated ``?token=``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
@@ -312,6 +343,25 @@ async def _value_out_of_range(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, without echoing the input: what was sent may hold personal data,
+    and text that cannot be encoded (the answer would fail as a 500)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {
+            "type": _printable(error.get("type", "")),
+            "loc": [p if isinstance(p, int) else _printable(p) for p in error.get("loc", ())],
+            "msg": _printable(error.get("msg", "")),
+        }
+        for error in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _printable(value: Any) -> str:
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
 def secure_api(api: Any, app: Any) -> None:
     """Install :class:`SecurityMiddleware` on ``create_api``'s FastAPI app for ``app``
     (the :class:`notifier.app.Notifier`), and keep secrets in URLs out of the logs."""
@@ -319,6 +369,7 @@ def secure_api(api: Any, app: Any) -> None:
 
     redact_library_urls()
     api.add_exception_handler(DataError, _value_out_of_range)
+    api.add_exception_handler(RequestValidationError, _invalid_request)
     keys = ApiKeys(app.database)
     api.add_middleware(
         SecurityMiddleware,

@@ -50,7 +50,17 @@ SECRET_PARAM = re.compile(
     re.IGNORECASE,
 )
 _PLUS_IN_DIGITS = re.compile(r"(?<=\d)\+(?=\d)")
-PATTERNS = {"phone": PHONE, "email": EMAIL, "citizen id": CITIZEN_ID, "secret": SECRET_PARAM}
+# A gateway's callback token as the last path segment (/v1/receipts/esms/<token>).
+SECRET_SEGMENT = re.compile(
+    r"/v1/(?:receipts|inbound-sms)/[^/?#\s\"']+/(?!\[redacted\])[^/?#\s\"']+"
+)
+PATTERNS = {
+    "phone": PHONE,
+    "email": EMAIL,
+    "citizen id": CITIZEN_ID,
+    "secret": SECRET_PARAM,
+    "secret path": SECRET_SEGMENT,
+}
 
 
 def find_personal_data(text: str, safe: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
@@ -89,6 +99,7 @@ def _masked_line(line: str) -> str:
     # Never echo what was found, even in a failure message (CI logs are kept too).
     masked = scrub(line)
     masked = SECRET_PARAM.sub(lambda m: m.group(0).split("=", 1)[0] + "=[hidden]", masked)
+    masked = SECRET_SEGMENT.sub(lambda m: m.group(0).rsplit("/", 1)[0] + "/[hidden]", masked)
     return masked[:400]
 
 

@@ -678,7 +678,13 @@ def test_the_webhook_package_is_routed_to_by_configuration_alone(
     # Receipts: the forged one is refused, the signed one marks the delivery delivered.
     assert forged.status_code == 403
     assert genuine.status_code == 200
-    assert genuine.json() == {"received": 1, "applied": 1}
+    assert genuine.json() == {
+        "received": 1,
+        "applied": 1,
+        "duplicates": 0,
+        "inbound": 0,
+        "opted_out": 0,
+    }
     [after] = [r for r in final if r["channel"] == "app_push"]
     assert after["status"] == "delivered"
 

@@ -243,6 +243,7 @@ def test_receipts_move_sent_deliveries_forward_only(database: Database) -> None:
 
     assert store.apply_receipt(
         "gw",
+        channels={"sms", "zalo"},
         delivered=True,
         delivery_id=None,
         provider_message_id=f"p-{sent_id}",
@@ -251,6 +252,7 @@ def test_receipts_move_sent_deliveries_forward_only(database: Database) -> None:
     )
     assert store.apply_receipt(
         "gw",
+        channels={"sms", "zalo"},
         delivered=False,
         delivery_id=failed_id,
         provider_message_id=None,
@@ -259,6 +261,7 @@ def test_receipts_move_sent_deliveries_forward_only(database: Database) -> None:
     )
     assert not store.apply_receipt(
         "gw",
+        channels={"sms", "zalo"},
         delivered=True,
         delivery_id=None,
         provider_message_id="unknown",
@@ -268,6 +271,7 @@ def test_receipts_move_sent_deliveries_forward_only(database: Database) -> None:
     # A late "failed" receipt cannot undo a delivered one.
     store.apply_receipt(
         "gw",
+        channels={"sms", "zalo"},
         delivered=False,
         delivery_id=sent_id,
         provider_message_id=None,
@@ -279,6 +283,98 @@ def test_receipts_move_sent_deliveries_forward_only(database: Database) -> None:
         by_id = {row.delivery_id: row.status for row in rows}
     assert by_id[sent_id] == "delivered"
     assert by_id[failed_id] == "permanent-failure"
+
+
+def _send_each(store: DeliveryStore, sent_by: dict[uuid.UUID, tuple[str, str | None]]) -> None:
+    """Record each delivery as sent by (provider, provider message id)."""
+    claims = store.claim(list(sent_by), timedelta(seconds=60)).claimed
+    store.finish_attempts(
+        [
+            AttemptRecord(
+                c,
+                DeliveryStatus.SENT,
+                sent_by[c.delivery_id][0],
+                datetime.now(UTC),
+                provider_message_id=sent_by[c.delivery_id][1],
+            )
+            for c in claims
+        ]
+    )
+
+
+def _statuses(database: Database) -> dict[uuid.UUID, str]:
+    with database.engine.connect() as connection:
+        rows = connection.execute(sa.select(deliveries.c.delivery_id, deliveries.c.status))
+        return {row.delivery_id: row.status for row in rows}
+
+
+def _receipt_rows(database: Database) -> int:
+    with database.engine.connect() as connection:
+        return len(
+            connection.execute(
+                sa.select(delivery_attempts.c.outcome).where(
+                    delivery_attempts.c.outcome.like("receipt:%")
+                )
+            ).all()
+        )
+
+
+def test_a_receipt_naming_another_providers_delivery_is_not_applied(database: Database) -> None:
+    store = DeliveryStore(database)
+    _event, [email_id, zalo_id, sms_id] = record_event(database, ["email", "zalo", "sms"])
+    _send_each(
+        store,
+        {
+            email_id: ("email", None),
+            zalo_id: ("zalo", "zalo-msg-1"),
+            sms_id: ("esms", "esms-smsid-1"),
+        },
+    )
+
+    def esms_says(delivery_id: uuid.UUID, sms_id: str | None, *, delivered: bool) -> bool:
+        return store.apply_receipt(
+            "esms",
+            channels={"sms"},
+            delivered=delivered,
+            delivery_id=delivery_id,
+            provider_message_id=sms_id,
+            error=None,
+            error_code=None,
+        )
+
+    # eSMS (or whoever holds its callback token) names the email and the Zalo message.
+    assert not esms_says(email_id, None, delivered=False)
+    assert not esms_says(zalo_id, "zalo-msg-1", delivered=True)
+    # A correctly signed Zalo webhook names the email delivery.
+    assert not store.apply_receipt(
+        "zalo",
+        channels={"zalo"},
+        delivered=True,
+        delivery_id=email_id,
+        provider_message_id="zalo-msg-9",
+        error=None,
+        error_code=None,
+    )
+    # Another gateway of the same channel, or eSMS with another message's SMSID.
+    assert not store.apply_receipt(
+        "speedsms",
+        channels={"sms"},
+        delivered=True,
+        delivery_id=None,
+        provider_message_id="esms-smsid-1",
+        error=None,
+        error_code=None,
+    )
+    assert not esms_says(sms_id, "esms-smsid-2", delivered=False)
+    assert _statuses(database) == {email_id: "sent", zalo_id: "sent", sms_id: "sent"}
+    assert _receipt_rows(database) == 0
+
+    # Its own delivery, by our reference and its id: applied once, recorded once.
+    assert esms_says(sms_id, "esms-smsid-1", delivered=True)
+    assert not esms_says(sms_id, "esms-smsid-1", delivered=True)
+    assert not esms_says(sms_id, None, delivered=False)
+    assert _statuses(database)[sms_id] == "delivered"
+    assert _receipt_rows(database) == 1
 
 
 def test_inbox_stores_a_group_at_once_keeping_earlier_notifications(database: Database) -> None:

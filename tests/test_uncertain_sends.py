@@ -250,3 +250,35 @@ def test_an_admin_marks_an_unknown_delivery_sent_without_a_send(tmp_path: Path) 
     assert MailA.sent == []
     assert [o for o, _p, _e in attempts(app)] == ["unknown", "resolved:mark-sent"]
     assert rows(app)[0]["dispatch_provider"] is None
+
+
+def test_a_delivery_report_from_its_provider_settles_an_unknown_delivery(
+    tmp_path: Path,
+) -> None:
+    # The provider had the held message after all: its report ends the question, so no
+    # admin has to decide, and a report from a provider that was not called changes nothing.
+    app = build_app(tmp_path)
+    delivery_id = held(app)
+    assert not app.deliveries.apply_receipt(
+        "mail_b",
+        channels={"email"},
+        delivered=True,
+        delivery_id=delivery_id,
+        provider_message_id=None,
+        error=None,
+        error_code=None,
+    )
+    assert status_of(app, delivery_id)["status"] == "unknown"
+    assert app.deliveries.apply_receipt(
+        "mail_a",
+        channels={"email"},
+        delivered=True,
+        delivery_id=delivery_id,
+        provider_message_id=None,
+        error=None,
+        error_code=None,
+    )
+    row = status_of(app, delivery_id)
+    assert row["status"] == "delivered"
+    assert row["dispatch_provider"] is None
+    assert MailA.sent == []

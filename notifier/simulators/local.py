@@ -45,7 +45,9 @@ class LocalProviders:
 
     def settings_overrides(self, receipts_base: str | None = None) -> dict[str, Any]:
         """``channels`` and ``adapters`` settings for these simulators. With
-        ``receipts_base`` (the API's URL), eSMS is told where to send delivery reports."""
+        ``receipts_base`` (the API's URL), eSMS is told where to send delivery reports
+        (with each message), and SpeedSMS's callback URL is set (as an operator would
+        in its dashboard)."""
         esms: dict[str, Any] = {
             "api_key": self.esms.api_key,
             "secret_key": self.esms.secret_key,
@@ -55,6 +57,9 @@ class LocalProviders:
         }
         if receipts_base:
             esms["callback_url"] = f"{receipts_base}/v1/receipts/esms"
+            self.speedsms.callback_url = (
+                f"{receipts_base}/v1/receipts/speedsms/{self.receipt_token}"
+            )
         return {
             "channels": {"sms": {"providers": ["esms", "speedsms"]}},
             "adapters": {
@@ -64,6 +69,7 @@ class LocalProviders:
                     "access_token": self.speedsms.access_token,
                     "base_url": self.speedsms.base_url,
                     "brandname": "CONG DVC",
+                    "receipt_token": self.receipt_token,
                 },
                 "zalo": {
                     "app_id": self.zalo.app_id,

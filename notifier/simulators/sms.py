@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar, cast
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
@@ -610,7 +610,9 @@ class EsmsSimulator(_GatewaySimulator):
         timeout: float = 5.0,
     ) -> httpx.Response:
         """Call the message's CallbackUrl (or ``url``) as eSMS does: HTTP GET with the
-        report in the query string (added to the URL's own query, e.g. ``token``).
+        report as a query string appended to the URL, the way the samples in eSMS's
+        docs show it (``https://{{yourportalreceivecallback}}?SMSID=...``). A URL that
+        already has a query (the deprecated ``?token=``) gets ``&...`` instead.
 
         ``message``: an accepted :class:`SentSms`, or its SMSID or RequestId. By default
         a delivered report (SendStatus 5, SendSuccess 1); ``send_status=4`` rejected,
@@ -621,8 +623,7 @@ class EsmsSimulator(_GatewaySimulator):
         if target is None:
             raise ValueError("the message has no CallbackUrl; pass url=")
         params = self.report_params(sent, send_status=send_status, success=success, failed=failed)
-        # Merged into the URL's own query (httpx's params= would replace it).
-        full_url = httpx.URL(target).copy_merge_params(params)
+        full_url = target + ("&" if "?" in target else "?") + urlencode(params)
         with httpx.Client(timeout=timeout) as client:
             return client.get(full_url)
 
@@ -644,6 +645,14 @@ class SpeedSmsSimulator(_GatewaySimulator):
     limit; a request without allowance gets HTTP 429 ``{"name": "Too Many Requests",
     ...}`` with ``X-Rate-Limit-Reset`` (seconds to wait: the window, as SpeedSMS's
     framework answers) and spends what allowance had come back.
+
+    Callbacks, as SpeedSMS makes them to the one URL set in its dashboard
+    (``callback_url``): :meth:`send_report` POSTs a delivery status ``{"type":
+    "report", "tranId", "phone", "status"}`` (0 delivered, 1-63 still trying, 64 and
+    above failed), :meth:`send_incoming` an incoming SMS ``{"type": "incoming",
+    "phone", "content"}``. ``auto_report_after_s`` reports each accepted message
+    delivered after that delay. The shapes follow public clients (see
+    adapters/notifier-sms/README.md): unverified against SpeedSMS itself.
     """
 
     gateway: ClassVar[str] = "speedsms"
@@ -662,12 +671,17 @@ class SpeedSmsSimulator(_GatewaySimulator):
         latency_s: float = 0.0,
         rate_limit: int | None = 60,
         rate_window_s: float = 60.0,
+        callback_url: str | None = None,
+        auto_report_after_s: float | None = None,
     ) -> None:
         super().__init__(host, port, latency_s=latency_s)
         self.access_token = access_token
         self.balance = balance
         self.rate_limit = rate_limit
         self.rate_window_s = rate_window_s
+        self.callback_url = callback_url
+        self.auto_report_after_s = auto_report_after_s
+        self.report_errors: list[str] = []  # auto reports that failed (type names)
         self._tran_id = 0
         self._allowance = float(rate_limit or 0)
         self._allowance_at = time.monotonic()
@@ -677,6 +691,7 @@ class SpeedSmsSimulator(_GatewaySimulator):
         self._allowance = float(self.rate_limit or 0)
         self._allowance_at = time.monotonic()
         self.rate_limited = 0
+        self.report_errors.clear()
 
     def _over_limit(self) -> _Answer | None:
         limit = self.rate_limit
@@ -706,6 +721,58 @@ class SpeedSmsSimulator(_GatewaySimulator):
                 )
             self._allowance = allowance - 1
         return None
+
+    # -- callbacks -------------------------------------------------------------------
+
+    def find(self, tran_id: str) -> SentSms:
+        """The accepted message with this tranId."""
+        for message in self.messages:
+            if message.provider_id == str(tran_id):
+                return message
+        raise KeyError("no accepted message has that tranId")
+
+    def report_body(self, message: SentSms, *, status: int = 0) -> dict[str, Any]:
+        """The JSON of SpeedSMS's delivery-status callback for ``message``."""
+        return {
+            "type": "report",
+            "tranId": int(message.provider_id),
+            "phone": message.phone,
+            "status": status,
+        }
+
+    def send_report(
+        self,
+        message: SentSms | str,
+        *,
+        status: int = 0,
+        url: str | None = None,
+        timeout: float = 5.0,
+    ) -> httpx.Response:
+        """POST the delivery status of ``message`` (a :class:`SentSms` or its tranId) to
+        ``url`` or the dashboard's ``callback_url``: 0 delivered, 64+ failed."""
+        sent = self.find(message) if isinstance(message, str) else message
+        return self._post(url, self.report_body(sent, status=status), timeout)
+
+    def send_incoming(
+        self, phone: str, content: str, *, url: str | None = None, timeout: float = 5.0
+    ) -> httpx.Response:
+        """POST an SMS a citizen sent to our number (a reply such as "STOP")."""
+        document = {"type": "incoming", "phone": phone, "content": content}
+        return self._post(url, document, timeout)
+
+    def _post(self, url: str | None, document: dict[str, Any], timeout: float) -> httpx.Response:
+        target = url or self.callback_url
+        if target is None:
+            raise ValueError("no callback URL: set callback_url (the dashboard's) or pass url=")
+        with httpx.Client(timeout=timeout) as client:
+            return client.post(target, json=document)
+
+    def _auto_report(self, message: SentSms) -> None:
+        try:
+            self.send_report(message)
+        except Exception as exc:  # recorded for the test or demo to see
+            with self._cond:
+                self.report_errors.append(type(exc).__name__)
 
     def _route(self, request: ReceivedRequest) -> _Route | None:
         path = request.path.rstrip("/")
@@ -781,22 +848,28 @@ class SpeedSmsSimulator(_GatewaySimulator):
             self._tran_id += 1
             tran_id = self._tran_id
         now = time.time()
-        for phone in valid:
-            self._accept(
-                SentSms(
-                    gateway=self.gateway,
-                    provider_id=str(tran_id),
-                    phone=phone,
-                    content=content,
-                    brandname=sender,
-                    request_id=None,
-                    is_unicode=segments.encoding == "ucs2",
-                    sms_type=str(sms_type),
-                    sandbox=False,
-                    callback_url=None,
-                    accepted_at=now,
-                )
+        accepted = [
+            SentSms(
+                gateway=self.gateway,
+                provider_id=str(tran_id),
+                phone=phone,
+                content=content,
+                brandname=sender,
+                request_id=None,
+                is_unicode=segments.encoding == "ucs2",
+                sms_type=str(sms_type),
+                sandbox=False,
+                callback_url=self.callback_url,
+                accepted_at=now,
             )
+            for phone in valid
+        ]
+        for message in accepted:
+            self._accept(message)
+            if self.auto_report_after_s is not None and self.callback_url is not None:
+                timer = threading.Timer(self.auto_report_after_s, self._auto_report, (message,))
+                timer.daemon = True
+                timer.start()
         total = segments.segments * len(valid)
         return _Answer.of_json(
             {

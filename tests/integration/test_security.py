@@ -166,7 +166,7 @@ def test_an_account_sees_only_its_own_notifications(pg_url: str, pg_database: Da
 # -- webhooks -----------------------------------------------------------------------------
 
 
-def test_unsigned_stale_and_replayed_webhooks_are_refused(
+def test_only_unsigned_webhooks_are_refused_and_signed_repeats_get_200_once_applied(
     pg_url: str, pg_database: Database, providers: LocalProviders
 ) -> None:
     app = local_app(pg_url, providers)
@@ -178,25 +178,47 @@ def test_unsigned_stale_and_replayed_webhooks_are_refused(
         query = {"SMSID": "1", "SendStatus": "5", "SendSuccess": "1", "RequestId": tracking}
         assert httpx.get(f"{receipts}/esms", params=query).status_code == 403
         assert httpx.get(f"{receipts}/esms", params={**query, "token": ""}).status_code == 403
-        # Zalo: no signature header.
-        body, headers = zalo.build_receipt(tracking)
+        assert httpx.get(f"{receipts}/esms/wrong-token-0123456789", params=query).status_code == 403
+        # Zalo: no signature header, or a wrong one.
+        body, headers = zalo.build_receipt(tracking, msg_id="zalo-msg-1")
         assert httpx.post(f"{receipts}/zalo", content=body).status_code == 403
-        # Correctly signed, but stamped an hour ago: outside the window (10 minutes).
-        old_ms = int((time.time() - 3600) * 1000)
-        stale_body, stale_headers = zalo.build_receipt(tracking, timestamp_ms=old_ms)
-        assert (
-            httpx.post(f"{receipts}/zalo", content=stale_body, headers=stale_headers).status_code
-            == 403
+        forged = {**headers, "X-ZEvent-Signature": "mac=" + "0" * 64}
+        assert httpx.post(f"{receipts}/zalo", content=body, headers=forged).status_code == 403
+        # Correctly signed, stamped five hours ago (a retry keeping the first timestamp):
+        # taken. (It names no delivery here: received, not applied.)
+        late_ms = int((time.time() - 5 * 3600) * 1000)
+        late_body, late_headers = zalo.build_receipt(
+            tracking, msg_id="zalo-msg-1", timestamp_ms=late_ms
         )
-        # Fresh and signed: taken once, then refused as a replay.
-        assert httpx.post(f"{receipts}/zalo", content=body, headers=headers).status_code == 200
-        assert httpx.post(f"{receipts}/zalo", content=body, headers=headers).status_code == 409
-        # Retention deletes old nonces; by then the receipt is far outside its window,
-        # so the replay is still refused (by its timestamp, not by the nonce).
+        late = httpx.post(f"{receipts}/zalo", content=late_body, headers=late_headers)
+        assert late.status_code == 200, late.text
+        assert late.json()["received"] == 1
+        # The same report again, as Zalo retries it: 200, a duplicate, whether signed
+        # with the first timestamp or a new one.
+        for again_body, again_headers in ((late_body, late_headers), (body, headers)):
+            again = httpx.post(f"{receipts}/zalo", content=again_body, headers=again_headers)
+            assert again.status_code == 200
+            assert again.json() == {
+                "received": 1,
+                "applied": 0,
+                "duplicates": 1,
+                "inbound": 0,
+                "opted_out": 0,
+            }
+        # Signed two days ago: past the window (24 h), acknowledged and ignored.
+        old_ms = int((time.time() - 2 * 86_400) * 1000)
+        old_body, old_headers = zalo.build_receipt(str(uuid.uuid4()), timestamp_ms=old_ms)
+        old = httpx.post(f"{receipts}/zalo", content=old_body, headers=old_headers)
+        assert (old.status_code, old.json()["received"]) == (200, 0)
+        # Retention deletes old nonces only once they are past twice the window, so a
+        # repeat that could still be taken is always recognised.
+        report = Retention.for_app(app).purge(now=utcnow() + timedelta(days=1))
+        assert report.nonces == 0
         report = Retention.for_app(app).purge(now=utcnow() + timedelta(days=8))
         assert report.nonces == 1
     app.close()
-    # The same replay after the purge, as the provider's clock would have it then.
+    # The same webhook after the purge, as the provider's clock would have it then:
+    # outside the window, so read as nothing.
     app = local_app(pg_url, providers)
     adapter = next(p for p in app.registry.all_providers() if p.name == "zalo")
     request = ReceiptRequest(
@@ -206,8 +228,62 @@ def test_unsigned_stale_and_replayed_webhooks_are_refused(
         body=body,
         received_at=time.time() + 8 * 86_400,
     )
-    with pytest.raises(InvalidReceipt, match="away from now"):
-        adapter.adapter_class.parse_receipt(adapter.settings, request)
+    assert adapter.adapter_class.parse_receipt(adapter.settings, request) == []
+    with pytest.raises(InvalidReceipt):
+        adapter.adapter_class.parse_receipt(
+            adapter.settings, ReceiptRequest("POST", {}, {}, body, time.time())
+        )
+    app.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/receipts/zalo", b'{"app_id": "1", "timestamp": "\\ud800", "x": 1}'),
+        ("POST", "/v1/opt-outs", b'{"channel": "sms", "recipient": "\\ud800"}'),
+        ("DELETE", "/v1/opt-outs", b'{"channel": "sms", "recipient": "09\\udfff"}'),
+        ("POST", "/v1/deliveries/search", b'{"dossier_code": "A\\ud800"}'),
+        ("POST", "/v1/deliveries/search", b'{"page": "\\ud800"}'),
+        ("POST", "/v1/events", b'{"event_id": "\\ud800"}'),
+    ],
+)
+def test_text_that_is_not_unicode_gets_a_4xx_on_every_route(
+    pg_url: str,
+    pg_database: Database,
+    providers: LocalProviders,
+    method: str,
+    path: str,
+    body: bytes,
+) -> None:
+    app = local_app(pg_url, providers)
+    key = ApiKeys(app.database).create("all", ["inbox", "operator", "publish"], [])
+    with ServedApi(create_api(app, submit=lambda _body: None)) as api:
+        headers = {**bearer(key), "Content-Type": "application/json"}
+        answer = httpx.request(method, f"{api.base_url}{path}", content=body, headers=headers)
+        assert answer.status_code == 400, answer.text
+        assert "not valid Unicode" in answer.json()["detail"]
+    app.close()
+
+
+def test_escaped_text_that_is_unicode_still_passes_and_a_422_echoes_no_input(
+    pg_url: str, pg_database: Database, providers: LocalProviders
+) -> None:
+    app = local_app(pg_url, providers)
+    key = ApiKeys(app.database).create("portal", ["inbox"], [])
+    with ServedApi(create_api(app)) as api:
+        url = f"{api.base_url}/v1/opt-outs"
+        headers = {**bearer(key), "Content-Type": "application/json"}
+        # A pair of surrogate escapes is one character; an escaped backslash is text.
+        for text in ('"Khai \\ud83d\\ude00"', '"\\\\ud800 as written"'):
+            body = ('{"channel": "email", "recipient": ' + text + "}").encode()
+            answer = httpx.post(url, content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+        # A refused value is not sent back: it may be personal data (or bad text).
+        too_long = {"channel": "sms", "recipient": "0901888484" * 40}
+        answer = httpx.post(url, json=too_long, headers=headers)
+        assert answer.status_code == 422
+        assert "0901888484" not in answer.text
+        assert answer.json()["detail"][0]["loc"] == ["body", "recipient"]
     app.close()
 
 
@@ -300,7 +376,8 @@ def test_an_opted_out_channel_is_suppressed_and_stop_replies_opt_out(
         stop = {"Phone": "84912345678", "Content": "  Từ Chối! "}
         assert httpx.get(inbound, params=stop).status_code == 403  # no token
         assert httpx.get(inbound, params={**stop, "token": "x" * 24}).status_code == 403
-        assert httpx.get(f"{base}/v1/inbound-sms/speedsms", params=stop).status_code == 404
+        assert httpx.get(f"{base}/v1/inbound-sms/speedsms", params=stop).status_code == 403
+        assert httpx.get(f"{base}/v1/inbound-sms/email", params=stop).status_code == 404
         assert not store.is_opted_out(OTHER_PHONE, "sms")
         chat = {
             "Phone": "0912345678",

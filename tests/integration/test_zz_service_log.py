@@ -118,6 +118,8 @@ def test_nothing_personal_was_logged_in_clear(service_log: Path) -> None:
         "GET /v1/inbox/030192007788/notifications HTTP/1.1",
         "GET /v1/inbox/vneid-030192007788/unread-count HTTP/1.1",
         "GET /v1/inbox/0987000111/stream HTTP/1.1",
+        "GET /v1/receipts/esms/abcdef123456?SMSID=1&SendStatus=5",
+        "POST /v1/inbound-sms/speedsms/abcdef123456",
     ],
 )
 def test_the_scan_finds_personal_data_in_any_form(clear: str) -> None:
@@ -144,6 +146,8 @@ def test_the_scan_passes_what_the_service_logs_safely() -> None:
         "GET /v1/inbox/*********788/notifications HTTP/1.1",
         "GET /v1/opt-outs?phone=********111&note=100%25 HTTP/1.1",
         "GET /v1/reports?from=2026-11-01T00%3A00%3A00%2B07%3A00 HTTP/1.1",
+        redact_url_secrets('"GET /v1/receipts/esms/abc123?SMSID=1&SendStatus=5 HTTP/1.1" 200'),
+        "/v1/receipts/zalo",
     ]
     for value in safe:
         assert find_personal_data(json.dumps({"event": value})) == [], value

@@ -59,7 +59,7 @@ __all__ = [
 # Brandnames (sender ids) are registered with the carriers: at most 11 characters,
 # printable ASCII (letters, digits, a few punctuation marks in practice).
 _BRANDNAME = re.compile(r"[\x20-\x7e]{1,11}")
-# The receipt token travels in a query string: URL-safe characters only.
+# The receipt token travels in a URL path: URL-safe characters only.
 _TOKEN = re.compile(r"[A-Za-z0-9._~\-]{16,200}")
 
 # Punctuation that word processors put in templates and that GSM-7 lacks: mapped to
@@ -141,7 +141,8 @@ class SmsSettings(AdapterSettings):
     max_segments: int = Field(default=3, ge=1, le=10)
     timeout_s: float = Field(default=10.0, gt=0, le=120)
     max_connections: int = Field(default=10, ge=1, le=500)
-    # Shared secret for delivery-report callbacks (query parameter ``token``).
+    # Shared secret for the gateway's callbacks: the last path segment of
+    # /v1/receipts/<name>/<token> (and /v1/inbound-sms/<name>/<token>).
     receipt_token: SecretStr | None = None
 
     @field_validator("brandname")
@@ -228,11 +229,14 @@ def read_json(response: httpx.Response) -> Any:
 
 
 def check_receipt_token(settings: SmsSettings, request: ReceiptRequest) -> None:
-    """Require ``?token=<receipt_token>`` on a callback, compared in constant time."""
+    """Require the receipt token, compared in constant time: as the path segment of
+    ``/v1/receipts/<name>/<token>``, or (deprecated) as ``?token=`` on
+    ``/v1/receipts/<name>``. The path form survives a gateway appending its own query
+    string to the URL (eSMS does); a ``?token=`` may not."""
     expected = settings.receipt_token
     if expected is None:
         raise InvalidReceipt("receipts are not enabled: set receipt_token")
-    given = request.query.get("token")
+    given = request.token if request.token is not None else request.query.get("token")
     if given is None:
         raise InvalidReceipt("missing token")
     if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):

@@ -12,8 +12,16 @@
   shape: our malformed request, an operator alert, never the citizen's failure.
 - Delivery reports: eSMS calls ``CallbackUrl`` with HTTP GET and query parameters
   (``SMSID``, ``SendStatus``, ``SendSuccess``, ``SendFailed``, ``RequestId``...). They
-  carry no signature, so the URL carries our secret: ``?token=<receipt_token>``,
-  which :meth:`EsmsAdapter.parse_receipt` checks in constant time.
+  carry no signature, so the URL carries our secret as its last path segment:
+  ``<callback_url>/<receipt_token>``, which :meth:`EsmsAdapter.parse_receipt` checks
+  in constant time. A path segment, because eSMS appends its own query string to the
+  URL (the docs' samples show ``https://{{yourportalreceivecallback}}?SMSID=...``):
+  a ``?token=`` of ours might not survive that. The older ``?token=`` form is still
+  accepted, deprecated.
+- A report is identified by the message and the state it reports (``SMSID`` or
+  ``RequestId``, and ``SendStatus``): the same report again, whatever else it says
+  (other counts, parameters we do not read), is a duplicate. A parameter given twice
+  makes the report ambiguous: refused (400).
 
 Source: eSMS developer docs (devesms/gitbook_esms_for_develop_v2: esms-api/ham-gui-tin/
 tin-nhan-sms-otp-cskh.md, esms-api/callback-url.md, esms-api/bang-ma-loi.md).
@@ -31,7 +39,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from notifier.adapter import (
     DeliveryFailure,
     Health,
-    InvalidReceipt,
+    MalformedReceipt,
     PermanentFailure,
     Receipt,
     ReceiptRequest,
@@ -117,7 +125,7 @@ class EsmsSettings(SmsSettings):
     # Sandbox "1": eSMS checks the request but sends and bills nothing.
     sandbox: bool = False
     # Our receipts endpoint, without the token: https://<api>/v1/receipts/esms
-    # (the adapter adds ?token=<receipt_token> to what it sends eSMS).
+    # (the adapter adds /<receipt_token> to what it sends eSMS).
     callback_url: str | None = None
 
     @field_validator("base_url")
@@ -131,9 +139,14 @@ class EsmsSettings(SmsSettings):
         if value is None or not value.strip():
             return None
         value = check_http_url(value)
-        if "token" in httpx.URL(value).params:
-            raise ValueError("must not carry the token: set receipt_token, the adapter adds it")
-        return value
+        url = httpx.URL(value)
+        if url.query:
+            # eSMS appends "?SMSID=..." to the URL: a query of ours would be garbled.
+            raise ValueError(
+                "must not have a query string (no ?token=): set receipt_token, the "
+                "adapter adds it as the last path segment"
+            )
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _callback_needs_token(self) -> Self:
@@ -179,14 +192,11 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
         return self.settings.base_url
 
     def callback_url(self) -> str | None:
-        """The CallbackUrl sent with each message: our endpoint plus ``?token=``."""
+        """The CallbackUrl sent with each message: our endpoint plus ``/<token>``."""
         settings = self.settings
         if settings.callback_url is None or settings.receipt_token is None:
             return None
-        url = httpx.URL(settings.callback_url).copy_merge_params(
-            {"token": settings.receipt_token.get_secret_value()}
-        )
-        return str(url)
+        return f"{settings.callback_url}/{settings.receipt_token.get_secret_value()}"
 
     async def submit(self, client: httpx.AsyncClient, sms: PreparedSms) -> GatewayAccepted:
         settings = self.settings
@@ -255,16 +265,17 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
         query = request.query
         status = (query.get("SendStatus") or "").strip()
         if not status.isdigit():
-            raise InvalidReceipt("SendStatus missing or not a number")
+            raise MalformedReceipt("SendStatus missing or not a number")
         success = _count(query, "SendSuccess")
         failed = _count(query, "SendFailed")
         delivery_id = _uuid(query.get("RequestId"))
         sms_id = (query.get("SMSID") or "").strip() or None
         if delivery_id is None and sms_id is None:
-            raise InvalidReceipt("neither RequestId nor SMSID")
-        # eSMS signs nothing, so a report is known by what it says: the same report for
-        # the same message twice is a replay (a later report with news is not).
-        nonce = f"{sms_id or delivery_id}:{status}:{success}:{failed}"
+            raise MalformedReceipt("neither RequestId nor SMSID")
+        # eSMS signs nothing, so a report is known by what it is about: this message
+        # (both ids, as given) in this state. eSMS reports each state once; the same
+        # message and state again is a retry or a replay, whatever its counts say.
+        nonce = f"esms:{sms_id or ''}:{delivery_id or ''}:{status}"
         if status == _DONE and success >= 1:
             return [
                 Receipt(
@@ -294,7 +305,7 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
 def _count(query: Mapping[str, str], name: str) -> int:
     value = (query.get(name) or "0").strip()
     if not value.isdigit():
-        raise InvalidReceipt(f"{name} is not a number")
+        raise MalformedReceipt(f"{name} is not a number")
     return int(value)
 
 

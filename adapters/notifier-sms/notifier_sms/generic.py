@@ -19,8 +19,9 @@ Everything is settings (``NOTIFIER_ADAPTERS__HTTP_SMS__*``):
 
 Delivery receipts (optional): POSTed JSON (an object or a list of objects) signed
 with HMAC-SHA256 over the raw body in ``receipt_signature_header`` (hex, optionally
-``sha256=`` first) with ``receipt_secret``; or, for gateways that cannot sign,
-``?token=<receipt_token>`` in the callback URL. Field paths and status values are
+``sha256=`` first) with ``receipt_secret``; or, for gateways that cannot sign, the
+token as the last path segment of the callback URL, ``/v1/receipts/http_sms/<token>``
+(``?token=<receipt_token>`` still accepted, deprecated). Field paths and status values are
 settings too (``receipt_*``).
 """
 

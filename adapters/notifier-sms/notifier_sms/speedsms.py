@@ -5,10 +5,20 @@ Answers: ``{"status": "success", "code": "00", "data": {"tranId": ..., "totalSMS
 "totalPrice": ..., "invalidPhone": []}}`` or ``{"status": "error", "code": "...",
 "message": "...", "invalidPhone": [...]}``.
 
+Callbacks (set one URL in SpeedSMS's dashboard:
+``https://<api>/v1/receipts/speedsms/<receipt_token>``): SpeedSMS POSTs JSON, a
+delivery status ``{"type": "report", "tranId", "phone", "status"}`` (``status`` 0:
+delivered; 1 to 63: not yet, the carrier still tries; 64 and above: failed) or an
+incoming SMS ``{"type": "incoming", "phone", "content"}``. A report is matched by
+``tranId``, the provider message id we recorded (one number per request, so one
+delivery per tranId); an incoming STOP opts the number out of SMS. SpeedSMS signs
+neither, so the token in the path is the proof. **Unverified**: these shapes come from
+public clients (alexzvn/speedsms-api, src/Callback/Status.php and Incoming.php; the
+``type`` values and the status ranges from a public C# integration), not from
+SpeedSMS's API page; see the README.
+
 Limits of this gateway, as far as its public API goes:
 
-- **No delivery receipts**: ``accepts_receipts`` is False; deliveries through SpeedSMS
-  stay "sent".
 - **No idempotency key**: SpeedSMS takes no reference of ours, so a retry after a lost
   answer (a read timeout) may send the SMS twice. Put SpeedSMS after eSMS in the
   failover order when that matters.
@@ -21,6 +31,7 @@ Source: SpeedSMS's API page (speedsms.vn/sms-api, "Rate limit" and "Error Codes"
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, ClassVar
 
@@ -30,8 +41,12 @@ from pydantic import Field, SecretStr, field_validator
 from notifier.adapter import (
     DeliveryFailure,
     Health,
+    InboundSms,
+    MalformedReceipt,
     PermanentFailure,
     RateLimit,
+    Receipt,
+    ReceiptRequest,
     TemporaryFailure,
 )
 from notifier.adapter_http import parse_retry_after, retry_after, status_failure
@@ -43,6 +58,7 @@ from .base import (
     SmsAdapterBase,
     SmsSettings,
     check_http_url,
+    check_receipt_token,
     gateway_text,
     json_path,
     read_json,
@@ -57,6 +73,11 @@ __all__ = [
 ]
 
 SEND_PATH = "/sms/send"
+# Callback types and delivery statuses (unverified: see the module's text).
+REPORT_TYPE = "report"
+INCOMING_TYPE = "incoming"
+DELIVERED_STATUS = 0
+FAILED_FROM_STATUS = 64
 USER_INFO_PATH = "/user/info"
 SUCCESS = "00"
 # Sent with a 429: seconds until the request allowance is back (the docs say to read it).
@@ -111,14 +132,17 @@ def classify_speedsms_code(code: str, message: Any = None) -> DeliveryFailure:
 
 
 class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
-    """SMS through SpeedSMS. Takes no delivery receipts (the API has no callback we
-    can verify) and no idempotency key (a retry after a lost answer may duplicate)."""
+    """SMS through SpeedSMS, with delivery-status and incoming-SMS callbacks (token in
+    the URL path). No idempotency key: a retry after a lost answer may duplicate."""
 
     name: ClassVar[str] = "speedsms"
-    description: ClassVar[str] = "SpeedSMS brandname SMS (no delivery receipts)"
+    description: ClassVar[str] = (
+        "SpeedSMS brandname SMS: delivery reports and STOP replies by callback"
+    )
     settings_model = SpeedSmsSettings
     gateway_label: ClassVar[str] = "SpeedSMS"
-    accepts_receipts: ClassVar[bool] = False
+    accepts_receipts: ClassVar[bool] = True
+    accepts_inbound: ClassVar[bool] = True
     # SpeedSMS allows 60 requests in 60 seconds per account. Its 429 answer is that of
     # a refilling allowance (one request a second back, up to 60 saved up); the burst is
     # kept at 10 because each worker process has its own (see docs/reliability.md).
@@ -139,6 +163,48 @@ class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
             if seconds is not None:
                 return seconds
         return retry_after(response)
+
+    @classmethod
+    def parse_receipt(cls, settings: SpeedSmsSettings, request: ReceiptRequest) -> list[Receipt]:
+        """A delivery-status callback as at most one receipt (none for an incoming SMS,
+        or a status that is not final yet)."""
+        document = _callback(settings, request)
+        if _type(document) == INCOMING_TYPE or "tranId" not in document:
+            return []
+        tran_id = _text(document.get("tranId"))
+        status = document.get("status")
+        if isinstance(status, str) and status.strip().lstrip("-").isdigit():
+            status = int(status)
+        if not tran_id or isinstance(status, bool) or not isinstance(status, int):
+            raise MalformedReceipt("a report needs tranId and a numeric status")
+        # No signature: the report is known by the message and the state it reports.
+        nonce = f"speedsms:{tran_id}:{status}"
+        if status == DELIVERED_STATUS:
+            return [Receipt(delivered=True, provider_message_id=tran_id, nonce=nonce)]
+        if status >= FAILED_FROM_STATUS:
+            return [
+                Receipt(
+                    delivered=False,
+                    provider_message_id=tran_id,
+                    error="SpeedSMS reported it undelivered",
+                    error_code=f"status={status}",
+                    nonce=nonce,
+                )
+            ]
+        return []  # 1-63: the carrier is still trying; the final report follows
+
+    @classmethod
+    def parse_inbound(cls, settings: SpeedSmsSettings, request: ReceiptRequest) -> list[InboundSms]:
+        """An incoming-SMS callback as one message (none for a delivery report)."""
+        document = _callback(settings, request)
+        if _type(document) != INCOMING_TYPE and "tranId" in document:
+            return []
+        if _type(document) != INCOMING_TYPE:
+            raise MalformedReceipt("neither a delivery report nor an incoming SMS")
+        phone, content = _text(document.get("phone")), _text(document.get("content"))
+        if not phone:
+            raise MalformedReceipt("an incoming SMS needs the sender's phone")
+        return [InboundSms(phone=phone, text=content)]
 
     def base_url(self) -> str:
         return self.settings.base_url
@@ -193,3 +259,27 @@ class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
             return Health(ok=False, detail=str(failure))
         balance = gateway_text(json_path(document, "data.balance"), 30)
         return Health(ok=True, detail=f"balance {balance}")
+
+
+def _callback(settings: SpeedSmsSettings, request: ReceiptRequest) -> dict[str, Any]:
+    """The token checked, the JSON object of a SpeedSMS callback."""
+    check_receipt_token(settings, request)
+    if request.method.upper() != "POST":
+        raise MalformedReceipt("SpeedSMS callbacks are POSTed JSON")
+    try:
+        document = json.loads(request.body)
+    except ValueError:
+        raise MalformedReceipt("body is not JSON") from None
+    if not isinstance(document, dict):
+        raise MalformedReceipt("body is not a JSON object")
+    return document
+
+
+def _type(document: dict[str, Any]) -> str:
+    return _text(document.get("type")).lower()
+
+
+def _text(value: Any) -> str:
+    if value is None or isinstance(value, dict | list | bool):
+        return ""
+    return str(value).strip()

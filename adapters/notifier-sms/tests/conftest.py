@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 
@@ -68,7 +68,8 @@ def speedsms() -> Iterator[SpeedSmsSimulator]:
 
 class ReceiptCatcher:
     """A stand-in for ``notifier api``'s receipts endpoint: keeps each call as the
-    :class:`ReceiptRequest` the API would hand to ``parse_receipt``."""
+    :class:`ReceiptRequest` the API would hand to ``parse_receipt`` (the last segment of
+    ``/v1/receipts/<name>/<token>`` as its ``token``; ``paths`` keeps the route)."""
 
     def __init__(self) -> None:
         self.received: list[ReceiptRequest] = []
@@ -89,16 +90,21 @@ class ReceiptCatcher:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 split = urlsplit(self.path)
+                route, token = split.path, None
+                parts = split.path.split("/")
+                if len(parts) == 5 and parts[1:3] == ["v1", "receipts"]:
+                    route, token = "/".join(parts[:4]), unquote(parts[4])
                 request = ReceiptRequest(
                     method=self.command,
                     headers={k.lower(): v for k, v in self.headers.items()},
                     query=dict(parse_qsl(split.query, keep_blank_values=True)),
                     body=body,
                     received_at=time.time(),
+                    token=token,
                 )
                 with catcher._lock:
                     catcher.received.append(request)
-                    catcher.paths.append(split.path)
+                    catcher.paths.append(route)
                 answer = b'{"received": 1}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

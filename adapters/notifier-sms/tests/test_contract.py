@@ -93,12 +93,12 @@ class TestEsmsContract(AdapterContract):
         return messages[-1].request_id if messages else None
 
     def valid_receipt(self, settings: Any, delivery_id: uuid.UUID) -> ReceiptRequest:
-        """eSMS's delivery report: a GET to CallbackUrl (which holds our token)."""
+        """eSMS's delivery report: a GET to CallbackUrl (its last path segment is our
+        token)."""
         return ReceiptRequest(
             method="GET",
             headers={},
             query={
-                "token": settings.receipt_token.get_secret_value(),
                 "SMSID": uuid.uuid4().hex,
                 "SendFailed": "0",
                 "SendStatus": "5",
@@ -114,14 +114,21 @@ class TestEsmsContract(AdapterContract):
             },
             body=b"",
             received_at=time.time(),
+            token=settings.receipt_token.get_secret_value(),
         )
 
     def forged_receipts(self, settings: Any, delivery_id: uuid.UUID) -> list[ReceiptRequest]:
         genuine = self.valid_receipt(settings, delivery_id)
         return [
             *super().forged_receipts(settings, delivery_id),  # no token at all
-            replace(genuine, query={**genuine.query, "token": RECEIPT_TOKEN[:-1] + "X"}),
-            replace(genuine, query={**genuine.query, "token": ""}),
+            replace(genuine, token=RECEIPT_TOKEN[:-1] + "X"),
+            replace(genuine, token=""),
+            # The deprecated ?token= form, wrong; and a right one that a wrong path
+            # token does not let through.
+            replace(genuine, token=None, query={**genuine.query, "token": "X" + RECEIPT_TOKEN}),
+            replace(
+                genuine, token="X" + RECEIPT_TOKEN, query={**genuine.query, "token": RECEIPT_TOKEN}
+            ),
         ]
 
 
@@ -144,12 +151,35 @@ class TestSpeedSmsContract(AdapterContract):
             "access_token": SPEEDSMS_TOKEN,
             "brandname": BRANDNAME,
             "timeout_s": TIMEOUT_S,
+            "receipt_token": RECEIPT_TOKEN,
         }
+
+    def valid_receipt(self, settings: Any, delivery_id: uuid.UUID) -> ReceiptRequest:
+        """SpeedSMS's delivery-status callback: JSON POSTed to the dashboard's URL (its
+        last path segment is our token), naming the message by tranId."""
+        body = json.dumps({"type": "report", "tranId": 4021, "phone": "84901888484", "status": 0})
+        return ReceiptRequest(
+            method="POST",
+            headers={"content-type": "application/json"},
+            query={},
+            body=body.encode(),
+            received_at=time.time(),
+            token=settings.receipt_token.get_secret_value(),
+        )
+
+    def forged_receipts(self, settings: Any, delivery_id: uuid.UUID) -> list[ReceiptRequest]:
+        genuine = self.valid_receipt(settings, delivery_id)
+        return [
+            *super().forged_receipts(settings, delivery_id),  # no token at all
+            replace(genuine, token=RECEIPT_TOKEN[:-1] + "X"),
+            replace(genuine, token=""),
+        ]
 
     def invalid_settings(self) -> list[dict[str, Any]]:
         return [
             {"base_url": "not a url"},
             {"brandname": ""},
+            {"receipt_token": "short"},
             {"sms_type": 0},
             {"max_connections": 0},
         ]

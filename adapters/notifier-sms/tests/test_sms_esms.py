@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Coroutine
+from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from notifier.adapter import (
     AdapterContext,
     DeliveryFailure,
     InvalidReceipt,
+    MalformedReceipt,
     OutboundMessage,
     PermanentFailure,
     ReceiptRequest,
@@ -140,17 +142,28 @@ def test_sandbox_flag(esms, context, make_message) -> None:
     assert result.details["sandbox"] is True
 
 
-def test_callback_url_carries_the_receipt_token(esms, context, make_message) -> None:
+def test_callback_url_carries_the_receipt_token_as_its_last_path_segment(
+    esms, context, make_message
+) -> None:
     adapter = _adapter(
         esms,
         context,
-        callback_url="https://notifier.example.vn/v1/receipts/esms",
+        callback_url="https://notifier.example.vn/v1/receipts/esms/",
         receipt_token=TOKEN,
     )
     _send_one(adapter, make_message())
+    # No query string of ours: eSMS appends "?SMSID=..." to the URL as given.
     assert esms.messages[0].callback_url == (
-        f"https://notifier.example.vn/v1/receipts/esms?token={TOKEN}"
+        f"https://notifier.example.vn/v1/receipts/esms/{TOKEN}"
     )
+
+
+def test_a_callback_url_with_a_query_string_is_refused_in_settings() -> None:
+    with pytest.raises(ValidationError, match="query string"):
+        EsmsSettings(
+            brandname=BRANDNAME, api_key="k", secret_key="s", receipt_token=TOKEN,  # type: ignore[arg-type]
+            callback_url="https://notifier.example.vn/v1/receipts/esms?token=abc",
+        )
 
 
 def test_concurrent_sends_share_one_client(esms, context, make_message) -> None:
@@ -413,7 +426,8 @@ def test_delivery_report_end_to_end(esms, context, make_message, receipt_catcher
     [request] = receipt_catcher.received
     assert request.method == "GET"
     assert receipt_catcher.paths == ["/v1/receipts/esms"]
-    assert request.query["token"] == TOKEN
+    assert request.token == TOKEN
+    assert "token" not in request.query
     receipts = EsmsAdapter.parse_receipt(adapter.settings, request)
     assert len(receipts) == 1
     assert receipts[0].delivered is True
@@ -490,6 +504,38 @@ def test_report_without_request_id_matches_by_smsid() -> None:
 def test_bad_reports_are_refused(query) -> None:
     with pytest.raises(InvalidReceipt):
         EsmsAdapter.parse_receipt(_receipt_settings(), _report(**query))
+
+
+def test_the_token_in_the_path_proves_a_report_and_the_old_query_form_still_does() -> None:
+    report = {"SMSID": "abc", "SendStatus": "5", "SendSuccess": "1", "SendFailed": "0"}
+    by_path = replace(_report(**report), token=TOKEN)
+    by_query = _report(token=TOKEN, **report)
+    assert EsmsAdapter.parse_receipt(_receipt_settings(), by_path)[0].delivered
+    assert EsmsAdapter.parse_receipt(_receipt_settings(), by_query)[0].delivered
+    # A wrong token in the path is not saved by a right one in the query.
+    both = replace(by_query, token="wrong-token-0123456789")
+    with pytest.raises(InvalidReceipt):
+        EsmsAdapter.parse_receipt(_receipt_settings(), both)
+
+
+def test_a_report_with_other_counts_or_extra_parameters_is_the_same_report() -> None:
+    report = {"token": TOKEN, "SMSID": "abc", "SendStatus": "5", "SendSuccess": "1",
+              "SendFailed": "0", "RequestId": str(uuid.uuid4())}
+    [first] = EsmsAdapter.parse_receipt(_receipt_settings(), _report(**report))
+    [again] = EsmsAdapter.parse_receipt(
+        _receipt_settings(), _report(**{**report, "SendSuccess": "2", "extra": "x"})
+    )
+    assert first.nonce == again.nonce
+    # A later state of the same message is news: another report.
+    [rejected] = EsmsAdapter.parse_receipt(
+        _receipt_settings(), _report(**{**report, "SendStatus": "4"})
+    )
+    assert rejected.nonce != first.nonce
+
+
+def test_an_unreadable_report_from_a_verified_caller_is_malformed_not_forged() -> None:
+    with pytest.raises(MalformedReceipt):
+        EsmsAdapter.parse_receipt(_receipt_settings(), _report(token=TOKEN, SMSID="abc"))
 
 
 def test_reports_are_refused_without_a_configured_token() -> None:

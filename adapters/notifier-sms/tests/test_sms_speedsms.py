@@ -16,6 +16,7 @@ from notifier.adapter import (
     AdapterContext,
     DeliveryFailure,
     InvalidReceipt,
+    MalformedReceipt,
     OutboundMessage,
     PermanentFailure,
     ReceiptRequest,
@@ -224,12 +225,81 @@ def test_too_long_text_is_refused_before_any_request(speedsms, context, make_mes
     assert speedsms.request_count == 0
 
 
-def test_takes_no_receipts() -> None:
-    assert SpeedSmsAdapter.accepts_receipts is False
-    settings = SpeedSmsSettings(brandname=BRANDNAME, access_token="t")  # type: ignore[arg-type]
-    request = ReceiptRequest(method="GET", headers={}, query={}, body=b"", received_at=time.time())
+TOKEN = "speedsms-receipt-token-0123456789"
+
+
+def test_delivery_status_callbacks_are_read_as_receipts_by_tran_id(
+    speedsms, context, make_message, receipt_catcher
+) -> None:
+    assert SpeedSmsAdapter.accepts_receipts is True
+    adapter = _adapter(speedsms, context, receipt_token=TOKEN)
+    result = _send_one(adapter, make_message())
+    [sms] = speedsms.messages
+    url = receipt_catcher.url.replace("/esms", "/speedsms") + "/" + TOKEN
+    assert speedsms.send_report(sms, url=url).status_code == 200
+    assert speedsms.send_report(sms, status=64, url=url).status_code == 200
+    assert speedsms.send_report(sms, status=3, url=url).status_code == 200
+    delivered, failed, trying = (
+        SpeedSmsAdapter.parse_receipt(adapter.settings, r) for r in receipt_catcher.received
+    )
+    assert receipt_catcher.paths[0] == "/v1/receipts/speedsms"
+    assert [(r.delivered, r.provider_message_id) for r in delivered] == [
+        (True, result.provider_message_id)
+    ]
+    assert [(r.delivered, r.error_code) for r in failed] == [(False, "status=64")]
+    assert trying == []  # 1-63: the carrier still tries
+    assert delivered[0].nonce != failed[0].nonce
+    # Not an incoming SMS.
+    assert SpeedSmsAdapter.parse_inbound(adapter.settings, receipt_catcher.received[0]) == []
+
+
+def test_incoming_sms_callbacks_are_read_as_inbound_messages(
+    speedsms, receipt_catcher
+) -> None:
+    settings = SpeedSmsSettings(brandname=BRANDNAME, access_token="t", receipt_token=TOKEN)  # type: ignore[arg-type]
+    url = receipt_catcher.url.replace("/esms", "/speedsms") + "/" + TOKEN
+    assert speedsms.send_incoming("84912345678", "STOP", url=url).status_code == 200
+    [request] = receipt_catcher.received
+    [message] = SpeedSmsAdapter.parse_inbound(settings, request)
+    assert (message.phone, message.text) == ("84912345678", "STOP")
+    assert SpeedSmsAdapter.parse_receipt(settings, request) == []
+
+
+def test_speedsms_callbacks_need_the_token() -> None:
+    settings = SpeedSmsSettings(brandname=BRANDNAME, access_token="t", receipt_token=TOKEN)  # type: ignore[arg-type]
+    body = b'{"type": "report", "tranId": 7, "phone": "84901888484", "status": 0}'
+    for token in (None, "", TOKEN[:-1] + "X"):
+        request = ReceiptRequest("POST", {}, {}, body, time.time(), token=token)
+        with pytest.raises(InvalidReceipt):
+            SpeedSmsAdapter.parse_receipt(settings, request)
+        with pytest.raises(InvalidReceipt):
+            SpeedSmsAdapter.parse_inbound(settings, request)
+    unset = SpeedSmsSettings(brandname=BRANDNAME, access_token="t")  # type: ignore[arg-type]
     with pytest.raises(InvalidReceipt):
+        SpeedSmsAdapter.parse_receipt(unset, ReceiptRequest("POST", {}, {}, body, 0, token=TOKEN))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1]",
+        b'{"type": "report", "tranId": 7, "status": "delivered"}',
+        b'{"type": "report", "tranId": "", "status": 0}',
+        b'{"type": "incoming", "content": "STOP"}',
+        b'{"type": "something else"}',
+    ],
+)
+def test_unreadable_speedsms_callbacks_are_malformed(body: bytes) -> None:
+    settings = SpeedSmsSettings(brandname=BRANDNAME, access_token="t", receipt_token=TOKEN)  # type: ignore[arg-type]
+    request = ReceiptRequest("POST", {}, {}, body, time.time(), token=TOKEN)
+
+    def read_as_the_api_does() -> None:  # both readings of one callback (notifier.api)
         SpeedSmsAdapter.parse_receipt(settings, request)
+        SpeedSmsAdapter.parse_inbound(settings, request)
+
+    with pytest.raises(MalformedReceipt):
+        read_as_the_api_does()
 
 
 def test_health(speedsms, context) -> None:

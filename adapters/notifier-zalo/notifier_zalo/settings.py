@@ -67,11 +67,12 @@ class ZaloSettings(AdapterSettings):
     param_limits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PARAM_LIMITS))
     quota_error_codes: tuple[int, ...] = QUOTA_ERROR_CODES
 
-    # Delivery webhooks older (or further in the future) than this are refused.
-    # Zalo retries a webhook after 30 s, 5, 15, 30 and 60 min; if a retry carries the
-    # original timestamp, retries after this age are refused (receipts are idempotent,
-    # so raising it to 3900 to accept them all is safe).
-    receipt_max_age_s: float = Field(default=600.0, gt=0, le=7 * 86_400)
+    # Correctly signed delivery webhooks older (or further in the future) than this are
+    # acknowledged and ignored. Zalo retries after 30 s, 5, 15, 30 and 60 min (a blog
+    # reports retries for 12 h); a retry may keep the first timestamp, so the default
+    # covers a day. Receipt nonces are kept at least twice this long (retention), so
+    # a repeat inside the window is always recognised.
+    receipt_max_age_s: float = Field(default=86_400.0, gt=0, le=7 * 86_400)
 
     @field_validator("app_secret", "oa_secret_key")
     @classmethod

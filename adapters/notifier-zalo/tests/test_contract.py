@@ -86,7 +86,7 @@ def delivered_event(app_id: str, delivery_id: uuid.UUID) -> dict[str, Any]:
 class TestZaloContract(AdapterContract):
     adapter_class = ZaloZnsAdapter
     templates_dir = REPO / "config" / "templates"
-    receipt_max_age_s = 600
+    receipt_max_age_s = 86_400
 
     @contextmanager
     def provider(self) -> Iterator[ZaloSimulator]:

@@ -127,7 +127,7 @@ def test_settings_keep_secrets_out_of_repr() -> None:
     assert settings.token_name == "zalo"
     assert settings.refresh_margin_s == 600
     assert settings.max_param_length == 100
-    assert settings.receipt_max_age_s == 600
+    assert settings.receipt_max_age_s == 86_400
     with pytest.raises(ValidationError):
         ZaloSettings(app_id="1", app_secret="s", unknown_key=1)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
