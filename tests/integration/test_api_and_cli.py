@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from tests.support import (
     ServedApi,
     notifier_env,
     rabbit_settings,
+    run_on_terminal,
     wait_until,
 )
 
@@ -181,6 +183,50 @@ def test_publish_reports_events_nobody_receives(app: Notifier, smtp: SmtpCatcher
     result = CliRunner().invoke(main, ["publish", "-"], input=json.dumps(sample_event(1)), env=env)
     assert result.exit_code == 1
     assert "confirmed 0, failed 1" in result.output
+
+
+def test_publish_of_a_large_file_shows_a_progress_bar_on_a_terminal(
+    app: Notifier, tmp_path: Path
+) -> None:
+    env = notifier_env(app.settings, NOTIFIER_LOG_LEVEL="WARNING")
+    assert CliRunner().invoke(main, ["broker", "setup"], env=env).exit_code == 0
+    file = tmp_path / "events.jsonl"
+    file.write_text(
+        "".join(
+            json.dumps(sample_event(i, event_id=uuid.uuid4()), ensure_ascii=False) + "\n"
+            for i in range(300)
+        ),
+        encoding="utf-8",
+    )
+    output = run_on_terminal(["publish", str(file)], env)
+    assert re.search(r"publishing\s+\[#+\]\s+300/300", output), output
+    assert output.splitlines()[-1].strip() == "confirmed 300, failed 0"
+
+
+def test_publish_with_json_or_piped_prints_only_a_parseable_summary(
+    app: Notifier, tmp_path: Path
+) -> None:
+    env = notifier_env(app.settings, NOTIFIER_LOG_LEVEL="WARNING")
+    assert CliRunner().invoke(main, ["broker", "setup"], env=env).exit_code == 0
+    file = tmp_path / "events.jsonl"
+    file.write_text(
+        "".join(json.dumps(sample_event(i, event_id=uuid.uuid4())) + "\n" for i in range(5)),
+        encoding="utf-8",
+    )
+    piped = subprocess.run(
+        [sys.executable, "-m", "notifier.cli", "publish", str(file)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "publishing" not in piped.stdout + piped.stderr
+    assert piped.stdout == "confirmed 5, failed 0\n"
+    as_json = run_on_terminal(["publish", "--json", str(file)], env)  # even on a terminal
+    assert "publishing" not in as_json
+    assert json.loads(as_json.splitlines()[-1]) == {"confirmed": 5, "failed": []}
 
 
 def test_adapters_lists_settings_without_secret_values() -> None:
