@@ -8,6 +8,7 @@ they run last and in the order they are written in."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -39,6 +40,17 @@ def service_log() -> Iterator[Path]:
         problem = scan_service_log(path, frozenset(_PASSED))
         if problem is not None:
             pytest.fail(f"service log scan ({path}): {problem}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _root_log_level_restored() -> Iterator[None]:
+    """A CLI command a test runs in-process sets the root logger's level from its
+    settings (``NOTIFIER_LOG_LEVEL=WARNING``, say); put the session's back after each
+    test, so no later test's records are silently dropped from the service log."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
 
 
 _PASSED: set[str] = set()  # names of the test functions that passed in this session
