@@ -139,18 +139,35 @@ def _read_events(stream: TextIO) -> Iterator[str]:
 
 @main.command()
 @click.argument("file", type=click.File("r", encoding="utf-8"))
-def publish(file: TextIO) -> None:
-    """Publish events from FILE (a JSON object, array or JSON Lines; - for stdin)."""
+@click.option("--json", "as_json", is_flag=True, help="The summary as JSON, no progress bar.")
+def publish(file: TextIO, as_json: bool) -> None:
+    """Publish events from FILE (a JSON object, array or JSON Lines; - for stdin).
+
+    On a terminal a progress bar shows how far it got; piped or with --json, only the
+    summary is printed at the end."""
+    from notifier.progress import counted
     from notifier.publisher import EventPublisher
 
     settings = _settings()
     if not settings.uses_rabbitmq:
         raise click.ClickException("publish needs RabbitMQ: set NOTIFIER_BROKER_URL=amqp://...")
+    documents = list(_read_events(file))
     with EventPublisher(settings.broker_url, settings.events) as publisher:
-        report = publisher.publish_many(_read_events(file))
-    click.echo(f"confirmed {report.confirmed}, failed {len(report.failed)}")
-    for label, why in report.failed:
-        click.echo(f"  not published: {label}: {why}", err=True)
+        report = publisher.publish_many(counted(documents, "publishing", as_json=as_json))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "confirmed": report.confirmed,
+                    "failed": [{"event": label, "why": why} for label, why in report.failed],
+                },
+                ensure_ascii=False,
+            )
+        )
+    else:
+        click.echo(f"confirmed {report.confirmed}, failed {len(report.failed)}")
+        for label, why in report.failed:
+            click.echo(f"  not published: {label}: {why}", err=True)
     if report.failed:
         sys.exit(1)
 

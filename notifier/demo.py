@@ -1,16 +1,22 @@
 """``notifier demo``: the whole path in one process on the embedded default.
 
 SQLite for storage, Dramatiq's in-process broker, a local SMTP catcher standing in
-for the mail server; sample events go in, deliveries come out, the log is printed,
-and the portal inbox API is served until Ctrl-C (or the demo exits with ``--exit``).
+for the mail server; sample events (dated just before now, so the console's figures
+read like a live service's) go in, deliveries come out, the log is printed, and the
+API and the operators' console are served until Ctrl-C (or the demo exits with
+``--exit``), with a console account made for the demo and its sign-in printed once.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from dramatiq import Worker
@@ -20,7 +26,13 @@ from notifier.samples import sample_events
 from notifier.settings import load_settings
 from notifier.simulators.local import LocalProviders
 
+if TYPE_CHECKING:
+    from notifier.app import Notifier
+
 _UNFINISHED = {"queued", "sending", "temporary-failure"}
+DEMO_OPERATOR = "demo"
+# The samples occur this far apart, ending just before they are submitted.
+SAMPLE_SPACING = timedelta(milliseconds=10)
 
 
 def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
@@ -62,7 +74,10 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
             )
             click.echo(f"  zalo     local Zalo ZNS {providers.zalo.base_url}\n")
             started = time.monotonic()
-            for event in sample_events(count):
+            # Dated just before now: the console's "median time to send" then shows the
+            # demo's own latency, not the age of a fixed sample date.
+            start = datetime.now(UTC) - count * SAMPLE_SPACING
+            for event in sample_events(count, start=start, step=SAMPLE_SPACING):
                 app.submit(json.dumps(event, ensure_ascii=False).encode(), source="demo")
             log = DeliveryLog(app.database, settings.recipient_hash_key.get_secret_value())
             counts = _wait_until_done(log, timeout_s=60 + count * 0.5)
@@ -88,7 +103,7 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
             ok = total > 0 and set(counts) <= {"sent", "delivered"}
             if exit_after:
                 return 0 if ok else 1
-            _serve_inbox(app, port)
+            _serve(app, port)
             return 0 if ok else 1
         finally:
             worker.stop()
@@ -110,19 +125,46 @@ def _wait_until_done(log: DeliveryLog, timeout_s: float) -> Counter[str]:
     return Counter(log.status_counts())
 
 
-def _serve_inbox(app: object, port: int) -> None:
-    import uvicorn
+@dataclass(frozen=True)
+class DemoServing:
+    """What the demo serves once its events are sent: the API with the console, and the
+    lines telling a newcomer how to reach it (holding the sign-in, printed once)."""
 
+    api: Any  # the FastAPI application
+    instructions: list[str]
+
+
+def prepare_serving(app: Notifier, port: int) -> DemoServing:
+    """The API and console for the demo's database, an API key for curl, and a console
+    admin account ``demo`` with a fresh random password. The password is in the
+    instructions only: never logged, stored as its scrypt hash like any other."""
     from notifier.api import create_api
     from notifier.apikeys import ApiKeys
-    from notifier.app import Notifier
+    from notifier.operators import OperatorStore, Role
 
-    assert isinstance(app, Notifier)
     key = ApiKeys(app.database).create("demo", ["inbox", "operator", "publish"], [])
+    password = secrets.token_urlsafe(12)
+    OperatorStore(app.database).add(DEMO_OPERATOR, password, Role.ADMIN)
     base = f"http://127.0.0.1:{port}"
-    click.echo(f"\nPortal inbox API on {base} (OpenAPI: {base}/docs). Try:")
-    click.echo(f"  curl -H 'Authorization: Bearer {key}' {base}/v1/inbox/acc-1/notifications")
-    click.echo(f"  curl -H 'Authorization: Bearer {key}' {base}/v1/inbox/acc-1/unread-count")
-    click.echo(f"  curl -H 'Authorization: Bearer {key}' '{base}/v1/deliveries?channel=email'")
-    click.echo("Ctrl-C to stop.")
-    uvicorn.run(create_api(app), host="127.0.0.1", port=port, log_level="warning")
+    instructions = [
+        "",
+        f"Operators' console: {base}/console/",
+        f"  sign in as {DEMO_OPERATOR!r} with the password {password}",
+        "  (made for this demo and shown only here; the demo's database is new each run)",
+        "",
+        f"Portal inbox API on {base} (OpenAPI: {base}/docs). Try:",
+        f"  curl -H 'Authorization: Bearer {key}' {base}/v1/inbox/acc-1/notifications",
+        f"  curl -H 'Authorization: Bearer {key}' {base}/v1/inbox/acc-1/unread-count",
+        f"  curl -H 'Authorization: Bearer {key}' '{base}/v1/deliveries?channel=email'",
+        "Ctrl-C to stop.",
+    ]
+    return DemoServing(create_api(app), instructions)
+
+
+def _serve(app: Notifier, port: int) -> None:
+    import uvicorn
+
+    serving = prepare_serving(app, port)
+    for line in serving.instructions:
+        click.echo(line)
+    uvicorn.run(serving.api, host="127.0.0.1", port=port, log_level="warning")

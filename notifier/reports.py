@@ -69,6 +69,15 @@ def parse_moment(text: str, tz: tzinfo) -> tuple[datetime, bool]:
     return (moment if moment.tzinfo else moment.replace(tzinfo=tz)), False
 
 
+DEFAULT_REPORT_DAYS = 30
+
+
+def default_report_days(today: date, days: int = DEFAULT_REPORT_DAYS) -> tuple[str, str]:
+    """The range a report opens on: the last ``days`` days, today included, as the ISO
+    dates of its first day and of its end (excluded: tomorrow)."""
+    return (today - timedelta(days=days - 1)).isoformat(), (today + timedelta(days=1)).isoformat()
+
+
 def report_range(
     since: str | None, until: str | None, day: str | None, tz: tzinfo
 ) -> tuple[datetime, datetime]:

@@ -25,6 +25,7 @@ Purging is idempotent, so several processes doing it at once is harmless. Tests 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,10 @@ class PurgeReport:
         return json.loads(json.dumps(asdict(self), default=str))  # type: ignore[no-any-return]
 
 
+def _ignore(_rows: int) -> None:
+    """No one is watching the purge's progress."""
+
+
 class Retention:
     """Clears personal data past its retention period, in batches."""
 
@@ -112,8 +117,17 @@ class Retention:
             min_nonce_age_s=2 * max(windows, default=0.0),
         )
 
-    def purge(self, now: datetime | None = None, *, dry_run: bool = False) -> PurgeReport:
+    def purge(
+        self,
+        now: datetime | None = None,
+        *,
+        dry_run: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> PurgeReport:
+        """Clear (or with ``dry_run`` count) what is past its period; ``on_batch(n)`` is
+        told after each batch of ``n`` rows (the CLI's progress bar)."""
         now = now or utcnow()
+        step = on_batch or _ignore
         delivery_cutoff = now - self.delivery_age
         inbox_cutoff = now - self.inbox_age
         nonce_cutoff = now - self.nonce_age
@@ -131,6 +145,7 @@ class Retention:
                 ),
                 {"recipient": sa.null(), "content": sa.null()},
                 dry_run,
+                step,
             ),
             events=self._clear(
                 events,
@@ -142,6 +157,7 @@ class Retention:
                 ),
                 {"payload": sa.null()},
                 dry_run,
+                step,
             ),
             rejects=self._clear(
                 rejected_events,
@@ -153,14 +169,16 @@ class Retention:
                 # The raw bytes are the same personal data as the text.
                 {"payload": sa.null(), "payload_raw": sa.null()},
                 dry_run,
+                step,
             ),
             inbox=self._delete(
                 inbox_notifications,
                 inbox_notifications.c.notification_id,
                 inbox_notifications.c.created_at < inbox_cutoff,
                 dry_run,
+                step,
             ),
-            nonces=self._delete_nonces(nonce_cutoff, dry_run),
+            nonces=self._delete_nonces(nonce_cutoff, dry_run, step),
             dry_run=dry_run,
             deliveries_before=delivery_cutoff,
             inbox_before=inbox_cutoff,
@@ -193,6 +211,7 @@ class Retention:
         condition: sa.ColumnElement[bool],
         values: dict[str, Any],
         dry_run: bool,
+        on_batch: Callable[[int], None],
     ) -> int:
         """Set ``values`` on rows matching ``condition``, a batch per transaction.
 
@@ -211,6 +230,7 @@ class Retention:
                 if ids:
                     connection.execute(sa.update(table).where(key.in_(ids)).values(**values))
             done += len(ids)
+            on_batch(len(ids))
             if len(ids) < self.settings.batch:
                 return done
 
@@ -220,6 +240,7 @@ class Retention:
         key: sa.Column[Any],
         condition: sa.ColumnElement[bool],
         dry_run: bool,
+        on_batch: Callable[[int], None],
     ) -> int:
         if dry_run:
             return self._count(table, condition)
@@ -234,10 +255,13 @@ class Retention:
                 if ids:
                     connection.execute(sa.delete(table).where(key.in_(ids)))
             done += len(ids)
+            on_batch(len(ids))
             if len(ids) < self.settings.batch:
                 return done
 
-    def _delete_nonces(self, cutoff: datetime, dry_run: bool) -> int:
+    def _delete_nonces(
+        self, cutoff: datetime, dry_run: bool, on_batch: Callable[[int], None]
+    ) -> int:
         # Keyed by (provider, nonce): delete by time directly, in one statement per batch
         # of the oldest first.
         n = receipt_nonces.c
@@ -258,6 +282,7 @@ class Retention:
                         )
                     )
             done += len(rows)
+            on_batch(len(rows))
             if len(rows) < self.settings.batch:
                 return done
 
@@ -294,6 +319,7 @@ class RetentionJob(BackgroundThread):
 def purge_command(dry_run: bool, as_json: bool) -> None:
     """Purge personal data past its retention period (what workers do every hour)."""
     from notifier.app import Notifier
+    from notifier.progress import on_terminal, progress
     from notifier.settings import SettingsError, load_settings
 
     try:
@@ -301,7 +327,13 @@ def purge_command(dry_run: bool, as_json: bool) -> None:
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        report = Retention.for_app(app).purge(dry_run=dry_run)
+        retention = Retention.for_app(app)
+        if dry_run or not on_terminal(as_json):
+            report = retention.purge(dry_run=dry_run)
+        else:  # count first, so the bar knows how far there is to go
+            total = retention.purge(dry_run=True).total
+            with progress(total, "purging") as advance:
+                report = retention.purge(on_batch=advance)
     finally:
         app.close()
     if as_json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from notifier.events import SCHEMA_VERSION, Status
@@ -30,6 +30,11 @@ _NAMES = [
     "Hoàng Gia Hân",
     "Bùi Xuân Trường",
 ]
+# Where fixed-date samples start (tests and the benchmark repeat exactly); the demo dates
+# its samples relative to now instead.
+SAMPLE_START = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
+ONE_SECOND = timedelta(seconds=1)
+
 _REASONS = {
     Status.REFUSED: "Hồ sơ không thuộc thẩm quyền giải quyết của cơ quan",
     Status.SUPPLEMENT_REQUESTED: "Bổ sung bản sao giấy khai sinh có chứng thực",
@@ -44,13 +49,17 @@ def sample_event(
     rng: random.Random | None = None,
     contacts: dict[str, Any] | None = None,
     event_id: uuid.UUID | None = None,
+    start: datetime = SAMPLE_START,
+    step: timedelta = ONE_SECOND,
 ) -> dict[str, Any]:
-    """One valid event as the JSON document a TTHC system would publish."""
+    """One valid event as the JSON document a TTHC system would publish; it occurred
+    at ``start + index * step``, on a dossier of ``start``'s day."""
     rng = rng or random.Random(index)
     status = status or rng.choice(list(Status))
     agency_code, agency_name = _AGENCIES[index % len(_AGENCIES)]
     procedure_code, procedure_name = _PROCEDURES[index % len(_PROCEDURES)]
-    today = date(2026, 11, 26)
+    occurred_at = start + index * step
+    today = start.date()
     dossier: dict[str, Any] = {
         "code": f"{agency_code}-{today:%y%m%d}-{index % 10000:04d}",
         "procedure": {"code": procedure_code, "name": procedure_name},
@@ -67,9 +76,7 @@ def sample_event(
     return {
         "schema_version": SCHEMA_VERSION,
         "event_id": str(event_id or uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "occurred_at": (
-            datetime(2026, 11, 26, 1, 0, tzinfo=UTC) + timedelta(seconds=index)
-        ).isoformat(),
+        "occurred_at": occurred_at.isoformat(),
         "source_system": "motcua-demo",
         "agency": {"code": agency_code, "name": agency_name},
         "dossier": dossier,
@@ -88,6 +95,12 @@ def sample_event(
     }
 
 
-def sample_events(count: int, *, seed: int = 2026) -> list[dict[str, Any]]:
+def sample_events(
+    count: int,
+    *,
+    seed: int = 2026,
+    start: datetime = SAMPLE_START,
+    step: timedelta = ONE_SECOND,
+) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    return [sample_event(i, rng=rng) for i in range(count)]
+    return [sample_event(i, rng=rng, start=start, step=step) for i in range(count)]

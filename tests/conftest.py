@@ -1,8 +1,14 @@
 """Shared fixtures: real PostgreSQL and RabbitMQ (a throwaway database and vhost per
-session) and SQLite in a temporary folder. Helpers live in tests/support.py."""
+session) and SQLite in a temporary folder. Helpers live in tests/support.py.
+
+The suite runs in random order (pytest-randomly prints its seed in the header;
+``--randomly-seed=N`` repeats an order, ``-p no:randomly`` turns it off: see
+docs/development.md). The fault tests are the exception: they restart the services, so
+they run last and in the order they are written in."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -17,7 +23,7 @@ import sqlalchemy as sa
 from notifier.store import Database
 from notifier.store.migrate import upgrade
 from notifier.store.schema import metadata
-from tests.service_log import capture_service_log
+from tests.service_log import capture_service_log, scan_service_log
 
 PG_ADMIN_URL = os.environ.get("NOTIFIER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_HOST = os.environ.get("NOTIFIER_TEST_AMQP_HOST", "127.0.0.1:5672")
@@ -26,9 +32,45 @@ AMQP_HOST = os.environ.get("NOTIFIER_TEST_AMQP_HOST", "127.0.0.1:5672")
 @pytest.fixture(scope="session", autouse=True)
 def service_log() -> Iterator[Path]:
     """Every record logged in this session, through the service's masked JSON pipeline,
-    in test-artifacts/service-log.jsonl (scanned by test_zz_service_log.py)."""
+    in test-artifacts/service-log.jsonl. After the last test (whatever the order), the
+    whole log is scanned, and a phone, email, citizen id or secret in clear fails the
+    session (as an error at the teardown of the last test)."""
     with capture_service_log() as path:
         yield path
+        problem = scan_service_log(path, frozenset(_PASSED))
+        if problem is not None:
+            pytest.fail(f"service log scan ({path}): {problem}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _root_log_level_restored() -> Iterator[None]:
+    """A CLI command a test runs in-process sets the root logger's level from its
+    settings (``NOTIFIER_LOG_LEVEL=WARNING``, say); put the session's back after each
+    test, so no later test's records are silently dropped from the service log."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
+_PASSED: set[str] = set()  # names of the test functions that passed in this session
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed:
+        _PASSED.add(report.nodeid.rsplit("::", 1)[-1].split("[", 1)[0])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault tests last, in the order they are written in: they kill workers and
+    restart RabbitMQ and PostgreSQL, so they are kept out of the random order (this runs
+    after pytest-randomly has shuffled the rest)."""
+    faults = [item for item in items if item.get_closest_marker("faults") is not None]
+    if not faults:
+        return
+    others = [item for item in items if item.get_closest_marker("faults") is None]
+    faults.sort(key=lambda item: (str(item.path), item.location[1] or 0))
+    items[:] = others + faults
 
 
 def _pg_database() -> Iterator[str]:

@@ -126,3 +126,39 @@ def notifier_env(settings: Settings, **extra: str) -> dict[str, str]:
             env[f"NOTIFIER_ADAPTERS__{name.upper()}__{key.upper()}"] = str(value)
     env.update(extra)
     return env
+
+
+def run_on_terminal(args: list[str], env: dict[str, str], timeout: float = 120.0) -> str:
+    """``python -m notifier.cli ARGS`` with stdout and stderr on a pseudo-terminal, as a
+    person at a terminal runs it; everything it wrote, once it has exited (exit 0)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "notifier.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        cwd=REPO,
+    )
+    os.close(follower)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        code = process.wait(timeout=timeout)
+    output = b"".join(chunks).decode("utf-8", errors="replace")
+    assert code == 0, output
+    return output

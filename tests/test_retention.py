@@ -5,6 +5,10 @@ and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -30,7 +34,7 @@ from notifier.store.schema import (
     rejected_events,
     utcnow,
 )
-from tests.support import REPO, make_settings, wait_until
+from tests.support import REPO, make_settings, run_on_terminal, wait_until
 
 EMAIL = "minh.khai@example.vn"
 PHONE = "0901888484"
@@ -232,3 +236,56 @@ def test_purge_command(app: Notifier, database: Database) -> None:
     assert done.exit_code == 0, done.output
     assert '"deliveries": 0' in done.output
     assert all(d["recipient"] for d in snapshot(database)["deliveries"])
+
+
+def _aged(app: Notifier, database: Database, events_count: int) -> None:
+    """``events_count`` events ingested, then dated two years back: all past retention."""
+    for _ in range(events_count):
+        ingest(app)
+    old = utcnow() - timedelta(days=730)
+    with database.begin() as connection:
+        connection.execute(sa.update(deliveries).values(created_at=old))
+        connection.execute(sa.update(events).values(received_at=old))
+
+
+def test_purge_on_a_terminal_shows_a_progress_bar_then_the_summary(
+    app: Notifier, database: Database
+) -> None:
+    _aged(app, database, 3)
+    env = {
+        "NOTIFIER_DATABASE_URL": database.url,
+        "NOTIFIER_CONFIG_DIR": str(REPO / "config"),
+    }
+    output = run_on_terminal(["purge"], env)
+    # The bar, drawn to the end (6 deliveries and 3 events cleared, 9 rows in all).
+    assert re.search(r"purging\s+\[#+\]\s+9/9", output), output
+    assert "cleared: 6 deliveries' contacts and bodies" in output  # portal + email each
+    assert not any(d["recipient"] for d in snapshot(database)["deliveries"])
+
+
+def test_purge_piped_or_with_json_draws_no_bar_and_prints_a_parseable_summary(
+    app: Notifier, database: Database
+) -> None:
+    _aged(app, database, 2)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
+        "NOTIFIER_DATABASE_URL": database.url,
+        "NOTIFIER_CONFIG_DIR": str(REPO / "config"),
+    }
+    piped = subprocess.run(
+        [sys.executable, "-m", "notifier.cli", "purge", "--dry-run"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "purging" not in piped.stdout + piped.stderr
+    summary = re.search(r"^would clear: (\d+) deliveries", piped.stdout, re.MULTILINE)
+    assert summary is not None, piped.stdout
+    assert int(summary.group(1)) == 4
+    # --json on a terminal: still no bar, and the output is one JSON document.
+    output = run_on_terminal(["purge", "--json"], env)
+    assert "purging" not in output
+    assert json.loads(output.splitlines()[-1])["deliveries"] == 4

@@ -448,13 +448,30 @@ def replay_dead_letters(
         since=_utc(since),
         until=_utc(until),
     )
+    from notifier.progress import progress
+    from notifier.replay import ReplayOutcome
+
     with _replayer() as replayer:
-        results = replayer.deliveries(
+        # The plan first (what matches, which fallbacks already told the citizen), then
+        # one replay at a time, so a terminal can show how far it got.
+        planned = replayer.deliveries(
             query,
             actor=_actor(),
             include_told_by_fallback=include_told_by_fallback,
-            dry_run=dry_run,
+            dry_run=True,
         )
+        if dry_run:
+            _report_results(planned, as_json)
+            return
+        to_replay = sum(1 for p in planned if p.outcome is ReplayOutcome.REPLAYED)
+        results = []
+        with progress(to_replay, "replaying", as_json=as_json) as advance:
+            for plan in planned:
+                if plan.outcome is ReplayOutcome.REPLAYED:
+                    results.append(replayer.delivery(plan.id, actor=_actor()))
+                    advance(1)
+                else:
+                    results.append(plan)
         _report_results(results, as_json)
 
 

@@ -1,13 +1,21 @@
 """The console's words in Vietnamese (the default) and English, and local formatting.
 
+The words are gettext catalogs managed with Babel, in ``locale/<lang>/LC_MESSAGES/``
+(translators edit the .po files; see "Translating the console" in docs/development.md).
+English is the source language: templates write ``_("Overview")``, and words chosen at
+run time are marked here with ``N_``/``NP_``.
+
 Times are shown in Vietnam's time zone (UTC+7), the zone of the agencies and of the
 people who read the console; the JSON API and the CLI keep UTC ISO 8601.
 """
 
 from __future__ import annotations
 
+import functools
+import gettext
 from datetime import datetime, tzinfo
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from notifier.events import Status
 from notifier.reports import zone
@@ -16,299 +24,79 @@ LANGUAGES = ("vi", "en")
 DEFAULT_LANGUAGE = "vi"
 LOCAL_ZONE: tzinfo = zone(None)
 
-MESSAGES: dict[str, dict[str, str]] = {
-    "vi": {
-        "app_name": "notifier",
-        "app_tagline": "Bảng điều khiển thông báo TTHC",
-        "nav_overview": "Tổng quan",
-        "nav_search": "Tra cứu",
-        "nav_dead_letters": "Gửi thất bại",
-        "nav_rejects": "Sự kiện bị từ chối",
-        "nav_providers": "Nhà cung cấp",
-        "nav_reports": "Báo cáo",
-        "sign_in": "Đăng nhập",
-        "sign_in_title": "Đăng nhập bảng điều khiển",
-        "sign_in_hint": "Tài khoản do quản trị hệ thống cấp (notifier operators add).",
-        "sign_out": "Đăng xuất",
-        "username": "Tên đăng nhập",
-        "password": "Mật khẩu",
-        "bad_credentials": "Tên đăng nhập hoặc mật khẩu không đúng.",
-        "too_many_attempts": "Đăng nhập sai quá nhiều lần. Vui lòng thử lại sau ít phút.",
-        "session_expired": "Phiên làm việc đã hết hạn, vui lòng đăng nhập lại.",
-        "role_viewer": "Xem",
-        "role_admin": "Quản trị",
-        "window_hour": "1 giờ qua",
-        "window_day": "24 giờ qua",
-        "window_month": "30 ngày qua",
-        "deliveries": "Lượt gửi",
-        "sent_ok": "Đã gửi thành công",
-        "failure_rate": "Tỉ lệ thất bại",
-        "failure_rate_hint": "lỗi vĩnh viễn / (đã gửi + lỗi vĩnh viễn)",
-        "median_time": "Trung vị thời gian gửi",
-        "median_time_hint": "từ khi hồ sơ đổi trạng thái đến khi gửi đi",
-        "in_flight": "Đang chờ / đang gửi",
-        "rejected_events": "Sự kiện bị từ chối",
-        "dead_letters": "Gửi thất bại sau khi thử lại",
-        "open_circuits": "Nhà cung cấp đang ngắt",
-        "by_channel_status": "Theo kênh và trạng thái",
-        "over_time": "Lượt gửi theo thời gian",
-        "per_channel": "Theo từng kênh",
-        "channel": "Kênh",
-        "status": "Trạng thái",
-        "total": "Tổng",
-        "agency": "Đơn vị",
-        "procedure": "Thủ tục",
-        "dossier": "Hồ sơ",
-        "dossier_code": "Mã hồ sơ",
-        "recipient": "Người nhận",
-        "recipient_hint": "Số điện thoại, email (đầy đủ hoặc dạng che *******567)",
-        "recipient_hashed": "Đang lọc theo người nhận (so khớp mã băm, không lưu số/email)",
-        "provider": "Nhà cung cấp",
-        "provider_id": "Mã tin của nhà cung cấp",
-        "attempts": "Số lần thử",
-        "attempt": "Lần thử",
-        "error": "Lỗi",
-        "error_code": "Mã lỗi",
-        "time": "Thời gian",
-        "created": "Tạo lúc",
-        "sent_at": "Gửi lúc",
-        "delivered_at": "Nhận lúc",
-        "from": "Từ",
-        "since": "Từ",
-        "to": "Đến",
-        "any": "Tất cả",
-        "search": "Tìm kiếm",
-        "clear": "Xóa bộ lọc",
-        "results": "kết quả",
-        "no_results": "Không có kết quả phù hợp.",
-        "page": "Trang",
-        "previous": "Trang trước",
-        "next": "Trang sau",
-        "open_dossier": "Xem hồ sơ",
-        "events": "Sự kiện",
-        "event": "Sự kiện",
-        "occurred_at": "Thời điểm xảy ra",
-        "received_at": "Nhận lúc",
-        "source": "Nguồn",
-        "submitted_by": "Người gửi",
-        "replay_refused": "Không gửi lại",
-        "template": "Mẫu tin",
-        "timeline": "Diễn biến",
-        "fallback_of": "Gửi thay cho",
-        "fallbacks": "Kênh thay thế",
-        "no_events": "Chưa có sự kiện nào cho hồ sơ này.",
-        "no_deliveries": "Chưa có lượt gửi nào cho hồ sơ này.",
-        "replay": "Gửi lại",
-        "resolve_resend": "Gửi lại",
-        "resolve_mark_sent": "Coi là đã gửi",
-        "resolve_confirm": "Nhà cung cấp có thể đã nhận tin này. Đã kiểm tra chưa?",
-        "replay_selected": "Gửi lại các mục đã chọn",
-        "replay_all": "Gửi lại tất cả mục đang lọc",
-        "replay_confirm": "Gửi lại các thông báo này qua luồng xử lý thông thường?",
-        "replay_done": "Đã đưa lại vào hàng đợi",
-        "replay_skipped": "Bỏ qua",
-        "replayed_at": "Đã gửi lại lúc",
-        "admins_only": "Chỉ tài khoản quản trị mới được gửi lại.",
-        "kind": "Loại",
-        "kind_exhausted": "Hết số lần thử lại",
-        "kind_permanent": "Mọi lỗi vĩnh viễn",
-        "kind_temporary": "Lỗi tạm thời đang chờ",
-        "reason": "Lý do",
-        "size": "Kích thước",
-        "circuit": "Cầu dao",
-        "circuit_closed": "Bình thường",
-        "circuit_half-open": "Đang thử lại",
-        "circuit_open": "Tạm ngừng",
-        "consecutive_failures": "Lỗi liên tiếp",
-        "open_until": "Ngừng đến",
-        "rate_limit": "Hạn mức / giới hạn tốc độ",
-        "error_rate_hour": "Tỉ lệ lỗi 1 giờ",
-        "error_rate_day": "Tỉ lệ lỗi 24 giờ",
-        "last_attempt": "Lần gửi gần nhất",
-        "updated": "Cập nhật",
-        "no_health": "Chưa có báo cáo tình trạng từ worker.",
-        "report_title": "Báo cáo số liệu (mục 20, Công văn 3109/BTTTT-CĐSQG)",
-        "report_make": "Lập báo cáo",
-        "download_csv": "Tải CSV",
-        "download_json": "Tải JSON",
-        "latency_title": "Thời gian gửi (giây)",
-        "sent_count": "Số đã gửi",
-        "all_channels": "Mọi kênh",
-        "language": "Ngôn ngữ",
-        "times_in": "Giờ Việt Nam (UTC+7)",
-        "not_found": "Không tìm thấy trang.",
-        "forbidden": "Bạn không có quyền thực hiện thao tác này.",
-        "bad_request": "Yêu cầu không hợp lệ.",
-        "back": "Quay lại",
-        "of": "trên",
-        "note": "Ghi chú",
-    },
-    "en": {
-        "app_name": "notifier",
-        "app_tagline": "Dossier notification console",
-        "nav_overview": "Overview",
-        "nav_search": "Search",
-        "nav_dead_letters": "Dead letters",
-        "nav_rejects": "Rejected events",
-        "nav_providers": "Providers",
-        "nav_reports": "Reports",
-        "sign_in": "Sign in",
-        "sign_in_title": "Sign in to the console",
-        "sign_in_hint": "Accounts are created by the service operator (notifier operators add).",
-        "sign_out": "Sign out",
-        "username": "Username",
-        "password": "Password",
-        "bad_credentials": "Wrong username or password.",
-        "too_many_attempts": "Too many failed sign-ins. Please try again in a few minutes.",
-        "session_expired": "Your session has expired; please sign in again.",
-        "role_viewer": "Viewer",
-        "role_admin": "Admin",
-        "window_hour": "Last hour",
-        "window_day": "Last 24 hours",
-        "window_month": "Last 30 days",
-        "deliveries": "Deliveries",
-        "sent_ok": "Sent",
-        "failure_rate": "Failure rate",
-        "failure_rate_hint": "permanent failures / (sent + permanent failures)",
-        "median_time": "Median time to send",
-        "median_time_hint": "from the dossier's status change to the send",
-        "in_flight": "Waiting / sending",
-        "rejected_events": "Rejected events",
-        "dead_letters": "Failed after retries",
-        "open_circuits": "Providers cut off",
-        "by_channel_status": "By channel and status",
-        "over_time": "Deliveries over time",
-        "per_channel": "Per channel",
-        "channel": "Channel",
-        "status": "Status",
-        "total": "Total",
-        "agency": "Agency",
-        "procedure": "Procedure",
-        "dossier": "Dossier",
-        "dossier_code": "Dossier code",
-        "recipient": "Recipient",
-        "recipient_hint": "Phone or email (in full, or masked like *******567)",
-        "recipient_hashed": "Filtered by recipient (keyed hash match; the contact is not kept)",
-        "provider": "Provider",
-        "provider_id": "Provider message id",
-        "attempts": "Attempts",
-        "attempt": "Attempt",
-        "error": "Error",
-        "error_code": "Error code",
-        "time": "Time",
-        "created": "Created",
-        "sent_at": "Sent",
-        "delivered_at": "Delivered",
-        "from": "From",
-        "since": "Since",
-        "to": "To",
-        "any": "Any",
-        "search": "Search",
-        "clear": "Clear filters",
-        "results": "results",
-        "no_results": "Nothing matches.",
-        "page": "Page",
-        "previous": "Previous",
-        "next": "Next",
-        "open_dossier": "Open dossier",
-        "events": "Events",
-        "event": "Event",
-        "occurred_at": "Occurred",
-        "received_at": "Received",
-        "source": "Source",
-        "submitted_by": "Submitted by",
-        "replay_refused": "Replay refused",
-        "template": "Template",
-        "timeline": "Timeline",
-        "fallback_of": "Fallback for",
-        "fallbacks": "Fallbacks",
-        "no_events": "No events for this dossier yet.",
-        "no_deliveries": "No deliveries for this dossier yet.",
-        "replay": "Replay",
-        "resolve_resend": "Resend",
-        "resolve_mark_sent": "Mark as sent",
-        "resolve_confirm": "The provider may already have this message. Checked?",
-        "replay_selected": "Replay selected",
-        "replay_all": "Replay all matching",
-        "replay_confirm": "Send these again through the normal path?",
-        "replay_done": "Queued again",
-        "replay_skipped": "Skipped",
-        "replayed_at": "Replayed",
-        "admins_only": "Only admins may replay.",
-        "kind": "Kind",
-        "kind_exhausted": "Retries exhausted",
-        "kind_permanent": "All permanent failures",
-        "kind_temporary": "Temporary failures waiting",
-        "reason": "Reason",
-        "size": "Size",
-        "circuit": "Circuit",
-        "circuit_closed": "Closed",
-        "circuit_half-open": "Half-open",
-        "circuit_open": "Open",
-        "consecutive_failures": "Failures in a row",
-        "open_until": "Open until",
-        "rate_limit": "Quota / rate limit",
-        "error_rate_hour": "Error rate, 1 h",
-        "error_rate_day": "Error rate, 24 h",
-        "last_attempt": "Last attempt",
-        "updated": "Updated",
-        "no_health": "No health reports from workers yet.",
-        "report_title": "Delivery report (item 20, letter 3109/BTTTT-CĐSQG)",
-        "report_make": "Make report",
-        "download_csv": "Download CSV",
-        "download_json": "Download JSON",
-        "latency_title": "Delivery time (seconds)",
-        "sent_count": "Sent",
-        "all_channels": "All channels",
-        "language": "Language",
-        "times_in": "Vietnam time (UTC+7)",
-        "not_found": "Page not found.",
-        "forbidden": "You may not do this.",
-        "bad_request": "Bad request.",
-        "back": "Back",
-        "of": "of",
-        "note": "Note",
-    },
+_LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+DOMAIN = "messages"
+
+
+class Word(NamedTuple):
+    """A console word chosen at run time (a status, a menu entry), in English, with the
+    gettext context that tells apart two meanings of the same English word."""
+
+    context: str | None
+    message: str
+
+
+def N_(message: str) -> Word:  # gettext's marker name, known to pybabel
+    """Marks ``message`` for extraction; translated when shown."""
+    return Word(None, message)
+
+
+def NP_(context: str, message: str) -> Word:  # pgettext's marker (pybabel -k NP_:1c,2)
+    return Word(context, message)
+
+
+# Words the templates and pages look up by key (``t('nav_' ~ key)``, a status, a
+# channel). Every other word is written in its template as ``_("...")``.
+KEYED_WORDS: dict[str, Word] = {
+    "nav_overview": N_("Overview"),
+    "nav_search": NP_("nav_search", "Search"),
+    "nav_dead_letters": N_("Dead letters"),
+    "nav_rejects": N_("Rejected events"),
+    "nav_providers": N_("Providers"),
+    "nav_reports": N_("Reports"),
+    "bad_credentials": N_("Wrong username or password."),
+    "too_many_attempts": N_("Too many failed sign-ins. Please try again in a few minutes."),
+    "session_expired": N_("Your session has expired; please sign in again."),
+    "role_viewer": N_("Viewer"),
+    "role_admin": N_("Admin"),
+    "window_hour": N_("Last hour"),
+    "window_day": N_("Last 24 hours"),
+    "window_month": N_("Last 30 days"),
+    "over_time": N_("Deliveries over time"),
+    "no_results": N_("Nothing matches."),
+    "kind_exhausted": N_("Retries exhausted"),
+    "kind_permanent": N_("All permanent failures"),
+    "kind_temporary": N_("Temporary failures waiting"),
+    "circuit_closed": N_("Closed"),
+    "circuit_half-open": N_("Half-open"),
+    "circuit_open": N_("Open"),
+    "not_found": N_("Page not found."),
+    "forbidden": N_("You may not do this."),
+    "bad_request": N_("Bad request."),
 }
 
-STATUS_LABELS = {
-    "vi": {
-        "queued": "Chờ gửi",
-        "sending": "Đang gửi",
-        "sent": "Đã gửi",
-        "delivered": "Đã đến người nhận",
-        "temporary-failure": "Lỗi tạm thời",
-        "permanent-failure": "Lỗi vĩnh viễn",
-        "suppressed": "Không gửi",
-        "unknown": "Chưa rõ đã gửi chưa",
-        "resolved:resend": "Quản trị: gửi lại",
-        "resolved:mark-sent": "Quản trị: coi là đã gửi",
-        "replayed": "Gửi lại",
-        "replay-failed": "Gửi lại không thành",
-        "receipt:delivered": "Báo nhận: đã nhận",
-        "receipt:failed": "Báo nhận: thất bại",
-    },
-    "en": {
-        "queued": "Queued",
-        "sending": "Sending",
-        "sent": "Sent",
-        "delivered": "Delivered",
-        "temporary-failure": "Temporary failure",
-        "permanent-failure": "Permanent failure",
-        "suppressed": "Suppressed",
-        "unknown": "Unknown (held)",
-        "resolved:resend": "Admin: resend",
-        "resolved:mark-sent": "Admin: marked sent",
-        "replayed": "Replayed",
-        "replay-failed": "Replay failed",
-        "receipt:delivered": "Receipt: delivered",
-        "receipt:failed": "Receipt: failed",
-    },
+STATUS_WORDS: dict[str, Word] = {
+    "queued": N_("Queued"),
+    "sending": N_("Sending"),
+    "sent": NP_("status", "Sent"),
+    "delivered": NP_("status", "Delivered"),
+    "temporary-failure": N_("Temporary failure"),
+    "permanent-failure": N_("Permanent failure"),
+    "suppressed": N_("Suppressed"),
+    "replayed": NP_("status", "Replayed"),
+    "replay-failed": N_("Replay failed"),
+    "receipt:delivered": N_("Receipt: delivered"),
+    "receipt:failed": N_("Receipt: failed"),
+    "unknown": N_("Unknown (held)"),
+    "resolved:resend": N_("Admin: resend"),
+    "resolved:mark-sent": N_("Admin: marked sent"),
 }
 
-CHANNEL_LABELS = {
-    "vi": {"email": "Email", "sms": "SMS", "zalo": "Zalo", "portal": "Cổng DVC"},
-    "en": {"email": "Email", "sms": "SMS", "zalo": "Zalo", "portal": "Portal inbox"},
+CHANNEL_WORDS: dict[str, Word] = {
+    "email": N_("Email"),
+    "sms": N_("SMS"),
+    "zalo": N_("Zalo"),
+    "portal": N_("Portal inbox"),
 }
 
 # Statuses in the order the console lists and stacks them (good to bad).
@@ -331,21 +119,47 @@ def pick_language(query: str | None, cookie: str | None) -> str:
     return DEFAULT_LANGUAGE
 
 
+@functools.cache
+def catalog(language: str) -> gettext.GNUTranslations:
+    """The compiled catalog of ``language`` (``locale/<lang>/LC_MESSAGES/messages.mo``,
+    built from the .po files with ``pybabel compile``; see docs/development.md)."""
+    path = _LOCALE_DIR / language / "LC_MESSAGES" / f"{DOMAIN}.mo"
+    with path.open("rb") as compiled:
+        return gettext.GNUTranslations(compiled)
+
+
 class Translator:
-    """The per-request helpers templates use: ``t``, labels and local formats."""
+    """The per-request helpers templates use: ``_``/``gettext``, ``pgettext``, ``t`` for
+    the words looked up by key, labels and local formats."""
 
     def __init__(self, language: str) -> None:
         self.language = language if language in LANGUAGES else DEFAULT_LANGUAGE
-        self.messages = MESSAGES[self.language]
+        self.catalog = catalog(self.language)
+
+    def gettext(self, message: str, **variables: Any) -> str:
+        text = self.catalog.gettext(message)
+        return text % variables if variables else text
+
+    def pgettext(self, context: str, message: str, **variables: Any) -> str:
+        text = self.catalog.pgettext(context, message)
+        return text % variables if variables else text
+
+    def word(self, word: Word) -> str:
+        if word.context is None:
+            return self.catalog.gettext(word.message)
+        return self.catalog.pgettext(word.context, word.message)
 
     def __call__(self, key: str) -> str:
-        return self.messages.get(key) or MESSAGES["en"].get(key) or key
+        found = KEYED_WORDS.get(key)
+        return self.word(found) if found is not None else key
 
     def status(self, value: str) -> str:
-        return STATUS_LABELS[self.language].get(value, value)
+        found = STATUS_WORDS.get(value)
+        return self.word(found) if found is not None else value
 
     def channel(self, value: str) -> str:
-        return CHANNEL_LABELS[self.language].get(value, value)
+        found = CHANNEL_WORDS.get(value)
+        return self.word(found) if found is not None else value
 
     def dossier_status(self, value: str) -> str:
         try:
@@ -399,6 +213,9 @@ class Translator:
 
     def helpers(self) -> dict[str, Any]:
         return {
+            "_": self.gettext,
+            "gettext": self.gettext,
+            "pgettext": self.pgettext,
             "t": self,
             "lang": self.language,
             "status_label": self.status,

@@ -18,7 +18,13 @@ from notifier.console.service import Console, static_file
 from notifier.deliverylog import DeliveryQuery
 from notifier.masking import recipient_hash
 from notifier.replay import ReplayOutcome, ReplayResult, Resolution, summarise
-from notifier.reports import ReportError, build_report, parse_moment, report_range
+from notifier.reports import (
+    ReportError,
+    build_report,
+    default_report_days,
+    parse_moment,
+    report_range,
+)
 
 PAGE_SIZE = 50
 SEARCH_FIELDS = ("dossier_code", "channel", "status", "agency_code", "from", "to")
@@ -413,6 +419,8 @@ def pages_router(console: Console) -> APIRouter:
         params = request.query_params
         start = params.get("from") or ""
         end = params.get("to") or ""
+        if not start and not end:  # opens on the last 30 days, today included
+            start, end = default_report_days(datetime.now(LOCAL_ZONE).date())
         report, error = None, None
         if start:
             try:

@@ -50,6 +50,10 @@ class Console:
         self.replayer = Replayer(app, delivery_log=self.log)
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("notifier.console", "templates"),
+            # The gettext dialect (_(), pgettext(), {% trans %}); each render passes the
+            # callables of the request's language (Translator.helpers), so one shared
+            # environment serves both languages.
+            extensions=["jinja2.ext.i18n"],
             autoescape=True,
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from notifier.api import create_api
@@ -20,15 +23,21 @@ from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
 from notifier.cli import main
 from notifier.deliverylog import DeliveryLog, DeliveryQuery
+from notifier.demo import prepare_serving
+from notifier.operators import OperatorStore
 from notifier.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
+from notifier.store.schema import events
+from notifier.testing import capture_logs
 from tests.support import (
     REPO,
     RunningWorker,
     ServedApi,
+    make_settings,
     notifier_env,
     rabbit_settings,
+    run_on_terminal,
     wait_until,
 )
 
@@ -181,6 +190,97 @@ def test_publish_reports_events_nobody_receives(app: Notifier, smtp: SmtpCatcher
     result = CliRunner().invoke(main, ["publish", "-"], input=json.dumps(sample_event(1)), env=env)
     assert result.exit_code == 1
     assert "confirmed 0, failed 1" in result.output
+
+
+def test_the_demo_dates_its_sample_events_just_before_now(tmp_path: Path) -> None:
+    # Fixed sample dates made the overview's "median time to send" read "7 ngày 4 h".
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    before = datetime.now(UTC)
+    demo = ["demo", "--events", "10", "--exit", "--dir", str(tmp_path / "demo")]
+    result = subprocess.run(
+        [sys.executable, "-m", "notifier.cli", *demo],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    database = Database(f"sqlite:///{tmp_path / 'demo' / 'demo.db'}")
+    try:
+        with database.engine.connect() as connection:
+            rows = connection.execute(sa.select(events.c.occurred_at, events.c.received_at)).all()
+    finally:
+        database.dispose()
+    assert len(rows) == 10
+    for occurred_at, received_at in rows:
+        assert before - timedelta(minutes=1) <= occurred_at <= received_at
+        assert received_at - occurred_at < timedelta(minutes=1)
+
+
+def test_the_demo_makes_a_console_account_and_prints_its_sign_in_once(
+    sqlite_database: Database,
+) -> None:
+    app = Notifier(make_settings(database_url=sqlite_database.url, broker_url="memory://"))
+    try:
+        with capture_logs("DEBUG") as logs:
+            serving = prepare_serving(app, 8765)
+    finally:
+        app.close()
+    text = "\n".join(serving.instructions)
+    assert "Operators' console: http://127.0.0.1:8765/console/" in text
+    match = re.search(r"sign in as 'demo' with the password (\S+)", text)
+    assert match is not None, text
+    password = match.group(1)
+    assert text.count(password) == 1
+    operator = OperatorStore(sqlite_database).authenticate("demo", password)
+    assert operator is not None
+    assert operator.is_admin
+    assert password not in logs.text
+
+
+def test_publish_of_a_large_file_shows_a_progress_bar_on_a_terminal(
+    app: Notifier, tmp_path: Path
+) -> None:
+    env = notifier_env(app.settings, NOTIFIER_LOG_LEVEL="WARNING")
+    assert CliRunner().invoke(main, ["broker", "setup"], env=env).exit_code == 0
+    file = tmp_path / "events.jsonl"
+    file.write_text(
+        "".join(
+            json.dumps(sample_event(i, event_id=uuid.uuid4()), ensure_ascii=False) + "\n"
+            for i in range(300)
+        ),
+        encoding="utf-8",
+    )
+    output = run_on_terminal(["publish", str(file)], env)
+    assert re.search(r"publishing\s+\[#+\]\s+300/300", output), output
+    assert output.splitlines()[-1].strip() == "confirmed 300, failed 0"
+
+
+def test_publish_with_json_or_piped_prints_only_a_parseable_summary(
+    app: Notifier, tmp_path: Path
+) -> None:
+    env = notifier_env(app.settings, NOTIFIER_LOG_LEVEL="WARNING")
+    assert CliRunner().invoke(main, ["broker", "setup"], env=env).exit_code == 0
+    file = tmp_path / "events.jsonl"
+    file.write_text(
+        "".join(json.dumps(sample_event(i, event_id=uuid.uuid4())) + "\n" for i in range(5)),
+        encoding="utf-8",
+    )
+    piped = subprocess.run(
+        [sys.executable, "-m", "notifier.cli", "publish", str(file)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "publishing" not in piped.stdout + piped.stderr
+    assert piped.stdout == "confirmed 5, failed 0\n"
+    as_json = run_on_terminal(["publish", "--json", str(file)], env)  # even on a terminal
+    assert "publishing" not in as_json
+    assert json.loads(as_json.splitlines()[-1]) == {"confirmed": 5, "failed": []}
 
 
 def test_adapters_lists_settings_without_secret_values() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -686,6 +687,23 @@ def test_overview_page_draws_charts(
     css = client.get("/console/static/console.css")
     assert css.status_code == 200
     assert css.headers["content-type"].startswith("text/css")
+
+
+def test_reports_page_opens_on_the_last_30_days_with_the_report_made(
+    served: ServedApi, seeded: Seeded, operators: OperatorStore
+) -> None:
+    client = signed_in(served.base_url, "minh.viewer")
+    page = client.get("/console/reports")
+    assert page.status_code == 200
+    today = datetime.now(ZoneInfo("Asia/Ho_Chi_Minh")).date()
+    first, end = today - timedelta(days=29), today + timedelta(days=1)
+    assert f'name="from" value="{first}"' in page.text
+    assert f'name="to" value="{end}"' in page.text
+    total = re.search(r'id="report-total">([^<]+)<', page.text)
+    assert total is not None, "the report is made on opening"
+    assert total.group(1) != "0"
+    explicit = client.get("/console/reports", params={"from": str(first), "to": str(end)})
+    assert re.search(r'id="report-total">([^<]+)<', explicit.text).group(1) == total.group(1)
 
 
 def test_search_by_dossier_recipient_masked_channel_status_agency_time(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import threading
 import time
 import uuid
@@ -44,7 +45,16 @@ from tests.integration.test_console import (
     seed_log,
     signed_in,
 )
-from tests.support import REPO, RunningWorker, ServedApi, make_settings, rabbit_settings, wait_until
+from tests.support import (
+    REPO,
+    RunningWorker,
+    ServedApi,
+    make_settings,
+    notifier_env,
+    rabbit_settings,
+    run_on_terminal,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 VIETNAM = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -677,3 +687,24 @@ def test_the_cli_lists_unknown_deliveries_and_refuses_a_status_that_does_not_exi
     wrong = CliRunner().invoke(main, ["deliveries", "--status", "unknwon"], env=env)
     assert wrong.exit_code == 2
     assert "unknown" in wrong.output
+
+
+def test_cli_replay_of_dead_letters_shows_a_progress_bar_on_a_terminal_only(
+    rabbit_app: Notifier, pg_database: Database, smtp: SmtpCatcher
+) -> None:
+    code, dead = make_dead_letter(rabbit_app)
+    env = notifier_env(
+        rabbit_app.settings,
+        NOTIFIER_ADAPTERS__EMAIL__HOST="127.0.0.1",
+        NOTIFIER_ADAPTERS__EMAIL__PORT=str(smtp.port),
+        NOTIFIER_LOG_LEVEL="WARNING",
+    )
+    on_terminal = run_on_terminal(["replay", "dead-letters", "--dossier", code], env)
+    assert re.search(r"replaying\s+\[#+\]\s+1/1", on_terminal), on_terminal
+    assert f"delivery {dead}: replayed" in on_terminal
+    assert "summary: replayed 1" in on_terminal
+    # Piped, a second time: nothing left to replay, no bar, the same parseable summary.
+    piped = CliRunner().invoke(main, ["replay", "dead-letters", "--dossier", code], env=env)
+    assert piped.exit_code == 0, piped.output
+    assert "replaying" not in piped.output
+    assert piped.output.splitlines()[-1] == "summary: nothing"

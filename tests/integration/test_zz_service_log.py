@@ -1,11 +1,10 @@
-"""After the integration tests (this file sorts last among them): everything the service
-logged in this session holds no phone number, email, citizen id or secret in clear.
+"""The scan of the service log for personal data, and the capture it reads.
 
-The log is written by the session fixture in tests/conftest.py through the service's
-own masked pipeline (see tests/service_log.py), so this is what a production log of
-the same traffic would hold. The scan is only meaningful if the traffic really carried
-personal data into the log: the security tests log known contacts (masked) on
-purpose, and this test checks that their masked forms are there.
+Everything the service logs in a test session goes through its own masked pipeline
+into test-artifacts/service-log.jsonl (the session fixture in tests/conftest.py, see
+tests/service_log.py), and that fixture scans the whole file after the last test, in
+whatever order the tests ran: a phone number, email, citizen id or secret in clear
+fails the session. These tests check the capture and the scan itself.
 """
 
 from __future__ import annotations
@@ -23,14 +22,10 @@ from notifier.app import Notifier
 from notifier.logging import get_logger
 from notifier.security import redact_url_secrets
 from notifier.store import Database
-from tests.service_log import find_personal_data
+from tests.service_log import KNOWN_MASKED, find_personal_data, scan_service_log
 from tests.support import ServedApi, make_settings
 
 pytestmark = pytest.mark.integration
-
-# Masked forms of contacts test_security.py sends through the service: the STOP reply
-# from 84912345678 and the operator's opt-out of Lan.Nguyen@Example.org.
-KNOWN_MASKED = ("********678", "L***@Example.org")
 
 
 def _read(path: Path) -> str:
@@ -82,21 +77,47 @@ def test_contacts_in_request_urls_reach_the_access_log_masked(
     assert any("recipient=e***@example.org" in line for line in shown), shown
 
 
-def test_nothing_personal_was_logged_in_clear(service_log: Path) -> None:
-    text = _read(service_log)
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not any('"logger": "notifier.' in line for line in lines):
-        pytest.skip("no service traffic logged in this session: run the integration tests")
-    # Every line is the service's JSON, nothing printed around the pipeline.
-    for line in lines:
-        json.loads(line)
-    findings = find_personal_data(text)
-    assert not findings, f"{len(findings)} in clear in the service log:\n" + "\n".join(
-        f"  {kind}: {line}" for kind, line in findings[:20]
+def _service_line(event: str, **fields: str) -> str:
+    return json.dumps({"event": event, "logger": "notifier.sending", **fields}) + "\n"
+
+
+def test_the_session_scan_fails_on_a_phone_logged_in_clear(tmp_path: Path) -> None:
+    log = tmp_path / "service-log.jsonl"
+    log.write_text(_service_line("sent", provider="esms") + _service_line("to 0901888484"))
+    problem = scan_service_log(log)
+    assert problem is not None
+    assert problem.startswith("1 in clear")
+    assert "0901888484" not in problem  # the failure message does not repeat it
+
+
+def test_the_session_scan_fails_on_a_line_printed_around_the_pipeline(tmp_path: Path) -> None:
+    log = tmp_path / "service-log.jsonl"
+    log.write_text(_service_line("sent") + "Traceback (most recent call last):\n")
+    problem = scan_service_log(log)
+    assert problem is not None
+    assert "line 2 is not the service's JSON" in problem
+
+
+def test_the_session_scan_passes_a_masked_log(tmp_path: Path) -> None:
+    log = tmp_path / "service-log.jsonl"
+    log.write_text(
+        _service_line("opt-out recorded", recipient="********678")
+        + _service_line("opt-out recorded", recipient="L***@Example.org")
     )
-    if "opt-out recorded" in text:  # the security tests ran: their contacts were logged
-        for masked in KNOWN_MASKED:
-            assert masked in text, f"expected {masked!r} in the log (masked contacts)"
+    assert scan_service_log(log, frozenset(KNOWN_MASKED)) is None
+
+
+def test_the_session_scan_fails_when_a_security_tests_masked_contact_is_missing(
+    tmp_path: Path,
+) -> None:
+    # The security test passed, yet its contact is not in the log: the scan saw nothing.
+    log = tmp_path / "service-log.jsonl"
+    log.write_text(_service_line("sent"))
+    test = "test_operators_record_opt_outs_from_the_cli"
+    problem = scan_service_log(log, frozenset({test}))
+    assert problem is not None
+    assert "L***@Example.org" in problem
+    assert scan_service_log(log) is None  # the test did not run: nothing expected
 
 
 @pytest.mark.parametrize(

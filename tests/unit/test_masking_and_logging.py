@@ -256,10 +256,14 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     pika_level = logging.getLogger("pika").level
+    # Put back the set-up the session had (the service log's masked pipeline), not
+    # structlog's defaults: those print to stdout, around every handler, and whatever
+    # test ran next would log in clear outside the service log.
+    structlog_config = structlog.get_config()
     structlog.contextvars.clear_contextvars()
     yield
     structlog.contextvars.clear_contextvars()
-    structlog.reset_defaults()
+    structlog.configure(**structlog_config)
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.getLogger("pika").setLevel(pika_level)
@@ -375,3 +379,23 @@ def test_log_level_filters_and_pika_is_quieted(capsys: pytest.CaptureFixture[str
     assert "frame narrated" not in err
     assert "shown warning" in err
     assert logging.getLogger("pika").level == logging.WARNING
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_secrets_in_urls_are_redacted_by_the_pipeline_whatever_library_logs_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A worker never builds the HTTP API, so no logger filter is installed there: the
+    # pipeline itself must redact a token in a URL that any library (httpx, a provider's
+    # SDK) logs, as it masks contacts.
+    configure_logging("INFO", log_format="json")
+    url = f"http://127.0.0.1:9/v1/receipts/esms?token={TOKEN}&SendStatus=5"
+    logging.getLogger("a.provider.sdk").info('HTTP Request: GET %s "HTTP/1.1 200 OK"', url)
+    get_logger("notifier.tests.unit").info("callback", url=url)
+
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 2
+    for line in lines:
+        assert TOKEN not in json.dumps(line)
+    assert "?token=[redacted]&SendStatus=5" in lines[0]["event"]
+    assert lines[1]["url"].endswith("?token=[redacted]&SendStatus=5")
