@@ -43,10 +43,10 @@ from benchmarks.infra import (
 from benchmarks.run import fan_out_events
 from notifier.adapter import OutboundMessage
 from notifier.app import Notifier
-from notifier.bridge import ingest_arguments
-from notifier.deliveries import AttemptRecord, ClaimedDelivery, DeliveryStatus
 from notifier.events import parse_event
 from notifier.logging import configure_logging
+from notifier.pipeline.bridge import ingest_arguments
+from notifier.store.deliveries.lifecycle import AttemptRecord, ClaimedDelivery, DeliveryStatus
 from notifier.store.schema import utcnow
 
 ROWS: list[tuple[str, float, float, str]] = []

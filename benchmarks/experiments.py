@@ -26,7 +26,7 @@ ENV = "NOTIFIER_BENCH_EXPERIMENTS"
 def no_dramatiq_prometheus() -> None:
     """Workers without Dramatiq's Prometheus middleware (its per-message histograms and
     counters in multiprocess mmap files); notifier's own send metrics stay."""
-    from notifier import metrics
+    from notifier.ops import metrics
 
     original = metrics.instrument_worker
 

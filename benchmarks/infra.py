@@ -234,7 +234,7 @@ class WorkerProcesses:
                 [
                     sys.executable,
                     "-m",
-                    "notifier.cli",
+                    "notifier.cli.main",
                     "worker",
                     "--processes",
                     str(self.processes),

@@ -65,11 +65,11 @@ from benchmarks.procstat import (
 )
 from notifier.amqp import declare_topology
 from notifier.events import Status
+from notifier.ops.samples import sample_event
 from notifier.publisher import EventPublisher
-from notifier.samples import sample_event
 from notifier.settings import EventsSettings
 from notifier.store import Database
-from notifier.tokens import TokenStore
+from notifier.store.tokens import TokenStore
 
 CHANNELS = ("email", "sms", "zalo", "portal")
 STAGES = ("to ingest", "to send", "send")

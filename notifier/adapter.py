@@ -19,8 +19,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from notifier.inbox import InboxStore
-    from notifier.tokens import TokenStore
+    from notifier.store.inbox import InboxStore
+    from notifier.store.tokens import TokenStore
 
 
 class RecipientKind(StrEnum):

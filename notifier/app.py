@@ -16,24 +16,24 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from notifier.adapter import Adapter, AdapterContext, TemplatePart
-from notifier.agencies import AgencyRegistry, AgencyRegistryError
-from notifier.bridge import EventBridge, ingest_arguments
-from notifier.deliveries import DeliveryStatus, DeliveryStore
-from notifier.inbox import InboxStore
-from notifier.ingest import Ingest
 from notifier.logging import get_logger
-from notifier.protection import ProviderGuard
-from notifier.publishers import Authoriser, PublisherIdentity, Submitter
-from notifier.registry import Registry
-from notifier.rendering import TemplateSet
-from notifier.retention import Retention, RetentionJob
-from notifier.routing import Routing
-from notifier.runtime import AdapterRuntime
-from notifier.sending import Sender
+from notifier.ops.retention import Retention, RetentionJob
+from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
+from notifier.pipeline.bridge import EventBridge, ingest_arguments
+from notifier.pipeline.ingest import Ingest
+from notifier.pipeline.protection import ProviderGuard
+from notifier.pipeline.rendering import TemplateSet
+from notifier.pipeline.routing import Routing
+from notifier.pipeline.sending import Sender
+from notifier.pipeline.sweeper import Sweeper
+from notifier.plugins.registry import Registry
+from notifier.plugins.runtime import AdapterRuntime
 from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
-from notifier.sweeper import Sweeper
-from notifier.tokens import TokenStore
+from notifier.store.deliveries.lifecycle import DeliveryStatus, DeliveryStore
+from notifier.store.inbox import InboxStore
+from notifier.store.publishers import Authoriser, PublisherIdentity, Submitter
+from notifier.store.tokens import TokenStore
 
 log = get_logger(__name__)
 

@@ -143,7 +143,7 @@ class EventsSettings(_Section):
     batch_size: int = Field(default=100, ge=1, le=1_000)
     batch_wait_ms: int = Field(default=500, ge=0, le=5_000)
     # AMQP publishers are bound to agencies by RabbitMQ's validated user_id (see
-    # notifier.publishers). "strict" rejects a message without user_id, or from a user
+    # notifier.store.publishers). "strict" rejects a message without user_id, or from a user
     # with no agencies registered; "lenient" accepts those for any agency with a
     # warning, for the transition of an existing deployment only. A user with
     # registered agencies is always held to them.
@@ -188,7 +188,7 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
-    # Per caller (API key, else client address) token bucket; see notifier.security.
+    # Per caller (API key, else client address) token bucket; see notifier.web.security.
     rate_per_s: float = Field(default=50.0, gt=0)
     burst: int = Field(default=100, ge=1)
     # Reverse proxies (addresses or networks, e.g. ["10.0.0.5", "10.1.0.0/16"]) whose
@@ -239,7 +239,7 @@ class SweeperSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    """How long personal data is kept (see notifier.retention and docs/security.md)."""
+    """How long personal data is kept (see notifier.ops.retention and docs/security.md)."""
 
     enabled: bool = True
     # Full contacts, message bodies and event payloads; counts and statuses stay.

@@ -129,7 +129,7 @@ def notifier_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def run_on_terminal(args: list[str], env: dict[str, str], timeout: float = 120.0) -> str:
-    """``python -m notifier.cli ARGS`` with stdout and stderr on a pseudo-terminal, as a
+    """``python -m notifier.cli.main ARGS`` with stdout and stderr on a pseudo-terminal, as a
     person at a terminal runs it; everything it wrote, once it has exited (exit 0)."""
     import os
     import pty
@@ -138,7 +138,7 @@ def run_on_terminal(args: list[str], env: dict[str, str], timeout: float = 120.0
 
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "notifier.cli", *args],
+        [sys.executable, "-m", "notifier.cli.main", *args],
         stdin=subprocess.DEVNULL,
         stdout=follower,
         stderr=follower,

@@ -34,17 +34,17 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from notifier.api import create_api
 from notifier.app import Notifier
-from notifier.cli import main
+from notifier.cli.main import main
 from notifier.events import Status
-from notifier.registry import Registry
-from notifier.routing import Routing
-from notifier.samples import sample_event
+from notifier.ops.samples import sample_event
+from notifier.pipeline.routing import Routing
+from notifier.plugins.registry import Registry
 from notifier.settings import SettingsError
 from notifier.store.migrate import upgrade
 from notifier.store.schema import deliveries
 from notifier.testing import LocalHttpServer, RecordedRequest, Reply, run
+from notifier.web.api import create_api
 from tests.support import REPO, RunningWorker, make_settings, wait_until
 
 # -- (a) the kit fails adapters that break the contract -------------------------------------
@@ -502,7 +502,7 @@ def test_the_scaffold_installs_and_passes_its_own_tests(tmp_path: Path) -> None:
         """
         import json
         from importlib.metadata import PackageNotFoundError, entry_points, version
-        from notifier.cli import describe_adapter
+        from notifier.cli.main import describe_adapter
         [entry] = [e for e in entry_points(group="notifier.adapters") if e.name == "kitdemo"]
         print(json.dumps(describe_adapter(entry.load())))
         """

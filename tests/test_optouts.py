@@ -13,9 +13,9 @@ import sqlalchemy as sa
 
 from notifier.app import Notifier
 from notifier.events import Status
-from notifier.optouts import OptOutStore, canonical_recipient
-from notifier.samples import sample_event
+from notifier.ops.samples import sample_event
 from notifier.store import Database
+from notifier.store.optouts import OptOutStore, canonical_recipient
 from notifier.store.schema import deliveries, opt_outs
 from tests.support import make_settings
 

@@ -27,9 +27,9 @@ from notifier.adapter import (
     TemporaryFailure,
 )
 from notifier.app import Notifier
-from notifier.bridge import ingest_arguments
-from notifier.registry import Registry
-from notifier.samples import sample_event
+from notifier.ops.samples import sample_event
+from notifier.pipeline.bridge import ingest_arguments
+from notifier.plugins.registry import Registry
 from notifier.store.migrate import upgrade
 from notifier.store.schema import deliveries, delivery_attempts
 from tests.support import REPO, RunningWorker, make_settings, wait_until

@@ -15,8 +15,8 @@ import pika
 import pytest
 
 from notifier.amqp import declare_topology
+from notifier.ops.samples import sample_event
 from notifier.publisher import EventPublisher
-from notifier.samples import sample_event
 from notifier.settings import EventsSettings
 
 pytestmark = pytest.mark.integration

@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from notifier.app import Notifier
-from notifier.cli import main
+from notifier.cli.main import main
 from notifier.events import EventRejected, Status
 from notifier.masking import recipient_hash
-from notifier.publishers import Submitter
-from notifier.retention import Retention, RetentionJob
-from notifier.samples import sample_event
+from notifier.ops.retention import Retention, RetentionJob
+from notifier.ops.samples import sample_event
 from notifier.settings import RetentionSettings
 from notifier.store import Database
+from notifier.store.publishers import Submitter
 from notifier.store.schema import (
     deliveries,
     events,
@@ -273,7 +273,7 @@ def test_purge_piped_or_with_json_draws_no_bar_and_prints_a_parseable_summary(
         "NOTIFIER_CONFIG_DIR": str(REPO / "config"),
     }
     piped = subprocess.run(
-        [sys.executable, "-m", "notifier.cli", "purge", "--dry-run"],
+        [sys.executable, "-m", "notifier.cli.main", "purge", "--dry-run"],
         env=env,
         cwd=REPO,
         capture_output=True,

@@ -11,8 +11,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from notifier.apikeys import ApiKeys
-from notifier.deliveries import (
+from notifier.events import parse_event
+from notifier.ops.samples import sample_event
+from notifier.store import Database
+from notifier.store.apikeys import ApiKeys
+from notifier.store.deliveries.lifecycle import (
     AttemptRecord,
     ClaimedDelivery,
     ClaimOutcome,
@@ -20,12 +23,9 @@ from notifier.deliveries import (
     DeliveryStore,
     PlannedDelivery,
 )
-from notifier.events import parse_event
-from notifier.inbox import InboxStore, NewNotification
-from notifier.samples import sample_event
-from notifier.store import Database
+from notifier.store.inbox import InboxStore, NewNotification
 from notifier.store.schema import deliveries, delivery_attempts, events
-from notifier.tokens import TokenGrant, TokenStore, TokenStoreError
+from notifier.store.tokens import TokenGrant, TokenStore, TokenStoreError
 
 
 def record_event(database: Database, channels: list[str]) -> tuple[object, list[uuid.UUID]]:

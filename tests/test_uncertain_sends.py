@@ -17,11 +17,11 @@ import sqlalchemy as sa
 
 from notifier.adapter import LookupAnswer
 from notifier.app import Notifier
-from notifier.deliveries import DeliveryStatus, DispatchMark
-from notifier.replay import Replayer, ReplayOutcome, Resolution
-from notifier.samples import sample_event
-from notifier.sending import ProviderCall
+from notifier.ops.replay import Replayer, ReplayOutcome, Resolution
+from notifier.ops.samples import sample_event
+from notifier.pipeline.sending import ProviderCall
 from notifier.settings import SettingsError
+from notifier.store.deliveries.lifecycle import DeliveryStatus, DispatchMark
 from notifier.store.schema import deliveries
 from tests.support import RunningWorker, wait_until
 from tests.test_pipeline import (

@@ -16,7 +16,7 @@ from typing import Any, Self
 from notifier.simulators.sms import EsmsSimulator, SpeedSmsSimulator
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.simulators.zalo import ZaloSimulator
-from notifier.tokens import TokenStore
+from notifier.store.tokens import TokenStore
 
 
 class LocalProviders:

@@ -133,7 +133,7 @@ rejected_events = sa.Table(
     sa.Column("payload_raw", sa.LargeBinary, nullable=True),
     sa.Column("payload_bytes", sa.Integer, nullable=False),
     sa.Column("replayed_at", UTCDateTime, nullable=True),
-    # Who submitted it (see notifier.publishers): replay re-checks their scope.
+    # Who submitted it (see notifier.store.publishers): replay re-checks their scope.
     sa.Column("submitter_kind", sa.String(16), nullable=True),
     sa.Column("submitter_name", sa.String(100), nullable=True),
     sa.Column("submitter_id", sa.String(64), nullable=True),
@@ -198,7 +198,7 @@ operators = sa.Table(
     metadata,
     sa.Column("operator_id", sa.Uuid, primary_key=True),
     sa.Column("username", sa.String(64), nullable=False, unique=True),
-    # scrypt, with its parameters and salt, in one string (see notifier.console auth).
+    # scrypt, with its parameters and salt, in one string (see notifier.web.console auth).
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),  # "viewer" or "admin"
     sa.Column("created_at", UTCDateTime, nullable=False),

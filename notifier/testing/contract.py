@@ -268,7 +268,7 @@ class AdapterContract:
     # -- the contract -----------------------------------------------------------------------
 
     def test_declarations_are_well_formed(self) -> None:
-        from notifier.cli import describe_adapter
+        from notifier.cli.main import describe_adapter
 
         cls = self.adapter_class
         problems: list[str] = []
@@ -364,7 +364,7 @@ class AdapterContract:
         _report("settings that must be refused were accepted", accepted)
 
     def test_secret_settings_are_secret(self, kit_provider: Any) -> None:
-        from notifier.cli import describe_adapter
+        from notifier.cli.main import describe_adapter
 
         model = self.adapter_class.settings_model
         raw = self.valid_settings(kit_provider)
@@ -720,7 +720,7 @@ class AdapterContract:
     def test_templates_render(self) -> None:
         if self.templates_dir is None:
             pytest.skip("templates_dir is not set")
-        from notifier.rendering import TemplateSet
+        from notifier.pipeline.rendering import TemplateSet
         from notifier.settings import SettingsError
 
         cls = self.adapter_class

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from notifier.api import create_api
 from notifier.app import Notifier
-from notifier.operators import OperatorStore
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
+from notifier.store.operators import OperatorStore
 from notifier.store.schema import utcnow
+from notifier.web.api import create_api
 from tests.integration.test_console import PASSWORD, seed_log
 from tests.integration.test_reports_and_replay import make_dead_letter
 from tests.support import RunningWorker, ServedApi, make_settings, wait_until

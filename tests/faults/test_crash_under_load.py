@@ -26,12 +26,12 @@ import sqlalchemy as sa
 
 from notifier.adapter import AdapterContext, UncertainSendPolicy
 from notifier.events import Status
-from notifier.registry import Registry
-from notifier.samples import sample_event
+from notifier.ops.samples import sample_event
+from notifier.plugins.registry import Registry
 from notifier.simulators.local import LocalProviders
 from notifier.store import Database
 from notifier.store.schema import deliveries, inbox_notifications
-from notifier.tokens import TokenStore
+from notifier.store.tokens import TokenStore
 from tests.faults.test_faults import WorkerProcess, declare, publish, report
 from tests.support import notifier_env, rabbit_settings, wait_until
 

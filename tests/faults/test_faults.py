@@ -23,8 +23,8 @@ import pytest
 import sqlalchemy as sa
 
 from notifier.app import Notifier
+from notifier.ops.samples import sample_event
 from notifier.publisher import EventPublisher
-from notifier.samples import sample_event
 from notifier.settings import Settings
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
@@ -66,7 +66,7 @@ class WorkerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "notifier.cli",
+                    "notifier.cli.main",
                     "worker",
                     "--processes",
                     str(self.processes),

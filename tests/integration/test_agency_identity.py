@@ -21,19 +21,19 @@ from click.testing import CliRunner
 from pika.exceptions import ChannelClosedByBroker
 
 from notifier.amqp import declare_topology
-from notifier.api import create_api
-from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
-from notifier.cli import main
-from notifier.deliverylog import DeliveryLog
+from notifier.cli.main import main
 from notifier.events import Status
-from notifier.operators import OperatorStore
-from notifier.publishers import SUBMITTER_HEADER
-from notifier.replay import Replayer, ReplayOutcome
-from notifier.samples import sample_event
+from notifier.ops.replay import Replayer, ReplayOutcome
+from notifier.ops.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
+from notifier.store.apikeys import ApiKeys
+from notifier.store.deliveries.log import DeliveryLog
+from notifier.store.operators import OperatorStore
+from notifier.store.publishers import SUBMITTER_HEADER
 from notifier.store.schema import deliveries, events, rejected_events, utcnow
+from notifier.web.api import create_api
 from tests.integration.test_console import PASSWORD, signed_in
 from tests.support import (
     RunningWorker,

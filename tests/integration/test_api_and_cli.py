@@ -18,18 +18,18 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from notifier.api import create_api
-from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
-from notifier.cli import main
-from notifier.deliverylog import DeliveryLog, DeliveryQuery
-from notifier.demo import prepare_serving
-from notifier.operators import OperatorStore
-from notifier.samples import sample_event
+from notifier.cli.demo import prepare_serving
+from notifier.cli.main import main
+from notifier.ops.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
+from notifier.store.apikeys import ApiKeys
+from notifier.store.deliveries.log import DeliveryLog, DeliveryQuery
+from notifier.store.operators import OperatorStore
 from notifier.store.schema import events
 from notifier.testing import capture_logs
+from notifier.web.api import create_api
 from tests.support import (
     REPO,
     RunningWorker,
@@ -198,7 +198,7 @@ def test_the_demo_dates_its_sample_events_just_before_now(tmp_path: Path) -> Non
     before = datetime.now(UTC)
     demo = ["demo", "--events", "10", "--exit", "--dir", str(tmp_path / "demo")]
     result = subprocess.run(
-        [sys.executable, "-m", "notifier.cli", *demo],
+        [sys.executable, "-m", "notifier.cli.main", *demo],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -268,7 +268,7 @@ def test_publish_with_json_or_piped_prints_only_a_parseable_summary(
         encoding="utf-8",
     )
     piped = subprocess.run(
-        [sys.executable, "-m", "notifier.cli", "publish", str(file)],
+        [sys.executable, "-m", "notifier.cli.main", "publish", str(file)],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -300,7 +300,7 @@ def test_demo_delivers_every_event_on_the_embedded_default(tmp_path: Path) -> No
         [
             sys.executable,
             "-m",
-            "notifier.cli",
+            "notifier.cli.main",
             "demo",
             "--events",
             "20",

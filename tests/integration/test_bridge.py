@@ -14,7 +14,7 @@ import pika
 import pytest
 
 from notifier.amqp import declare_topology
-from notifier.bridge import EventBridge
+from notifier.pipeline.bridge import EventBridge
 from notifier.settings import EventsSettings
 from tests.support import wait_until
 

@@ -16,14 +16,14 @@ import pytest
 import sqlalchemy as sa
 
 from notifier.amqp import declare_topology
-from notifier.api import create_api
 from notifier.app import Notifier
-from notifier.optouts import OptOutStore
+from notifier.ops.samples import sample_event
 from notifier.publisher import EventPublisher
-from notifier.samples import sample_event
 from notifier.simulators.local import LocalProviders
 from notifier.store import Database
+from notifier.store.optouts import OptOutStore
 from notifier.store.schema import deliveries, delivery_attempts, provider_health
+from notifier.web.api import create_api
 from tests.support import RunningWorker, ServedApi, rabbit_settings, wait_until
 
 pytestmark = pytest.mark.integration

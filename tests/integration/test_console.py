@@ -20,13 +20,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from notifier.api import create_api
-from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
 from notifier.events import Status
 from notifier.masking import mask_recipient, recipient_hash
-from notifier.operators import OperatorStore
 from notifier.store import Database
+from notifier.store.apikeys import ApiKeys
+from notifier.store.operators import OperatorStore
 from notifier.store.schema import (
     deliveries,
     delivery_attempts,
@@ -34,6 +33,7 @@ from notifier.store.schema import (
     provider_health,
     rejected_events,
 )
+from notifier.web.api import create_api
 from tests.support import ServedApi, make_settings
 
 pytestmark = pytest.mark.integration
@@ -878,7 +878,7 @@ def test_keys_without_the_scope_are_refused(
 def test_metrics_read_the_log_at_scrape_time(
     served: ServedApi, seeded: Seeded, keys: dict[str, str]
 ) -> None:
-    from notifier.metrics import metric_names, sample_value
+    from notifier.ops.metrics import metric_names, sample_value
 
     answer = httpx.get(f"{served.base_url}/metrics", headers=bearer(keys["metrics"]))
     assert answer.status_code == 200
@@ -910,7 +910,7 @@ def test_metrics_read_the_log_at_scrape_time(
 
 
 def test_operator_accounts(pg_database: Database) -> None:
-    from notifier.operators import OperatorError, Role
+    from notifier.store.operators import OperatorError, Role
 
     store = OperatorStore(pg_database)
     with pytest.raises(OperatorError):
@@ -941,7 +941,7 @@ def test_cli_shows_what_the_console_shows(
 ) -> None:
     from click.testing import CliRunner
 
-    from notifier.cli import main
+    from notifier.cli.main import main
     from tests.support import REPO
 
     env = {
@@ -984,7 +984,7 @@ def test_cli_shows_what_the_console_shows(
 def test_cli_operator_accounts_and_tokens(pg_url: str, pg_database: Database) -> None:
     from click.testing import CliRunner
 
-    from notifier.cli import main
+    from notifier.cli.main import main
 
     env = {"NOTIFIER_DATABASE_URL": pg_url}
     runner = CliRunner()
@@ -1023,8 +1023,8 @@ def test_cli_operator_accounts_and_tokens(pg_url: str, pg_database: Database) ->
 def test_send_metrics_follow_provider_calls() -> None:
     from prometheus_client import generate_latest
 
-    from notifier.metrics import SendMetrics, sample_value
-    from notifier.sending import ProviderCall
+    from notifier.ops.metrics import SendMetrics, sample_value
+    from notifier.pipeline.sending import ProviderCall
 
     metrics = SendMetrics()
     metrics.observe(ProviderCall("sms", "vietguys", "sent", 0.2))
@@ -1057,8 +1057,8 @@ def test_worker_serves_dramatiq_and_send_metrics(
     import sys
     from pathlib import Path
 
-    from notifier.metrics import sample_value
-    from notifier.samples import sample_event
+    from notifier.ops.metrics import sample_value
+    from notifier.ops.samples import sample_event
     from notifier.simulators.smtp import SmtpCatcher
     from tests.support import REPO, rabbit_settings, wait_until
 

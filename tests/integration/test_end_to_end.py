@@ -15,13 +15,13 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from notifier.api import create_api
-from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
-from notifier.samples import sample_event
+from notifier.ops.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
+from notifier.store.apikeys import ApiKeys
 from notifier.store.schema import deliveries, rejected_events
+from notifier.web.api import create_api
 from tests.support import RunningWorker, ServedApi, rabbit_settings, wait_until
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from notifier.api import create_api
-from notifier.apikeys import SCOPES, ApiKeys
 from notifier.app import Notifier
 from notifier.simulators.local import LocalProviders
 from notifier.store import Database
+from notifier.store.apikeys import SCOPES, ApiKeys
+from notifier.web.api import create_api
 from tests.support import ServedApi, make_settings
 
 pytestmark = pytest.mark.integration

@@ -13,12 +13,12 @@ from datetime import timedelta
 import pytest
 from click.testing import CliRunner
 
-from notifier.cli import main
-from notifier.deliverylog import DeliveryLog
-from notifier.protection import ProviderGuard
-from notifier.sending import ProviderCall
+from notifier.cli.main import main
+from notifier.pipeline.protection import ProviderGuard
+from notifier.pipeline.sending import ProviderCall
 from notifier.settings import ProviderPolicy
 from notifier.store import Database
+from notifier.store.deliveries.log import DeliveryLog
 from notifier.store.schema import utcnow
 from tests.support import REPO
 
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.integration
 # written, and the process dies without a word (kill -9).
 DYING_WORKER = """
 import os, signal, sys
-from notifier.protection import ProviderGuard
-from notifier.sending import ProviderCall
+from notifier.pipeline.protection import ProviderGuard
+from notifier.pipeline.sending import ProviderCall
 from notifier.settings import ProviderPolicy
 from notifier.store import Database
 

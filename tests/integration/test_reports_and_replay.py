@@ -23,20 +23,20 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from notifier.api import create_api
-from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
-from notifier.cli import main
-from notifier.console import views
-from notifier.deliverylog import DeliveryLog, percentile
+from notifier.cli.main import main
 from notifier.events import Status
-from notifier.operators import OperatorStore
-from notifier.replay import Replayer, ReplayOutcome
-from notifier.reports import build_report
-from notifier.samples import sample_event
+from notifier.ops.replay import Replayer, ReplayOutcome
+from notifier.ops.reports import build_report
+from notifier.ops.samples import sample_event
 from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
+from notifier.store.apikeys import ApiKeys
+from notifier.store.deliveries.log import DeliveryLog, percentile
+from notifier.store.operators import OperatorStore
 from notifier.store.schema import deliveries, delivery_attempts, rejected_events, utcnow
+from notifier.web.api import create_api
+from notifier.web.console import views
 from tests.integration.test_console import (
     HASH_KEY,
     PASSWORD,

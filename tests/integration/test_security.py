@@ -30,20 +30,20 @@ from starlette.routing import Route
 
 from notifier.adapter import InvalidReceipt, ReceiptRequest
 from notifier.amqp import declare_topology
-from notifier.api import create_api
-from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
-from notifier.brokeradmin import publisher_permissions, publisher_topic_permissions, vhost_of
-from notifier.cli import main
-from notifier.optouts import OptOutStore, is_stop_text
-from notifier.retention import Retention
-from notifier.samples import sample_event
-from notifier.security import SecurityMiddleware
+from notifier.cli.main import main
+from notifier.ops.brokeradmin import publisher_permissions, publisher_topic_permissions, vhost_of
+from notifier.ops.retention import Retention
+from notifier.ops.samples import sample_event
 from notifier.settings import ApiSettings, EventsSettings
 from notifier.simulators.local import LocalProviders
 from notifier.store import Database
+from notifier.store.apikeys import ApiKeys
 from notifier.store.migrate import upgrade
+from notifier.store.optouts import OptOutStore, is_stop_text
 from notifier.store.schema import api_clients, deliveries, opt_outs, utcnow
+from notifier.web.api import create_api
+from notifier.web.security import SecurityMiddleware
 from tests.support import (
     REPO,
     RunningWorker,

@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from notifier.api import create_api
-from notifier.apikeys import ApiKeys
 from notifier.app import Notifier
 from notifier.logging import get_logger
-from notifier.security import redact_url_secrets
 from notifier.store import Database
+from notifier.store.apikeys import ApiKeys
+from notifier.web.api import create_api
+from notifier.web.security import redact_url_secrets
 from tests.service_log import KNOWN_MASKED, find_personal_data, scan_service_log
 from tests.support import ServedApi, make_settings
 
@@ -78,7 +78,7 @@ def test_contacts_in_request_urls_reach_the_access_log_masked(
 
 
 def _service_line(event: str, **fields: str) -> str:
-    return json.dumps({"event": event, "logger": "notifier.sending", **fields}) + "\n"
+    return json.dumps({"event": event, "logger": "notifier.pipeline.sending", **fields}) + "\n"
 
 
 def test_the_session_scan_fails_on_a_phone_logged_in_clear(tmp_path: Path) -> None:

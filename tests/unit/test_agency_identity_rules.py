@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from notifier.agencies import AgencyRegistry, AgencyRegistryError
-from notifier.bridge import submitter_of
 from notifier.events import EventRejected, dossier_code_mismatch, parse_event
-from notifier.publishers import SUBMITTER_HEADER, Submitter, SubmitterKind
-from notifier.received import ingest_arguments, raw_body
-from notifier.samples import sample_event
+from notifier.ops.samples import sample_event
+from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
+from notifier.pipeline.bridge import submitter_of
+from notifier.pipeline.received import ingest_arguments, raw_body
+from notifier.store.publishers import SUBMITTER_HEADER, Submitter, SubmitterKind
 
 AGENCY = "000.00.12.H29"
 

@@ -14,7 +14,7 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
-from notifier.console.i18n import DOMAIN, LANGUAGES, Translator
+from notifier.web.console.i18n import DOMAIN, LANGUAGES, Translator
 
 REPO = Path(__file__).resolve().parents[2]
 LOCALE = REPO / "notifier" / "console" / "locale"
@@ -70,7 +70,7 @@ def test_the_committed_mo_file_is_compiled_from_the_po_file(language: str) -> No
         committed = gettext.GNUTranslations(mo)._catalog  # type: ignore[attr-defined]
     expected.pop("", None)
     committed.pop("", None)
-    assert committed == expected, "run: pybabel compile -d notifier/console/locale"
+    assert committed == expected, "run: pybabel compile -d notifier/web/console/locale"
 
 
 def test_the_words_read_as_before_in_both_languages() -> None:

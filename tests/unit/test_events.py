@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from notifier.adapter import TemplatePart
-from notifier.cli import SCHEMA_PATH, main
+from notifier.cli.main import SCHEMA_PATH, main
 from notifier.events import (
     DossierStatusEvent,
     EventRejected,
@@ -29,8 +29,8 @@ from notifier.events import (
     parse_event,
     parse_status,
 )
-from notifier.rendering import TemplateSet
-from notifier.samples import sample_event
+from notifier.ops.samples import sample_event
+from notifier.pipeline.rendering import TemplateSet
 
 REPO = Path(__file__).resolve().parents[2]
 # Hypothesis keeps caches in ./.hypothesis by default: keep the working tree clean.

@@ -7,7 +7,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from notifier.protection import CircuitState, TokenBucket, shown_circuit_state
+from notifier.pipeline.protection import TokenBucket
+from notifier.store.health import CircuitState, shown_circuit_state
 
 
 def test_a_full_bucket_lets_the_burst_through_then_paces() -> None:

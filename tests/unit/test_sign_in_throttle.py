@@ -3,7 +3,7 @@ from elsewhere; a controlled clock, no sleeps."""
 
 from __future__ import annotations
 
-from notifier.console.auth import SignInThrottle
+from notifier.web.console.auth import SignInThrottle
 
 ATTACKER, OPERATOR = "203.0.113.7", "198.51.100.20"
 

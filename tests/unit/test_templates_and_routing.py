@@ -12,9 +12,9 @@ from jinja2.exceptions import SecurityError
 
 from notifier.adapter import TemplatePart
 from notifier.events import DossierStatusEvent, Status, parse_event
-from notifier.rendering import TemplateSet
-from notifier.routing import Routing
-from notifier.samples import sample_event
+from notifier.ops.samples import sample_event
+from notifier.pipeline.rendering import TemplateSet
+from notifier.pipeline.routing import Routing
 from notifier.settings import SettingsError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -23,7 +23,7 @@ from notifier.adapter import (
     TemporaryFailure,
     UncertainSendPolicy,
 )
-from notifier.inbox import NewNotification
+from notifier.store.inbox import NewNotification
 
 # The most notifications one transaction stores.
 MAX_GROUP = 100

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from notifier_portal import PortalInboxAdapter
 
 from notifier.adapter import AdapterContext
-from notifier.inbox import InboxStore
 from notifier.store import Database
+from notifier.store.inbox import InboxStore
 from notifier.store.schema import inbox_notifications
 from notifier.testing import AdapterContract, make_context
 

@@ -13,8 +13,8 @@ import pytest
 from notifier_portal import PortalInboxAdapter
 
 from notifier.adapter import OutboundMessage, TemporaryFailure
-from notifier.inbox import InboxStore, NewNotification
 from notifier.store import Database
+from notifier.store.inbox import InboxStore, NewNotification
 from notifier.store.schema import inbox_notifications
 from notifier.testing import make_context, sample_message
 

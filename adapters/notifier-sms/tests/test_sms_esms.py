@@ -31,7 +31,7 @@ from notifier.adapter import (
     SendResult,
     TemporaryFailure,
 )
-from notifier.registry import Registry
+from notifier.plugins.registry import Registry
 from notifier.settings import Settings
 from notifier.simulators.sms import EsmsSimulator
 

@@ -294,7 +294,7 @@ def test_unreadable_speedsms_callbacks_are_malformed(body: bytes) -> None:
     settings = SpeedSmsSettings(brandname=BRANDNAME, access_token="t", receipt_token=TOKEN)  # type: ignore[arg-type]
     request = ReceiptRequest("POST", {}, {}, body, time.time(), token=TOKEN)
 
-    def read_as_the_api_does() -> None:  # both readings of one callback (notifier.api)
+    def read_as_the_api_does() -> None:  # both readings of one callback (notifier.web.api)
         SpeedSmsAdapter.parse_receipt(settings, request)
         SpeedSmsAdapter.parse_inbound(settings, request)
 

@@ -4,7 +4,7 @@ Registered as ``zalo`` in the ``notifier.adapters`` entry-point group.
 
 Tokens. ZNS calls carry an OA access token (about 25 hours); OAuth v4 refreshes it
 with a **single-use** refresh token. The tokens live in the core's
-:class:`~notifier.tokens.TokenStore` under ``settings.token_name``; a refresh runs
+:class:`~notifier.store.tokens.TokenStore` under ``settings.token_name``; a refresh runs
 through :meth:`TokenStore.refresh`, which holds a database row lock around the call to
 Zalo so only one worker anywhere spends the refresh token, and the others pick up the
 result. Each adapter keeps the current token in memory (no database read per send),
@@ -65,7 +65,7 @@ from notifier.adapter_http import AdapterHttp, request_sync, status_failure
 from notifier.logging import get_logger
 from notifier.masking import scrub
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
-from notifier.tokens import Token, TokenGrant, TokenStoreError
+from notifier.store.tokens import Token, TokenGrant, TokenStoreError
 
 from .params import ParamValue, template_data, template_id
 from .receipts import parse_receipt

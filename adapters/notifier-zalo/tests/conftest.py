@@ -13,7 +13,7 @@ from notifier.adapter import AdapterContext
 from notifier.simulators.zalo import ZaloSimulator
 from notifier.store import Database
 from notifier.store.migrate import upgrade
-from notifier.tokens import TokenStore
+from notifier.store.tokens import TokenStore
 
 APP_ID = "1234567890123456789"
 APP_SECRET = "sim-app-secret-Xy7"

@@ -23,8 +23,8 @@ from notifier.adapter import AdapterContext, OutboundMessage, ReceiptRequest
 from notifier.simulators.zalo import ZaloSimulator
 from notifier.store import Database
 from notifier.store.migrate import upgrade
+from notifier.store.tokens import TokenStore
 from notifier.testing import AdapterContract, make_context
-from notifier.tokens import TokenStore
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -25,7 +25,7 @@ from notifier.simulators.zalo import ZaloSimulator
 from notifier.store import Database
 from notifier.store.migrate import upgrade
 from notifier.store.schema import utcnow
-from notifier.tokens import TokenStore
+from notifier.store.tokens import TokenStore
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 KEY = "k" * 32

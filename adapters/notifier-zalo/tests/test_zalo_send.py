@@ -40,7 +40,7 @@ from notifier.simulators.zalo import (
 )
 from notifier.store import Database
 from notifier.store.schema import utcnow
-from notifier.tokens import Token, TokenGrant, TokenStore
+from notifier.store.tokens import Token, TokenGrant, TokenStore
 
 KEY = "k" * 32  # the token store key of conftest.py
 PHONE = "+84901888484"

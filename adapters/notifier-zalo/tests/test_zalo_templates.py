@@ -12,7 +12,7 @@ from notifier_zalo.params import template_data, template_id
 from pydantic import ValidationError
 
 from notifier.events import DossierStatusEvent, Status
-from notifier.rendering import LANGUAGES, TemplateSet, sample_event
+from notifier.pipeline.rendering import LANGUAGES, TemplateSet, sample_event
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "config" / "templates"
 SETTINGS = ZaloSettings(app_id="1", app_secret="s")

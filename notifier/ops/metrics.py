@@ -1,0 +1,293 @@
+"""Prometheus metrics, all named ``notifier_*`` (and Dramatiq's own ``dramatiq_*``).
+
+Two sources, scraped separately (see docs/operations.md):
+
+* the API's ``/metrics``: :class:`StateCollector` reads the delivery log, the
+  rejects, provider health and the RabbitMQ queue depths at scrape time, so every API
+  replica reports the same figures and nothing is lost when a worker restarts;
+* each worker host's Dramatiq exposition server (port 9191): Dramatiq's Prometheus
+  middleware (message counts, errors, retries, durations) plus what
+  :func:`instrument_worker` adds: provider call latency and outcomes.
+
+``prometheus_client`` is imported only inside functions, never at module level: it
+chooses between in-process and multiprocess (mmap file) storage once, when first
+imported, from ``PROMETHEUS_MULTIPROC_DIR``. A worker must set that variable to
+Dramatiq's directory before the first import, or the metrics it records never reach
+the exposition server, which runs in another process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from notifier.logging import get_logger
+from notifier.pipeline.sending import ProviderCall
+from notifier.store.deliveries.log import GAVE_UP_PREFIX, DeliveryLog
+from notifier.store.schema import deliveries, rejected_events
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
+
+    from notifier.app import Notifier
+
+log = get_logger(__name__)
+
+CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
+# Provider calls range from a local inbox insert (ms) to a slow gateway (send timeout).
+SEND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class StateCollector:
+    """Gauges and counters read from the database and the broker at each scrape."""
+
+    def __init__(self, app: Notifier) -> None:
+        self.app = app
+
+    def queue_names(self) -> list[str]:
+        """Dramatiq's queues of this deployment (with their delay and dead-letter queues)
+        and the public inbound events queue."""
+        base = [self.app.ingest_actor.queue_name] + [
+            actor.queue_name for actor in self.app.deliver_actors.values()
+        ]
+        names = [f"{q}{suffix}" for q in base for suffix in ("", ".DQ", ".XQ")]
+        return [*names, self.app.settings.events.queue]
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        database_up = GaugeMetricFamily(
+            "notifier_database_up", "1 if the last scrape could read the database."
+        )
+        try:
+            yield from self._from_database()
+            database_up.add_metric([], 1)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("metrics could not read the database", error=repr(exc))
+            database_up.add_metric([], 0)
+        yield database_up
+        if self.app.settings.uses_rabbitmq:
+            depths = self._queue_depths()
+            broker_up = GaugeMetricFamily(
+                "notifier_broker_up", "1 if the last scrape could reach RabbitMQ."
+            )
+            broker_up.add_metric([], 0 if depths is None else 1)
+            yield broker_up
+            if depths is not None:
+                depth = GaugeMetricFamily(
+                    "notifier_queue_depth",
+                    "Messages ready in each queue (.DQ: delayed retries, .XQ: dead-lettered).",
+                    labels=["queue"],
+                )
+                for name, count in sorted(depths.items()):
+                    depth.add_metric([name], count)
+                yield depth
+
+    def _from_database(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        d = deliveries.c
+        retries = sa.func.sum(sa.case((d.attempts > 1, d.attempts - 1), else_=0))
+        by_state = sa.select(
+            d.channel, d.provider, d.status, sa.func.count().label("n"), retries.label("r")
+        ).group_by(d.channel, d.provider, d.status)
+        dead = (
+            sa.select(d.channel, sa.func.count().label("n"))
+            .where(d.status == "permanent-failure", d.last_error.like(GAVE_UP_PREFIX + "%"))
+            .group_by(d.channel)
+        )
+        with self.app.database.engine.connect() as connection:
+            state_rows = list(connection.execute(by_state))
+            dead_rows = list(connection.execute(dead))
+            rejected = connection.execute(
+                sa.select(sa.func.count()).select_from(rejected_events)
+            ).scalar_one()
+        # The state shown, derived from the latest outcomes (as the console shows it).
+        health_rows = DeliveryLog(self.app.database, "").provider_health()
+
+        counts = GaugeMetricFamily(
+            "notifier_deliveries",
+            "Deliveries in the log by channel, provider and status (provider 'none' "
+            "before the first attempt).",
+            labels=["channel", "provider", "status"],
+        )
+        retried: dict[str, float] = {}
+        for row in state_rows:
+            counts.add_metric([row.channel, row.provider or "none", row.status], int(row.n))
+            retried[row.channel] = retried.get(row.channel, 0) + int(row.r or 0)
+        yield counts
+        retry_total = CounterMetricFamily(
+            "notifier_delivery_retries",
+            "Attempts after the first, summed over the deliveries in the log.",
+            labels=["channel"],
+        )
+        for channel, value in sorted(retried.items()):
+            retry_total.add_metric([channel], value)
+        yield retry_total
+        dead_letters = GaugeMetricFamily(
+            "notifier_dead_letters",
+            "Deliveries that failed after exhausting their retries (replayable).",
+            labels=["channel"],
+        )
+        for row in dead_rows:
+            dead_letters.add_metric([row.channel], int(row.n))
+        yield dead_letters
+        yield CounterMetricFamily(
+            "notifier_rejected_events",
+            "Events refused at ingest, with their reasons kept in the log.",
+            value=int(rejected),
+        )
+        circuit = GaugeMetricFamily(
+            "notifier_circuit_state",
+            "Provider circuit breaker: 0 closed, 1 half-open, 2 open.",
+            labels=["provider", "channel"],
+        )
+        failures = GaugeMetricFamily(
+            "notifier_provider_consecutive_failures",
+            "Failures in a row of each provider, as workers last recorded.",
+            labels=["provider", "channel"],
+        )
+        for health in health_rows:
+            labels = [health.provider, health.channel]
+            circuit.add_metric(labels, CIRCUIT_STATES.get(health.circuit_state, 2))
+            failures.add_metric(labels, int(health.consecutive_failures))
+        yield circuit
+        yield failures
+
+    def _queue_depths(self) -> dict[str, int] | None:
+        """Ready messages per queue via passive declares (None if RabbitMQ is down); a
+        queue nobody declared yet is left out."""
+        import pika
+        from pika.exceptions import AMQPError, ChannelClosedByBroker
+
+        from notifier.amqp import connection_parameters
+
+        parameters = connection_parameters(self.app.settings.broker_url, heartbeat=0)
+        parameters.socket_timeout = 2
+        parameters.blocked_connection_timeout = 2
+        depths: dict[str, int] = {}
+        try:
+            connection = pika.BlockingConnection(parameters)
+        except AMQPError as exc:
+            log.warning("metrics could not reach RabbitMQ", error=repr(exc))
+            return None
+        try:
+            channel = connection.channel()
+            for name in self.queue_names():
+                try:
+                    declared = channel.queue_declare(queue=name, passive=True)
+                    depths[name] = int(declared.method.message_count)
+                except ChannelClosedByBroker:  # 404: not declared (yet)
+                    channel = connection.channel()
+        except AMQPError as exc:
+            log.warning("metrics lost RabbitMQ mid-scrape", error=repr(exc))
+            return None
+        finally:
+            if connection.is_open:
+                connection.close()
+        return depths
+
+
+def state_registry(app: Notifier) -> CollectorRegistry:
+    """A registry of its own for the API's /metrics (not the global default one)."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StateCollector(app))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The text exposition of ``registry`` and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class SendMetrics:
+    """Provider call latency and outcomes, fed by the sender's observer hook."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        import prometheus_client as prom
+
+        self.registry = registry if registry is not None else prom.CollectorRegistry()
+        labels = ["channel", "provider", "outcome"]
+        self.send_seconds = prom.Histogram(
+            "notifier_send_seconds",
+            "Time of one provider call (a send), by outcome.",
+            labels,
+            buckets=SEND_BUCKETS,
+            registry=self.registry,
+        )
+        self.calls = prom.Counter(
+            "notifier_provider_calls",
+            "Provider calls by outcome (sent, delivered, temporary-failure, permanent-failure).",
+            labels,
+            registry=self.registry,
+        )
+        self.alerts = prom.Counter(
+            "notifier_provider_alerts",
+            "Provider failures that need an operator (credentials, balance, quota).",
+            ["channel", "provider", "code"],
+            registry=self.registry,
+        )
+
+    def observe(self, call: ProviderCall) -> None:
+        labels = (call.channel, call.provider, call.outcome)
+        self.send_seconds.labels(*labels).observe(call.seconds)
+        self.calls.labels(*labels).inc()
+        if call.operator_alert:
+            self.alerts.labels(call.channel, call.provider, call.error_code or "").inc()
+
+
+def instrument_worker(app: Notifier, *, dramatiq_middleware: bool = True) -> SendMetrics:
+    """Export a worker's metrics: Dramatiq's Prometheus middleware and provider calls.
+
+    Call it where the worker module builds its app (``notifier.cli.worker``), before
+    anything imports ``prometheus_client``. The middleware starts its exposition
+    server only under the ``dramatiq`` command (``notifier worker``): it is a "fork"
+    the command runs, and its metrics are created on the ``process_boot`` hook, which
+    only the command emits. An in-process ``dramatiq.Worker`` (tests, the demo) must
+    pass ``dramatiq_middleware=False``.
+    """
+    if dramatiq_middleware:
+        from dramatiq.middleware.prometheus import DB_PATH, Prometheus
+
+        values = sys.modules.get("prometheus_client.values")
+        if values is not None and not getattr(values.ValueClass, "_multiprocess", False):
+            log.warning(
+                "prometheus_client was imported before the worker set up multiprocess "
+                "metrics: notifier_send_seconds will not reach the exposition server"
+            )
+        # Dramatiq's own middleware sets this on process boot; the send metrics are
+        # created before that, so set it first (same directory: dramatiq_prom_db).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = DB_PATH
+        app.broker.add_middleware(Prometheus())
+    metrics = SendMetrics()
+    app.sender.observers.append(metrics.observe)
+    return metrics
+
+
+def metric_names(text: str) -> set[str]:
+    """Names of the metric families in an exposition text (for tests and checks)."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            names.add(line.split()[2])
+    return names
+
+
+def sample_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in an exposition text, or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None

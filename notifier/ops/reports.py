@@ -1,0 +1,219 @@
+"""Delivery reports for a day or a range: the figures item 20 of letter 3109/BTTTT-CĐSQG
+asks TTHC systems to feed to the national monitoring and measurement system.
+
+A report covers the deliveries *created* (planned from an accepted event) in
+``[since, until)``: counts per agency, procedure, channel and status, and delivery
+time percentiles per channel, measured from the event's ``occurred_at`` to the
+delivery's ``sent_at`` (see :meth:`notifier.store.deliveries.log.DeliveryLog.latency`).
+Dates without a time are midnights in the report's time zone (Vietnam by default).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from notifier.store.deliveries.log import DeliveryLog, Percentiles
+from notifier.store.schema import utcnow
+
+DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
+GROUPING = ("agency_code", "procedure_code", "channel", "status")
+CSV_COLUMNS = (
+    "from",
+    "to",
+    "kind",
+    "agency_code",
+    "procedure_code",
+    "channel",
+    "status",
+    "count",
+    "p50_s",
+    "p90_s",
+    "p95_s",
+    "p99_s",
+)
+MAX_RANGE = timedelta(days=366)
+
+
+class ReportError(ValueError):
+    """A report that cannot be made as asked, with a message fit to show."""
+
+
+def zone(name: str | None) -> tzinfo:
+    """A time zone by IANA name; Vietnam (UTC+7, no daylight saving) if the system has
+    no zone data for it."""
+    name = name or DEFAULT_TIMEZONE
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        if name == DEFAULT_TIMEZONE:
+            return timezone(timedelta(hours=7), "ICT")
+        raise ReportError(f"unknown time zone {name!r}") from None
+
+
+def parse_moment(text: str, tz: tzinfo) -> tuple[datetime, bool]:
+    """An ISO date or date-time; naive values are in ``tz``. Returns (moment, is_date)."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=tz), True
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReportError(f"not an ISO date or date-time: {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=tz)), False
+
+
+DEFAULT_REPORT_DAYS = 30
+
+
+def default_report_days(today: date, days: int = DEFAULT_REPORT_DAYS) -> tuple[str, str]:
+    """The range a report opens on: the last ``days`` days, today included, as the ISO
+    dates of its first day and of its end (excluded: tomorrow)."""
+    return (today - timedelta(days=days - 1)).isoformat(), (today + timedelta(days=1)).isoformat()
+
+
+def report_range(
+    since: str | None, until: str | None, day: str | None, tz: tzinfo
+) -> tuple[datetime, datetime]:
+    """[since, until) in UTC from a day, or from a start and an optional end (a day after
+    a start date, else now)."""
+    if day is not None:
+        if since is not None or until is not None:
+            raise ReportError("give either a day or a from/to range, not both")
+        start, is_date = parse_moment(day, tz)
+        if not is_date:
+            raise ReportError("a day is a date, e.g. 2026-11-26")
+        return start.astimezone(UTC), (start + timedelta(days=1)).astimezone(UTC)
+    if since is None:
+        raise ReportError("give --from (and optionally --to) or --day")
+    start, is_date = parse_moment(since, tz)
+    if until is not None:
+        end, _ = parse_moment(until, tz)
+    else:
+        end = start + timedelta(days=1) if is_date else utcnow()
+    if end <= start:
+        raise ReportError("the end of the range must be after its start")
+    if end - start > MAX_RANGE:
+        raise ReportError("a report covers at most 366 days")
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    agency_code: str
+    procedure_code: str
+    channel: str
+    status: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Report:
+    since: datetime
+    until: datetime
+    timezone: str
+    generated_at: datetime
+    events: int
+    rejected_events: int
+    rows: list[ReportRow]
+    latency: dict[str, Percentiles]  # per channel, and "*" for all
+
+    @property
+    def deliveries(self) -> int:
+        return sum(r.count for r in self.rows)
+
+    def totals(self, key: str) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for row in self.rows:
+            counts[getattr(row, key)] += row.count
+        return dict(sorted(counts.items()))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "from": self.since.isoformat(),
+            "to": self.until.isoformat(),
+            "timezone": self.timezone,
+            "generated_at": self.generated_at.isoformat(),
+            "delivery_time": "seconds from the event's occurred_at to the delivery's sent_at",
+            "events": self.events,
+            "rejected_events": self.rejected_events,
+            "deliveries": self.deliveries,
+            "by_agency": self.totals("agency_code"),
+            "by_procedure": self.totals("procedure_code"),
+            "by_channel": self.totals("channel"),
+            "by_status": self.totals("status"),
+            "rows": [row.__dict__ for row in self.rows],
+            "latency": {
+                channel: {"sent": p.count, "p50": p.p50, "p90": p.p90, "p95": p.p95, "p99": p.p99}
+                for channel, p in self.latency.items()
+            },
+        }
+
+    def as_csv(self) -> str:
+        """One flat table: ``kind`` is count (one row per agency, procedure, channel and
+        status), latency (per channel, ``*`` for all), events or rejected_events."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        span = (self.since.isoformat(), self.until.isoformat())
+        writer.writerow([*span, "events", "", "", "", "", self.events, "", "", "", ""])
+        writer.writerow(
+            [*span, "rejected_events", "", "", "", "", self.rejected_events, "", "", "", ""]
+        )
+        for row in self.rows:
+            writer.writerow(
+                [
+                    *span,
+                    "count",
+                    row.agency_code,
+                    row.procedure_code,
+                    row.channel,
+                    row.status,
+                    row.count,
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+        for channel, p in self.latency.items():
+            writer.writerow(
+                [
+                    *span,
+                    "latency",
+                    "",
+                    "",
+                    channel,
+                    "",
+                    p.count,
+                    *("" if v is None else f"{v:.3f}" for v in (p.p50, p.p90, p.p95, p.p99)),
+                ]
+            )
+        return out.getvalue()
+
+
+def build_report(
+    log: DeliveryLog, since: datetime, until: datetime, *, timezone_name: str | None = None
+) -> Report:
+    rows = [
+        ReportRow(agency, procedure, channel, status, count)
+        for (agency, procedure, channel, status), count in log.grouped_counts(
+            since, until, GROUPING
+        )
+    ]
+    return Report(
+        since=since,
+        until=until,
+        timezone=timezone_name or DEFAULT_TIMEZONE,
+        generated_at=utcnow(),
+        events=log.events_count(since, until),
+        rejected_events=log.rejects_count(since, until),
+        rows=rows,
+        latency=log.latency(since, until),
+    )

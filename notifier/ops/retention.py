@@ -1,0 +1,351 @@
+"""Retention: personal data is kept only as long as it is useful (Decree 13/2023/ND-CP).
+
+What goes, once older than its period (``NOTIFIER_RETENTION__*``):
+
+- deliveries (``deliveries_days``, default 30): the full recipient and the rendered
+  message (``deliveries.recipient``, ``deliveries.content``) become NULL; the row stays
+  with its status, attempts, times, masked recipient and keyed hash, so counts,
+  reports and searches by contact still work;
+- events: the payload as received (names, contacts) becomes NULL once the event and
+  every delivery of it (fallbacks are created later) are past ``deliveries_days``;
+- rejected events: the kept payload (text and raw bytes) becomes NULL after
+  ``deliveries_days`` (the
+  reason and size stay; a purged reject can no longer be replayed);
+- the portal inbox (``inbox_days``, default 180): notifications are deleted;
+- receipt nonces (``receipt_nonces_days``, default 7): deleted. A nonce must outlive
+  every provider's receipt window twice over (a receipt stamped at the edge of the
+  window can arrive that much later), so the period is raised to that when shorter.
+
+Each worker process runs the purge every ``interval_s`` (:class:`RetentionJob`, a
+Dramatiq middleware like the sweeper); ``notifier purge [--dry-run]`` runs it once.
+Purging is idempotent, so several processes doing it at once is harmless. Tests pass
+``now`` to control the clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+import sqlalchemy as sa
+
+from notifier.background import BackgroundThread
+from notifier.logging import get_logger
+from notifier.settings import RetentionSettings
+from notifier.store import Database
+from notifier.store.schema import (
+    deliveries,
+    events,
+    inbox_notifications,
+    receipt_nonces,
+    rejected_events,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from notifier.app import Notifier
+
+log = get_logger(__name__)
+
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    """What one purge cleared (or, with ``dry_run``, would clear)."""
+
+    deliveries: int  # deliveries whose recipient and content were cleared
+    events: int  # event payloads cleared
+    rejects: int  # rejected-event payloads cleared
+    inbox: int  # inbox notifications deleted
+    nonces: int  # receipt nonces deleted
+    dry_run: bool
+    deliveries_before: datetime
+    inbox_before: datetime
+    nonces_before: datetime
+
+    @property
+    def total(self) -> int:
+        return self.deliveries + self.events + self.rejects + self.inbox + self.nonces
+
+    def as_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))  # type: ignore[no-any-return]
+
+
+def _ignore(_rows: int) -> None:
+    """No one is watching the purge's progress."""
+
+
+class Retention:
+    """Clears personal data past its retention period, in batches."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: RetentionSettings,
+        *,
+        min_delivery_age_s: float = 0.0,
+        min_nonce_age_s: float = 0.0,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        # A delivery may still be sent until the worker's max age: its contact and text
+        # are needed until then, whatever the retention says.
+        self.delivery_age = timedelta(
+            seconds=max(settings.deliveries_days * _DAY, min_delivery_age_s)
+        )
+        self.inbox_age = timedelta(seconds=settings.inbox_days * _DAY)
+        self.nonce_age = timedelta(
+            seconds=max(settings.receipt_nonces_days * _DAY, min_nonce_age_s)
+        )
+
+    @classmethod
+    def for_app(cls, app: Notifier) -> Retention:
+        """The app's retention, with periods raised to what sending and receipts need."""
+        windows = [
+            float(getattr(p.settings, "receipt_max_age_s", 0) or 0)
+            for p in app.registry.all_providers()
+        ]
+        return cls(
+            app.database,
+            app.settings.retention,
+            min_delivery_age_s=app.settings.worker.max_age_s,
+            min_nonce_age_s=2 * max(windows, default=0.0),
+        )
+
+    def purge(
+        self,
+        now: datetime | None = None,
+        *,
+        dry_run: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> PurgeReport:
+        """Clear (or with ``dry_run`` count) what is past its period; ``on_batch(n)`` is
+        told after each batch of ``n`` rows (the CLI's progress bar)."""
+        now = now or utcnow()
+        step = on_batch or _ignore
+        delivery_cutoff = now - self.delivery_age
+        inbox_cutoff = now - self.inbox_age
+        nonce_cutoff = now - self.nonce_age
+        d, e, r = deliveries.c, events.c, rejected_events.c
+        recent_delivery = sa.exists().where(
+            d.event_id == e.event_id, d.created_at >= delivery_cutoff
+        )
+        report = PurgeReport(
+            deliveries=self._clear(
+                deliveries,
+                d.delivery_id,
+                sa.and_(
+                    d.created_at < delivery_cutoff,
+                    sa.or_(d.recipient.is_not(None), d.content.is_not(None)),
+                ),
+                {"recipient": sa.null(), "content": sa.null()},
+                dry_run,
+                step,
+            ),
+            events=self._clear(
+                events,
+                e.event_id,
+                sa.and_(
+                    e.received_at < delivery_cutoff,
+                    e.payload.is_not(None),
+                    sa.not_(recent_delivery),
+                ),
+                {"payload": sa.null()},
+                dry_run,
+                step,
+            ),
+            rejects=self._clear(
+                rejected_events,
+                r.reject_id,
+                sa.and_(
+                    r.received_at < delivery_cutoff,
+                    sa.or_(r.payload.is_not(None), r.payload_raw.is_not(None)),
+                ),
+                # The raw bytes are the same personal data as the text.
+                {"payload": sa.null(), "payload_raw": sa.null()},
+                dry_run,
+                step,
+            ),
+            inbox=self._delete(
+                inbox_notifications,
+                inbox_notifications.c.notification_id,
+                inbox_notifications.c.created_at < inbox_cutoff,
+                dry_run,
+                step,
+            ),
+            nonces=self._delete_nonces(nonce_cutoff, dry_run, step),
+            dry_run=dry_run,
+            deliveries_before=delivery_cutoff,
+            inbox_before=inbox_cutoff,
+            nonces_before=nonce_cutoff,
+        )
+        if report.total:
+            log.info(
+                "retention purge" + (" (dry run)" if dry_run else ""),
+                deliveries=report.deliveries,
+                events=report.events,
+                rejects=report.rejects,
+                inbox=report.inbox,
+                nonces=report.nonces,
+            )
+        return report
+
+    # -- batches --------------------------------------------------------------------------
+
+    def _count(self, table: sa.Table, condition: sa.ColumnElement[bool]) -> int:
+        with self.database.engine.connect() as connection:
+            found = connection.execute(
+                sa.select(sa.func.count()).select_from(table).where(condition)
+            ).scalar_one()
+        return int(found)
+
+    def _clear(
+        self,
+        table: sa.Table,
+        key: sa.Column[Any],
+        condition: sa.ColumnElement[bool],
+        values: dict[str, Any],
+        dry_run: bool,
+        on_batch: Callable[[int], None],
+    ) -> int:
+        """Set ``values`` on rows matching ``condition``, a batch per transaction.
+
+        JSON columns are cleared with ``sa.null()``: SQL NULL, not the JSON ``null`` a
+        plain ``None`` would store (which ``IS NOT NULL`` would find again)."""
+        if dry_run:
+            return self._count(table, condition)
+        done = 0
+        while True:
+            with self.database.begin() as connection:
+                ids = (
+                    connection.execute(sa.select(key).where(condition).limit(self.settings.batch))
+                    .scalars()
+                    .all()
+                )
+                if ids:
+                    connection.execute(sa.update(table).where(key.in_(ids)).values(**values))
+            done += len(ids)
+            on_batch(len(ids))
+            if len(ids) < self.settings.batch:
+                return done
+
+    def _delete(
+        self,
+        table: sa.Table,
+        key: sa.Column[Any],
+        condition: sa.ColumnElement[bool],
+        dry_run: bool,
+        on_batch: Callable[[int], None],
+    ) -> int:
+        if dry_run:
+            return self._count(table, condition)
+        done = 0
+        while True:
+            with self.database.begin() as connection:
+                ids = (
+                    connection.execute(sa.select(key).where(condition).limit(self.settings.batch))
+                    .scalars()
+                    .all()
+                )
+                if ids:
+                    connection.execute(sa.delete(table).where(key.in_(ids)))
+            done += len(ids)
+            on_batch(len(ids))
+            if len(ids) < self.settings.batch:
+                return done
+
+    def _delete_nonces(
+        self, cutoff: datetime, dry_run: bool, on_batch: Callable[[int], None]
+    ) -> int:
+        # Keyed by (provider, nonce): delete by time directly, in one statement per batch
+        # of the oldest first.
+        n = receipt_nonces.c
+        condition = n.received_at < cutoff
+        if dry_run:
+            return self._count(receipt_nonces, condition)
+        done = 0
+        while True:
+            with self.database.begin() as connection:
+                rows = connection.execute(
+                    sa.select(n.provider, n.nonce).where(condition).limit(self.settings.batch)
+                ).all()
+                for provider in {row.provider for row in rows}:
+                    connection.execute(
+                        sa.delete(receipt_nonces).where(
+                            n.provider == provider,
+                            n.nonce.in_([row.nonce for row in rows if row.provider == provider]),
+                        )
+                    )
+            done += len(rows)
+            on_batch(len(rows))
+            if len(rows) < self.settings.batch:
+                return done
+
+
+class RetentionJob(BackgroundThread):
+    """Runs :meth:`Retention.purge` in each worker process every ``interval_s``."""
+
+    thread_name = "notifier-retention"
+
+    def __init__(self, retention: Retention) -> None:
+        super().__init__()
+        self.retention = retention
+        self.settings = retention.settings
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    def run(self) -> None:
+        # A first purge soon after boot, so restarts more often than the interval still
+        # purge; then every interval.
+        delay = min(self.settings.interval_s, 60.0)
+        while not self.stopping.wait(delay):
+            delay = self.settings.interval_s
+            try:
+                self.retention.purge()
+            except Exception:  # the database may be down; try again next round
+                log.exception("retention purge failed")
+
+
+@click.command("purge")
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+def purge_command(dry_run: bool, as_json: bool) -> None:
+    """Purge personal data past its retention period (what workers do every hour)."""
+    from notifier.app import Notifier
+    from notifier.cli.progress import on_terminal, progress
+    from notifier.settings import SettingsError, load_settings
+
+    try:
+        app = Notifier(load_settings())
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        retention = Retention.for_app(app)
+        if dry_run or not on_terminal(as_json):
+            report = retention.purge(dry_run=dry_run)
+        else:  # count first, so the bar knows how far there is to go
+            total = retention.purge(dry_run=True).total
+            with progress(total, "purging") as advance:
+                report = retention.purge(on_batch=advance)
+    finally:
+        app.close()
+    if as_json:
+        click.echo(json.dumps(report.as_json(), ensure_ascii=False))
+        return
+    verb = "would clear" if dry_run else "cleared"
+    click.echo(
+        f"{verb}: {report.deliveries} deliveries' contacts and bodies "
+        f"(created before {report.deliveries_before:%Y-%m-%d %H:%M} UTC), "
+        f"{report.events} event payloads, {report.rejects} rejected payloads"
+    )
+    click.echo(
+        f"{'would delete' if dry_run else 'deleted'}: {report.inbox} inbox notifications "
+        f"(before {report.inbox_before:%Y-%m-%d %H:%M} UTC), {report.nonces} receipt nonces"
+    )

@@ -1,0 +1,629 @@
+"""Send a group of deliveries: claim them, try each one's providers, record the outcomes.
+
+A group (one channel message) is claimed in one statement. Its sends run concurrently
+on the adapters' event loop, bounded by each adapter's own pool and by the backlog of
+unrecorded results (``NOTIFIER_WORKER__MAX_UNRECORDED``), and outcomes are recorded in
+small groups as they finish. Each call is preceded by a durable dispatch mark, so after
+a crash a claim tells "never called" (send it) from "called, outcome unknown" (apply
+the provider's policy: resend, verify, hold).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import structlog
+from sqlalchemy.exc import DBAPIError
+
+from notifier.adapter import (
+    DeliveryFailure,
+    LookupAnswer,
+    OutboundMessage,
+    PermanentFailure,
+    SendResult,
+    TemporaryFailure,
+    UncertainSendPolicy,
+)
+from notifier.logging import get_logger
+from notifier.pipeline.dispatch import DispatchJournal, RecordBacklog
+from notifier.store.deliveries.lifecycle import (
+    AttemptRecord,
+    ClaimedDelivery,
+    ClaimOutcome,
+    DeliveryStatus,
+    DeliveryStore,
+    DispatchMark,
+)
+
+if TYPE_CHECKING:
+    from notifier.pipeline.protection import ProviderGuard
+from notifier.plugins.registry import Provider, Registry
+from notifier.plugins.runtime import AdapterRuntime
+from notifier.settings import SettingsError, WorkerSettings
+from notifier.store.schema import utcnow
+
+log = get_logger(__name__)
+
+# A send waits at most this long for its provider's rate limit; a longer wait gives the
+# claim back and comes again later, so a lease never runs out in a rate-limit queue.
+MAX_RATE_WAIT_S = 5.0
+# After a send finishes, how long others may join it in one recording transaction
+# (not while calls are held back by the backlog: then it records at once).
+RECORD_WINDOW_S = 0.02
+
+
+@dataclass(frozen=True)
+class ProviderCall:
+    """One call of one provider, as reported to observers (metrics, health)."""
+
+    channel: str
+    provider: str
+    outcome: str  # "sent" | "delivered" | "temporary-failure" | "permanent-failure"
+    seconds: float
+    error_code: str | None = None
+    operator_alert: bool = False
+    details: Mapping[str, Any] | None = None  # what the provider said, e.g. quota left
+
+
+SendObserver = Callable[[ProviderCall], None]
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    delivery_id: UUID
+    status: DeliveryStatus | None  # None: nothing done (finished elsewhere or missing)
+    retry_in_ms: int | None = None  # set when the caller should enqueue it again later
+
+
+# What trying one delivery's providers came to, before it is recorded.
+@dataclass(frozen=True)
+class _Accepted:
+    provider: str
+    result: SendResult
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class _Failed:
+    failure: DeliveryFailure
+    provider: str | None
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The last call's outcome is unknown and its provider does not drop repeats."""
+
+    provider: str
+    reason: str
+    started_at: datetime
+
+
+@dataclass
+class _Progress:
+    """How far one delivery's try got, as seen from the worker thread (set on the loop)."""
+
+    # The provider whose call was marked as started: a try cut off after this may
+    # have reached it.
+    marked: str | None = None
+    # A result that may mean "sent" is counted in the backlog until recorded.
+    in_backlog: bool = False
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """No provider was called (circuits open, rate limit full): give the claim back."""
+
+    reason: str
+    retry_in_ms: int
+
+
+_Tried = _Accepted | _Failed | _Deferred | _Held
+
+
+class Sender:
+    def __init__(
+        self,
+        *,
+        store: DeliveryStore,
+        registry: Registry,
+        runtime: AdapterRuntime,
+        worker: WorkerSettings,
+        uncertain_send: Mapping[str, UncertainSendPolicy] | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.runtime = runtime
+        self.worker = worker
+        # Per provider, what to do when a call's outcome is unknown: the operator's
+        # setting, else the adapter's own declaration.
+        self.policies: dict[str, UncertainSendPolicy] = {}
+        for provider in registry.all_providers():
+            policy = (uncertain_send or {}).get(provider.name)
+            policy = policy or provider.adapter_class.uncertain_send_policy
+            if policy is UncertainSendPolicy.VERIFY and not provider.adapter_class.has_lookup():
+                raise SettingsError(
+                    [
+                        f"NOTIFIER_PROVIDERS__{provider.name.upper()}__UNCERTAIN_SEND: verify "
+                        "needs a status lookup, which adapter "
+                        f"{provider.adapter_class.name!r} has not"
+                    ]
+                )
+            self.policies[provider.name] = policy
+        self.backlog = RecordBacklog(worker.max_unrecorded)
+        self.journal = DispatchJournal(store.mark_dispatched)
+        # A lease outlives the longest try of every provider of a channel (each send is
+        # cut at send_timeout_s, each rate wait at MAX_RATE_WAIT_S), so a live sender
+        # is never overtaken.
+        most_providers = max((len(p) for p in registry.channels.values()), default=1)
+        self.lease = timedelta(
+            seconds=most_providers * (worker.send_timeout_s + MAX_RATE_WAIT_S) + 10
+        )
+        # Called after every provider call, on the event loop; quick, and must not raise.
+        self.observers: list[SendObserver] = []
+        self.guard: ProviderGuard | None = None
+
+    def _observe(self, call: ProviderCall) -> None:
+        for observer in self.observers:
+            try:
+                observer(call)
+            except Exception:  # an observer's bug never fails a delivery
+                log.exception("send observer failed")
+
+    def send(self, delivery_ids: Sequence[UUID]) -> list[SendOutcome]:
+        """Send what can be claimed of these deliveries; one outcome per id."""
+        clock = time.perf_counter()
+        claims = self.store.claim(delivery_ids, self.lease)
+        outcomes: list[SendOutcome] = []
+        for delivery_id, why in claims.not_claimed.items():
+            if why is ClaimOutcome.BUSY:
+                # Another copy is in flight, or its worker died and the lease must run
+                # out: look again soon (a look is one UPDATE).
+                outcomes.append(SendOutcome(delivery_id, None, random.randint(500, 2000)))
+            else:
+                log.debug("delivery needs nothing", delivery_id=str(delivery_id), claim=why)
+                outcomes.append(SendOutcome(delivery_id, None))
+        now = utcnow()
+        concluded: list[tuple[ClaimedDelivery, _Tried]] = []
+        pending: dict[Future[_Tried], ClaimedDelivery] = {}
+        progress: dict[UUID, _Progress] = {}
+        for claimed in claims.claimed:
+            progress[claimed.delivery_id] = _Progress()
+            if (now - claimed.created_at).total_seconds() > self.worker.max_age_s:
+                expired = PermanentFailure(f"expired: not sent within {self.worker.max_age_s:g}s")
+                concluded.append((claimed, _Failed(expired, None, now)))
+            else:
+                try_ = self._try_providers(claimed, progress[claimed.delivery_id])
+                pending[self.runtime.submit(try_)] = claimed
+        # Nothing here can outwait the lease; past it, another worker may send.
+        deadline = time.monotonic() + self.lease.total_seconds() - 5
+        try:
+            while concluded or pending:
+                if pending:
+                    done, _ = wait(
+                        pending,
+                        timeout=max(0.0, deadline - time.monotonic()),
+                        return_when=FIRST_COMPLETED,
+                    )
+                    if not done:
+                        done = set(pending)
+                        for future in done:
+                            future.cancel()
+                    elif len(done) < len(pending) and not self.backlog.blocked:
+                        window = min(RECORD_WINDOW_S, max(0.0, deadline - time.monotonic()))
+                        done, _ = wait(pending, timeout=window)
+                    for future in done:
+                        claimed = pending.pop(future)
+                        tried = _result(future, self.worker, progress[claimed.delivery_id])
+                        concluded.append((claimed, tried))
+                waiting = sum(1 for c, _ in concluded if progress[c.delivery_id].in_backlog)
+                try:
+                    outcomes.extend(self._record(concluded))
+                finally:
+                    # Written, or given up on (the lease will run out): either way no
+                    # longer this process's to bound.
+                    self.backlog.recorded(waiting)
+                concluded = []
+        finally:
+            # Recording failed for good (the exception goes on to Dramatiq): the sends
+            # still running will never be recorded here, so they must not hold back
+            # this process's calls once they end.
+            for future, claimed in pending.items():
+                future.add_done_callback(self._forget(progress[claimed.delivery_id]))
+        counts = Counter(o.status.value if o.status else "nothing-to-do" for o in outcomes)
+        log.info(
+            "deliveries done",
+            group=len(outcomes),
+            seconds=round(time.perf_counter() - clock, 3),
+            **{k.replace("-", "_"): v for k, v in counts.items()},
+        )
+        return outcomes
+
+    def _forget(self, progress: _Progress) -> Callable[[Future[_Tried]], None]:
+        def forget(_future: Future[_Tried]) -> None:
+            if progress.in_backlog:
+                self.backlog.recorded(1)
+
+        return forget
+
+    async def _try_providers(self, claimed: ClaimedDelivery, progress: _Progress) -> _Tried:
+        """The channel's providers in order until one accepts (runs on the event loop)."""
+        with structlog.contextvars.bound_contextvars(
+            delivery_id=str(claimed.delivery_id),
+            event_id=str(claimed.event_id),
+            dossier_code=claimed.dossier_code,
+            channel=claimed.channel,
+        ):
+            message = claimed.message()
+            providers = self.registry.providers(claimed.channel)
+            if claimed.uncertain_provider is not None:
+                settled = await self._settle_uncertain(claimed, message)
+                if not isinstance(settled, list):
+                    return settled
+                providers = settled
+            failure: DeliveryFailure | None = None
+            provider_name: str | None = None
+            started_at = utcnow()
+            for provider in providers:
+                answer = await self._call(provider, message, claimed.attempt, progress)
+                if answer is None:
+                    continue  # its circuit is open: the next provider, if any
+                if isinstance(answer, _Deferred):
+                    return answer
+                provider_name = provider.name
+                if isinstance(answer, SendResult):
+                    return _Accepted(provider.name, answer, started_at)
+                failure = answer
+                log.warning(
+                    "provider failed",
+                    provider=provider.name,
+                    error=failure.reason,
+                    code=failure.code,
+                    kind=type(failure).__name__,
+                )
+                # The recipient's own problem ends the delivery; a provider's problem
+                # (outage, our credentials or balance there) moves on to the next one.
+                if isinstance(failure, PermanentFailure) and not failure.operator_alert:
+                    break
+                # The provider may have the message: another provider would send it twice.
+                if isinstance(failure, TemporaryFailure) and failure.maybe_sent:
+                    break
+                started_at = utcnow()
+            if failure is None:
+                # Every provider's circuit is open: nothing was tried, so no attempt is
+                # counted; look again when a circuit lets a trial call through.
+                return _Deferred(
+                    "every provider of the channel is paused (circuit open)", self.backoff_ms(1)
+                )
+            return _Failed(failure, provider_name, started_at)
+
+    async def _settle_uncertain(
+        self, claimed: ClaimedDelivery, message: OutboundMessage
+    ) -> list[Provider] | _Tried:
+        """The previous call's outcome is unknown: apply its provider's policy. The
+        providers to try now, or what this try came to without a send."""
+        name = claimed.uncertain_provider
+        assert name is not None
+        now = utcnow()
+        provider = next(
+            (p for p in self.registry.providers(claimed.channel) if p.name == name), None
+        )
+        if provider is None:
+            return _Held(
+                name,
+                f"outcome of the call to {name} unknown; it no longer serves "
+                f"the {claimed.channel} channel",
+                now,
+            )
+        policy = self.policies[name]
+        log.warning("previous call's outcome unknown", provider=name, policy=policy.value)
+        if policy is UncertainSendPolicy.RESEND:
+            window = provider.adapter_class.dedupe_window_s
+            if window is not None and (now - claimed.created_at).total_seconds() > window:
+                return _Held(
+                    name,
+                    f"outcome of the call to {name} unknown, and past the "
+                    f"{window / 3600:g} h in which it drops a repeat",
+                    now,
+                )
+            # The same provider only: it drops the repeat, another one would not.
+            return [provider]
+        if policy is UncertainSendPolicy.VERIFY:
+            try:
+                answer = await asyncio.wait_for(
+                    self.runtime.adapter(provider).lookup(message), self.worker.send_timeout_s
+                )
+            except Exception as exc:  # the lookup failed: ask again on the next try
+                reason = exc.reason if isinstance(exc, DeliveryFailure) else repr(exc)
+                return _Failed(
+                    TemporaryFailure(f"status lookup failed: {reason}", maybe_sent=True),
+                    name,
+                    now,
+                )
+            if answer is LookupAnswer.NOT_FOUND:
+                return self.registry.providers(claimed.channel)
+            return _Accepted(
+                name,
+                SendResult(
+                    delivered=answer is LookupAnswer.DELIVERED,
+                    details={"verified_by_lookup": answer.value},
+                ),
+                now,
+            )
+        return _Held(name, f"outcome of the call to {name} unknown; held for an admin", now)
+
+    async def _call(
+        self, provider: Provider, message: OutboundMessage, attempt: int, progress: _Progress
+    ) -> SendResult | DeliveryFailure | _Deferred | None:
+        """One call of one provider, within its rate limit and circuit breaker, after the
+        backlog of unrecorded results lets it and its dispatch mark is written; None when
+        its circuit is open."""
+        guard = self.guard
+        async with (
+            self.runtime.slot(provider),
+            guard.slot(provider.name) if guard else contextlib.nullcontext(),
+        ):
+            rate_wait = 0.0 if guard is None else guard.reserve(provider.name, MAX_RATE_WAIT_S)
+            if rate_wait is None:
+                return _Deferred(f"rate limit of {provider.name} reached", self.backoff_ms(1))
+            try:
+                if guard is not None:
+                    if not guard.admit(provider.name):
+                        return None
+                    await asyncio.sleep(rate_wait)
+                await self.backlog.admit()
+                try:
+                    await self.journal.mark(
+                        DispatchMark(message.delivery_id, provider.name, attempt)
+                    )
+                except Exception as exc:
+                    log.warning("dispatch mark not written; the send waits", error=repr(exc))
+                    return _Deferred("dispatch mark not written", self.backlog_retry_ms())
+                progress.marked = provider.name
+                clock = time.perf_counter()
+                answer = await self._send(provider, message)
+                if isinstance(answer, SendResult) or (
+                    isinstance(answer, TemporaryFailure) and answer.maybe_sent
+                ):
+                    self.backlog.add()
+                    progress.in_backlog = True
+            finally:
+                if guard is not None:
+                    guard.finish(provider.name)
+        seconds = time.perf_counter() - clock
+        if isinstance(answer, SendResult):
+            outcome = "delivered" if answer.delivered else "sent"
+            call = ProviderCall(
+                message.channel, provider.name, outcome, seconds, details=answer.details
+            )
+        else:
+            permanent = isinstance(answer, PermanentFailure)
+            call = ProviderCall(
+                message.channel,
+                provider.name,
+                "permanent-failure" if permanent else "temporary-failure",
+                seconds,
+                answer.code,
+                isinstance(answer, PermanentFailure) and answer.operator_alert,
+            )
+        self._observe(call)
+        return answer
+
+    async def _send(
+        self, provider: Provider, message: OutboundMessage
+    ) -> SendResult | DeliveryFailure:
+        adapter = self.runtime.adapter(provider)
+        try:
+            return await asyncio.wait_for(adapter.send(message), self.worker.send_timeout_s)
+        except TimeoutError:
+            return TemporaryFailure(
+                f"no answer within {self.worker.send_timeout_s:g}s", maybe_sent=True
+            )
+        except DeliveryFailure as exc:
+            return exc
+        except Exception as exc:  # an adapter's bug: it may have sent
+            log.exception("adapter raised an unexpected error", provider=provider.name)
+            return TemporaryFailure(f"adapter error: {exc!r}", maybe_sent=True)
+
+    def _record(self, concluded: Sequence[tuple[ClaimedDelivery, _Tried]]) -> list[SendOutcome]:
+        """Record finished tries in one transaction; the outcome of each."""
+        records: list[AttemptRecord] = []
+        released: list[ClaimedDelivery] = []
+        outcomes: list[SendOutcome] = []
+        reason = ""
+        for claimed, tried in concluded:
+            if isinstance(tried, _Held):
+                log.warning(
+                    "delivery held: outcome unknown",
+                    delivery_id=str(claimed.delivery_id),
+                    channel=claimed.channel,
+                    provider=tried.provider,
+                )
+                records.append(
+                    AttemptRecord(
+                        claimed,
+                        DeliveryStatus.UNKNOWN,
+                        tried.provider,
+                        tried.started_at,
+                        error=tried.reason,
+                        keep_mark=True,
+                    )
+                )
+                outcomes.append(SendOutcome(claimed.delivery_id, DeliveryStatus.UNKNOWN))
+                continue
+            if isinstance(tried, _Deferred):
+                released.append(claimed)
+                reason = tried.reason
+                outcomes.append(
+                    SendOutcome(claimed.delivery_id, DeliveryStatus.QUEUED, tried.retry_in_ms)
+                )
+                continue
+            record, outcome = (
+                self._accepted(claimed, tried)
+                if isinstance(tried, _Accepted)
+                else self._failed(claimed, tried)
+            )
+            records.append(record)
+            outcomes.append(outcome)
+        self._write(lambda: self.store.finish_attempts(records))
+        self._write(lambda: self.store.release(released, reason))
+        return outcomes
+
+    def _accepted(
+        self, claimed: ClaimedDelivery, tried: _Accepted
+    ) -> tuple[AttemptRecord, SendOutcome]:
+        status = DeliveryStatus.DELIVERED if tried.result.delivered else DeliveryStatus.SENT
+        log.debug(
+            "delivery sent",
+            delivery_id=str(claimed.delivery_id),
+            channel=claimed.channel,
+            provider=tried.provider,
+            attempt=claimed.attempt,
+        )
+        record = AttemptRecord(
+            claimed,
+            status,
+            tried.provider,
+            tried.started_at,
+            provider_message_id=tried.result.provider_message_id,
+            details=dict(tried.result.details) or None,
+        )
+        return record, SendOutcome(claimed.delivery_id, status)
+
+    def _failed(
+        self, claimed: ClaimedDelivery, tried: _Failed
+    ) -> tuple[AttemptRecord, SendOutcome]:
+        failure = tried.failure
+        exhausted = claimed.attempt >= self.worker.max_attempts
+        # A provider that names a time beyond our longest backoff (quiet hours) is not
+        # failing: that wait does not use up attempts, only the delivery's max age.
+        scheduled = (
+            isinstance(failure, TemporaryFailure)
+            and failure.retry_after_s is not None
+            and failure.retry_after_s * 1000 > self.worker.max_backoff_ms
+        )
+        maybe_sent = isinstance(failure, TemporaryFailure) and failure.maybe_sent
+        if maybe_sent and tried.provider is not None and self._holds(claimed, tried.provider):
+            log.warning(
+                "delivery held: the provider may have it",
+                delivery_id=str(claimed.delivery_id),
+                channel=claimed.channel,
+                provider=tried.provider,
+            )
+            record = AttemptRecord(
+                claimed,
+                DeliveryStatus.UNKNOWN,
+                tried.provider,
+                tried.started_at,
+                error=f"may have been sent; held for an admin: {failure.reason}",
+                error_code=failure.code,
+                keep_mark=True,
+            )
+            return record, SendOutcome(claimed.delivery_id, DeliveryStatus.UNKNOWN)
+        if isinstance(failure, TemporaryFailure) and (scheduled or not exhausted):
+            record = AttemptRecord(
+                claimed,
+                DeliveryStatus.TEMPORARY_FAILURE,
+                tried.provider,
+                tried.started_at,
+                error=failure.reason,
+                error_code=failure.code,
+                counted=not scheduled,
+                # The next claim applies the provider's policy (resend, verify).
+                keep_mark=maybe_sent,
+            )
+            retry_in_ms = self.backoff_ms(claimed.attempt, failure.retry_after_s)
+            return record, SendOutcome(
+                claimed.delivery_id, DeliveryStatus.TEMPORARY_FAILURE, retry_in_ms
+            )
+        reason = failure.reason
+        if isinstance(failure, TemporaryFailure):
+            reason = f"gave up after {claimed.attempt} attempts: {failure.reason}"
+        log.warning(
+            "delivery failed permanently",
+            delivery_id=str(claimed.delivery_id),
+            channel=claimed.channel,
+            error=reason,
+            code=failure.code,
+        )
+        record = AttemptRecord(
+            claimed,
+            DeliveryStatus.PERMANENT_FAILURE,
+            tried.provider,
+            tried.started_at,
+            error=reason,
+            error_code=failure.code,
+            keep_mark=maybe_sent,
+        )
+        return record, SendOutcome(claimed.delivery_id, DeliveryStatus.PERMANENT_FAILURE)
+
+    def _holds(self, claimed: ClaimedDelivery, provider_name: str) -> bool:
+        """Whether a send to this provider that may have gone through is held rather
+        than retried: its policy is hold, or resend past its dedupe window."""
+        policy = self.policies.get(provider_name, UncertainSendPolicy.HOLD)
+        if policy is UncertainSendPolicy.HOLD:
+            return True
+        if policy is UncertainSendPolicy.RESEND:
+            try:
+                provider = self.registry.provider(claimed.channel, provider_name)
+            except KeyError:
+                return True
+            window = provider.adapter_class.dedupe_window_s
+            age = (utcnow() - claimed.created_at).total_seconds()
+            return window is not None and age > window
+        return False
+
+    def backlog_retry_ms(self) -> int:
+        return self.backoff_ms(1)
+
+    def _write(self, write: Callable[[], None]) -> None:
+        """Write, waiting out a short database outage: after a provider has accepted a
+        message, giving up here would let the lease expire and send it again."""
+        deadline = time.monotonic() + self.worker.send_timeout_s
+        delay = 0.2
+        while True:
+            try:
+                write()
+                return
+            except DBAPIError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database unavailable while recording sends; retrying", retry_in=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def backoff_ms(self, attempt: int, retry_after_s: float | None = None) -> int:
+        """Exponential backoff with jitter, at least what the provider asked for."""
+        ceiling = min(self.worker.max_backoff_ms, self.worker.min_backoff_ms * 2 ** (attempt - 1))
+        delay = random.uniform(ceiling / 2, ceiling)
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s * 1000)
+        return int(min(delay, self.worker.max_backoff_ms))
+
+
+def _result(future: Future[_Tried], worker: WorkerSettings, progress: _Progress) -> _Tried:
+    """A finished (or abandoned) try; one abandoned after its call was marked may have
+    sent, one abandoned before never called anyone."""
+    if future.cancelled():
+        if progress.marked is None:
+            return _Deferred("gave up waiting to start the call", worker.min_backoff_ms)
+        return _Failed(
+            TemporaryFailure(f"no answer within {worker.send_timeout_s:g}s", maybe_sent=True),
+            progress.marked,
+            utcnow(),
+        )
+    try:
+        return future.result()
+    except Exception as exc:  # a bug before any provider call (adapter calls are caught)
+        log.error("sending failed before a provider call", error=repr(exc), exc_info=exc)
+        return _Failed(TemporaryFailure(f"internal error: {exc!r}"), None, utcnow())

@@ -1,0 +1,1 @@
+"""The delivery log: ``lifecycle`` (plan, claim, finish, release) and ``log`` (queries)."""

@@ -1,0 +1,2 @@
+"""The HTTP edge (``notifier api``): the API (``api``), its hardening middleware
+(``security``) and the operators' console (``console``)."""
