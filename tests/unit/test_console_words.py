@@ -17,7 +17,7 @@ from babel.messages.pofile import read_po
 from notifier.web.console.i18n import DOMAIN, LANGUAGES, Translator
 
 REPO = Path(__file__).resolve().parents[2]
-LOCALE = REPO / "notifier" / "console" / "locale"
+LOCALE = REPO / "notifier" / "web" / "console" / "locale"
 # The keywords of the extraction documented in docs/development.md.
 KEYWORDS = {"_": None, "gettext": None, "pgettext": ((1, "c"), 2), "N_": None, "NP_": ((1, "c"), 2)}
 
