@@ -33,14 +33,10 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from notifier.masking import scrub
 from notifier.settings import EventsSettings
-
-if TYPE_CHECKING:
-    pass
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PASSWORD = 16
