@@ -9,18 +9,15 @@ parts it renders; it implements :meth:`Adapter.send` and reports failures by rai
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from uuid import UUID
 
 import httpx
 from pydantic import BaseModel, ConfigDict
-
-if TYPE_CHECKING:
-    from notifier.store.inbox import InboxStore
-    from notifier.store.tokens import TokenStore
 
 
 class RecipientKind(StrEnum):
@@ -201,12 +198,79 @@ class Health:
     detail: str = ""
 
 
+# -- the services the core lends adapters (implemented by notifier.store) ---------------
+
+
+@dataclass(frozen=True)
+class NewNotification:
+    """One notification for a citizen's portal inbox (see :class:`Inbox`)."""
+
+    delivery_id: UUID
+    account_id: str
+    agency_code: str
+    dossier_code: str
+    status: str
+    title: str
+    body: str
+    link: str | None
+
+
+class Inbox(Protocol):
+    """The portal inbox (:class:`notifier.store.inbox.InboxStore`)."""
+
+    def add_many(self, notifications: Sequence[NewNotification]) -> dict[UUID, int]:
+        """Store notifications in one transaction; delivery id → notification id. A
+        delivery stored before keeps its notification (and its id)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Token:
+    """A provider's OAuth tokens as stored (decrypted), with their version."""
+
+    name: str
+    access_token: str | None
+    refresh_token: str
+    expires_at: datetime | None
+    version: int
+
+    def expires_within(self, seconds: float) -> bool:
+        if self.access_token is None or self.expires_at is None:
+            return True
+        return (self.expires_at - datetime.now(UTC)).total_seconds() < seconds
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """What a provider's refresh call returned."""
+
+    access_token: str
+    refresh_token: str
+    expires_at: datetime
+
+
+class TokenStoreError(Exception):
+    """Tokens missing or unreadable (e.g. encrypted under another secret key)."""
+
+
+class Tokens(Protocol):
+    """Providers' OAuth tokens (:class:`notifier.store.tokens.TokenStore`)."""
+
+    def get(self, name: str) -> Token | None: ...
+
+    def refresh(
+        self, name: str, refresher: Callable[[Token], TokenGrant], *, seen_version: int
+    ) -> Token:
+        """Refresh under a lock, unless someone refreshed after ``seen_version``."""
+        ...
+
+
 @dataclass
 class AdapterContext:
     """What the core lends an adapter: shared services and the network seam."""
 
-    inbox: InboxStore
-    tokens: TokenStore
+    inbox: Inbox
+    tokens: Tokens
     # Tests swap the network here (httpx.MockTransport); None means the real network.
     http_transport: httpx.AsyncBaseTransport | None = None
 
@@ -251,6 +315,7 @@ class Adapter(abc.ABC, Generic[SettingsT]):
     # drop repeats of our reference; an operator may override it per provider
     # (NOTIFIER_PROVIDERS__<NAME>__UNCERTAIN_SEND).
     uncertain_send_policy: ClassVar[UncertainSendPolicy] = UncertainSendPolicy.HOLD
+
     async def lookup(self, message: OutboundMessage) -> LookupAnswer:
         """Ask the provider whether it took ``message`` (for the ``verify`` policy).
         Raise :class:`TemporaryFailure` when it cannot tell now. Adapters without a

@@ -502,7 +502,7 @@ def test_the_scaffold_installs_and_passes_its_own_tests(tmp_path: Path) -> None:
         """
         import json
         from importlib.metadata import PackageNotFoundError, entry_points, version
-        from notifier.cli.main import describe_adapter
+        from notifier.plugins.registry import describe_adapter
         [entry] = [e for e in entry_points(group="notifier.adapters") if e.name == "kitdemo"]
         print(json.dumps(describe_adapter(entry.load())))
         """

@@ -83,7 +83,7 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
             counts = _wait_until_done(log, timeout_s=60 + count * 0.5)
             elapsed = time.monotonic() - started
             rows = log.search(DeliveryQuery(limit=25))
-            from notifier.cli.main import DELIVERY_COLUMNS, print_table
+            from notifier.cli.common import DELIVERY_COLUMNS, print_table
 
             print_table([r.__dict__ for r in rows], DELIVERY_COLUMNS)
             total = sum(counts.values())

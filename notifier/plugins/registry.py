@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from notifier.adapter import Adapter, AdapterSettings
 from notifier.settings import Settings, SettingsError
@@ -44,6 +44,38 @@ def discover() -> dict[str, AdapterClass]:
             raise TypeError(f"two installed adapters are named {adapter_class.name!r}")
         found[adapter_class.name] = adapter_class
     return found
+
+
+def describe_adapter(adapter_class: Any) -> dict[str, Any]:
+    """An adapter's self-description; secret fields show their type, never a value."""
+    settings = []
+    for name, field in adapter_class.settings_model.model_fields.items():
+        annotation = field.annotation
+        secret = "Secret" in str(annotation) or annotation is SecretStr
+        default = (
+            None if field.is_required() or secret else field.get_default(call_default_factory=True)
+        )
+        settings.append(
+            {
+                "name": name,
+                "type": getattr(annotation, "__name__", str(annotation)).replace("typing.", ""),
+                "required": field.is_required(),
+                "default": default
+                if isinstance(default, str | int | float | bool | None)
+                else str(default),
+                "secret": secret,
+                "description": field.description or "",
+            }
+        )
+    return {
+        "name": adapter_class.name,
+        "channel": adapter_class.channel,
+        "description": adapter_class.description,
+        "module": adapter_class.__module__,
+        "recipient": str(adapter_class.recipient_kind),
+        "template_parts": [p.name for p in adapter_class.template_parts],
+        "settings": settings,
+    }
 
 
 class Registry:

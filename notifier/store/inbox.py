@@ -9,21 +9,10 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
+from notifier.adapter import NewNotification
 from notifier.store import Database
 from notifier.store.schema import inbox_notifications as inbox
 from notifier.store.schema import utcnow
-
-
-@dataclass(frozen=True)
-class NewNotification:
-    delivery_id: UUID
-    account_id: str
-    agency_code: str
-    dossier_code: str
-    status: str
-    title: str
-    body: str
-    link: str | None
 
 
 @dataclass(frozen=True)

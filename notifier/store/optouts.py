@@ -37,7 +37,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Annotated, Any
 
-import click
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -344,61 +343,3 @@ async def _fields(request: Request) -> dict[str, str]:
             text = body.decode(errors="replace")
             fields.update({k.lower(): v for k, v in parse_qsl(text, keep_blank_values=True)})
     return fields
-
-
-# -- CLI ----------------------------------------------------------------------------------
-
-
-def _cli_store() -> OptOutStore:
-    from notifier.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    key = settings.recipient_hash_key.get_secret_value()
-    return OptOutStore(Database(settings.database_url), key)
-
-
-@click.group("opt-out")
-def opt_out_group() -> None:
-    """A citizen's opt-out from a channel (deliveries become "suppressed")."""
-
-
-_channel_option = click.option("--channel", required=True, help="sms, email, zalo, portal...")
-_recipient_option = click.option(
-    "--recipient", required=True, help="Phone (any form), email or account id; stored hashed."
-)
-
-
-@opt_out_group.command("add")
-@_channel_option
-@_recipient_option
-@click.option("--source", default="operator", show_default=True)
-def opt_out_add(channel: str, recipient: str, source: str) -> None:
-    """Record an opt-out."""
-    new = _cli_store().add(recipient, channel, source)
-    state = "opted out" if new else "already opted out"
-    click.echo(f"{mask_recipient(recipient)} {state} of {channel}")
-
-
-@opt_out_group.command("remove")
-@_channel_option
-@_recipient_option
-def opt_out_remove(channel: str, recipient: str) -> None:
-    """Opt back in."""
-    removed = _cli_store().remove(recipient, channel)
-    state = "opted back in to" if removed else "was not opted out of"
-    click.echo(f"{mask_recipient(recipient)} {state} {channel}")
-
-
-@opt_out_group.command("check")
-@_channel_option
-@_recipient_option
-def opt_out_check(channel: str, recipient: str) -> None:
-    """Whether a recipient is opted out of a channel (exit 1 if not)."""
-    if _cli_store().is_opted_out(recipient, channel):
-        click.echo(f"{mask_recipient(recipient)} is opted out of {channel}")
-        return
-    click.echo(f"{mask_recipient(recipient)} is not opted out of {channel}")
-    raise SystemExit(1)

@@ -12,41 +12,14 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 
+from notifier.adapter import Token, TokenGrant, TokenStoreError
 from notifier.store import Database
 from notifier.store.schema import provider_tokens, utcnow
-
-
-@dataclass(frozen=True)
-class Token:
-    name: str
-    access_token: str | None
-    refresh_token: str
-    expires_at: datetime | None
-    version: int
-
-    def expires_within(self, seconds: float) -> bool:
-        if self.access_token is None or self.expires_at is None:
-            return True
-        return (self.expires_at - utcnow()).total_seconds() < seconds
-
-
-@dataclass(frozen=True)
-class TokenGrant:
-    """What a provider's refresh call returned."""
-
-    access_token: str
-    refresh_token: str
-    expires_at: datetime
-
-
-class TokenStoreError(Exception):
-    pass
 
 
 class TokenStore:

@@ -268,7 +268,7 @@ class AdapterContract:
     # -- the contract -----------------------------------------------------------------------
 
     def test_declarations_are_well_formed(self) -> None:
-        from notifier.cli.main import describe_adapter
+        from notifier.plugins.registry import describe_adapter
 
         cls = self.adapter_class
         problems: list[str] = []
@@ -364,7 +364,7 @@ class AdapterContract:
         _report("settings that must be refused were accepted", accepted)
 
     def test_secret_settings_are_secret(self, kit_provider: Any) -> None:
-        from notifier.cli.main import describe_adapter
+        from notifier.plugins.registry import describe_adapter
 
         model = self.adapter_class.settings_model
         raw = self.valid_settings(kit_provider)

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from notifier.adapter import TemplatePart
-from notifier.cli.main import SCHEMA_PATH, main
+from notifier.cli.events import SCHEMA_PATH
+from notifier.cli.main import main
 from notifier.events import (
     DossierStatusEvent,
     EventRejected,

@@ -16,6 +16,7 @@ from notifier.adapter import (
     Adapter,
     AdapterContext,
     AdapterSettings,
+    NewNotification,
     OutboundMessage,
     RecipientKind,
     SendResult,
@@ -23,7 +24,6 @@ from notifier.adapter import (
     TemporaryFailure,
     UncertainSendPolicy,
 )
-from notifier.store.inbox import NewNotification
 
 # The most notifications one transaction stores.
 MAX_GROUP = 100

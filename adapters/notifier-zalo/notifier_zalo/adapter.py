@@ -60,12 +60,14 @@ from notifier.adapter import (
     SendResult,
     TemplatePart,
     TemporaryFailure,
+    Token,
+    TokenGrant,
+    TokenStoreError,
 )
 from notifier.adapter_http import AdapterHttp, request_sync, status_failure
 from notifier.logging import get_logger
 from notifier.masking import scrub
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
-from notifier.store.tokens import Token, TokenGrant, TokenStoreError
 
 from .params import ParamValue, template_data, template_id
 from .receipts import parse_receipt

@@ -1,0 +1,83 @@
+"""Long-running processes: the worker, the HTTP API and the all-in-one demo."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from notifier.cli.common import cli_settings, open_app
+
+
+@click.command()
+@click.option("--processes", type=int, help="Worker processes (default: settings).")
+@click.option("--threads", type=int, help="Threads per process (default: settings).")
+def worker(processes: int | None, threads: int | None) -> None:
+    """Consume events and deliver notifications (needs RabbitMQ)."""
+    settings = cli_settings()
+    if not settings.uses_rabbitmq:
+        raise click.ClickException(
+            "the worker needs RabbitMQ: set NOTIFIER_BROKER_URL=amqp://... "
+            "(for the embedded, in-process mode run `notifier demo`)"
+        )
+    open_app(settings).close()  # validate adapters, templates and routing before forking
+    args = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "notifier.cli.worker:broker",
+        "--processes",
+        str(processes or settings.worker.processes),
+        "--threads",
+        str(threads or settings.worker.threads),
+        "--skip-logging",
+        "--worker-shutdown-timeout",
+        str(int(settings.worker.send_timeout_s * 1000 + 5000)),
+    ]
+    os.execv(sys.executable, args)  # noqa: S606 - Dramatiq's own process manager takes over
+
+
+@click.command()
+@click.option("--host", help="Interface to bind (default: settings, 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default: settings, 8000).")
+def api(host: str | None, port: int | None) -> None:
+    """Serve the HTTP API: events, portal inbox, delivery log (OpenAPI at /docs)."""
+    import uvicorn
+
+    from notifier.web.api import create_api
+
+    app = open_app()
+    uvicorn.run(
+        create_api(app),
+        host=host or app.settings.api.host,
+        port=port or app.settings.api.port,
+        log_config=None,
+        proxy_headers=False,
+    )
+
+
+@click.command()
+@click.option("--events", "count", type=int, default=12, show_default=True)
+@click.option(
+    "--exit",
+    "exit_after",
+    is_flag=True,
+    help="Exit after delivering (status 0 only if every delivery succeeded).",
+)
+@click.option("--port", type=int, default=8000, show_default=True, help="Inbox API port.")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(path_type=Path),
+    default=Path(".notifier-demo"),
+    show_default=True,
+    help="Where the demo keeps its SQLite database.",
+)
+def demo(count: int, exit_after: bool, port: int, workdir: Path) -> None:
+    """Run everything in one process on the embedded default and watch events turn into
+    deliveries: SQLite, an in-process broker, local simulated providers."""
+    from notifier.cli.demo import run_demo
+
+    sys.exit(run_demo(count=count, exit_after=exit_after, port=port, workdir=workdir))
