@@ -3,7 +3,7 @@ with a total), a delivery's attempts, rejected events, and the deprecated
 ``GET /v1/deliveries`` kept answering for one release."""
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -21,7 +21,7 @@ router = APIRouter(tags=["operators"])
 Operator = Annotated[ApiClient, Depends(require_scope("operator"))]
 SEARCH_PATH = "/v1/deliveries/search"
 # When GET /v1/deliveries was deprecated (issue 15); it is removed one release later.
-LIST_DEPRECATED_SINCE = datetime(2026, 12, 3)
+LIST_DEPRECATED_SINCE = datetime(2026, 12, 3, tzinfo=UTC)
 
 
 class SearchRequest(BaseModel):

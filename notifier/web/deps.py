@@ -7,7 +7,7 @@ only through these dependencies, so a route names what it needs in its signature
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, Response
@@ -96,7 +96,8 @@ def aware(value: datetime | None) -> datetime | None:
 
 
 def mark_deprecated(response: Response, since: datetime, successor: str) -> None:
-    """The headers of a deprecated operation (RFC 9745 ``Deprecation``, RFC 8288 ``Link``
-    to what replaces it), so a client learns it from any call, not only from OpenAPI."""
-    response.headers["Deprecation"] = f"@{int(since.replace(tzinfo=UTC).timestamp())}"
+    """The headers of a deprecated operation (RFC 9745 ``Deprecation``: ``since``, which
+    carries its zone; RFC 8288 ``Link`` to what replaces it), so a client learns it from
+    any call, not only from OpenAPI."""
+    response.headers["Deprecation"] = f"@{int(since.timestamp())}"
     response.headers["Link"] = f'<{successor}>; rel="successor-version"'
