@@ -279,6 +279,7 @@ def dossier_page(console: TheConsole, request: Request, user: User, code: str) -
         timeline=timeline,
         by_id=by_id,
         replayable=(DeliveryStatus.PERMANENT_FAILURE, DeliveryStatus.TEMPORARY_FAILURE),
+        held_status=DeliveryStatus.UNKNOWN,
         done=request.query_params.get("done"),
     )
 
@@ -309,7 +310,9 @@ async def resolve_delivery(console: TheConsole, request: Request, delivery_id: U
     result = await run_in_threadpool(
         console.replayer.resolve, delivery_id, resolution, actor=user.actor
     )
-    target = _safe_next(_first(form, "next"), "/console/deliveries?status=unknown")
+    target = _safe_next(
+        _first(form, "next"), f"/console/deliveries?status={DeliveryStatus.UNKNOWN}"
+    )
     base, _, anchor = target.partition("#")
     joiner = "&" if "?" in base else "?"
     return console.redirect(
