@@ -155,7 +155,8 @@ def prepare_serving(app: Notifier, port: int) -> DemoServing:
         f"Portal inbox API on {base} (OpenAPI: {base}/docs). Try:",
         f"  curl -H 'Authorization: Bearer {key}' {base}/v1/inbox/acc-1/notifications",
         f"  curl -H 'Authorization: Bearer {key}' {base}/v1/inbox/acc-1/unread-count",
-        f"  curl -H 'Authorization: Bearer {key}' '{base}/v1/deliveries?channel=email'",
+        f"  curl -H 'Authorization: Bearer {key}' --json '{{\"channel\": \"email\"}}' "
+        f"{base}/v1/deliveries/search",
         "Ctrl-C to stop.",
     ]
     return DemoServing(create_api(app), instructions)

@@ -1,5 +1,5 @@
-"""The operators' console: web pages under /console, their JSON API under /v1, and
-/metrics, all served by ``notifier api``. See docs/operations.md.
+"""The operators' console: web pages under /console and their JSON API under /v1,
+served by ``notifier api``. See docs/operations.md.
 
 Kept light to import (the CLI imports :mod:`notifier.cli.operators`): the web
 parts load when :func:`install_console` runs.
@@ -16,20 +16,21 @@ if TYPE_CHECKING:
 
 
 def install_console(api: FastAPI, app: Notifier) -> None:
-    """Add the console, its JSON API and /metrics to the service's FastAPI app."""
+    """Add the console and its JSON API to the service's FastAPI app."""
     from fastapi import Request
     from fastapi.responses import Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from notifier.web.console import jsonapi, pages
     from notifier.web.console.auth import NotSignedIn
-    from notifier.web.console.jsonapi import api_router
-    from notifier.web.console.pages import pages_router
     from notifier.web.console.service import Console
 
     console = Console(app)
-    api.state.console = console  # for operators' tooling and tests (e.g. the throttle's clock)
-    api.include_router(pages_router(console))
-    api.include_router(api_router(console))
+    # The routers' dependencies read it from here (service.get_console); so do operators'
+    # tooling and tests (e.g. the throttle's clock).
+    api.state.console = console
+    api.include_router(pages.router)
+    api.include_router(jsonapi.router)
 
     async def not_signed_in(request: Request, _exc: Exception) -> Response:
         return console.sign_in_redirect(request)

@@ -34,6 +34,7 @@ from fastapi.responses import Response
 
 from notifier.store.apikeys import ApiKeys
 from notifier.store.operators import Operator, OperatorStore, Role
+from notifier.web.deps import bearer_client
 
 SESSION_COOKIE = "notifier_session"
 PRESESSION_COOKIE = "notifier_signin"
@@ -186,11 +187,9 @@ class Sessions:
     def from_api_key(self, authorization: str | None) -> Principal | None:
         """The principal of a Bearer API key (None without one); 401 for a bad key,
         403 for a key without the operator or admin scope."""
-        if not authorization or not authorization.lower().startswith("bearer "):
-            return None
-        client = self.keys.authenticate(authorization[7:].strip())
+        client = bearer_client(self.keys, authorization)
         if client is None:
-            raise HTTPException(401, "invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
+            return None
         if "admin" in client.scopes:
             return Principal(client.name, Role.ADMIN, "api-key")
         if "operator" in client.scopes:

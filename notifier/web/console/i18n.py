@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from notifier.events import Status
 from notifier.ops.reports import zone
+from notifier.store.deliveries.lifecycle import DeliveryStatus
 
 LANGUAGES = ("vi", "en")
 DEFAULT_LANGUAGE = "vi"
@@ -76,18 +77,18 @@ KEYED_WORDS: dict[str, Word] = {
 }
 
 STATUS_WORDS: dict[str, Word] = {
-    "queued": N_("Queued"),
-    "sending": N_("Sending"),
-    "sent": NP_("status", "Sent"),
-    "delivered": NP_("status", "Delivered"),
-    "temporary-failure": N_("Temporary failure"),
-    "permanent-failure": N_("Permanent failure"),
-    "suppressed": N_("Suppressed"),
+    DeliveryStatus.QUEUED: N_("Queued"),
+    DeliveryStatus.SENDING: N_("Sending"),
+    DeliveryStatus.SENT: NP_("status", "Sent"),
+    DeliveryStatus.DELIVERED: NP_("status", "Delivered"),
+    DeliveryStatus.TEMPORARY_FAILURE: N_("Temporary failure"),
+    DeliveryStatus.PERMANENT_FAILURE: N_("Permanent failure"),
+    DeliveryStatus.SUPPRESSED: N_("Suppressed"),
     "replayed": NP_("status", "Replayed"),
     "replay-failed": N_("Replay failed"),
     "receipt:delivered": N_("Receipt: delivered"),
     "receipt:failed": N_("Receipt: failed"),
-    "unknown": N_("Unknown (held)"),
+    DeliveryStatus.UNKNOWN: N_("Unknown (held)"),
     "resolved:resend": N_("Admin: resend"),
     "resolved:mark-sent": N_("Admin: marked sent"),
 }
@@ -101,14 +102,14 @@ CHANNEL_WORDS: dict[str, Word] = {
 
 # Statuses in the order the console lists and stacks them (good to bad).
 STATUS_ORDER = (
-    "delivered",
-    "sent",
-    "sending",
-    "queued",
-    "temporary-failure",
-    "permanent-failure",
-    "unknown",
-    "suppressed",
+    DeliveryStatus.DELIVERED,
+    DeliveryStatus.SENT,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.QUEUED,
+    DeliveryStatus.TEMPORARY_FAILURE,
+    DeliveryStatus.PERMANENT_FAILURE,
+    DeliveryStatus.UNKNOWN,
+    DeliveryStatus.SUPPRESSED,
 )
 
 

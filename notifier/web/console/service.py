@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
@@ -29,8 +28,6 @@ from notifier.web.console.auth import (
 from notifier.web.console.i18n import Translator, pick_language
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
-
     from notifier.app import Notifier
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -59,19 +56,10 @@ class Console:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self._metrics: CollectorRegistry | None = None
 
     @property
     def configured_providers(self) -> dict[str, list[str]]:
         return {c: [p.name for p in ps] for c, ps in self.app.registry.channels.items()}
-
-    @property
-    def metrics_registry(self) -> CollectorRegistry:
-        if self._metrics is None:
-            from notifier.ops.metrics import state_registry
-
-            self._metrics = state_registry(self.app)
-        return self._metrics
 
     # -- who is asking --------------------------------------------------------------------
 
@@ -82,30 +70,26 @@ class Console:
             raise NotSignedIn()
         return principal
 
-    def api_user(self, *, admin: bool = False) -> Callable[..., Principal]:
-        """Dependency of the JSON API: an operator/admin API key or a session (whose
-        unsafe requests must carry the session's CSRF token in X-CSRF-Token)."""
-
-        def authenticate(
-            request: Request, authorization: str | None = Header(default=None)
-        ) -> Principal:
-            principal = self.sessions.from_api_key(authorization)
+    def api_principal(
+        self, request: Request, authorization: str | None, *, admin: bool = False
+    ) -> Principal:
+        """Who calls the JSON API: an operator/admin API key or a session (whose unsafe
+        requests must carry the session's CSRF token in X-CSRF-Token)."""
+        principal = self.sessions.from_api_key(authorization)
+        if principal is None:
+            principal = self.sessions.principal(request)
             if principal is None:
-                principal = self.sessions.principal(request)
-                if principal is None:
-                    raise HTTPException(
-                        401, "sign in or give an API key", {"WWW-Authenticate": "Bearer"}
-                    )
-                if request.method not in SAFE_METHODS and not (
-                    same_origin(request)
-                    and self.sessions.csrf_valid_token(principal, request.headers.get(CSRF_HEADER))
-                ):
-                    raise HTTPException(403, "missing or wrong CSRF token")
-            if admin and not principal.is_admin:
-                raise HTTPException(403, "only admins may do this")
-            return principal
-
-        return authenticate
+                raise HTTPException(
+                    401, "sign in or give an API key", {"WWW-Authenticate": "Bearer"}
+                )
+            if request.method not in SAFE_METHODS and not (
+                same_origin(request)
+                and self.sessions.csrf_valid_token(principal, request.headers.get(CSRF_HEADER))
+            ):
+                raise HTTPException(403, "missing or wrong CSRF token")
+        if admin and not principal.is_admin:
+            raise HTTPException(403, "only admins may do this")
+        return principal
 
     # -- pages ----------------------------------------------------------------------------
 
@@ -177,6 +161,29 @@ class Console:
         token = (form.get("csrf_token") or [""])[0]
         if not same_origin(request) or not self.sessions.csrf_valid_token(user, token):
             raise HTTPException(403, "missing or wrong CSRF token")
+
+
+# -- dependencies of the console's routers (the Console is on app.state) ----------------
+
+
+def get_console(request: Request) -> Console:
+    console: Console = request.app.state.console
+    return console
+
+
+def page_user(request: Request) -> Principal:
+    """Dependency of the HTML pages: the signed-in operator, or off to sign in."""
+    return get_console(request).page_user(request)
+
+
+def api_reader(request: Request, authorization: str | None = Header(default=None)) -> Principal:
+    """Dependency of the JSON API's reads: an operator/admin key, or a session."""
+    return get_console(request).api_principal(request, authorization)
+
+
+def api_admin(request: Request, authorization: str | None = Header(default=None)) -> Principal:
+    """Dependency of the JSON API's replays: an admin key, or an admin's session."""
+    return get_console(request).api_principal(request, authorization, admin=True)
 
 
 def static_file(name: str) -> tuple[bytes, str] | None:

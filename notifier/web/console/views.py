@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.deliveries.log import (
     DeliveryLog,
     DeliveryQuery,
@@ -18,12 +19,13 @@ from notifier.store.deliveries.log import (
     ProviderHealthRow,
     ProviderStat,
 )
+from notifier.store.health import CircuitState
 from notifier.store.schema import utcnow
 from notifier.web.console.i18n import LOCAL_ZONE
 
 WINDOWS = ("hour", "day", "month")
-OK_STATUSES = ("sent", "delivered")
-IN_FLIGHT = ("queued", "sending", "temporary-failure")
+OK_STATUSES = (DeliveryStatus.SENT, DeliveryStatus.DELIVERED)
+IN_FLIGHT = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.TEMPORARY_FAILURE)
 DEAD_LETTER_KINDS = ("exhausted", "permanent", "temporary")
 
 
@@ -155,7 +157,7 @@ def overview(log: DeliveryLog, name: str, now: datetime | None = None) -> Overvi
         by_status[item.status] += item.count
         series_by_status[item.status][item.bucket] += item.count
         series_by_channel[item.channel][item.bucket] += item.count
-        if item.status == "permanent-failure":
+        if item.status == DeliveryStatus.PERMANENT_FAILURE:
             failures_by_channel[item.channel][item.bucket] += item.count
     for channel in series_by_channel:
         failures_by_channel.setdefault(channel, [0] * n)
@@ -171,17 +173,20 @@ def overview(log: DeliveryLog, name: str, now: datetime | None = None) -> Overvi
         latency=log.latency(w.start, w.end),
         rejected_events=log.rejects_count(w.start, w.end),
         dead_letters=log.count(
-            DeliveryQuery(status="permanent-failure", gave_up=True, since=w.start, until=w.end)
+            DeliveryQuery(
+                status=DeliveryStatus.PERMANENT_FAILURE, gave_up=True, since=w.start, until=w.end
+            )
         ),
-        open_circuits=sum(1 for h in health if h.circuit_state != "closed"),
+        open_circuits=sum(1 for h in health if h.circuit_state != CircuitState.CLOSED),
     )
     result.total = sum(by_status.values())
     result.sent = sum(by_status.get(s, 0) for s in OK_STATUSES)
-    result.failed = by_status.get("permanent-failure", 0)
+    result.failed = by_status.get(DeliveryStatus.PERMANENT_FAILURE, 0)
     result.in_flight = sum(by_status.get(s, 0) for s in IN_FLIGHT)
     result.channel_failure_rates = {
         channel: rate(
-            statuses.get("permanent-failure", 0), sum(statuses.get(s, 0) for s in OK_STATUSES)
+            statuses.get(DeliveryStatus.PERMANENT_FAILURE, 0),
+            sum(statuses.get(s, 0) for s in OK_STATUSES),
         )
         for channel, statuses in result.by_channel.items()
     }
@@ -204,7 +209,11 @@ def dead_letter_query(
     if kind not in DEAD_LETTER_KINDS:
         raise ValueError(f"kind is one of {', '.join(DEAD_LETTER_KINDS)}")
     return DeliveryQuery(
-        status="temporary-failure" if kind == "temporary" else "permanent-failure",
+        status=(
+            DeliveryStatus.TEMPORARY_FAILURE
+            if kind == "temporary"
+            else DeliveryStatus.PERMANENT_FAILURE
+        ),
         gave_up=True if kind == "exhausted" else None,
         channel=channel or None,
         agency_code=agency_code or None,
@@ -252,7 +261,7 @@ class ProviderView:
 
     @property
     def circuit_state(self) -> str:
-        return self.health.circuit_state if self.health else "closed"
+        return self.health.circuit_state if self.health else CircuitState.CLOSED
 
     def as_json(self) -> dict[str, Any]:
         def stat(s: ProviderStat | None) -> dict[str, Any] | None:
