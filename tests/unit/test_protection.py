@@ -4,13 +4,20 @@ hold (no sleeps)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from notifier.pipeline.protection import CircuitBreaker, TokenBucket
+from notifier.pipeline.guard import Admission, NoGuard, ProviderCall
+from notifier.pipeline.protection import CircuitBreaker, ProviderGuard, TokenBucket
+from notifier.settings import ProviderPolicy
+from notifier.store import Database
+from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.health import CircuitState, shown_circuit_state
+from notifier.store.migrate import upgrade
 
 
 def test_a_full_bucket_lets_the_burst_through_then_paces() -> None:
@@ -150,3 +157,82 @@ def test_a_row_written_before_opened_at_existed_falls_back_to_its_update_time() 
 
 def test_a_closed_circuit_stays_closed() -> None:
     assert _shown("closed", now=T0 + timedelta(days=1)) is CircuitState.CLOSED
+
+
+# -- the guard the Sender holds around each call ------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _guard(tmp_path: Path, clock: _Clock, **policy: Any) -> ProviderGuard:
+    database = Database(f"sqlite:///{tmp_path / 'health.db'}")
+    upgrade(database)
+    return ProviderGuard(database, {"esms": ProviderPolicy(**policy)}, clock=clock)
+
+
+def _admissions(guard: ProviderGuard, count: int, max_wait_s: float = 0.5) -> list[Admission]:
+    """Make ``count`` calls one after another (each ends before the next starts)."""
+
+    async def calls() -> list[Admission]:
+        seen = []
+        for _ in range(count):
+            async with guard.call("esms", max_wait_s) as admission:
+                seen.append(admission)
+        return seen
+
+    return asyncio.run(calls())
+
+
+def test_the_guard_gives_a_call_back_when_its_token_is_further_off_than_it_may_wait(
+    tmp_path: Path,
+) -> None:
+    clock = _Clock()
+    guard = _guard(tmp_path, clock, rate_per_s=1, burst=1)
+    try:
+        assert _admissions(guard, 2) == [Admission.ADMITTED, Admission.RATE_LIMITED]
+        clock.now = 1.0  # a token has come back; the refused call took none
+        assert _admissions(guard, 1) == [Admission.ADMITTED]
+    finally:
+        guard.close()
+
+
+def test_the_guard_refuses_calls_while_the_providers_circuit_is_open(tmp_path: Path) -> None:
+    clock = _Clock()
+    guard = _guard(tmp_path, clock, circuit_failures=2, circuit_open_s=30)
+    try:
+        for _ in range(2):
+            guard.observe(ProviderCall("sms", "esms", DeliveryStatus.TEMPORARY_FAILURE, 0.1))
+        assert _admissions(guard, 1) == [Admission.CIRCUIT_OPEN]
+        clock.now = 30.0
+        assert _admissions(guard, 2) == [Admission.ADMITTED, Admission.CIRCUIT_OPEN]  # 1 trial
+        guard.flush()
+    finally:
+        guard.close()
+
+
+def test_a_recipients_own_failure_never_opens_the_circuit(tmp_path: Path) -> None:
+    clock = _Clock()
+    guard = _guard(tmp_path, clock, circuit_failures=1)
+    try:
+        guard.observe(ProviderCall("sms", "esms", DeliveryStatus.PERMANENT_FAILURE, 0.1))
+        assert _admissions(guard, 1) == [Admission.ADMITTED]
+        guard.flush()
+    finally:
+        guard.close()
+
+
+def test_the_no_op_guard_admits_every_call() -> None:
+    async def calls() -> list[Admission]:
+        seen = []
+        for _ in range(3):
+            async with NoGuard().call("esms", 0.0) as admission:
+                seen.append(admission)
+        return seen
+
+    assert asyncio.run(calls()) == [Admission.ADMITTED] * 3
