@@ -1,14 +1,14 @@
-"""The application object: settings, storage, adapters, templates and the Dramatiq actors.
+"""The application object: wires settings, storage, adapters, templates, the pipeline
+and its Dramatiq actors; it holds no logic of its own.
 
 Built once per process (worker, API, demo, tests). Actors are bound to this app's
-broker rather than to Dramatiq's global one, so tests can build several apps.
+broker rather than to Dramatiq's global one, so tests can build several apps. Workers'
+entry points add the retention job (:func:`notifier.ops.retention.add_retention_job`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Any
-from uuid import UUID
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -17,10 +17,12 @@ from dramatiq.middleware import Middleware
 
 from notifier.adapter import Adapter, AdapterContext, TemplatePart
 from notifier.logging import get_logger
-from notifier.ops.retention import Retention, RetentionJob
+from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
+from notifier.pipeline.fallback import Fallback
 from notifier.pipeline.ingest import Ingest
+from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
@@ -30,7 +32,7 @@ from notifier.plugins.registry import Registry
 from notifier.plugins.runtime import AdapterRuntime
 from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
-from notifier.store.deliveries.lifecycle import DeliveryStatus, DeliveryStore
+from notifier.store.deliveries.lifecycle import DeliveryStore
 from notifier.store.inbox import InboxStore
 from notifier.store.publishers import Authoriser, PublisherIdentity, Submitter
 from notifier.store.tokens import TokenStore
@@ -92,31 +94,26 @@ class Notifier:
         self.authoriser = Authoriser(
             self.database, PublisherIdentity(settings.events.amqp_identity)
         )
-        self.ingest = Ingest(
+        self.planner = Planner(
             database=self.database,
-            deliveries=self.deliveries,
             routing=self.routing,
             templates=self.templates,
             recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
-            max_event_bytes=settings.events.max_bytes,
             hash_key=settings.recipient_hash_key.get_secret_value(),
+            agencies=self.agencies,
+        )
+        self.ingest = Ingest(
+            database=self.database,
+            deliveries=self.deliveries,
+            planner=self.planner,
+            max_event_bytes=settings.events.max_bytes,
             authoriser=self.authoriser,
             agencies=self.agencies,
         )
+        self.fallback = Fallback(self.planner, self.deliveries)
         self.tokens = TokenStore(self.database, settings.secret_key.get_secret_value())
         self.runtime = AdapterRuntime(
             self.registry, context or AdapterContext(inbox=self.inbox, tokens=self.tokens)
-        )
-        self.sender = Sender(
-            store=self.deliveries,
-            registry=self.registry,
-            runtime=self.runtime,
-            worker=settings.worker,
-            uncertain_send={
-                name: policy.uncertain_send
-                for name, policy in settings.providers.items()
-                if policy.uncertain_send is not None
-            },
         )
         self.guard = ProviderGuard(
             self.database,
@@ -126,106 +123,40 @@ class Notifier:
             },
             processes=settings.worker.processes,
         )
-        self.sender.guard = self.guard
-        self.sender.observers.append(self.guard.observe)
-        self.broker = broker or build_broker(settings)
-        self._declare_actors()
-        self.broker.add_middleware(_AdapterLifecycle(self.runtime))
-        self.sweeper = Sweeper(
-            self.deliveries,
-            settings.sweeper,
-            self.enqueue_deliveries,
+        self.sender = Sender(
+            store=self.deliveries,
+            registry=self.registry,
+            runtime=self.runtime,
+            worker=settings.worker,
+            guard=self.guard,
+            uncertain_send={
+                name: policy.uncertain_send
+                for name, policy in settings.providers.items()
+                if policy.uncertain_send is not None
+            },
         )
+        self.broker = broker or build_broker(settings)
+        self.actors = Actors(
+            self.broker,
+            settings.worker,
+            channels,
+            ingest=self.ingest,
+            sender=self.sender,
+            fallback=self.fallback,
+        )
+        self.ingest_actor = self.actors.ingest_actor
+        self.deliver_actors = self.actors.deliver_actors
+        self.enqueue_deliveries = self.actors.enqueue_deliveries
+        self.broker.add_middleware(_AdapterLifecycle(self.runtime))
+        self.sweeper = Sweeper(self.deliveries, settings.sweeper, self.enqueue_deliveries)
         self.broker.add_middleware(self.sweeper)
-        self.broker.add_middleware(RetentionJob(Retention.for_app(self)))  # personal data purge
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
             self.broker.add_middleware(
                 EventBridge(settings.broker_url, settings.events, self.ingest_actor)
             )
 
-    # -- actors ---------------------------------------------------------------------------
-
     def queue_name(self, name: str) -> str:
-        return f"{self.settings.worker.queue_prefix}.{name}"
-
-    def _declare_actors(self) -> None:
-        worker = self.settings.worker
-        options: dict[str, Any] = {
-            "broker": self.broker,
-            "min_backoff": worker.min_backoff_ms,
-            "max_backoff": worker.max_backoff_ms,
-        }
-
-        def ingest(events: list[tuple[str, dict[str, Any]]], source: str) -> None:
-            try:
-                results = self.ingest.handle_batch(
-                    [(raw, meta) for raw, meta in events], source=source
-                )
-            except Exception:
-                if len(events) == 1:
-                    raise  # retried with backoff, then dead-lettered with its reason
-                # One event's fault must not hold back or dead-letter the others: each
-                # goes on alone (those already recorded are dropped as duplicates).
-                log.exception("ingest of a group failed; its events go on one by one")
-                for item in events:
-                    self.ingest_actor.send([item], source)
-                return
-            self.enqueue_deliveries(d for result in results for d in result.to_enqueue)
-
-        self.ingest_actor: dramatiq.Actor[..., None] = dramatiq.actor(
-            actor_name="ingest",
-            queue_name=self.queue_name("ingest"),
-            max_retries=worker.max_attempts,
-            **options,
-        )(ingest)
-        self.deliver_actors: dict[str, dramatiq.Actor[..., None]] = {}
-        for channel in self.registry.channels:
-            self.deliver_actors[channel] = dramatiq.actor(
-                actor_name=f"deliver_{channel}",
-                queue_name=self.queue_name(channel),
-                # Attempts and age are bounded in the database (deferrals while every
-                # circuit is open do not count); this is only a backstop.
-                max_retries=1000,
-                **options,
-            )(self._deliverer(channel))
-
-    def _deliverer(self, channel: str) -> Callable[[list[str]], None]:
-        falls_back = bool(self.routing.fallback_for(channel))
-
-        def deliver(delivery_ids: list[str]) -> None:
-            retries: dict[int, list[tuple[UUID, int]]] = {}
-            for outcome in self.sender.send([UUID(i) for i in delivery_ids]):
-                # Also when nothing was done: a redelivered message after a crash between
-                # the failure record and this point still plans the fallback (once).
-                if falls_back and outcome.status in (DeliveryStatus.PERMANENT_FAILURE, None):
-                    self.enqueue_deliveries(self.ingest.plan_fallback(outcome.delivery_id))
-                if outcome.retry_in_ms is not None:
-                    # Retries due within the same second travel in one message.
-                    retries.setdefault(outcome.retry_in_ms // 1000, []).append(
-                        (outcome.delivery_id, outcome.retry_in_ms)
-                    )
-            for group in retries.values():
-                self.enqueue_deliveries(
-                    [(delivery_id, channel) for delivery_id, _ in group],
-                    delay_ms=max(delay for _, delay in group),
-                )
-
-        return deliver
-
-    def enqueue_deliveries(
-        self, deliveries: Iterable[tuple[UUID, str]], *, delay_ms: int | None = None
-    ) -> None:
-        """Put deliveries on their channels' queues (confirmed by RabbitMQ), one message
-        per channel and ``worker.batch_size`` deliveries."""
-        by_channel: dict[str, list[str]] = {}
-        for delivery_id, channel in deliveries:
-            by_channel.setdefault(channel, []).append(str(delivery_id))
-        size = self.settings.worker.batch_size
-        for channel, ids in by_channel.items():
-            for start in range(0, len(ids), size):
-                self.deliver_actors[channel].send_with_options(
-                    args=(ids[start : start + size],), delay=delay_ms
-                )
+        return queue_name(self.settings.worker, name)
 
     # -- entry points ---------------------------------------------------------------------
 

@@ -21,9 +21,8 @@ from notifier.app import Notifier
 from notifier.cli.main import main
 from notifier.events import EventRejected, Status
 from notifier.masking import recipient_hash
-from notifier.ops.retention import Retention, RetentionJob
+from notifier.ops.retention import Retention, RetentionJob, add_retention_job
 from notifier.ops.samples import sample_event
-from notifier.settings import RetentionSettings
 from notifier.store import Database
 from notifier.store.publishers import Submitter
 from notifier.store.schema import (
@@ -97,7 +96,7 @@ def test_after_the_period_bodies_and_contacts_are_gone_and_counts_remain(
     assert len(before["deliveries"]) == 4
     assert all(d["recipient"] and d["content"] for d in before["deliveries"])
     assert all(e["payload"] for e in before["events"])
-    retention = Retention.for_app(app)
+    retention = Retention(app.database, app.settings, registry=app.registry)
 
     # A day short of the 30 days: nothing goes (the nonce's 7 days have passed).
     early = retention.purge(now=utcnow() + timedelta(days=29))
@@ -161,7 +160,7 @@ def test_an_event_keeps_its_payload_while_a_later_delivery_is_kept(
             .where(deliveries.c.delivery_id == later)
             .values(created_at=utcnow() + timedelta(days=10))
         )
-    retention = Retention.for_app(app)
+    retention = Retention(app.database, app.settings, registry=app.registry)
     first = retention.purge(now=utcnow() + timedelta(days=31))
     assert (first.deliveries, first.events) == (1, 0)
     assert _payload(database, event_id) is not None
@@ -169,7 +168,7 @@ def test_an_event_keeps_its_payload_while_a_later_delivery_is_kept(
     assert (second.deliveries, second.events) == (1, 1)
     assert _payload(database, event_id) is None
     # Fallback planning finds nothing to render from, and says so without failing.
-    assert app.ingest.plan_fallback(later) == []
+    assert app.fallback.plan(later) == []
 
 
 def _payload(database: Database, event_id: uuid.UUID) -> Any:
@@ -180,8 +179,12 @@ def _payload(database: Database, event_id: uuid.UUID) -> Any:
 
 
 def test_periods_are_raised_to_what_sending_and_receipts_need(database: Database) -> None:
-    settings = RetentionSettings(deliveries_days=0.5, receipt_nonces_days=0.001)
-    retention = Retention(database, settings, min_delivery_age_s=86_400, min_nonce_age_s=1_200)
+    settings = make_settings(
+        database_url=database.url,
+        retention={"deliveries_days": 0.5, "receipt_nonces_days": 0.001},
+        worker={"max_age_s": 86_400},
+    )
+    retention = Retention(database, settings, min_nonce_age_s=1_200)
     assert retention.delivery_age == timedelta(days=1)  # not before the worker gives up
     assert retention.nonce_age == timedelta(seconds=1_200)  # twice a 10-minute window
     app = Notifier(
@@ -194,7 +197,8 @@ def test_periods_are_raised_to_what_sending_and_receipts_need(database: Database
     )
     try:
         # Zalo's window is a day (its retries run for hours): nonces kept two.
-        assert Retention.for_app(app).nonce_age == timedelta(days=2)
+        retention = Retention(app.database, app.settings, registry=app.registry)
+        assert retention.nonce_age == timedelta(days=2)
     finally:
         app.close()
 
@@ -209,6 +213,9 @@ def test_workers_run_the_purge_on_a_schedule(database: Database) -> None:
         )
     )
     try:
+        # The app alone runs no purge (the API process needs none); workers add it.
+        assert not [m for m in app.broker.middleware if isinstance(m, RetentionJob)]
+        add_retention_job(app)
         jobs = [m for m in app.broker.middleware if isinstance(m, RetentionJob)]
         assert len(jobs) == 1  # installed on the workers' broker
         ingest(app)

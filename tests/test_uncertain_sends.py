@@ -19,7 +19,7 @@ from notifier.adapter import LookupAnswer
 from notifier.app import Notifier
 from notifier.ops.replay import Replayer, ReplayOutcome, Resolution
 from notifier.ops.samples import sample_event
-from notifier.pipeline.sending import ProviderCall
+from notifier.pipeline.guard import ProviderCall
 from notifier.settings import SettingsError
 from notifier.store.deliveries.lifecycle import DeliveryStatus, DispatchMark
 from notifier.store.schema import deliveries

@@ -38,7 +38,7 @@ def purge_command(dry_run: bool, as_json: bool) -> None:
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        retention = Retention.for_app(app)
+        retention = Retention(app.database, app.settings, registry=app.registry)
         if dry_run or not on_terminal(as_json):
             report = retention.purge(dry_run=dry_run)
         else:  # count first, so the bar knows how far there is to go

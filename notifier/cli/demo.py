@@ -38,6 +38,7 @@ SAMPLE_SPACING = timedelta(milliseconds=10)
 def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
     from notifier.app import Notifier
     from notifier.logging import configure_logging
+    from notifier.ops.retention import add_retention_job
     from notifier.store.migrate import upgrade
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,7 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
         )
         configure_logging(settings.log_level, settings.log_format)
         app = Notifier(settings)
+        add_retention_job(app)  # the workers below purge as a deployment's do
         upgrade(app.database)
         providers.seed_tokens(app.tokens)
         smtp = providers.smtp

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from notifier.logging import get_logger
-from notifier.pipeline.sending import ProviderCall
+from notifier.pipeline.guard import ProviderCall
 from notifier.store.deliveries.log import GAVE_UP_PREFIX, DeliveryLog
 from notifier.store.schema import deliveries, rejected_events
 

@@ -17,7 +17,8 @@ What goes, once older than its period (``NOTIFIER_RETENTION__*``):
   window can arrive that much later), so the period is raised to that when shorter.
 
 Each worker process runs the purge every ``interval_s`` (:class:`RetentionJob`, a
-Dramatiq middleware like the sweeper); ``notifier purge [--dry-run]`` runs it once.
+Dramatiq middleware like the sweeper, added by :func:`add_retention_job` where workers
+run: ``notifier worker``, the demo); ``notifier purge [--dry-run]`` runs it once.
 Purging is idempotent, so several processes doing it at once is harmless. Tests pass
 ``now`` to control the clock.
 """
@@ -25,7 +26,7 @@ Purging is idempotent, so several processes doing it at once is harmless. Tests 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,8 @@ import sqlalchemy as sa
 
 from notifier.background import BackgroundThread
 from notifier.logging import get_logger
-from notifier.settings import RetentionSettings
+from notifier.plugins.registry import Provider, Registry
+from notifier.settings import RetentionSettings, Settings
 from notifier.store import Database
 from notifier.store.schema import (
     deliveries,
@@ -80,40 +82,42 @@ def _ignore(_rows: int) -> None:
 
 
 class Retention:
-    """Clears personal data past its retention period, in batches."""
+    """Clears personal data past its retention period, in batches.
+
+    Periods are raised to what sending and receipts need: a delivery may still be sent
+    until the worker's max age, and a receipt nonce must outlive every provider's
+    receipt window twice over. The providers are the registry's (built from the
+    settings when not given); ``min_*_age_s`` raise the floors further (tests)."""
 
     def __init__(
         self,
         database: Database,
-        settings: RetentionSettings,
+        settings: Settings,
         *,
+        registry: Registry | None = None,
         min_delivery_age_s: float = 0.0,
         min_nonce_age_s: float = 0.0,
     ) -> None:
         self.database = database
-        self.settings = settings
+        self.settings: RetentionSettings = settings.retention
+        providers = (registry or Registry.from_settings(settings)).all_providers()
+        windows = _receipt_windows_s(providers)
         # A delivery may still be sent until the worker's max age: its contact and text
         # are needed until then, whatever the retention says.
         self.delivery_age = timedelta(
-            seconds=max(settings.deliveries_days * _DAY, min_delivery_age_s)
+            seconds=max(
+                self.settings.deliveries_days * _DAY,
+                settings.worker.max_age_s,
+                min_delivery_age_s,
+            )
         )
-        self.inbox_age = timedelta(seconds=settings.inbox_days * _DAY)
+        self.inbox_age = timedelta(seconds=self.settings.inbox_days * _DAY)
         self.nonce_age = timedelta(
-            seconds=max(settings.receipt_nonces_days * _DAY, min_nonce_age_s)
-        )
-
-    @classmethod
-    def for_app(cls, app: Notifier) -> Retention:
-        """The app's retention, with periods raised to what sending and receipts need."""
-        windows = [
-            float(getattr(p.settings, "receipt_max_age_s", 0) or 0)
-            for p in app.registry.all_providers()
-        ]
-        return cls(
-            app.database,
-            app.settings.retention,
-            min_delivery_age_s=app.settings.worker.max_age_s,
-            min_nonce_age_s=2 * max(windows, default=0.0),
+            seconds=max(
+                self.settings.receipt_nonces_days * _DAY,
+                2 * max(windows, default=0.0),
+                min_nonce_age_s,
+            )
         )
 
     def purge(
@@ -286,6 +290,11 @@ class Retention:
                 return done
 
 
+def _receipt_windows_s(providers: Iterable[Provider]) -> list[float]:
+    """How late each provider's receipts may come (its adapter settings say, if any)."""
+    return [float(getattr(p.settings, "receipt_max_age_s", 0) or 0) for p in providers]
+
+
 class RetentionJob(BackgroundThread):
     """Runs :meth:`Retention.purge` in each worker process every ``interval_s``."""
 
@@ -310,3 +319,11 @@ class RetentionJob(BackgroundThread):
                 self.retention.purge()
             except Exception:  # the database may be down; try again next round
                 log.exception("retention purge failed")
+
+
+def add_retention_job(app: Notifier) -> RetentionJob:
+    """Run the purge in this app's worker processes (the workers' entry points call it:
+    the app itself does not know about retention, which sits above it)."""
+    job = RetentionJob(Retention(app.database, app.settings, registry=app.registry))
+    app.broker.add_middleware(job)
+    return job

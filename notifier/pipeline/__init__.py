@@ -2,18 +2,23 @@
 
     events queue (RabbitMQ) ─ bridge.py ──┐   POST /v1/events (web/api.py)
                                           ▼   ▼
-    ``ingest`` actor (app.py) ─── ingest.py: validate, de-duplicate, record the event
-                                    ├─ routing.py    the channels a status goes to
-                                    ├─ store/optouts the citizen's opt-outs
-                                    └─ rendering.py  each channel's message (Jinja2)
+    ``ingest`` actor (actors.py) ── ingest.py: validate, authorise, de-duplicate,
+                                    │          record the event and its deliveries
+                                    └─ planning.py: the Planner
+                                         ├─ routing.py    the channels a status goes to
+                                         ├─ rendering.py  each channel's message (Jinja2)
+                                         └─ store/optouts the citizen's opt-outs
                                           ▼   planned deliveries (store/deliveries)
-    ``deliver_<channel>`` actors ── sending.py: claim, call the providers, record
-                                    └─ protection.py rate limit + circuit breaker
-                                          ▼   permanent failure: ingest.plan_fallback
-                                              → the next channel's deliveries
+    ``deliver_<channel>`` actors ── sending.py: claim, mark, call the providers
+      (actors.py)                   ├─ guard.py       ``async with guard.call(provider)``
+                                    │  └─ protection.py  rate limit + circuit breaker
+                                    └─ recording.py   outcomes → attempt records
+                                          ▼   retry later: actors.enqueue_deliveries
+                                          ▼   permanent failure:
+                                    fallback.py: the routing's fallback channels,
+                                          planned by the same Planner → their actors
     sweeper.py: re-enqueues deliveries left with no message in flight.
 
-Actor and queue names are fixed in :mod:`notifier.app` (messages in flight in a running
-deployment must still be consumed). Planned next: ``planning.py`` (one Planner for
-ingest and fallback), ``recording.py``, ``fallback.py``, ``actors.py``.
+Actor and queue names are fixed in :mod:`notifier.pipeline.actors` (messages in flight
+in a running deployment must still be consumed); :mod:`notifier.app` only wires.
 """

@@ -22,16 +22,15 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from notifier.logging import get_logger
-from notifier.pipeline.sending import ProviderCall
+from notifier.pipeline.guard import Admission, ProviderCall
 from notifier.settings import ProviderPolicy
 from notifier.store import Database
 from notifier.store.health import CircuitState
@@ -47,40 +46,80 @@ OUTCOME_WRITE_INTERVAL_S = 5.0
 
 
 class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up. Thread-safe.
+    """``rate`` tokens a second, at most ``burst`` saved up. Pure: the caller passes the
+    time (seconds on a monotonic clock) and holds any lock.
 
     A call holds its token until :meth:`finish`: tokens saved up never exceed ``burst``
     less the calls in flight, because a call still in flight may not have reached the
     provider yet (its client opening a connection), and would arrive with the next ones.
     """
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, now: float = 0.0) -> None:
         self.rate = rate
         self.burst = float(burst)
         self._tokens = float(burst)
         self._in_flight = 0
-        self._updated = time.monotonic()
-        self._lock = threading.Lock()
+        self._updated = now
 
-    def reserve(self, max_wait: float = float("inf")) -> float | None:
+    def reserve(self, now: float, max_wait: float = float("inf")) -> float | None:
         """Take a token for a call; return how long to wait before making it (0 when
         free now), or None, taking nothing, when that wait would exceed ``max_wait``."""
-        with self._lock:
-            now = time.monotonic()
-            saved = self._tokens + (now - self._updated) * self.rate
-            self._tokens = min(self.burst - self._in_flight, saved)
-            self._updated = now
-            wait = 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
-            if wait > max_wait:
-                return None
-            self._tokens -= 1
-            self._in_flight += 1
-            return wait
+        saved = self._tokens + max(0.0, now - self._updated) * self.rate
+        self._tokens = min(self.burst - self._in_flight, saved)
+        self._updated = max(now, self._updated)
+        wait = 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
+        if wait > max_wait:
+            return None
+        self._tokens -= 1
+        self._in_flight += 1
+        return wait
 
     def finish(self) -> None:
         """The call of a reserved token is over."""
-        with self._lock:
-            self._in_flight -= 1
+        self._in_flight -= 1
+
+
+CircuitChange = tuple[CircuitState, int]  # the new state and the failures counted
+
+
+class CircuitBreaker:
+    """Stops calling a provider after ``failures_to_open`` provider faults in a row;
+    after ``open_s`` lets exactly one trial call through, whose outcome closes or
+    reopens it. Pure: the caller passes the time and holds any lock."""
+
+    def __init__(self, failures_to_open: int, open_s: float) -> None:
+        self.failures_to_open = failures_to_open
+        self.open_s = open_s
+        self.state = CircuitState.CLOSED
+        self.failures = 0
+        self.open_until = 0.0
+        self._trial_in_flight = False
+
+    def admit(self, now: float) -> bool:
+        """May a call go now? False while open (and while a trial call is out)."""
+        if self.state is CircuitState.CLOSED:
+            return True
+        if self.state is CircuitState.OPEN and now >= self.open_until:
+            self.state = CircuitState.HALF_OPEN
+            self._trial_in_flight = False
+        if self.state is CircuitState.HALF_OPEN and not self._trial_in_flight:
+            self._trial_in_flight = True  # exactly one trial call
+            return True
+        return False
+
+    def record(self, provider_fault: bool, now: float) -> CircuitChange | None:
+        """A call's outcome; the change of state it caused, if any."""
+        if not provider_fault:
+            was = self.state
+            self.state, self.failures, self._trial_in_flight = CircuitState.CLOSED, 0, False
+            return None if was is CircuitState.CLOSED else (CircuitState.CLOSED, 0)
+        self.failures += 1
+        if self.state is CircuitState.HALF_OPEN or self.failures >= self.failures_to_open:
+            self.state = CircuitState.OPEN
+            self.open_until = now + self.open_s
+            self._trial_in_flight = False
+            return (CircuitState.OPEN, self.failures)
+        return None
 
 
 class _HealthWriter:
@@ -139,24 +178,22 @@ class _HealthWriter:
             thread.join(timeout=10)
 
 
-@dataclass
-class _Circuit:
-    state: CircuitState = CircuitState.CLOSED
-    failures: int = 0
-    open_until: float = 0.0
-    trial_in_flight: bool = False
-
-
 class ProviderGuard:
-    """Rate limits and circuit breakers for every provider of one worker process."""
+    """Rate limits and circuit breakers for every provider of one worker process: the
+    Sender's :class:`~notifier.pipeline.guard.Guard`."""
 
     def __init__(
-        self, database: Database, policies: dict[str, ProviderPolicy], processes: int = 1
+        self,
+        database: Database,
+        policies: dict[str, ProviderPolicy],
+        processes: int = 1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.database = database
         self.policies = policies
+        self._clock = clock
         self._buckets = {
-            name: TokenBucket(policy.rate_per_s / processes, policy.burst)
+            name: TokenBucket(policy.rate_per_s / processes, policy.burst, clock())
             for name, policy in policies.items()
             if policy.rate_per_s is not None
         }
@@ -167,7 +204,7 @@ class ProviderGuard:
             name: policy.burst for name, policy in policies.items() if policy.rate_per_s is not None
         }
         self._slots: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
-        self._circuits: dict[str, _Circuit] = {}
+        self._circuits: dict[str, CircuitBreaker] = {}
         self._quota_written: dict[str, float] = {}
         self._outcome_written: dict[tuple[str, bool], float] = {}
         self._lock = threading.Lock()
@@ -183,21 +220,38 @@ class ProviderGuard:
     def _policy(self, provider: str) -> ProviderPolicy:
         return self.policies.get(provider) or ProviderPolicy()
 
+    def _circuit(self, provider: str) -> CircuitBreaker:
+        circuit = self._circuits.get(provider)
+        if circuit is None:
+            policy = self._policy(provider)
+            circuit = CircuitBreaker(policy.circuit_failures, policy.circuit_open_s)
+            self._circuits[provider] = circuit
+        return circuit
+
+    @asynccontextmanager
+    async def call(self, provider: str, max_wait_s: float) -> AsyncIterator[Admission]:
+        """Held around one call of ``provider``: a call slot (rate-limited providers),
+        then a token (waited for here, at most ``max_wait_s``), then the circuit's say."""
+        async with self._slot(provider):
+            wait = self._reserve(provider, max_wait_s)
+            if wait is None:
+                yield Admission.RATE_LIMITED
+                return
+            try:
+                if not self.admit(provider):
+                    yield Admission.CIRCUIT_OPEN
+                    return
+                await asyncio.sleep(wait)
+                yield Admission.ADMITTED
+            finally:
+                self._finish(provider)
+
     def admit(self, provider: str) -> bool:
         """May we call this provider now? False while its circuit is open."""
         with self._lock:
-            circuit = self._circuits.setdefault(provider, _Circuit())
-            if circuit.state is CircuitState.CLOSED:
-                return True
-            if circuit.state is CircuitState.OPEN and time.monotonic() >= circuit.open_until:
-                circuit.state = CircuitState.HALF_OPEN
-                circuit.trial_in_flight = False
-            if circuit.state is CircuitState.HALF_OPEN and not circuit.trial_in_flight:
-                circuit.trial_in_flight = True  # exactly one trial call
-                return True
-            return False
+            return self._circuit(provider).admit(self._clock())
 
-    def slot(self, provider: str) -> AbstractAsyncContextManager[Any]:
+    def _slot(self, provider: str) -> AbstractAsyncContextManager[Any]:
         """Hold while calling the provider (on the adapters' event loop)."""
         limit = self._slot_limits.get(provider)
         if limit is None:
@@ -208,21 +262,25 @@ class ProviderGuard:
             held = self._slots[provider] = (loop, asyncio.Semaphore(limit))
         return held[1]
 
-    def reserve(self, provider: str, max_wait: float) -> float | None:
+    def _reserve(self, provider: str, max_wait: float) -> float | None:
         """Seconds to wait before calling, under the provider's rate limit; None (nothing
         reserved) when the wait would be longer than ``max_wait``. A reservation is
-        ended by :meth:`finish`."""
+        ended by :meth:`_finish`."""
         bucket = self._buckets.get(provider)
-        return 0.0 if bucket is None else bucket.reserve(max_wait)
+        if bucket is None:
+            return 0.0
+        with self._lock:
+            return bucket.reserve(self._clock(), max_wait)
 
-    def finish(self, provider: str) -> None:
+    def _finish(self, provider: str) -> None:
         bucket = self._buckets.get(provider)
         if bucket is not None:
-            bucket.finish()
+            with self._lock:
+                bucket.finish()
 
     def state(self, provider: str) -> CircuitState:
         with self._lock:
-            return self._circuits.setdefault(provider, _Circuit()).state
+            return self._circuit(provider).state
 
     def observe(self, call: ProviderCall) -> None:
         """A Sender observer: count failures that are the provider's, not the recipient's,
@@ -230,37 +288,19 @@ class ProviderGuard:
         Runs on the event loop: database writes go to the writer thread."""
         if call.details and any(key.startswith("quota") for key in call.details):
             self._record_quota(call)
-        provider_fault = call.outcome == "temporary-failure" or call.operator_alert
+        provider_fault = call.provider_fault
         policy = self._policy(call.provider)
-        change: tuple[CircuitState, int, str | None] | None = None
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
-            circuit = self._circuits.setdefault(call.provider, _Circuit())
-            if not provider_fault:
-                if circuit.state is not CircuitState.CLOSED or circuit.failures:
-                    was = circuit.state
-                    circuit.state, circuit.failures, circuit.trial_in_flight = (
-                        CircuitState.CLOSED,
-                        0,
-                        False,
-                    )
-                    if was is not CircuitState.CLOSED:
-                        change = (CircuitState.CLOSED, 0, None)
-            else:
-                circuit.failures += 1
-                reopen = circuit.state is CircuitState.HALF_OPEN
-                if reopen or circuit.failures >= policy.circuit_failures:
-                    circuit.state = CircuitState.OPEN
-                    circuit.open_until = now + policy.circuit_open_s
-                    circuit.trial_in_flight = False
-                    change = (CircuitState.OPEN, circuit.failures, call.error_code)
+            change = self._circuit(call.provider).record(provider_fault, now)
             outcome = (call.provider, not provider_fault)
             due = now - self._outcome_written.get(outcome, -1e9) >= OUTCOME_WRITE_INTERVAL_S
             if change is not None or due:
                 self._outcome_written[outcome] = now
         at = utcnow()
         if change is not None:
-            state, failures, code = change
+            state, failures = change
+            code = call.error_code if state is CircuitState.OPEN else None
             if state is CircuitState.OPEN:
                 log.warning(
                     "circuit opened: provider failing, calls paused",
@@ -281,7 +321,7 @@ class ProviderGuard:
             self._writer.submit(lambda: self._record_outcome(channel, provider, success, at))
 
     def _record_quota(self, call: ProviderCall) -> None:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             if now - self._quota_written.get(call.provider, -1e9) < QUOTA_WRITE_INTERVAL_S:
                 return

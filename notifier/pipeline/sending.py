@@ -11,19 +11,16 @@ the provider's policy: resend, verify, hold).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
 from uuid import UUID
 
 import structlog
-from sqlalchemy.exc import DBAPIError
 
 from notifier.adapter import (
     DeliveryFailure,
@@ -36,20 +33,27 @@ from notifier.adapter import (
 )
 from notifier.logging import get_logger
 from notifier.pipeline.dispatch import DispatchJournal, RecordBacklog
+from notifier.pipeline.guard import Admission, Guard, NoGuard, ProviderCall
+from notifier.pipeline.recording import (
+    Accepted,
+    Deferred,
+    Failed,
+    Held,
+    Recorder,
+    SendOutcome,
+    Tried,
+    backoff_ms,
+)
+from notifier.plugins.registry import Provider, Registry
+from notifier.plugins.runtime import AdapterRuntime
+from notifier.settings import SettingsError, WorkerSettings
 from notifier.store.deliveries.lifecycle import (
-    AttemptRecord,
     ClaimedDelivery,
     ClaimOutcome,
     DeliveryStatus,
     DeliveryStore,
     DispatchMark,
 )
-
-if TYPE_CHECKING:
-    from notifier.pipeline.protection import ProviderGuard
-from notifier.plugins.registry import Provider, Registry
-from notifier.plugins.runtime import AdapterRuntime
-from notifier.settings import SettingsError, WorkerSettings
 from notifier.store.schema import utcnow
 
 log = get_logger(__name__)
@@ -62,51 +66,7 @@ MAX_RATE_WAIT_S = 5.0
 RECORD_WINDOW_S = 0.02
 
 
-@dataclass(frozen=True)
-class ProviderCall:
-    """One call of one provider, as reported to observers (metrics, health)."""
-
-    channel: str
-    provider: str
-    outcome: str  # "sent" | "delivered" | "temporary-failure" | "permanent-failure"
-    seconds: float
-    error_code: str | None = None
-    operator_alert: bool = False
-    details: Mapping[str, Any] | None = None  # what the provider said, e.g. quota left
-
-
 SendObserver = Callable[[ProviderCall], None]
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    delivery_id: UUID
-    status: DeliveryStatus | None  # None: nothing done (finished elsewhere or missing)
-    retry_in_ms: int | None = None  # set when the caller should enqueue it again later
-
-
-# What trying one delivery's providers came to, before it is recorded.
-@dataclass(frozen=True)
-class _Accepted:
-    provider: str
-    result: SendResult
-    started_at: datetime
-
-
-@dataclass(frozen=True)
-class _Failed:
-    failure: DeliveryFailure
-    provider: str | None
-    started_at: datetime
-
-
-@dataclass(frozen=True)
-class _Held:
-    """The last call's outcome is unknown and its provider does not drop repeats."""
-
-    provider: str
-    reason: str
-    started_at: datetime
 
 
 @dataclass
@@ -120,17 +80,6 @@ class _Progress:
     in_backlog: bool = False
 
 
-@dataclass(frozen=True)
-class _Deferred:
-    """No provider was called (circuits open, rate limit full): give the claim back."""
-
-    reason: str
-    retry_in_ms: int
-
-
-_Tried = _Accepted | _Failed | _Deferred | _Held
-
-
 class Sender:
     def __init__(
         self,
@@ -139,9 +88,11 @@ class Sender:
         registry: Registry,
         runtime: AdapterRuntime,
         worker: WorkerSettings,
+        guard: Guard | None = None,
         uncertain_send: Mapping[str, UncertainSendPolicy] | None = None,
     ) -> None:
         self.store = store
+        self.guard: Guard = guard or NoGuard()
         self.registry = registry
         self.runtime = runtime
         self.worker = worker
@@ -160,6 +111,9 @@ class Sender:
                     ]
                 )
             self.policies[provider.name] = policy
+        self.recorder = Recorder(
+            store=store, registry=registry, worker=worker, policies=self.policies
+        )
         self.backlog = RecordBacklog(worker.max_unrecorded)
         self.journal = DispatchJournal(store.mark_dispatched)
         # A lease outlives the longest try of every provider of a channel (each send is
@@ -170,8 +124,8 @@ class Sender:
             seconds=most_providers * (worker.send_timeout_s + MAX_RATE_WAIT_S) + 10
         )
         # Called after every provider call, on the event loop; quick, and must not raise.
-        self.observers: list[SendObserver] = []
-        self.guard: ProviderGuard | None = None
+        # The guard first: its circuit breaker counts the provider's failures.
+        self.observers: list[SendObserver] = [self.guard.observe]
 
     def _observe(self, call: ProviderCall) -> None:
         for observer in self.observers:
@@ -194,14 +148,14 @@ class Sender:
                 log.debug("delivery needs nothing", delivery_id=str(delivery_id), claim=why)
                 outcomes.append(SendOutcome(delivery_id, None))
         now = utcnow()
-        concluded: list[tuple[ClaimedDelivery, _Tried]] = []
-        pending: dict[Future[_Tried], ClaimedDelivery] = {}
+        concluded: list[tuple[ClaimedDelivery, Tried]] = []
+        pending: dict[Future[Tried], ClaimedDelivery] = {}
         progress: dict[UUID, _Progress] = {}
         for claimed in claims.claimed:
             progress[claimed.delivery_id] = _Progress()
             if (now - claimed.created_at).total_seconds() > self.worker.max_age_s:
                 expired = PermanentFailure(f"expired: not sent within {self.worker.max_age_s:g}s")
-                concluded.append((claimed, _Failed(expired, None, now)))
+                concluded.append((claimed, Failed(expired, None, now)))
             else:
                 try_ = self._try_providers(claimed, progress[claimed.delivery_id])
                 pending[self.runtime.submit(try_)] = claimed
@@ -228,7 +182,7 @@ class Sender:
                         concluded.append((claimed, tried))
                 waiting = sum(1 for c, _ in concluded if progress[c.delivery_id].in_backlog)
                 try:
-                    outcomes.extend(self._record(concluded))
+                    outcomes.extend(self.recorder.record(concluded))
                 finally:
                     # Written, or given up on (the lease will run out): either way no
                     # longer this process's to bound.
@@ -249,14 +203,14 @@ class Sender:
         )
         return outcomes
 
-    def _forget(self, progress: _Progress) -> Callable[[Future[_Tried]], None]:
-        def forget(_future: Future[_Tried]) -> None:
+    def _forget(self, progress: _Progress) -> Callable[[Future[Tried]], None]:
+        def forget(_future: Future[Tried]) -> None:
             if progress.in_backlog:
                 self.backlog.recorded(1)
 
         return forget
 
-    async def _try_providers(self, claimed: ClaimedDelivery, progress: _Progress) -> _Tried:
+    async def _try_providers(self, claimed: ClaimedDelivery, progress: _Progress) -> Tried:
         """The channel's providers in order until one accepts (runs on the event loop)."""
         with structlog.contextvars.bound_contextvars(
             delivery_id=str(claimed.delivery_id),
@@ -278,11 +232,11 @@ class Sender:
                 answer = await self._call(provider, message, claimed.attempt, progress)
                 if answer is None:
                     continue  # its circuit is open: the next provider, if any
-                if isinstance(answer, _Deferred):
+                if isinstance(answer, Deferred):
                     return answer
                 provider_name = provider.name
                 if isinstance(answer, SendResult):
-                    return _Accepted(provider.name, answer, started_at)
+                    return Accepted(provider.name, answer, started_at)
                 failure = answer
                 log.warning(
                     "provider failed",
@@ -302,14 +256,14 @@ class Sender:
             if failure is None:
                 # Every provider's circuit is open: nothing was tried, so no attempt is
                 # counted; look again when a circuit lets a trial call through.
-                return _Deferred(
+                return Deferred(
                     "every provider of the channel is paused (circuit open)", self.backoff_ms(1)
                 )
-            return _Failed(failure, provider_name, started_at)
+            return Failed(failure, provider_name, started_at)
 
     async def _settle_uncertain(
         self, claimed: ClaimedDelivery, message: OutboundMessage
-    ) -> list[Provider] | _Tried:
+    ) -> list[Provider] | Tried:
         """The previous call's outcome is unknown: apply its provider's policy. The
         providers to try now, or what this try came to without a send."""
         name = claimed.uncertain_provider
@@ -319,7 +273,7 @@ class Sender:
             (p for p in self.registry.providers(claimed.channel) if p.name == name), None
         )
         if provider is None:
-            return _Held(
+            return Held(
                 name,
                 f"outcome of the call to {name} unknown; it no longer serves "
                 f"the {claimed.channel} channel",
@@ -330,7 +284,7 @@ class Sender:
         if policy is UncertainSendPolicy.RESEND:
             window = provider.adapter_class.dedupe_window_s
             if window is not None and (now - claimed.created_at).total_seconds() > window:
-                return _Held(
+                return Held(
                     name,
                     f"outcome of the call to {name} unknown, and past the "
                     f"{window / 3600:g} h in which it drops a repeat",
@@ -345,14 +299,14 @@ class Sender:
                 )
             except Exception as exc:  # the lookup failed: ask again on the next try
                 reason = exc.reason if isinstance(exc, DeliveryFailure) else repr(exc)
-                return _Failed(
+                return Failed(
                     TemporaryFailure(f"status lookup failed: {reason}", maybe_sent=True),
                     name,
                     now,
                 )
             if answer is LookupAnswer.NOT_FOUND:
                 return self.registry.providers(claimed.channel)
-            return _Accepted(
+            return Accepted(
                 name,
                 SendResult(
                     delivered=answer is LookupAnswer.DELIVERED,
@@ -360,49 +314,39 @@ class Sender:
                 ),
                 now,
             )
-        return _Held(name, f"outcome of the call to {name} unknown; held for an admin", now)
+        return Held(name, f"outcome of the call to {name} unknown; held for an admin", now)
 
     async def _call(
         self, provider: Provider, message: OutboundMessage, attempt: int, progress: _Progress
-    ) -> SendResult | DeliveryFailure | _Deferred | None:
+    ) -> SendResult | DeliveryFailure | Deferred | None:
         """One call of one provider, within its rate limit and circuit breaker, after the
         backlog of unrecorded results lets it and its dispatch mark is written; None when
         its circuit is open."""
-        guard = self.guard
         async with (
             self.runtime.slot(provider),
-            guard.slot(provider.name) if guard else contextlib.nullcontext(),
+            self.guard.call(provider.name, MAX_RATE_WAIT_S) as admission,
         ):
-            rate_wait = 0.0 if guard is None else guard.reserve(provider.name, MAX_RATE_WAIT_S)
-            if rate_wait is None:
-                return _Deferred(f"rate limit of {provider.name} reached", self.backoff_ms(1))
+            if admission is Admission.RATE_LIMITED:
+                return Deferred(f"rate limit of {provider.name} reached", self.backoff_ms(1))
+            if admission is Admission.CIRCUIT_OPEN:
+                return None
+            await self.backlog.admit()
             try:
-                if guard is not None:
-                    if not guard.admit(provider.name):
-                        return None
-                    await asyncio.sleep(rate_wait)
-                await self.backlog.admit()
-                try:
-                    await self.journal.mark(
-                        DispatchMark(message.delivery_id, provider.name, attempt)
-                    )
-                except Exception as exc:
-                    log.warning("dispatch mark not written; the send waits", error=repr(exc))
-                    return _Deferred("dispatch mark not written", self.backlog_retry_ms())
-                progress.marked = provider.name
-                clock = time.perf_counter()
-                answer = await self._send(provider, message)
-                if isinstance(answer, SendResult) or (
-                    isinstance(answer, TemporaryFailure) and answer.maybe_sent
-                ):
-                    self.backlog.add()
-                    progress.in_backlog = True
-            finally:
-                if guard is not None:
-                    guard.finish(provider.name)
+                await self.journal.mark(DispatchMark(message.delivery_id, provider.name, attempt))
+            except Exception as exc:
+                log.warning("dispatch mark not written; the send waits", error=repr(exc))
+                return Deferred("dispatch mark not written", self.backlog_retry_ms())
+            progress.marked = provider.name
+            clock = time.perf_counter()
+            answer = await self._send(provider, message)
+            if isinstance(answer, SendResult) or (
+                isinstance(answer, TemporaryFailure) and answer.maybe_sent
+            ):
+                self.backlog.add()
+                progress.in_backlog = True
         seconds = time.perf_counter() - clock
         if isinstance(answer, SendResult):
-            outcome = "delivered" if answer.delivered else "sent"
+            outcome = DeliveryStatus.DELIVERED if answer.delivered else DeliveryStatus.SENT
             call = ProviderCall(
                 message.channel, provider.name, outcome, seconds, details=answer.details
             )
@@ -411,7 +355,7 @@ class Sender:
             call = ProviderCall(
                 message.channel,
                 provider.name,
-                "permanent-failure" if permanent else "temporary-failure",
+                DeliveryStatus.PERMANENT_FAILURE if permanent else DeliveryStatus.TEMPORARY_FAILURE,
                 seconds,
                 answer.code,
                 isinstance(answer, PermanentFailure) and answer.operator_alert,
@@ -435,189 +379,21 @@ class Sender:
             log.exception("adapter raised an unexpected error", provider=provider.name)
             return TemporaryFailure(f"adapter error: {exc!r}", maybe_sent=True)
 
-    def _record(self, concluded: Sequence[tuple[ClaimedDelivery, _Tried]]) -> list[SendOutcome]:
-        """Record finished tries in one transaction; the outcome of each."""
-        records: list[AttemptRecord] = []
-        released: list[ClaimedDelivery] = []
-        outcomes: list[SendOutcome] = []
-        reason = ""
-        for claimed, tried in concluded:
-            if isinstance(tried, _Held):
-                log.warning(
-                    "delivery held: outcome unknown",
-                    delivery_id=str(claimed.delivery_id),
-                    channel=claimed.channel,
-                    provider=tried.provider,
-                )
-                records.append(
-                    AttemptRecord(
-                        claimed,
-                        DeliveryStatus.UNKNOWN,
-                        tried.provider,
-                        tried.started_at,
-                        error=tried.reason,
-                        keep_mark=True,
-                    )
-                )
-                outcomes.append(SendOutcome(claimed.delivery_id, DeliveryStatus.UNKNOWN))
-                continue
-            if isinstance(tried, _Deferred):
-                released.append(claimed)
-                reason = tried.reason
-                outcomes.append(
-                    SendOutcome(claimed.delivery_id, DeliveryStatus.QUEUED, tried.retry_in_ms)
-                )
-                continue
-            record, outcome = (
-                self._accepted(claimed, tried)
-                if isinstance(tried, _Accepted)
-                else self._failed(claimed, tried)
-            )
-            records.append(record)
-            outcomes.append(outcome)
-        self._write(lambda: self.store.finish_attempts(records))
-        self._write(lambda: self.store.release(released, reason))
-        return outcomes
-
-    def _accepted(
-        self, claimed: ClaimedDelivery, tried: _Accepted
-    ) -> tuple[AttemptRecord, SendOutcome]:
-        status = DeliveryStatus.DELIVERED if tried.result.delivered else DeliveryStatus.SENT
-        log.debug(
-            "delivery sent",
-            delivery_id=str(claimed.delivery_id),
-            channel=claimed.channel,
-            provider=tried.provider,
-            attempt=claimed.attempt,
-        )
-        record = AttemptRecord(
-            claimed,
-            status,
-            tried.provider,
-            tried.started_at,
-            provider_message_id=tried.result.provider_message_id,
-            details=dict(tried.result.details) or None,
-        )
-        return record, SendOutcome(claimed.delivery_id, status)
-
-    def _failed(
-        self, claimed: ClaimedDelivery, tried: _Failed
-    ) -> tuple[AttemptRecord, SendOutcome]:
-        failure = tried.failure
-        exhausted = claimed.attempt >= self.worker.max_attempts
-        # A provider that names a time beyond our longest backoff (quiet hours) is not
-        # failing: that wait does not use up attempts, only the delivery's max age.
-        scheduled = (
-            isinstance(failure, TemporaryFailure)
-            and failure.retry_after_s is not None
-            and failure.retry_after_s * 1000 > self.worker.max_backoff_ms
-        )
-        maybe_sent = isinstance(failure, TemporaryFailure) and failure.maybe_sent
-        if maybe_sent and tried.provider is not None and self._holds(claimed, tried.provider):
-            log.warning(
-                "delivery held: the provider may have it",
-                delivery_id=str(claimed.delivery_id),
-                channel=claimed.channel,
-                provider=tried.provider,
-            )
-            record = AttemptRecord(
-                claimed,
-                DeliveryStatus.UNKNOWN,
-                tried.provider,
-                tried.started_at,
-                error=f"may have been sent; held for an admin: {failure.reason}",
-                error_code=failure.code,
-                keep_mark=True,
-            )
-            return record, SendOutcome(claimed.delivery_id, DeliveryStatus.UNKNOWN)
-        if isinstance(failure, TemporaryFailure) and (scheduled or not exhausted):
-            record = AttemptRecord(
-                claimed,
-                DeliveryStatus.TEMPORARY_FAILURE,
-                tried.provider,
-                tried.started_at,
-                error=failure.reason,
-                error_code=failure.code,
-                counted=not scheduled,
-                # The next claim applies the provider's policy (resend, verify).
-                keep_mark=maybe_sent,
-            )
-            retry_in_ms = self.backoff_ms(claimed.attempt, failure.retry_after_s)
-            return record, SendOutcome(
-                claimed.delivery_id, DeliveryStatus.TEMPORARY_FAILURE, retry_in_ms
-            )
-        reason = failure.reason
-        if isinstance(failure, TemporaryFailure):
-            reason = f"gave up after {claimed.attempt} attempts: {failure.reason}"
-        log.warning(
-            "delivery failed permanently",
-            delivery_id=str(claimed.delivery_id),
-            channel=claimed.channel,
-            error=reason,
-            code=failure.code,
-        )
-        record = AttemptRecord(
-            claimed,
-            DeliveryStatus.PERMANENT_FAILURE,
-            tried.provider,
-            tried.started_at,
-            error=reason,
-            error_code=failure.code,
-            keep_mark=maybe_sent,
-        )
-        return record, SendOutcome(claimed.delivery_id, DeliveryStatus.PERMANENT_FAILURE)
-
-    def _holds(self, claimed: ClaimedDelivery, provider_name: str) -> bool:
-        """Whether a send to this provider that may have gone through is held rather
-        than retried: its policy is hold, or resend past its dedupe window."""
-        policy = self.policies.get(provider_name, UncertainSendPolicy.HOLD)
-        if policy is UncertainSendPolicy.HOLD:
-            return True
-        if policy is UncertainSendPolicy.RESEND:
-            try:
-                provider = self.registry.provider(claimed.channel, provider_name)
-            except KeyError:
-                return True
-            window = provider.adapter_class.dedupe_window_s
-            age = (utcnow() - claimed.created_at).total_seconds()
-            return window is not None and age > window
-        return False
-
     def backlog_retry_ms(self) -> int:
         return self.backoff_ms(1)
 
-    def _write(self, write: Callable[[], None]) -> None:
-        """Write, waiting out a short database outage: after a provider has accepted a
-        message, giving up here would let the lease expire and send it again."""
-        deadline = time.monotonic() + self.worker.send_timeout_s
-        delay = 0.2
-        while True:
-            try:
-                write()
-                return
-            except DBAPIError:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("database unavailable while recording sends; retrying", retry_in=delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     def backoff_ms(self, attempt: int, retry_after_s: float | None = None) -> int:
         """Exponential backoff with jitter, at least what the provider asked for."""
-        ceiling = min(self.worker.max_backoff_ms, self.worker.min_backoff_ms * 2 ** (attempt - 1))
-        delay = random.uniform(ceiling / 2, ceiling)
-        if retry_after_s is not None:
-            delay = max(delay, retry_after_s * 1000)
-        return int(min(delay, self.worker.max_backoff_ms))
+        return backoff_ms(self.worker, attempt, retry_after_s)
 
 
-def _result(future: Future[_Tried], worker: WorkerSettings, progress: _Progress) -> _Tried:
+def _result(future: Future[Tried], worker: WorkerSettings, progress: _Progress) -> Tried:
     """A finished (or abandoned) try; one abandoned after its call was marked may have
     sent, one abandoned before never called anyone."""
     if future.cancelled():
         if progress.marked is None:
-            return _Deferred("gave up waiting to start the call", worker.min_backoff_ms)
-        return _Failed(
+            return Deferred("gave up waiting to start the call", worker.min_backoff_ms)
+        return Failed(
             TemporaryFailure(f"no answer within {worker.send_timeout_s:g}s", maybe_sent=True),
             progress.marked,
             utcnow(),
@@ -626,4 +402,4 @@ def _result(future: Future[_Tried], worker: WorkerSettings, progress: _Progress)
         return future.result()
     except Exception as exc:  # a bug before any provider call (adapter calls are caught)
         log.error("sending failed before a provider call", error=repr(exc), exc_info=exc)
-        return _Failed(TemporaryFailure(f"internal error: {exc!r}"), None, utcnow())
+        return Failed(TemporaryFailure(f"internal error: {exc!r}"), None, utcnow())

@@ -1024,7 +1024,7 @@ def test_send_metrics_follow_provider_calls() -> None:
     from prometheus_client import generate_latest
 
     from notifier.ops.metrics import SendMetrics, sample_value
-    from notifier.pipeline.sending import ProviderCall
+    from notifier.pipeline.guard import ProviderCall
 
     metrics = SendMetrics()
     metrics.observe(ProviderCall("sms", "vietguys", "sent", 0.2))

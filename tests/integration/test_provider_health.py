@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from notifier.cli.main import main
+from notifier.pipeline.guard import ProviderCall
 from notifier.pipeline.protection import ProviderGuard
-from notifier.pipeline.sending import ProviderCall
 from notifier.settings import ProviderPolicy
 from notifier.store import Database
 from notifier.store.deliveries.log import DeliveryLog
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 DYING_WORKER = """
 import os, signal, sys
 from notifier.pipeline.protection import ProviderGuard
-from notifier.pipeline.sending import ProviderCall
+from notifier.pipeline.guard import ProviderCall
 from notifier.settings import ProviderPolicy
 from notifier.store import Database
 

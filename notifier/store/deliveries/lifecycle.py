@@ -36,6 +36,7 @@ from notifier.store import Database
 from notifier.store.schema import (
     deliveries,
     delivery_attempts,
+    events,
     receipt_nonces,
     utcnow,
 )
@@ -204,6 +205,18 @@ _STATUS_OF = sa.select(_d.delivery_id, _d.status).where(
 )
 
 
+@dataclass(frozen=True)
+class FailedDelivery:
+    """A delivery that failed for good, with its event's payload (None once purged):
+    what planning its fallback needs."""
+
+    delivery_id: UUID
+    event_id: UUID
+    channel: str
+    fallback_of: UUID | None
+    payload: dict[str, Any] | None
+
+
 class DeliveryStore:
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -272,6 +285,39 @@ class DeliveryStore:
                 for row in connection.execute(query)
                 if (row.channel, row.recipient_hash) in wanted
             ]
+
+    def permanently_failed(self, delivery_id: UUID) -> FailedDelivery | None:
+        """The delivery with its event's payload, if its status is permanent-failure."""
+        d, e = deliveries.c, events.c
+        query = (
+            sa.select(d.event_id, d.channel, d.fallback_of, e.payload)
+            .select_from(deliveries.outerjoin(events, e.event_id == d.event_id))
+            .where(
+                d.delivery_id == delivery_id,
+                d.status == DeliveryStatus.PERMANENT_FAILURE.value,
+            )
+        )
+        with self.database.engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None:
+            return None
+        return FailedDelivery(delivery_id, row.event_id, row.channel, row.fallback_of, row.payload)
+
+    def insert_fallbacks(
+        self, event: Any, planned: Sequence[PlannedDelivery], *, fallback_of: UUID
+    ) -> list[tuple[UUID, str]]:
+        """Record the fallback deliveries of ``fallback_of`` (at most once each: the key
+        event, channel, recipient) and return those still to send, as (id, channel)."""
+        with self.database.begin() as connection:
+            for p in planned:
+                self.insert_planned(
+                    connection, [(event, [p])], fallback_of=fallback_of, ignore_existing=True
+                )
+        return self.existing(
+            event.event_id,
+            [(p.channel, p.recipient_hash) for p in planned],
+            fallback_of=fallback_of,
+        )
 
     def unfinished_for_events(
         self, event_ids: Sequence[UUID]

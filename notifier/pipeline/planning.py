@@ -1,0 +1,145 @@
+"""Planning: which deliveries an event makes (routing, consent, recipients, rendering,
+opt-outs), the same for a new event and for a fallback after a permanent failure."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+
+from notifier.adapter import RecipientKind
+from notifier.events import DossierStatusEvent, EventRejected
+from notifier.masking import mask_recipient, recipient_hash
+from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
+from notifier.pipeline.agencies import AgencyRegistry
+from notifier.pipeline.rendering import TemplateSet
+from notifier.pipeline.routing import Routing
+from notifier.store import Database
+from notifier.store.deliveries.lifecycle import PlannedDelivery
+from notifier.store.optouts import opted_out, suppress
+
+
+def _phone(raw: str) -> str:
+    """The canonical +84 form, so one number written two ways is one recipient. A number
+    that does not parse is kept as written: the adapter fails it with the reason."""
+    try:
+        return parse_mobile(raw).format(PhoneFormat.E164)
+    except InvalidPhone:
+        return raw
+
+
+def recipient_for(event: DossierStatusEvent, kind: RecipientKind) -> str | None:
+    contacts = event.applicant.contacts
+    match kind:
+        case RecipientKind.EMAIL:
+            return contacts.email
+        case RecipientKind.PHONE:
+            return None if contacts.phone is None else _phone(contacts.phone)
+        case RecipientKind.ZALO:
+            if contacts.zalo is None:
+                return None
+            if contacts.zalo.phone is not None:
+                return _phone(contacts.zalo.phone)
+            return contacts.zalo.user_id
+        case RecipientKind.PORTAL_ACCOUNT:
+            return contacts.portal_account_id
+
+
+class Planner:
+    """Turns an event into rendered deliveries for the channels it should reach."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        routing: Routing,
+        templates: TemplateSet,
+        recipient_kinds: Mapping[str, RecipientKind],
+        hash_key: str,
+        agencies: AgencyRegistry | None = None,
+    ) -> None:
+        self.database = database
+        self.routing = routing
+        self.templates = templates
+        self.recipient_kinds = dict(recipient_kinds)
+        self.hash_key = hash_key
+        self.agencies = agencies
+
+    def plan(self, event: DossierStatusEvent) -> list[PlannedDelivery]:
+        """The deliveries of a new event: its routed channels the citizen consented to
+        and has a contact for. Opt-outs are applied by :meth:`suppress_opted_out`.
+
+        Raises :class:`EventRejected` when the status is routed somewhere but the
+        applicant has no contact for any of those channels."""
+        routed = self.routing.channels_for(event.agency.code, event.dossier.status)
+        consented = event.applicant.channels
+        candidates = [c for c in routed if consented is None or c in consented]
+        planned = self._render_for(event, candidates)
+        if routed and not planned:
+            raise EventRejected(
+                "no usable contact: the status goes to "
+                + ", ".join(routed)
+                + (
+                    f" (citizen consented to {', '.join(consented)})"
+                    if consented is not None
+                    else ""
+                )
+                + " but the applicant has no contact for any of them"
+            )
+        return planned
+
+    def plan_fallback(
+        self, event: DossierStatusEvent, failed_channel: str
+    ) -> list[PlannedDelivery]:
+        """The deliveries of the routing's fallback channels for ``failed_channel`` (those
+        enabled here and consented to), opt-outs already suppressed."""
+        consented = event.applicant.channels
+        channels = [
+            c
+            for c in self.routing.fallback_for(failed_channel)
+            if c in self.recipient_kinds and (consented is None or c in consented)
+        ]
+        planned = self._render_for(event, channels)
+        if not planned:
+            return []
+        (planned,) = self.suppress_opted_out([planned])
+        return planned
+
+    def falls_back(self, channel: str) -> bool:
+        """Whether a permanent failure on this channel may plan another channel."""
+        return bool(self.routing.fallback_for(channel))
+
+    def suppress_opted_out(
+        self, groups: Sequence[list[PlannedDelivery]]
+    ) -> list[list[PlannedDelivery]]:
+        """Opted-out deliveries become ``suppressed`` (kept, not sent); one lookup for
+        every group."""
+        found = opted_out(self.database, [(p.recipient_hash, p.channel) for g in groups for p in g])
+        if not found:
+            return list(groups)
+        return [suppress(group, found) for group in groups]
+
+    def _render_for(
+        self, event: DossierStatusEvent, channels: Iterable[str]
+    ) -> list[PlannedDelivery]:
+        if self.agencies is not None:
+            event = self.agencies.resolved(event)  # the registry's name, never the event's
+        language = event.applicant.language
+        planned = []
+        for channel in channels:
+            recipient = recipient_for(event, self.recipient_kinds[channel])
+            if recipient is None:
+                continue
+            rendered = self.templates.render(event, channel, language)
+            planned.append(
+                PlannedDelivery(
+                    delivery_id=uuid.uuid4(),
+                    channel=channel,
+                    recipient=recipient,
+                    recipient_masked=mask_recipient(recipient),
+                    recipient_hash=recipient_hash(recipient, self.hash_key),
+                    language=language,
+                    template=rendered.template,
+                    content=rendered.parts,
+                )
+            )
+        return planned
