@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import secrets
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.responses import Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from notifier.store.apikeys import ApiKeys
 from notifier.store.operators import Operator, OperatorStore, Role
@@ -100,26 +100,24 @@ class Sessions:
         root = secret_key.encode()
         self._session_key = hmac.new(root, b"notifier console session v1", "sha256").digest()
         self._csrf_key = hmac.new(root, b"notifier console csrf v1", "sha256").digest()
+        # The cookie is signed and dated by itsdangerous (the signer Flask and Starlette
+        # use); it only names a session that lives in the database, so a sign-out,
+        # a password change or a disabled account ends it whatever the cookie says.
+        self._serializer = URLSafeTimedSerializer(
+            self._session_key, salt="notifier console session v2"
+        )
         self.operators = operators
         self.keys = keys
 
     # -- tokens ---------------------------------------------------------------------------
 
     def _sign(self, payload: dict[str, Any]) -> str:
-        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-        mac = hmac.new(self._session_key, body.encode(), hashlib.sha256).digest()
-        return f"{body}.{_b64(mac)}"
+        return self._serializer.dumps(payload)
 
     def _verify(self, token: str) -> dict[str, Any] | None:
-        body, _, mac = token.partition(".")
-        if not body or not mac:
-            return None
-        expected = hmac.new(self._session_key, body.encode(), hashlib.sha256).digest()
         try:
-            if not hmac.compare_digest(expected, _unb64(mac)):
-                return None
-            payload = json.loads(_unb64(body))
-        except ValueError:
+            payload = self._serializer.loads(token, max_age=SESSION_SECONDS)
+        except BadSignature:  # tampered, expired or not ours
             return None
         if not isinstance(payload, dict) or payload.get("exp", 0) < time.time():
             return None
