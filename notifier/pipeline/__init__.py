@@ -1,6 +1,6 @@
 """The event's journey, top to bottom: one module per step.
 
-    events queue (RabbitMQ) ─ bridge.py ──┐   POST /v1/events (web/api.py)
+    events queue (RabbitMQ) ─ bridge.py ──┐   POST /v1/events (web/events.py)
                                           ▼   ▼
     ``ingest`` actor (actors.py) ── ingest.py: validate, authorise, de-duplicate,
                                     │          record the event and its deliveries
