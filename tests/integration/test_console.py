@@ -1059,7 +1059,7 @@ def test_worker_serves_dramatiq_and_send_metrics(
 
     from notifier.ops.metrics import sample_value
     from notifier.ops.samples import sample_event
-    from notifier.simulators.smtp import SmtpCatcher
+    from notifier_simulators.smtp import SmtpCatcher
     from tests.support import REPO, rabbit_settings, wait_until
 
     with socket.socket() as probe:

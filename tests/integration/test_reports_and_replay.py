@@ -22,6 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from notifier_simulators.smtp import SmtpCatcher
 
 from notifier.app import Notifier
 from notifier.cli.main import main
@@ -29,7 +30,6 @@ from notifier.events import Status
 from notifier.ops.replay import Replayer, ReplayOutcome
 from notifier.ops.reports import build_report
 from notifier.ops.samples import sample_event
-from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
 from notifier.store.apikeys import ApiKeys
 from notifier.store.deliveries.log import DeliveryLog, percentile
