@@ -3,7 +3,8 @@
 # One image for every notifier process: `notifier worker`, `notifier api`,
 # `notifier db upgrade`, ... (see docker-compose.yml). It holds the core and every
 # channel adapter under adapters/, installed as wheels, and the default config/.
-# No sources, tests or dev dependencies.
+# No sources, tests or dev dependencies, and no provider simulators (simulators/): the
+# demo is a development tool (`./dev demo`), so `notifier demo` is not in this image.
 
 # --- build: wheels of notifier, its adapters and all their dependencies -------------
 FROM python:3.11-slim AS build

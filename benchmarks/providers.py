@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from notifier.simulators.local import LocalProviders
+from notifier_simulators.local import LocalProviders
 
 _DELIVERY_ID = re.compile(rb"X-Notifier-Delivery-Id: ([0-9a-f-]{36})")
 

@@ -96,6 +96,12 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of its own with no schema yet (for migration tests)."""
+    yield from _pg_database()
+
+
+@pytest.fixture
 def pg_database(pg_url: str) -> Iterator[Database]:
     """The session's PostgreSQL database, emptied before each test."""
     database = Database(pg_url)

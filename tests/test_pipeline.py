@@ -225,6 +225,8 @@ def test_retries_are_bounded_then_the_fallback_channel_is_used_once(app: Notifie
     assert email["status"] == "permanent-failure"
     assert email["attempts"] == 3
     assert email["last_error"].startswith("gave up after 3 attempts")
+    assert email["exhausted"] is True  # a dead letter: its retries ran out
+    assert sms["exhausted"] is False
     assert sms["channel"] == "sms"
     assert sms["status"] == "sent"
     assert sms["fallback_of"] == email["delivery_id"]
@@ -269,6 +271,7 @@ def test_a_recipient_problem_is_final_and_falls_back_once(app: Notifier) -> None
     email, sms = rows(app)
     assert email["status"] == sms["status"] == "permanent-failure"
     assert email["attempts"] == 1  # not retried
+    assert email["exhausted"] is False  # refused, not a dead letter: no retries used up
     assert len(MailB.sent) == 0  # the recipient's problem is not a reason to fail over
     assert sms["fallback_of"] == email["delivery_id"]
     assert len(rows(app)) == 2  # a failed fallback does not fall back again

@@ -23,6 +23,7 @@ from notifier.store.deliveries.lifecycle import (
     DeliveryStore,
     PlannedDelivery,
 )
+from notifier.store.deliveries.log import DeliveryLog, DeliveryQuery
 from notifier.store.inbox import InboxStore, NewNotification
 from notifier.store.schema import deliveries, delivery_attempts, events
 from notifier.store.tokens import TokenGrant, TokenStore, TokenStoreError
@@ -510,3 +511,75 @@ def test_a_receipt_nonce_is_new_once(database: Database) -> None:
     assert store.take_nonces("zalo", ["mac-1", "mac-2"]) == [True, True]
     assert store.take_nonces("zalo", ["mac-1", "mac-3"]) == [False, True]
     assert store.take_nonces("esms", ["mac-1"]) == [True]  # per provider
+
+
+def test_a_failure_that_used_up_its_retries_is_a_dead_letter_whatever_its_text_says(
+    database: Database,
+) -> None:
+    """The ``exhausted`` column, not the wording of the error, tells a dead letter from
+    a message the provider refused: each finish path (SQLite row by row, PostgreSQL from
+    arrays) writes it, and the log's dead-letter search reads it."""
+    store = DeliveryStore(database)
+    _event, ids = record_event(database, ["email", "sms", "zalo"])
+    by_channel = {c.channel: c for c in store.claim(ids, timedelta(seconds=60)).claimed}
+    now = datetime.now(UTC)
+    store.finish_attempts(
+        [
+            AttemptRecord(
+                by_channel["email"],
+                DeliveryStatus.PERMANENT_FAILURE,
+                "smtp",
+                now,
+                error="451 mail server busy",
+                exhausted=True,
+            ),
+            # Refused outright, with an error that merely reads like the old prefix.
+            AttemptRecord(
+                by_channel["sms"],
+                DeliveryStatus.PERMANENT_FAILURE,
+                "esms",
+                now,
+                error="gave up after checking: number barred",
+            ),
+            AttemptRecord(by_channel["zalo"], DeliveryStatus.SENT, "zalo", now),
+        ]
+    )
+    d = deliveries.c
+    with database.engine.connect() as connection:
+        found = connection.execute(sa.select(d.channel, d.exhausted))
+        exhausted = {row.channel: row.exhausted for row in found}
+    assert exhausted == {"email": True, "sms": False, "zalo": False}
+
+    log = DeliveryLog(database, "key")
+    dead = DeliveryQuery(status=DeliveryStatus.PERMANENT_FAILURE.value, gave_up=True)
+    refused = DeliveryQuery(status=DeliveryStatus.PERMANENT_FAILURE.value, gave_up=False)
+    assert [row.channel for row in log.search(dead)] == ["email"]
+    assert [row.channel for row in log.search(refused)] == ["sms"]
+    assert (log.count(dead), log.count(refused)) == (1, 1)
+
+
+def test_a_provider_reporting_a_sent_message_undelivered_is_not_a_dead_letter(
+    database: Database,
+) -> None:
+    store = DeliveryStore(database)
+    _event, [delivery_id] = record_event(database, ["sms"])
+    [claimed] = store.claim([delivery_id], timedelta(seconds=60)).claimed
+    store.finish_attempts(
+        [AttemptRecord(claimed, DeliveryStatus.SENT, "esms", datetime.now(UTC))]
+    )
+    changed = store.apply_receipt(
+        "esms",
+        channels={"sms"},
+        delivered=False,
+        delivery_id=delivery_id,
+        provider_message_id=None,
+        error="handset off",
+        error_code="5",
+    )
+    assert changed
+    d = deliveries.c
+    with database.engine.connect() as connection:
+        row = connection.execute(
+            sa.select(d.status, d.exhausted).where(d.delivery_id == delivery_id)
+        ).one()
+    assert (row.status, row.exhausted) == (DeliveryStatus.PERMANENT_FAILURE.value, False)

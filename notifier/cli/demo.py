@@ -23,7 +23,6 @@ from dramatiq import Worker
 
 from notifier.ops.samples import sample_events
 from notifier.settings import load_settings
-from notifier.simulators.local import LocalProviders
 from notifier.store.deliveries.log import DeliveryLog, DeliveryQuery
 
 if TYPE_CHECKING:
@@ -40,6 +39,16 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
     from notifier.logging import configure_logging
     from notifier.ops.retention import add_retention_job
     from notifier.store.migrate import upgrade
+
+    try:
+        # The local providers are a dev distribution of their own (simulators/), not
+        # part of the core: ./dev installs it, a production image has no demo.
+        from notifier_simulators.local import LocalProviders
+    except ImportError as exc:
+        raise click.ClickException(
+            "the demo needs the local provider simulators: install them with "
+            "`pip install -e simulators/` from a clone of the repository (./dev does)"
+        ) from exc
 
     workdir.mkdir(parents=True, exist_ok=True)
     database_file = workdir / "demo.db"

@@ -27,7 +27,8 @@ import sqlalchemy as sa
 
 from notifier.logging import get_logger
 from notifier.pipeline.guard import ProviderCall
-from notifier.store.deliveries.log import GAVE_UP_PREFIX, DeliveryLog
+from notifier.store.deliveries.lifecycle import DeliveryStatus
+from notifier.store.deliveries.log import DeliveryLog
 from notifier.store.schema import deliveries, rejected_events
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class StateCollector:
         ).group_by(d.channel, d.provider, d.status)
         dead = (
             sa.select(d.channel, sa.func.count().label("n"))
-            .where(d.status == "permanent-failure", d.last_error.like(GAVE_UP_PREFIX + "%"))
+            .where(d.status == DeliveryStatus.PERMANENT_FAILURE.value, d.exhausted == sa.true())
             .group_by(d.channel)
         )
         with self.app.database.engine.connect() as connection:

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 REPLAYABLE = (DeliveryStatus.PERMANENT_FAILURE.value, DeliveryStatus.TEMPORARY_FAILURE.value)
+# A fallback in one of these told the citizen: its failed original needs no replay.
+TOLD_BY = (DeliveryStatus.SENT.value, DeliveryStatus.DELIVERED.value)
 # A bound on one filtered replay, so a mistaken filter cannot flood the providers.
 MAX_BATCH = 5_000
 
@@ -114,7 +116,7 @@ class Replayer:
         now = utcnow()
         with self.database.begin() as connection:
             row = connection.execute(
-                sa.select(d.channel, d.status, d.attempts, d.last_error).where(
+                sa.select(d.channel, d.status, d.attempts, d.last_error, d.exhausted).where(
                     d.delivery_id == delivery_id
                 )
             ).first()
@@ -133,6 +135,8 @@ class Replayer:
                 .values(
                     status=DeliveryStatus.QUEUED.value,
                     attempts=0,
+                    # Queued again with fresh retries: no longer a dead letter.
+                    exhausted=False,
                     lease_until=None,
                     # An admin's replay is a decision to send: no uncertain-send policy.
                     dispatch_provider=None,
@@ -160,7 +164,7 @@ class Replayer:
             self.app.enqueue_deliveries([(delivery_id, row.channel)])
         except Exception as exc:
             # Not enqueued: put the delivery back as it was, so it stays a dead letter.
-            self._undo(delivery_id, row.status, row.attempts, actor, exc)
+            self._undo(delivery_id, row.status, row.attempts, row.exhausted, actor, exc)
             return ReplayResult("delivery", delivery_id, ReplayOutcome.FAILED, repr(exc))
         log.info("delivery replayed", delivery_id=str(delivery_id), actor=actor)
         return ReplayResult("delivery", delivery_id, ReplayOutcome.REPLAYED, f"was {row.status}")
@@ -227,12 +231,18 @@ class Replayer:
         try:
             self.app.enqueue_deliveries([(delivery_id, row.channel)])
         except Exception as exc:
-            self._undo(delivery_id, DeliveryStatus.UNKNOWN.value, row.attempts, actor, exc)
+            self._undo(delivery_id, DeliveryStatus.UNKNOWN.value, row.attempts, False, actor, exc)
             return ReplayResult("delivery", delivery_id, ReplayOutcome.FAILED, repr(exc))
         return ReplayResult("delivery", delivery_id, ReplayOutcome.REPLAYED, "was unknown")
 
     def _undo(
-        self, delivery_id: UUID, status: str, attempts: int, actor: str, exc: Exception
+        self,
+        delivery_id: UUID,
+        status: str,
+        attempts: int,
+        exhausted: bool,
+        actor: str,
+        exc: Exception,
     ) -> None:
         d = deliveries.c
         now = utcnow()
@@ -244,7 +254,7 @@ class Replayer:
                     d.status == DeliveryStatus.QUEUED.value,
                     d.attempts == 0,
                 )
-                .values(status=status, attempts=attempts, updated_at=now)
+                .values(status=status, attempts=attempts, exhausted=exhausted, updated_at=now)
             )
             connection.execute(
                 delivery_attempts.insert().values(
@@ -288,7 +298,7 @@ class Replayer:
         told: set[UUID] = set()
         if not include_told_by_fallback:
             for failed, fallbacks in self.log.fallbacks_of(ids).items():
-                if any(f.status in ("sent", "delivered") for f in fallbacks):
+                if any(f.status in TOLD_BY for f in fallbacks):
                     told.add(failed)
         results = []
         for delivery_id in ids:

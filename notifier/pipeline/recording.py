@@ -227,6 +227,7 @@ class Recorder:
             tried.started_at,
             error=reason,
             error_code=failure.code,
+            exhausted=isinstance(failure, TemporaryFailure),
             keep_mark=maybe_sent,
         )
         return record, SendOutcome(claimed.delivery_id, DeliveryStatus.PERMANENT_FAILURE)

@@ -81,6 +81,9 @@ deliveries = sa.Table(
     sa.Column("lease_until", UTCDateTime, nullable=True),
     sa.Column("provider_message_id", sa.String(128), nullable=True, index=True),
     sa.Column("last_error", sa.Text, nullable=True),
+    # A permanent failure that used up its retries (a dead letter an admin may replay),
+    # as against one the provider refused outright. False in every other status.
+    sa.Column("exhausted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("details", sa.JSON, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),

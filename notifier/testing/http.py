@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
-from notifier.simulators.http import BackgroundHttpServer, TrackingHttpServer
+from notifier.testing.server import BackgroundHttpServer, TrackingHttpServer
 
 __all__ = ["LocalHttpServer", "RecordedRequest", "Reply"]
 

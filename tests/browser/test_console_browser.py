@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from notifier_simulators.smtp import SmtpCatcher
 
 from notifier.app import Notifier
-from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
 from notifier.store.operators import OperatorStore
 from notifier.store.schema import utcnow

@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from notifier_simulators.local import LocalProviders
 
 from notifier.adapter import AdapterContext, UncertainSendPolicy
 from notifier.events import Status
 from notifier.ops.samples import sample_event
 from notifier.plugins.registry import Registry
-from notifier.simulators.local import LocalProviders
 from notifier.store import Database
 from notifier.store.schema import deliveries, inbox_notifications
 from notifier.store.tokens import TokenStore

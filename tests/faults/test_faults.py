@@ -21,12 +21,12 @@ from pathlib import Path
 import pika
 import pytest
 import sqlalchemy as sa
+from notifier_simulators.smtp import SmtpCatcher
 
 from notifier.app import Notifier
 from notifier.ops.samples import sample_event
 from notifier.publisher import EventPublisher
 from notifier.settings import Settings
-from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
 from notifier.store.schema import deliveries, delivery_attempts, events
 from tests.support import REPO, RunningWorker, notifier_env, rabbit_settings, wait_until

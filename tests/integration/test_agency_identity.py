@@ -18,6 +18,7 @@ import pika
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from notifier_simulators.smtp import SmtpCatcher
 from pika.exceptions import ChannelClosedByBroker
 
 from notifier.amqp import declare_topology
@@ -26,7 +27,6 @@ from notifier.cli.main import main
 from notifier.events import Status
 from notifier.ops.replay import Replayer, ReplayOutcome
 from notifier.ops.samples import sample_event
-from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
 from notifier.store.apikeys import ApiKeys
 from notifier.store.deliveries.log import DeliveryLog

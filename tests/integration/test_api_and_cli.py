@@ -17,12 +17,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from notifier_simulators.smtp import SmtpCatcher
 
 from notifier.app import Notifier
 from notifier.cli.demo import prepare_serving
 from notifier.cli.main import main
 from notifier.ops.samples import sample_event
-from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
 from notifier.store.apikeys import ApiKeys
 from notifier.store.deliveries.log import DeliveryLog, DeliveryQuery

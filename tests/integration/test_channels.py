@@ -14,12 +14,12 @@ import httpx
 import pika
 import pytest
 import sqlalchemy as sa
+from notifier_simulators.local import LocalProviders
 
 from notifier.amqp import declare_topology
 from notifier.app import Notifier
 from notifier.ops.samples import sample_event
 from notifier.publisher import EventPublisher
-from notifier.simulators.local import LocalProviders
 from notifier.store import Database
 from notifier.store.optouts import OptOutStore
 from notifier.store.schema import deliveries, delivery_attempts, provider_health

@@ -96,6 +96,7 @@ def seed_log(database: Database, now: datetime | None = None) -> Seeded:
             sent_after_s: float | None = None,
             attempts: list[tuple[str, str | None, str | None]] = (),  # type: ignore[assignment]
             last_error: str | None = None,
+            exhausted: bool = False,
             fallback_of: uuid.UUID | None = None,
         ) -> uuid.UUID:
             delivery_id = uuid.uuid4()
@@ -119,6 +120,7 @@ def seed_log(database: Database, now: datetime | None = None) -> Seeded:
                 "attempts": sum(1 for a in attempts if not a[0].startswith("receipt")),
                 "provider_message_id": f"{provider}-{name}" if sent_at else None,
                 "last_error": last_error,
+                "exhausted": exhausted,
                 "created_at": created,
                 "updated_at": created,
                 "sent_at": sent_at,
@@ -232,6 +234,7 @@ def seed_log(database: Database, now: datetime | None = None) -> Seeded:
                 ("permanent-failure", "gave up after 4 attempts: gateway timeout", "504"),
             ],
             last_error="gave up after 4 attempts: gateway timeout",
+            exhausted=True,
         )
         delivery(
             "d2_portal",
@@ -1057,9 +1060,10 @@ def test_worker_serves_dramatiq_and_send_metrics(
     import sys
     from pathlib import Path
 
+    from notifier_simulators.smtp import SmtpCatcher
+
     from notifier.ops.metrics import sample_value
     from notifier.ops.samples import sample_event
-    from notifier.simulators.smtp import SmtpCatcher
     from tests.support import REPO, rabbit_settings, wait_until
 
     with socket.socket() as probe:

@@ -14,10 +14,10 @@ import httpx
 import pika
 import pytest
 import sqlalchemy as sa
+from notifier_simulators.smtp import SmtpCatcher
 
 from notifier.app import Notifier
 from notifier.ops.samples import sample_event
-from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
 from notifier.store.apikeys import ApiKeys
 from notifier.store.schema import deliveries, rejected_events

@@ -12,10 +12,10 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from notifier_simulators.local import LocalProviders
 from schemathesis import GenerationMode
 
 from notifier.app import Notifier
-from notifier.simulators.local import LocalProviders
 from notifier.store import Database
 from notifier.store.apikeys import SCOPES, ApiKeys
 from notifier.web.api import create_api

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from notifier_simulators.smtp import SmtpCatcher
 
 from notifier.app import Notifier
 from notifier.cli.main import main
@@ -29,7 +30,6 @@ from notifier.events import Status
 from notifier.ops.replay import Replayer, ReplayOutcome
 from notifier.ops.reports import build_report
 from notifier.ops.samples import sample_event
-from notifier.simulators.smtp import SmtpCatcher
 from notifier.store import Database
 from notifier.store.apikeys import ApiKeys
 from notifier.store.deliveries.log import DeliveryLog, percentile
@@ -122,6 +122,7 @@ def make_dead_letter(app: Notifier, index: int = 3) -> tuple[str, uuid.UUID]:
                 attempts=8,
                 provider="email",
                 last_error=f"gave up after 8 attempts: {error}",
+                exhausted=True,
             )
         )
     return event["dossier"]["code"], email_id
@@ -135,6 +136,16 @@ def status_of(database: Database, delivery_id: uuid.UUID) -> tuple[str, int]:
             )
         ).one()
     return row.status, row.attempts
+
+
+def exhausted_of(database: Database, delivery_id: uuid.UUID) -> bool:
+    """Whether the delivery is a dead letter: its retries ran out."""
+    with database.engine.connect() as connection:
+        return bool(
+            connection.execute(
+                sa.select(deliveries.c.exhausted).where(deliveries.c.delivery_id == delivery_id)
+            ).scalar_one()
+        )
 
 
 def outcomes_of(database: Database, delivery_id: uuid.UUID) -> list[str]:
@@ -418,6 +429,9 @@ def test_concurrent_replays_of_one_delivery_enqueue_once(
         ReplayOutcome.NOT_REPLAYABLE: 7,
     }
     assert enqueued == [str(dead)]
+    # Queued again with fresh retries: no longer counted among the dead letters.
+    assert status_of(pg_database, dead) == ("queued", 0)
+    assert exhausted_of(pg_database, dead) is False
 
 
 def test_a_failed_enqueue_leaves_the_dead_letter_as_it_was(
@@ -432,6 +446,7 @@ def test_a_failed_enqueue_leaves_the_dead_letter_as_it_was(
     result = Replayer(local_app).delivery(dead, actor="t")
     assert result.outcome is ReplayOutcome.FAILED
     assert status_of(pg_database, dead) == ("permanent-failure", 8)
+    assert exhausted_of(pg_database, dead) is True  # still a dead letter
     assert outcomes_of(pg_database, dead)[-2:] == ["replayed", "replay-failed"]
 
 

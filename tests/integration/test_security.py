@@ -23,6 +23,7 @@ import pika
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from notifier_simulators.local import LocalProviders
 from pika.exceptions import ChannelClosedByBroker
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse
@@ -36,7 +37,6 @@ from notifier.ops.brokeradmin import publisher_permissions, publisher_topic_perm
 from notifier.ops.retention import Retention
 from notifier.ops.samples import sample_event
 from notifier.settings import ApiSettings, EventsSettings
-from notifier.simulators.local import LocalProviders
 from notifier.store import Database
 from notifier.store.apikeys import ApiKeys
 from notifier.store.migrate import upgrade

@@ -1,5 +1,5 @@
 """The email adapter against notifier's adapter contract kit, over real SMTP to the local
-catcher (notifier.simulators.smtp), which requires AUTH so credentials are exercised."""
+catcher (notifier_simulators.smtp), which requires AUTH so credentials are exercised."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from notifier_email import EmailAdapter
+from notifier_simulators.smtp import SmtpCatcher
 
-from notifier.simulators.smtp import SmtpCatcher
 from notifier.testing import OMIT, AdapterContract
 
 REPO = Path(__file__).resolve().parents[3]

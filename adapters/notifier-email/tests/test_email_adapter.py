@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 from notifier_email import EmailAdapter, EmailSettings
+from notifier_simulators.smtp import SmtpCatcher
 from pydantic import ValidationError
 
 from notifier.adapter import (
@@ -26,7 +27,6 @@ from notifier.adapter import (
     SendResult,
     TemporaryFailure,
 )
-from notifier.simulators.smtp import SmtpCatcher
 
 T = TypeVar("T")
 

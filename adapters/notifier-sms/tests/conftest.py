@@ -15,9 +15,9 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
+from notifier_simulators.sms import EsmsSimulator, SpeedSmsSimulator
 
 from notifier.adapter import AdapterContext, OutboundMessage, ReceiptRequest
-from notifier.simulators.sms import EsmsSimulator, SpeedSmsSimulator
 
 BRANDNAME = "DVCQG"
 ESMS_KEY, ESMS_SECRET = "esms-api-key", "esms-secret-key"

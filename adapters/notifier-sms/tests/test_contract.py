@@ -1,5 +1,5 @@
 """The SMS gateway adapters against notifier's adapter contract kit, over real HTTP:
-eSMS and SpeedSMS to their simulators (notifier.simulators.sms), the configurable
+eSMS and SpeedSMS to their simulators (notifier_simulators.sms), the configurable
 http_sms adapter to a LocalHttpServer that checks its Authorization header."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from notifier_simulators.sms import EsmsSimulator, SpeedSmsSimulator
 from notifier_sms import EsmsAdapter, HttpSmsAdapter, SpeedSmsAdapter
 
 from notifier.adapter import ReceiptRequest
-from notifier.simulators.sms import EsmsSimulator, SpeedSmsSimulator
 from notifier.testing import OMIT, AdapterContract, LocalHttpServer, RecordedRequest, Reply
 
 REPO = Path(__file__).resolve().parents[3]

@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 import pytest
+from notifier_simulators.sms import EsmsSimulator
 from notifier_sms import (
     EsmsAdapter,
     EsmsSettings,
@@ -33,7 +34,6 @@ from notifier.adapter import (
 )
 from notifier.plugins.registry import Registry
 from notifier.settings import Settings
-from notifier.simulators.sms import EsmsSimulator
 
 T = TypeVar("T")
 

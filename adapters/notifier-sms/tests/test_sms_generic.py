@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from notifier_simulators.sms import EsmsSimulator, SpeedSmsSimulator
 from notifier_sms import HttpSmsAdapter, HttpSmsSettings
 from pydantic import ValidationError
 
@@ -27,7 +28,6 @@ from notifier.adapter import (
     SendResult,
     TemporaryFailure,
 )
-from notifier.simulators.sms import EsmsSimulator, SpeedSmsSimulator
 
 T = TypeVar("T")
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from notifier_simulators.sms import SpeedSmsSimulator
 from notifier_sms import SpeedSmsAdapter, SpeedSmsSettings
 
 from notifier.adapter import (
@@ -23,7 +24,6 @@ from notifier.adapter import (
     SendResult,
     TemporaryFailure,
 )
-from notifier.simulators.sms import SpeedSmsSimulator
 
 T = TypeVar("T")
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from notifier_simulators.zalo import ZaloSimulator
 from notifier_zalo import ZaloSettings, ZaloZnsAdapter
 
 from notifier.adapter import AdapterContext
-from notifier.simulators.zalo import ZaloSimulator
 from notifier.store import Database
 from notifier.store.migrate import upgrade
 from notifier.store.tokens import TokenStore

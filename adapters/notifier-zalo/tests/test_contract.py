@@ -1,5 +1,5 @@
 """The Zalo ZNS adapter against notifier's adapter contract kit, over real HTTP to the
-Zalo simulator (notifier.simulators.zalo), with its OA tokens in a real TokenStore on
+Zalo simulator (notifier_simulators.zalo), with its OA tokens in a real TokenStore on
 SQLite: every adapter refreshes them through the simulator's OAuth endpoint."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from notifier_simulators.zalo import ZaloSimulator
 from notifier_zalo import ZaloZnsAdapter
 from notifier_zalo.receipts import SIGNATURE_HEADER, signature
 
 from notifier.adapter import AdapterContext, OutboundMessage, ReceiptRequest
-from notifier.simulators.zalo import ZaloSimulator
 from notifier.store import Database
 from notifier.store.migrate import upgrade
 from notifier.store.tokens import TokenStore

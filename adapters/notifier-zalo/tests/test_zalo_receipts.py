@@ -13,10 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from notifier_simulators.zalo import ZaloSimulator
 from notifier_zalo import ZaloSettings, ZaloZnsAdapter
 
 from notifier.adapter import InvalidReceipt, OutboundMessage, ReceiptRequest, SendResult
-from notifier.simulators.zalo import ZaloSimulator
 
 
 class Catcher:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from notifier_simulators.zalo import ZaloSimulator
 from notifier_zalo import ZaloSettings, ZaloZnsAdapter
 
 from notifier.adapter import AdapterContext, OutboundMessage, SendResult
-from notifier.simulators.zalo import ZaloSimulator
 from notifier.store import Database
 from notifier.store.migrate import upgrade
 from notifier.store.schema import utcnow

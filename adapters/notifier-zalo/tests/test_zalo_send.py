@@ -17,6 +17,14 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from notifier_simulators.zalo import (
+    APP_TOO_OLD,
+    OUTSIDE_HOURS,
+    QUOTA_ERROR,
+    REFUSED_TYPE,
+    UNKNOWN_ERROR,
+    ZaloSimulator,
+)
 from notifier_zalo import ZaloSettings, ZaloZnsAdapter, classify_answer
 from notifier_zalo.adapter import seconds_until_window
 from notifier_zalo.params import shorten
@@ -29,14 +37,6 @@ from notifier.adapter import (
     RecipientKind,
     SendResult,
     TemporaryFailure,
-)
-from notifier.simulators.zalo import (
-    APP_TOO_OLD,
-    OUTSIDE_HOURS,
-    QUOTA_ERROR,
-    REFUSED_TYPE,
-    UNKNOWN_ERROR,
-    ZaloSimulator,
 )
 from notifier.store import Database
 from notifier.store.schema import utcnow

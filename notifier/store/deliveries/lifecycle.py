@@ -146,6 +146,9 @@ class AttemptRecord:
     provider_message_id: str | None = None
     details: dict[str, Any] | None = None
     counted: bool = True
+    # A permanent failure because the retries ran out (a dead letter), not because the
+    # provider refused the message: stored in ``deliveries.exhausted``.
+    exhausted: bool = False
     # Keep the dispatch mark: the call may have reached the provider (maybe_sent, or
     # the delivery is held as unknown), so the next claim applies the provider's policy.
     keep_mark: bool = False
@@ -455,6 +458,7 @@ class DeliveryStore:
                         "ids": [m.delivery_id for m in marks],
                         "providers": [m.provider for m in marks],
                         "attempts": [m.attempt for m in marks],
+                        "sending": DeliveryStatus.SENDING.value,
                     },
                 )
 
@@ -552,6 +556,8 @@ class DeliveryStore:
             values["delivered_at"] = now
         else:
             values["last_error"] = f"provider reported not delivered: {error or 'no reason'}"
+            # Refused by the provider after it took the message: no retries were used up.
+            values["exhausted"] = False
         with self.database.begin() as connection:
             row = connection.execute(sa.select(d.delivery_id, d.attempts).where(match)).first()
             if row is None:
@@ -612,6 +618,7 @@ def _finished_values(record: AttemptRecord, now: datetime) -> dict[str, Any]:
         "lease_until": None,
         "updated_at": now,
         "last_error": record.error,
+        "exhausted": record.exhausted,
     }
     if record.provider is not None:
         values["provider"] = record.provider
@@ -668,6 +675,7 @@ _FINISH_ALL = sa.text(
            lease_until = NULL,
            updated_at = :now,
            last_error = given.error,
+           exhausted = given.exhausted,
            provider = COALESCE(given.provider, d.provider),
            provider_message_id = COALESCE(given.provider_message_id, d.provider_message_id),
            details = COALESCE(CAST(given.details AS json), d.details),
@@ -680,9 +688,10 @@ _FINISH_ALL = sa.text(
                CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
                CAST(:providers AS text[]), CAST(:provider_message_ids AS text[]),
                CAST(:details AS text[]), CAST(:uncounted AS int[]), CAST(:sent AS bool[]),
-               CAST(:delivered AS bool[]), CAST(:keep_mark AS bool[])
+               CAST(:delivered AS bool[]), CAST(:keep_mark AS bool[]),
+               CAST(:exhausted AS bool[])
            ) AS given(id, status, error, provider, provider_message_id, details, uncounted,
-                      sent, delivered, keep_mark)
+                      sent, delivered, keep_mark, exhausted)
      WHERE d.delivery_id = given.id
     """
 )
@@ -707,6 +716,7 @@ def _update_finished_at_once(
             "sent": [r.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED) for r in records],
             "delivered": [r.status is DeliveryStatus.DELIVERED for r in records],
             "keep_mark": [r.keep_mark for r in records],
+            "exhausted": [r.exhausted for r in records],
         },
     )
 
@@ -719,6 +729,6 @@ _MARK_ALL = sa.text(
            dispatch_attempt = given.attempt
       FROM unnest(CAST(:ids AS uuid[]), CAST(:providers AS text[]), CAST(:attempts AS int[]))
            AS given(id, provider, attempt)
-     WHERE d.delivery_id = given.id AND d.status = 'sending' AND d.attempts = given.attempt
+     WHERE d.delivery_id = given.id AND d.status = :sending AND d.attempts = given.attempt
     """
 )

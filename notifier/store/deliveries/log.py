@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql
 
 from notifier.masking import recipient_hash
 from notifier.store import Database
+from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.health import CircuitState, shown_circuit_state
 from notifier.store.schema import (
     deliveries,
@@ -41,8 +42,8 @@ class DeliveryQuery:
     recipient_masked: str | None = None  # as displayed, e.g. "*******567"
     provider: str | None = None
     procedure_code: str | None = None
-    # With status permanent-failure: True keeps the failures that exhausted their
-    # retries ("gave up after N attempts"), False the others.
+    # With status permanent-failure: True keeps the failures that used up their retries
+    # (the ``exhausted`` column: dead letters), False the others.
     gave_up: bool | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -116,11 +117,17 @@ class RejectRow:
         return f"{self.submitter_kind}:{self.submitter_name}"
 
 
-# What the sender writes when a delivery failed after exhausting its retries.
-GAVE_UP_PREFIX = "gave up after "
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 # Attempt outcomes that are a provider's answer to a send (not receipts or replays).
-_SEND_OUTCOMES = ("sent", "delivered", "temporary-failure", "permanent-failure")
+_SEND_OUTCOMES = tuple(
+    status.value
+    for status in (
+        DeliveryStatus.SENT,
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.TEMPORARY_FAILURE,
+        DeliveryStatus.PERMANENT_FAILURE,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -267,8 +274,7 @@ class DeliveryLog:
                 d.recipient_hash == recipient_hash(query.recipient, self.hash_key)
             )
         if query.gave_up is not None:
-            gave_up = d.last_error.like(GAVE_UP_PREFIX + "%")
-            statement = statement.where(gave_up if query.gave_up else ~gave_up)
+            statement = statement.where(d.exhausted == query.gave_up)
         if query.since is not None:
             statement = statement.where(d.created_at >= query.since)
         if query.until is not None:
@@ -514,9 +520,9 @@ class DeliveryLog:
             ProviderStat(
                 provider=provider,
                 channel=channel,
-                ok=item.get("sent", 0) + item.get("delivered", 0),
-                temporary_failures=item.get("temporary-failure", 0),
-                permanent_failures=item.get("permanent-failure", 0),
+                ok=item.get(DeliveryStatus.SENT, 0) + item.get(DeliveryStatus.DELIVERED, 0),
+                temporary_failures=item.get(DeliveryStatus.TEMPORARY_FAILURE, 0),
+                permanent_failures=item.get(DeliveryStatus.PERMANENT_FAILURE, 0),
                 last_attempt_at=item["last"],
             )
             for (provider, channel), item in sorted(folded.items())

@@ -54,7 +54,7 @@ import httpx
 
 from notifier.masking import mask_recipient
 from notifier.phones import MobileNumber
-from notifier.simulators.http import BackgroundHttpServer, TrackingHttpServer
+from notifier.testing.server import BackgroundHttpServer, TrackingHttpServer
 from notifier.text import sms_length
 
 __all__ = [

@@ -13,10 +13,10 @@ from contextlib import ExitStack
 from types import TracebackType
 from typing import Any, Self
 
-from notifier.simulators.sms import EsmsSimulator, SpeedSmsSimulator
-from notifier.simulators.smtp import SmtpCatcher
-from notifier.simulators.zalo import ZaloSimulator
 from notifier.store.tokens import TokenStore
+from notifier_simulators.sms import EsmsSimulator, SpeedSmsSimulator
+from notifier_simulators.smtp import SmtpCatcher
+from notifier_simulators.zalo import ZaloSimulator
 
 
 class LocalProviders:

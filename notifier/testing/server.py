@@ -1,5 +1,6 @@
-"""A threaded HTTP server running in the background: the base of the local provider
-simulators (eSMS, SpeedSMS, Zalo) and of the contract kit's stand-in server.
+"""A threaded HTTP server running in the background: the base of the contract kit's
+stand-in server (``notifier.testing.http``) and of the local provider simulators
+(eSMS, SpeedSMS, Zalo in the ``notifier-simulators`` distribution, which builds on it).
 
 It tracks open client connections, so a test can see that an adapter's ``close()``
 released them, and it hangs up on every client when stopped.

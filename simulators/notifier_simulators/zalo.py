@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
-from notifier.simulators.http import BackgroundHttpServer
+from notifier.testing.server import BackgroundHttpServer
 
 __all__ = [
     "APP_TOO_OLD",
