@@ -96,6 +96,11 @@ deliveries = sa.Table(
     sa.Column("dispatch_attempt", sa.Integer, nullable=True),
     # Set on a fallback delivery (e.g. SMS after Zalo failed): the delivery it replaces.
     sa.Column("fallback_of", sa.Uuid, nullable=True, index=True),
+    # A held delivery (status "scheduled"): when it is due, and why it waits
+    # (notifier.store.deliveries.lifecycle.HoldReason). The reason stays after release.
+    sa.Column("due_at", UTCDateTime, nullable=True),
+    sa.Column("hold_reason", sa.String(32), nullable=True),
+    sa.Index("ix_deliveries_held_due", "status", "due_at"),
     # The idempotency key: one delivery per event, channel and recipient.
     sa.UniqueConstraint("event_id", "channel", "recipient_hash", name="uq_deliveries_key"),
 )
