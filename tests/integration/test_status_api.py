@@ -96,7 +96,11 @@ def test_a_key_sees_its_agencys_event_and_dossier_and_another_agencys_key_gets_4
     assert state["duplicates"] == 0
     assert state["rejections"] == []
     [delivery] = state["deliveries"]
-    assert (delivery["channel"], delivery["provider"], delivery["attempts"]) == ("email", "email", 1)
+    assert (delivery["channel"], delivery["provider"], delivery["attempts"]) == (
+        "email",
+        "email",
+        1,
+    )
     assert delivery["recipient"] != "citizen.a@example.com"
     assert delivery["recipient"].endswith("@example.com")
     assert delivery["sent_at"] is not None
