@@ -24,6 +24,7 @@ from notifier.pipeline.fallback import Fallback
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
+from notifier.pipeline.relay import StatusRelay
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
 from notifier.pipeline.sending import Sender
@@ -150,10 +151,15 @@ class Notifier:
         self.broker.add_middleware(_AdapterLifecycle(self.runtime))
         self.sweeper = Sweeper(self.deliveries, settings.sweeper, self.enqueue_deliveries)
         self.broker.add_middleware(self.sweeper)
+        # The status stream needs RabbitMQ; in the embedded mode nothing is published
+        # and retention prunes the outbox (notifier.ops.retention).
+        self.status_relay: StatusRelay | None = None
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
             self.broker.add_middleware(
                 EventBridge(settings.broker_url, settings.events, self.ingest_actor)
             )
+            self.status_relay = StatusRelay(self.database, settings.broker_url, settings.statuses)
+            self.broker.add_middleware(self.status_relay)
 
     def queue_name(self, name: str) -> str:
         return queue_name(self.settings.worker, name)

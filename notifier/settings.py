@@ -238,6 +238,22 @@ class SweeperSettings(_Section):
     batch: int = Field(default=500, ge=1)
 
 
+class StatusSettings(_Section):
+    """The status stream (notifier.pipeline.relay, docs/events.md "Learning what happened"):
+    the outbox relay each worker runs, and the publishers' own status queues."""
+
+    enabled: bool = True
+    exchange: str = "notifier.statuses"
+    # A publisher's own queue is "<queue_prefix>.<its broker user>" (broker add-publisher).
+    queue_prefix: str = "notifier.statuses"
+    # The relay wakes on PostgreSQL's NOTIFY at once; it also looks every interval_s
+    # (SQLite has no NOTIFY; a notification can be missed while reconnecting).
+    interval_s: float = Field(default=5.0, gt=0, le=300)
+    batch: int = Field(default=200, ge=1, le=5_000)
+    # Published outbox rows are pruned this long after publication (retention job).
+    keep_published_days: float = Field(default=2, gt=0)
+
+
 class RetentionSettings(_Section):
     """How long personal data is kept (see notifier.ops.retention and docs/security.md)."""
 
@@ -303,6 +319,7 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderPolicy] = Field(default_factory=dict)
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    statuses: StatusSettings = Field(default_factory=StatusSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",

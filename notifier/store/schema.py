@@ -55,6 +55,8 @@ events = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
     # The event as received; personal data, purged after the retention period.
     sa.Column("payload", sa.JSON, nullable=True),
+    # Copies received again after it was accepted (each one announced as event.duplicate).
+    sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
 )
 
 deliveries = sa.Table(
@@ -148,6 +150,11 @@ rejected_events = sa.Table(
     sa.Column("submitter_agencies", sa.JSON, nullable=True),
     # Why the last replay was refused (it stays a reject), shown to operators.
     sa.Column("replay_refusal", sa.Text, nullable=True),
+    # What could be read of the event (None when it could not): kept after the payload
+    # is purged, so the publisher still finds its reject by event id or dossier.
+    sa.Column("agency_code", sa.String(64), nullable=True),
+    sa.Column("dossier_code", sa.String(64), nullable=True, index=True),
+    sa.Index("ix_rejected_events_event_id", "event_id"),
 )
 
 inbox_notifications = sa.Table(
@@ -269,4 +276,29 @@ opt_outs = sa.Table(
     sa.Column("channel", sa.String(32), primary_key=True),
     sa.Column("source", sa.String(32), nullable=False),  # sms-stop, portal, operator
     sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The record of status changes (notifier.store.statuses): one row per change, written in
+# the transaction that makes the change, published to the status stream by the relay
+# (at least once, ``change_id`` the dedupe key) and pruned once published and old.
+# ``sequence`` is the row's own number: it grows with each change of one delivery
+# (changes of one row are serialised by its lock), so a receiver drops stale ones.
+status_outbox = sa.Table(
+    "status_outbox",
+    metadata,
+    sa.Column("sequence", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("change_id", sa.Uuid, nullable=False, unique=True),
+    sa.Column("type", sa.String(48), nullable=False),
+    sa.Column("agency_code", sa.String(64), nullable=True),
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    # The message as it will be published (no contact in clear: recipients masked).
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("published_at", UTCDateTime, nullable=True),
+    # Pending rows, oldest first: what the relay reads.
+    sa.Index(
+        "ix_status_outbox_pending",
+        "sequence",
+        postgresql_where=sa.text("published_at IS NULL"),
+        sqlite_where=sa.text("published_at IS NULL"),
+    ),
 )

@@ -49,6 +49,7 @@ from notifier.store.schema import (
     receipt_nonces,
     utcnow,
 )
+from notifier.store.statuses import record_delivery_changes
 
 
 class DeliveryStatus(StrEnum):
@@ -79,6 +80,41 @@ _FINAL = {
     DeliveryStatus.UNKNOWN,
 }
 _CLAIMABLE = (DeliveryStatus.QUEUED, DeliveryStatus.TEMPORARY_FAILURE)
+
+# The statuses announced on the status stream (and callbacks): a delivery reaching one
+# gets an outbox row in the same transaction (notifier.store.statuses). Announcing a new
+# status (superseded, scheduled...) is one line here, as long as the status is set
+# through this module's transitions.
+ANNOUNCED: frozenset[str] = frozenset(s.value for s in _FINAL)
+
+
+def set_status(
+    connection: Connection,
+    delivery_id: UUID,
+    *,
+    only_from: Collection[str],
+    values: dict[str, Any],
+    only_if: sa.ColumnElement[bool] | None = None,
+) -> bool:
+    """Move one delivery from one of ``only_from`` to ``values["status"]`` (with the
+    other columns in ``values``) and announce it if announced, in the caller's
+    transaction: the transition of an admin's replay or resolution. ``only_if`` adds a
+    condition. Returns whether it changed (a concurrent change wins, and this one does
+    nothing)."""
+    d = deliveries.c
+    condition = sa.and_(d.delivery_id == delivery_id, d.status.in_(list(only_from)))
+    if only_if is not None:
+        condition = sa.and_(condition, only_if)
+    changed = connection.execute(sa.update(deliveries).where(condition).values(**values)).rowcount
+    if changed:
+        announce(connection, [delivery_id])
+    return bool(changed)
+
+
+def announce(connection: Connection, delivery_ids: Collection[UUID]) -> None:
+    """Record the announced status changes of these deliveries (those now in an
+    ``ANNOUNCED`` status) in the caller's transaction, right after its update."""
+    record_delivery_changes(connection, delivery_ids, ANNOUNCED)
 
 
 class HoldReason(StrEnum):
@@ -305,6 +341,9 @@ class DeliveryStore:
             else deliveries.insert()
         )
         connection.execute(statement, rows)
+        # Planned already final (suppressed by an opt-out): that is a change to announce.
+        # An ignored row's fresh id is not in the table, so it announces nothing twice.
+        announce(connection, [r["delivery_id"] for r in rows if r["status"] in ANNOUNCED])
 
     def existing(
         self, event_id: UUID, keys: Sequence[tuple[str, str]], *, fallback_of: UUID
@@ -441,6 +480,8 @@ class DeliveryStore:
                             **marks,
                         )
                     )
+                    if status.value in ANNOUNCED:
+                        announce(connection, ids)
 
     def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
         """Deliveries waiting with no message in flight: claimable ones untouched for
@@ -596,6 +637,10 @@ class DeliveryStore:
                     for r in records
                 ],
             )
+            announce(
+                connection,
+                [r.claimed.delivery_id for r in records if r.status.value in ANNOUNCED],
+            )
 
     def take_nonces(self, provider: str, nonces: Sequence[str]) -> list[bool]:
         """Record receipt nonces; for each, whether it is new (a replay is not)."""
@@ -697,6 +742,7 @@ class DeliveryStore:
                     provider_message_id=provider_message_id,
                 )
             )
+            announce(connection, [row.delivery_id])
         return True
 
 
