@@ -7,6 +7,7 @@ started again on the same port.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -44,6 +45,7 @@ class CallbackReceiver:
         self.status = 200
         self.retry_after: str | None = None
         self.redirect_to: str | None = None
+        self.delay_s = 0.0  # a slow receiver: each answer waits this long
         self.port = _free_port()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -51,6 +53,10 @@ class CallbackReceiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.path}"
+
+    def trust(self, secret: str) -> None:
+        """Verify with this secret too (e.g. one the CLI made and printed)."""
+        self.verifiers.append(Webhook(secret))
 
     def answer(self, status: int, retry_after: str | None = None) -> None:
         self.status, self.retry_after = status, retry_after
@@ -72,6 +78,8 @@ class CallbackReceiver:
             await _answer(send, 404)
             return
         verified = self._verify(body, headers)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         with self.lock:
             self.received.headers.append(headers)
             if verified is None:

@@ -217,10 +217,10 @@ class CallbackSender(BackgroundThread):
         self.clock = clock
         self.rng = rng
         # A claim must outlast the slowest round: every request of a batch timing out,
-        # ``concurrency`` at a time, plus time to record; else another sender may send
-        # a callback again while this one still works on it.
+        # ``concurrency`` at a time, plus one more timeout to record the outcomes; else
+        # another sender may send a callback again while this one still works on it.
         rounds = math.ceil(settings.batch / settings.concurrency)
-        self.lease = timedelta(seconds=settings.timeout_s * (rounds + 1) + 30)
+        self.lease = timedelta(seconds=settings.timeout_s * (rounds + 1))
         self._rounds = 0
 
     @property
