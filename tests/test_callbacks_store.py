@@ -231,3 +231,28 @@ def test_delivered_callbacks_are_pruned_after_their_keep_time(store: CallbackSto
     with store.database.engine.connect() as connection:
         left = connection.execute(sa.select(callback_deliveries.c.status)).scalars().all()
     assert left == [CallbackStatus.PENDING.value]
+
+
+def test_a_callback_whose_publisher_lost_the_agency_before_sending_is_not_sent(
+    store: CallbackStore,
+) -> None:
+    """The same authorisation at send time as at intake: a revoked key, or a broker
+    user whose agencies changed, gets nothing more, and a replay meets the same check."""
+    store.record([_status(1, "H29"), _status(2, "H30")], T0)
+    ApiKeys(store.database).revoke("mot-cua-h29")
+    BrokerPublishers(store.database).set("igate", ["H30"])
+    claims = store.claim_due(T0, 10, LEASE)
+    assert sorted((c.url, c.message_id) for c in claims) == [
+        ("https://igate.example.vn/hooks", "status-2"),
+        ("https://mot-cua-h30.example.vn/hooks", "status-2"),
+    ]
+    letters = store.dead_letters()
+    assert sorted((d.publisher_name, d.message_id) for d in letters) == [
+        ("igate", "status-1"),
+        ("mot-cua-h29", "status-1"),
+    ]
+    assert all("may no longer receive" in (d.last_error or "") for d in letters)
+    assert all(d.attempts == 0 for d in letters)
+    assert store.replay(None, now=T0) == 2
+    assert store.claim_due(T0, 10, LEASE) == []
+    assert store.dead_count() == 2

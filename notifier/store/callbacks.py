@@ -132,6 +132,20 @@ class DeadCallback:
     last_status_code: int | None
 
 
+NOT_ALLOWED = (
+    "not sent: the publisher may no longer receive this agency's statuses "
+    "(its key was revoked or its agencies changed)"
+)
+
+
+def _may_receive(agencies: tuple[str, ...] | None, agency: str | None) -> bool:
+    """Whether a publisher with ``agencies`` (None: gone) may see a status of ``agency``
+    (None: unreadable, for every-agency publishers only)."""
+    if agencies is None:
+        return False
+    return EVERY_AGENCY in agencies or (agency is not None and agency in agencies)
+
+
 def _kind(kind: SubmitterKind | str) -> SubmitterKind:
     chosen = SubmitterKind(kind)
     if chosen not in PUBLISHER_KINDS:
@@ -321,9 +335,7 @@ class CallbackStore:
             agencies = self._agencies(connection)
             for message in messages:
                 for target_id, theirs in agencies.items():
-                    if EVERY_AGENCY not in theirs and (
-                        message.agency is None or message.agency not in theirs
-                    ):
+                    if not _may_receive(theirs, message.agency):
                         continue
                     # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts.
                     added += len(
@@ -355,11 +367,21 @@ class CallbackStore:
 
     def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[ClaimedCallback]:
         """Claim up to ``limit`` due callbacks: each is due again after ``lease`` unless
-        its try is recorded before then. Two senders never claim the same row at once."""
+        its try is recorded before then. Two senders never claim the same row at once.
+
+        The publisher's right to the status is checked again here, as at intake: a
+        callback whose publisher was revoked, or no longer holds the status's agency, is
+        not sent but made a dead letter with that reason (a replay meets the same check).
+        """
         c = callback_deliveries.c
+        due_now = sa.and_(c.status == CallbackStatus.PENDING.value, c.due_at <= now)
+        with self.database.engine.connect() as connection:
+            # A read first: an idle sender takes no write lock (SQLite) every round.
+            if connection.execute(sa.select(c.callback_id).where(due_now).limit(1)).first() is None:
+                return []
         due = (
             sa.select(c.callback_id)
-            .where(c.status == CallbackStatus.PENDING.value, c.due_at <= now)
+            .where(due_now)
             .order_by(c.due_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -382,6 +404,7 @@ class CallbackStore:
                     c.callback_id,
                     c.message_id,
                     c.target_id,
+                    c.agency,
                     c.body,
                     c.sequence,
                     c.attempts,
@@ -393,6 +416,21 @@ class CallbackStore:
                 .where(c.callback_id.in_(claimed))
                 .order_by(c.due_at)
             ).all()
+            agencies = self._agencies(connection)
+            allowed = [row for row in rows if _may_receive(agencies.get(row.target_id), row.agency)]
+            kept = {row.callback_id for row in allowed}
+            refused = [row.callback_id for row in rows if row.callback_id not in kept]
+            if refused:
+                connection.execute(
+                    sa.update(callback_deliveries)
+                    .where(c.callback_id.in_(refused))
+                    .values(
+                        status=CallbackStatus.DEAD.value,
+                        dead_at=now,
+                        attempts=c.attempts - 1,  # not tried
+                        last_error=NOT_ALLOWED,
+                    )
+                )
         return [
             ClaimedCallback(
                 callback_id=row.callback_id,
@@ -405,7 +443,7 @@ class CallbackStore:
                 attempts=row.attempts,
                 window_start=row.window_start,
             )
-            for row in rows
+            for row in allowed
         ]
 
     def delivered(self, claim: ClaimedCallback, now: datetime, status_code: int) -> None:
