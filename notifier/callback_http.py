@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -34,6 +37,7 @@ __all__ = [
     "Address",
     "DestinationPolicy",
     "DestinationRefused",
+    "HostClients",
     "Resolver",
     "post_callback",
     "system_resolver",
@@ -161,8 +165,49 @@ class DestinationPolicy:
         return addresses[0]
 
 
+class HostClients:
+    """One pooled :class:`httpx.Client` per callback host name.
+
+    A request goes to the checked IP address, so httpx pools its connection under that
+    address; a connection whose TLS was verified for one name must not carry a callback
+    for another name served from the same address. Each name gets its own pool; past
+    ``max_hosts`` names, the least recently used pool is closed.
+    """
+
+    def __init__(self, max_hosts: int = 256, **options: Any) -> None:
+        self.max_hosts = max_hosts
+        self.options = options
+        self._clients: OrderedDict[str, httpx.Client] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def client(self, host: str) -> httpx.Client:
+        with self._lock:
+            found = self._clients.get(host)
+            if found is not None:
+                self._clients.move_to_end(host)
+                return found
+            found = self._clients[host] = httpx.Client(**self.options)
+            while len(self._clients) > self.max_hosts:
+                _, oldest = self._clients.popitem(last=False)
+                oldest.close()  # a request still on it fails as a transport error: retried
+            return found
+
+    def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+
+    def __enter__(self) -> HostClients:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def post_callback(
-    client: httpx.Client,
+    client: httpx.Client | HostClients,
     policy: DestinationPolicy,
     url: str,
     body: bytes,
@@ -172,6 +217,9 @@ def post_callback(
 ) -> httpx.Response:
     """POST one signed callback to the checked address of ``url``.
 
+    ``client`` is a :class:`HostClients` (the sender's), or a plain client used for one
+    host name only (a pooled connection is reused by address, see :class:`HostClients`).
+
     Raises :class:`DestinationRefused` before any connection when a rule refuses the URL
     or any of its addresses, and the HTTP seam's :class:`~notifier.adapter.TemporaryFailure`
     on a transport error, a 429 or a 5xx (with the receiver's ``Retry-After``). Any other
@@ -179,6 +227,8 @@ def post_callback(
     """
     parsed = policy.check_url(url)
     address = policy.resolve(parsed)
+    if isinstance(client, HostClients):
+        client = client.client(parsed.host)
     # Connect to the address just checked; the Host header and TLS (SNI and the
     # certificate check) still name the host, so https verifies the real name.
     pinned = parsed.copy_with(host=str(address))

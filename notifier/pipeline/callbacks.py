@@ -35,7 +35,7 @@ from notifier.adapter import DeliveryFailure, TemporaryFailure
 from notifier.adapter_http import parse_retry_after
 from notifier.amqp import connection_parameters, declare_callback_queue
 from notifier.background import BackgroundThread
-from notifier.callback_http import DestinationPolicy, post_callback
+from notifier.callback_http import DestinationPolicy, HostClients, post_callback
 from notifier.logging import get_logger
 from notifier.settings import CallbackSettings
 from notifier.store.callbacks import CallbackStore, ClaimedCallback, IncomingStatus
@@ -229,7 +229,7 @@ class CallbackSender(BackgroundThread):
 
     def run(self) -> None:
         with (
-            httpx.Client(timeout=self.settings.timeout_s, follow_redirects=False) as client,
+            HostClients(timeout=self.settings.timeout_s, follow_redirects=False) as client,
             ThreadPoolExecutor(
                 self.settings.concurrency, thread_name_prefix="notifier-callback"
             ) as pool,
@@ -243,7 +243,9 @@ class CallbackSender(BackgroundThread):
                 if not sent:
                     self.stopping.wait(self.settings.poll_interval_s)
 
-    def run_once(self, client: httpx.Client, pool: ThreadPoolExecutor | None = None) -> int:
+    def run_once(
+        self, client: httpx.Client | HostClients, pool: ThreadPoolExecutor | None = None
+    ) -> int:
         """Claim the due callbacks and try each once; returns how many were tried."""
         self._rounds += 1
         if self._rounds % 600 == 1:
@@ -259,7 +261,7 @@ class CallbackSender(BackgroundThread):
             list(pool.map(lambda claim: self.send(client, claim), claims))
         return len(claims)
 
-    def send(self, client: httpx.Client, claim: ClaimedCallback) -> None:
+    def send(self, client: httpx.Client | HostClients, claim: ClaimedCallback) -> None:
         """One try of one callback, and its outcome recorded."""
         timestamp = math.floor(self.clock().timestamp())
         headers = signed_headers(claim.message_id, timestamp, claim.body, claim.secrets)
