@@ -302,3 +302,58 @@ status_outbox = sa.Table(
         sqlite_where=sa.text("published_at IS NULL"),
     ),
 )
+
+# A publisher's callback: its URL and signing secrets (Fernet-encrypted, a JSON list,
+# newest first: two during a rotation), and its health as the senders last saw it.
+# The publisher is an API key or a broker user, by kind and name (its agencies are
+# read from api_clients / broker_publishers when a status arrives).
+callback_targets = sa.Table(
+    "callback_targets",
+    metadata,
+    sa.Column("target_id", sa.Uuid, primary_key=True),
+    sa.Column("publisher_kind", sa.String(16), nullable=False),
+    sa.Column("publisher_name", sa.String(100), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secrets", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("last_success_at", UTCDateTime, nullable=True),
+    sa.Column("last_failure_at", UTCDateTime, nullable=True),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.UniqueConstraint("publisher_kind", "publisher_name", name="uq_callback_targets_publisher"),
+)
+
+# One status message to one publisher: written when the message is consumed (once per
+# message id and target), sent when due. ``due_at`` is also the lease: a sender that
+# claims the row moves it past the send's timeout, so a sender that dies leaves it due
+# again. ``window_start`` starts the give-up age (reset by an admin's replay).
+callback_deliveries = sa.Table(
+    "callback_deliveries",
+    metadata,
+    sa.Column("callback_id", sa.Uuid, primary_key=True),
+    sa.Column("message_id", sa.String(100), nullable=False),
+    sa.Column(
+        "target_id",
+        sa.Uuid,
+        sa.ForeignKey("callback_targets.target_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("agency", sa.String(64), nullable=True),
+    sa.Column("sequence", sa.BigInteger, nullable=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("window_start", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Column("dead_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.UniqueConstraint("message_id", "target_id", name="uq_callback_deliveries_key"),
+    sa.Index("ix_callback_deliveries_due", "status", "due_at"),
+)

@@ -54,6 +54,7 @@ KEYED_WORDS: dict[str, Word] = {
     "nav_dead_letters": N_("Dead letters"),
     "nav_rejects": N_("Rejected events"),
     "nav_providers": N_("Providers"),
+    "nav_callbacks": N_("Callbacks"),
     "nav_reports": N_("Reports"),
     "bad_credentials": N_("Wrong username or password."),
     "too_many_attempts": N_("Too many failed sign-ins. Please try again in a few minutes."),
