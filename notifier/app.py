@@ -21,6 +21,7 @@ from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
 from notifier.pipeline.fallback import Fallback
+from notifier.pipeline.gate import SendGate
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
@@ -101,6 +102,7 @@ class Notifier:
             recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
             hash_key=settings.recipient_hash_key.get_secret_value(),
             agencies=self.agencies,
+            quiet_hours=settings.choice.quiet_hours,
         )
         self.ingest = Ingest(
             database=self.database,
@@ -123,7 +125,14 @@ class Notifier:
             },
             processes=settings.worker.processes,
         )
+        self.gate = SendGate(
+            database=self.database,
+            store=self.deliveries,
+            routing=self.routing,
+            frequency_caps=settings.choice.frequency_caps,
+        )
         self.sender = Sender(
+            gate=self.gate,
             store=self.deliveries,
             registry=self.registry,
             runtime=self.runtime,

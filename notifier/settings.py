@@ -238,6 +238,15 @@ class SweeperSettings(_Section):
     batch: int = Field(default=500, ge=1)
 
 
+class ChoiceSettings(_Section):
+    """Switches for the rules around a citizen's choice (the rules themselves are in
+    config/routing.toml: quiet hours, frequency caps; see docs/templates.md). Off only
+    for a benchmark or a test that must not depend on the wall clock."""
+
+    quiet_hours: bool = True
+    frequency_caps: bool = True
+
+
 class RetentionSettings(_Section):
     """How long personal data is kept (see notifier.ops.retention and docs/security.md)."""
 
@@ -303,6 +312,7 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderPolicy] = Field(default_factory=dict)
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    choice: ChoiceSettings = Field(default_factory=ChoiceSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",
