@@ -183,7 +183,8 @@ def test_an_opt_out_or_a_choice_made_after_planning_stops_a_queued_delivery(
         )
         assert found["portal"]["status"] == "delivered"
         assert found["sms"]["attempts"] == 0  # no provider was called
-    assert providers.esms.messages == [] and providers.speedsms.messages == []
+    assert providers.esms.messages == []
+    assert providers.speedsms.messages == []
     assert providers.smtp.messages == []
 
 
@@ -300,7 +301,8 @@ def test_a_flood_of_identical_events_sends_at_most_the_cap_and_loses_nothing_fro
 ) -> None:
     """A runaway TTHC system: 1,000 identical events (one dossier, one phone) in a minute."""
     cap = app.routing.choices.cap_for("sms")
-    assert cap is not None and cap.per_hour is not None
+    assert cap is not None
+    assert cap.per_hour is not None
     flood = []
     for _ in range(1000):
         item = sample_event(
