@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import time_machine
@@ -343,3 +344,85 @@ def test_a_flood_of_identical_events_sends_at_most_the_cap_and_loses_nothing_fro
             sa.select(sa.func.count()).select_from(inbox_notifications)
         ).scalar_one()
     assert inbox == 1000
+
+
+# -- what operators see ------------------------------------------------------------------
+
+
+def test_operators_see_held_and_suppressed_counts_per_reason_apart_from_failures(
+    app: Notifier, pg_database: Database
+) -> None:
+    from click.testing import CliRunner
+
+    from notifier.cli.main import main as cli
+    from notifier.ops.metrics import sample_value
+    from notifier.ops.reports import build_report
+    from notifier.store.apikeys import ApiKeys
+    from notifier.store.deliveries.log import DeliveryLog
+    from notifier.store.operators import OperatorStore
+    from notifier.web.api import create_api
+    from tests.integration.test_console import signed_in
+    from tests.support import ServedApi, notifier_env
+
+    preferences(app).put(
+        IdentityKind.ACCOUNT, ACCOUNT, Preference(frozenset({"email"})), changed_by="test"
+    )
+    with time_machine.travel(vn("2026-12-03 22:00"), tick=False):
+        ingest(app, event(Status.RESULT_READY), event(Status.PAYMENT_REQUIRED, index=8))
+    log = DeliveryLog(pg_database, app.settings.recipient_hash_key.get_secret_value())
+    since, until = vn("2026-12-03 00:00"), vn("2026-12-05 00:00")
+    report = build_report(log, since, until)
+    assert report.reason_totals() == {
+        "scheduled:quiet_hours": 2,
+        "suppressed:channel_off": 2,
+    }
+    assert report.as_json()["by_reason"] == report.reason_totals()
+    assert "reason,,,sms,scheduled:quiet_hours,2" in report.as_csv().replace(
+        f"{since.isoformat()},{until.isoformat()},", ""
+    )
+    # Not failures: the failure rate's statuses do not include them.
+    assert "permanent-failure" not in report.totals("status")
+    # The CLI's report table.
+    env = notifier_env(app.settings)
+    result = CliRunner().invoke(
+        cli,
+        ["report", "--from", "2026-12-03", "--to", "2026-12-05", "--format", "table"],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    assert "quiet_hours" in result.output
+    assert "channel_off" in result.output
+    # Metrics and the console's report page.
+    keys = ApiKeys(pg_database)
+    scraper = keys.create("prometheus", ["metrics"], [])
+    OperatorStore(pg_database).add("minh.viewer", "correct horse battery staple 42", "viewer")
+    with ServedApi(create_api(app)) as served:
+        text = httpx.get(
+            f"{served.base_url}/metrics", headers={"Authorization": f"Bearer {scraper}"}
+        ).text
+        assert (
+            sample_value(
+                text,
+                "notifier_deliveries_by_reason",
+                channel="sms",
+                kind="scheduled",
+                reason="quiet_hours",
+            )
+            == 2
+        )
+        assert (
+            sample_value(
+                text,
+                "notifier_deliveries_by_reason",
+                channel="email",
+                kind="suppressed",
+                reason="channel_off",
+            )
+            == 2
+        )
+        client = signed_in(served.base_url, "minh.viewer", "correct horse battery staple 42")
+        page = client.get("/console/reports", params={"from": "2026-12-03", "to": "2026-12-05"})
+        assert page.status_code == 200
+        assert 'id="reasons"' in page.text
+        assert "giờ yên tĩnh" in page.text  # the console's default language is Vietnamese
+        assert "công dân đã tắt kênh" in page.text
