@@ -130,6 +130,7 @@ class Notifier:
             store=self.deliveries,
             routing=self.routing,
             frequency_caps=settings.choice.frequency_caps,
+            quiet_hours=settings.choice.quiet_hours,
         )
         self.sender = Sender(
             gate=self.gate,

@@ -426,3 +426,37 @@ def test_operators_see_held_and_suppressed_counts_per_reason_apart_from_failures
         assert 'id="reasons"' in page.text
         assert "giờ yên tĩnh" in page.text  # the console's default language is Vietnamese
         assert "công dân đã tắt kênh" in page.text
+
+
+def test_a_retry_keeps_its_place_under_the_cap_and_is_not_taken_for_a_copy_of_itself(
+    app: Notifier, providers: LocalProviders
+) -> None:
+    # Both gateways answer 503 once: the first try fails for both, the retry is sent.
+    providers.esms.fail_next_http(1, 503)
+    providers.speedsms.fail_next_http(1, 503)
+    with time_machine.travel(vn("2026-12-03 10:00"), tick=True), RunningWorker(app):
+        ingest(app, event(Status.RESULT_READY, phone=PHONE))
+        wait_until(lambda: [r for r in rows(app) if r["channel"] == "sms" and r["sent_at"]])
+    [sms] = [r for r in rows(app) if r["channel"] == "sms"]
+    assert sms["status"] == "sent"
+    assert sms["attempts"] == 2
+    assert sms["suppressed_reason"] is None
+    assert len(providers.esms.messages) + len(providers.speedsms.messages) == 1
+
+
+def test_a_delivery_due_inside_quiet_hours_is_held_again_to_the_morning_at_send_time(
+    app: Notifier, providers: LocalProviders
+) -> None:
+    """Planned at 20:59 (not held), sent only at 21:00: the send-time gate holds it."""
+    with time_machine.travel(vn("2026-12-03 20:59"), tick=False) as clock:
+        late = event(Status.RESULT_READY, phone=PHONE)
+        result = app.ingest.handle(json.dumps(late, ensure_ascii=False), source="test")
+        assert by_channel(app, late["event_id"])["sms"]["status"] == "queued"
+        clock.move_to(vn("2026-12-03 21:00"))
+        outcomes = app.sender.send([d for d, c in result.to_enqueue if c == "sms"])
+    assert [o.status for o in outcomes] == ["scheduled"]
+    sms = by_channel(app, late["event_id"])["sms"]
+    assert (sms["status"], sms["hold_reason"]) == ("scheduled", "quiet_hours")
+    assert sms["due_at"] == vn("2026-12-04 07:00")
+    assert sms["attempts"] == 0
+    assert providers.esms.messages == []

@@ -7,7 +7,10 @@ claim is checked, in order:
 
 1. an opt-out of (recipient, channel): ``suppressed``, reason ``opted_out``;
 2. a channel the citizen turned off (not for mandatory statuses): ``channel_off``;
-3. the channel's frequency cap (``config/routing.toml``, ``[frequency_caps.<channel>]``):
+3. quiet hours: a delivery on a quiet channel about to go out inside the window (one
+   queued just before it began, or released from a cap's hold into it) is held to the
+   window's end, as at planning (not urgent statuses, nor a citizen who turned them off);
+4. the channel's frequency cap (``config/routing.toml``, ``[frequency_caps.<channel>]``):
    the same text already sent to the recipient within ``identical_within_minutes`` is
    ``suppressed`` (``duplicate_content``): a TTHC system repeating itself in a loop sends
    one message; over ``per_hour`` or ``per_day`` the delivery is held to the next free
@@ -60,12 +63,14 @@ class SendGate:
         store: DeliveryStore,
         routing: Routing,
         frequency_caps: bool = True,
+        quiet_hours: bool = True,
     ) -> None:
         self.database = database
         self.store = store
         self.routing = routing
         # NOTIFIER_CHOICE__FREQUENCY_CAPS: off only for benchmarks and clock-free tests.
         self.frequency_caps = frequency_caps
+        self.quiet_hours = quiet_hours
 
     def admit(
         self, claims: Sequence[ClaimedDelivery]
@@ -92,8 +97,18 @@ class SendGate:
             )
             if not mandatory and choice.channel_off(claim.channel):
                 return Suppress(SuppressReason.CHANNEL_OFF, "the citizen turned the channel off")
+            if (
+                self.quiet_hours
+                and choice.quiet_hours
+                and not choices.is_urgent(claim.agency_code, claim.event_status)
+            ):
+                window = choices.quiet_hours_for(claim.agency_code)
+                ends = window.ends_after(now) if claim.channel in window.channels else None
+                if ends is not None:
+                    return Hold(ends, HoldReason.QUIET_HOURS)
             cap = choices.cap_for(claim.channel) if self.frequency_caps else None
-            if cap is None:
+            if cap is None or claim.counted_at is not None:
+                # No cap, or a retry that already holds its place under it.
                 return None
             if cap.identical_within is not None and history.sent_same_text(
                 claim.content_hash, now - cap.identical_within
@@ -114,7 +129,12 @@ class SendGate:
         for channel in sorted({c.channel for c in checked}):
             group = [c for c in checked if c.channel == channel]
             cap = choices.cap_for(channel) if self.frequency_caps else None
-            if cap is None and not opted and not preferences:
+            quiet = self.quiet_hours and any(
+                channel in choices.quiet_hours_for(c.agency_code).channels
+                and choices.quiet_hours_for(c.agency_code).ends_after(now) is not None
+                for c in group
+            )
+            if cap is None and not quiet and not opted and not preferences:
                 continue  # nothing to check and nothing to count: no transaction
             since = None
             if cap is not None:

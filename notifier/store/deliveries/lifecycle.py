@@ -153,6 +153,8 @@ class ClaimedDelivery:
     recipient_hash: str = ""
     account_hash: str | None = None
     content_hash: str | None = None
+    # When an earlier try passed the gate (it holds its place under the caps since).
+    counted_at: datetime | None = None
     # Set when the claim found a dispatch mark: the provider the last call went to,
     # whose outcome was never recorded.
     uncertain_provider: str | None = None
@@ -296,6 +298,7 @@ _CLAIM = (
         _d.recipient_hash,
         _d.account_hash,
         _d.content_hash,
+        _d.counted_at,
         # Not changed by the claim: the mark left by the previous claim, if any.
         _d.dispatch_provider,
     )
@@ -652,7 +655,8 @@ class DeliveryStore:
                 history = histories.setdefault(claim.recipient_hash, RecipientHistory([]))
                 verdict = decide(claim, history)
                 verdicts[claim.delivery_id] = verdict
-                if verdict is None and history_since is not None:
+                # A claim counted by an earlier try (a retry) keeps its first place.
+                if verdict is None and history_since is not None and claim.counted_at is None:
                     history.counted.append((now, claim.content_hash))
                     counted.append(claim.delivery_id)
             if counted:
@@ -871,6 +875,7 @@ def _claimed(m: Any) -> ClaimedDelivery:
         recipient_hash=m["recipient_hash"],
         account_hash=m["account_hash"],
         content_hash=m["content_hash"],
+        counted_at=m["counted_at"],
         uncertain_provider=m["dispatch_provider"],
     )
 
