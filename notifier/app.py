@@ -22,6 +22,7 @@ from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
 from notifier.pipeline.callbacks import CallbackSender, StatusIntake
 from notifier.pipeline.fallback import Fallback
+from notifier.pipeline.gate import SendGate
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
@@ -104,6 +105,7 @@ class Notifier:
             recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
             hash_key=settings.recipient_hash_key.get_secret_value(),
             agencies=self.agencies,
+            quiet_hours=settings.choice.quiet_hours,
         )
         self.ingest = Ingest(
             database=self.database,
@@ -127,7 +129,15 @@ class Notifier:
             },
             processes=settings.worker.processes,
         )
+        self.gate = SendGate(
+            database=self.database,
+            store=self.deliveries,
+            routing=self.routing,
+            frequency_caps=settings.choice.frequency_caps,
+            quiet_hours=settings.choice.quiet_hours,
+        )
         self.sender = Sender(
+            gate=self.gate,
             store=self.deliveries,
             registry=self.registry,
             runtime=self.runtime,

@@ -254,6 +254,15 @@ class StatusSettings(_Section):
     keep_published_days: float = Field(default=2, gt=0)
 
 
+class ChoiceSettings(_Section):
+    """Switches for the rules around a citizen's choice (the rules themselves are in
+    config/routing.toml: quiet hours, frequency caps; see docs/templates.md). Off only
+    for a benchmark or a test that must not depend on the wall clock."""
+
+    quiet_hours: bool = True
+    frequency_caps: bool = True
+
+
 class RetentionSettings(_Section):
     """How long personal data is kept (see notifier.ops.retention and docs/security.md)."""
 
@@ -376,6 +385,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     statuses: StatusSettings = Field(default_factory=StatusSettings)
     callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
+    choice: ChoiceSettings = Field(default_factory=ChoiceSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",

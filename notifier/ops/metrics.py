@@ -112,6 +112,7 @@ class StateCollector:
             ).scalar_one()
         # The state shown, derived from the latest outcomes (as the console shows it).
         health_rows = DeliveryLog(self.app.database, "").provider_health()
+        reason_rows = DeliveryLog(self.app.database, "").reason_counts()
 
         counts = GaugeMetricFamily(
             "notifier_deliveries",
@@ -124,6 +125,16 @@ class StateCollector:
             counts.add_metric([row.channel, row.provider or "none", row.status], int(row.n))
             retried[row.channel] = retried.get(row.channel, 0) + int(row.r or 0)
         yield counts
+        by_reason = GaugeMetricFamily(
+            "notifier_deliveries_by_reason",
+            "Deliveries held or suppressed by a rule or the citizen's choice, by channel, "
+            "kind (suppressed; scheduled: held now; held: held earlier, since released) "
+            "and reason. Not failures.",
+            labels=["channel", "kind", "reason"],
+        )
+        for r in reason_rows:
+            by_reason.add_metric([r.channel, r.kind, r.reason], r.count)
+        yield by_reason
         retry_total = CounterMetricFamily(
             "notifier_delivery_retries",
             "Attempts after the first, summed over the deliveries in the log.",

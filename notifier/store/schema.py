@@ -103,6 +103,16 @@ deliveries = sa.Table(
     sa.Column("due_at", UTCDateTime, nullable=True),
     sa.Column("hold_reason", sa.String(32), nullable=True),
     sa.Index("ix_deliveries_held_due", "status", "due_at"),
+    # The citizen's choices (notifier.store.preferences): the keyed hash of the event's
+    # portal account id (preferences set on the account apply to all its deliveries);
+    # why a delivery was suppressed (SuppressReason); the keyed hash of its channel,
+    # recipient and rendered text (identical messages are sent once per window); and
+    # when it passed the send-time gate (what a frequency cap counts).
+    sa.Column("account_hash", sa.String(64), nullable=True),
+    sa.Column("suppressed_reason", sa.String(32), nullable=True),
+    sa.Column("content_hash", sa.String(64), nullable=True),
+    sa.Column("counted_at", UTCDateTime, nullable=True),
+    sa.Index("ix_deliveries_cap", "recipient_hash", "channel", "counted_at"),
     # The idempotency key: one delivery per event, channel and recipient.
     sa.UniqueConstraint("event_id", "channel", "recipient_hash", name="uq_deliveries_key"),
 )
@@ -356,4 +366,34 @@ callback_deliveries = sa.Table(
     sa.Column("last_status_code", sa.Integer, nullable=True),
     sa.UniqueConstraint("message_id", "target_id", name="uq_callback_deliveries_key"),
     sa.Index("ix_callback_deliveries_due", "status", "due_at"),
+)
+
+# A citizen's preferences, by the keyed hash of one identity (a portal account id, a
+# phone in +84 form or an email: the hash opt-outs and the delivery log use), never in
+# clear. Channels listed in channels_off are not used (the portal inbox cannot be
+# turned off); language and quiet_hours None: the event's language, quiet hours on.
+preferences = sa.Table(
+    "preferences",
+    metadata,
+    sa.Column("identity_hash", sa.String(64), primary_key=True),
+    sa.Column("identity_kind", sa.String(16), nullable=False),  # account, phone, email
+    sa.Column("channels_off", sa.JSON, nullable=False),
+    sa.Column("language", sa.String(8), nullable=True),
+    sa.Column("quiet_hours", sa.Boolean, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", sa.String(100), nullable=False),
+)
+
+# Every change of preferences: who (the API key's name), when, and the values before
+# and after (no contact in clear: only the identity's hash).
+preference_changes = sa.Table(
+    "preference_changes",
+    metadata,
+    sa.Column("change_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("identity_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("identity_kind", sa.String(16), nullable=False),
+    sa.Column("changed_at", UTCDateTime, nullable=False),
+    sa.Column("changed_by", sa.String(100), nullable=False),
+    sa.Column("before", sa.JSON, nullable=True),
+    sa.Column("after", sa.JSON, nullable=False),
 )

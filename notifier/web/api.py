@@ -25,6 +25,7 @@ from notifier.web import (
     inbox,
     metrics,
     optouts,
+    preferences,
     receipts,
     statuses,
 )
@@ -52,7 +53,7 @@ def create_api(
         submit_event=submit or EventSubmitter(app),
     )
     secure_api(api, app)  # rate limit, body size limit, headers
-    for module in (optouts, health, events, statuses, inbox, receipts, deliveries):
+    for module in (optouts, preferences, health, events, statuses, inbox, receipts, deliveries):
         api.include_router(module.router)
     from notifier.web.console import install_console  # /console and its /v1 API
 

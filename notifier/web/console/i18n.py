@@ -95,6 +95,22 @@ STATUS_WORDS: dict[str, Word] = {
     "resolved:mark-sent": N_("Admin: marked sent"),
 }
 
+# "kind:reason" of a delivery held or suppressed (DeliveryLog.reason_counts).
+REASON_KINDS: dict[str, Word] = {
+    "suppressed": N_("Suppressed"),
+    "scheduled": N_("Held now"),
+    "held": N_("Held, then sent on"),
+}
+REASON_WORDS: dict[str, Word] = {
+    "opted_out": N_("opted out"),
+    "channel_off": N_("channel turned off by the citizen"),
+    "frequency_cap": N_("frequency cap"),
+    "duplicate_content": N_("same text sent just before"),
+    "quiet_hours": N_("quiet hours"),
+    "coalescing": N_("coalescing"),
+    "unspecified": N_("no reason recorded"),
+}
+
 CHANNEL_WORDS: dict[str, Word] = {
     "email": N_("Email"),
     "sms": N_("SMS"),
@@ -165,6 +181,15 @@ class Translator:
         found = CHANNEL_WORDS.get(value)
         return self.word(found) if found is not None else value
 
+    def reason(self, value: str) -> str:
+        """``kind:reason`` in words, e.g. "Suppressed: opted out"."""
+        kind, _, reason = value.partition(":")
+        kind_word, reason_word = REASON_KINDS.get(kind), REASON_WORDS.get(reason)
+        return (
+            f"{self.word(kind_word) if kind_word else kind}: "
+            f"{self.word(reason_word) if reason_word else reason}"
+        )
+
     def dossier_status(self, value: str) -> str:
         try:
             status = Status(value)
@@ -224,6 +249,7 @@ class Translator:
             "lang": self.language,
             "status_label": self.status,
             "channel_label": self.channel,
+            "reason_label": self.reason,
             "dossier_status": self.dossier_status,
             "when": self.when,
             "number": self.number,
