@@ -16,6 +16,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from notifier.adapter import Adapter, AdapterContext, TemplatePart
+from notifier.costs import PriceTable
 from notifier.logging import get_logger
 from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
@@ -111,6 +112,7 @@ class Notifier:
             agencies=self.agencies,
         )
         self.fallback = Fallback(self.planner, self.deliveries)
+        self.prices = PriceTable.from_settings(settings.costs)
         self.tokens = TokenStore(self.database, settings.secret_key.get_secret_value())
         self.runtime = AdapterRuntime(
             self.registry, context or AdapterContext(inbox=self.inbox, tokens=self.tokens)
@@ -134,6 +136,7 @@ class Notifier:
                 for name, policy in settings.providers.items()
                 if policy.uncertain_send is not None
             },
+            prices=self.prices,
         )
         self.broker = broker or build_broker(settings)
         self.actors = Actors(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,8 +118,7 @@ def key_weakness(value: str) -> str | None:
         return f"must be at least {MIN_KEY_LENGTH} random characters"
     if key_strength_bits(value) < MIN_KEY_BITS:
         return (
-            f"is too predictable (repeats, runs or sequences; under {MIN_KEY_BITS} bits "
-            "of entropy)"
+            f"is too predictable (repeats, runs or sequences; under {MIN_KEY_BITS} bits of entropy)"
         )
     return None
 
@@ -257,6 +257,48 @@ class ChannelSettings(_Section):
     enabled: bool = True
 
 
+class ProviderPrice(_Section):
+    """What one provider charges, in VND (``[costs.prices.<provider>]``).
+
+    SMS gateways bill per segment, some by carrier: ``carriers`` (``viettel``,
+    ``mobifone``, ``vinaphone``, ``vietnamobile``, ``gmobile``, ``reddi``, ``itel``)
+    over ``per_segment_vnd``. Zalo bills per message: ``per_message_vnd`` to a phone
+    number (ZNS), ``per_uid_message_vnd`` to a Zalo user id (ZBS by UID). Email and
+    the portal inbox are usually 0; a provider with no price has no cost recorded."""
+
+    per_segment_vnd: Decimal | None = Field(default=None, ge=0)
+    carriers: dict[str, Decimal] = Field(default_factory=dict)
+    per_message_vnd: Decimal | None = Field(default=None, ge=0)
+    per_uid_message_vnd: Decimal | None = Field(default=None, ge=0)
+
+    @field_validator("carriers")
+    @classmethod
+    def _non_negative(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        negative = [carrier for carrier, price in value.items() if price < 0]
+        if negative:
+            raise ValueError(f"prices must not be negative: {', '.join(negative)}")
+        return {carrier.strip().lower(): price for carrier, price in value.items()}
+
+
+class CostSettings(_Section):
+    """Prices per provider and monthly budgets per agency (see notifier.costs)."""
+
+    prices: dict[str, ProviderPrice] = Field(default_factory=dict)
+    # Agency code -> monthly budget in VND. Alerts at 80% and 100% (metric and console);
+    # what routing does at 100% is config/routing.toml's [budget] at_limit.
+    budgets: dict[str, Decimal] = Field(default_factory=dict)
+    # Months (reports, budgets) begin at midnight on the 1st in this zone.
+    timezone: str = "Asia/Ho_Chi_Minh"
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive_budgets(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        bad = [agency for agency, budget in value.items() if budget <= 0]
+        if bad:
+            raise ValueError(f"budgets must be positive VND amounts: {', '.join(bad)}")
+        return value
+
+
 class Settings(BaseSettings):
     """All of notifier's settings, validated at start-up."""
 
@@ -303,6 +345,7 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderPolicy] = Field(default_factory=dict)
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    costs: CostSettings = Field(default_factory=CostSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",

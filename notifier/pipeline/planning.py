@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
-from notifier.adapter import RecipientKind
+from notifier.adapter import ZALO_UID_PREFIX, RecipientKind
 from notifier.events import DossierStatusEvent, EventRejected
 from notifier.masking import mask_recipient, recipient_hash
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
@@ -27,7 +27,13 @@ def _phone(raw: str) -> str:
         return raw
 
 
-def recipient_for(event: DossierStatusEvent, kind: RecipientKind) -> str | None:
+def recipient_for(
+    event: DossierStatusEvent, kind: RecipientKind, *, any_phone: bool = False
+) -> str | None:
+    """The applicant's contact for a kind of channel. Zalo: the Zalo user id when the
+    event carries one (ZBS by UID, the cheapest), else the Zalo phone; with
+    ``any_phone`` (a one-of group such as "zalo|sms") also the applicant's phone, since
+    ZNS to it costs less than an SMS and a failure falls back."""
     contacts = event.applicant.contacts
     match kind:
         case RecipientKind.EMAIL:
@@ -35,11 +41,13 @@ def recipient_for(event: DossierStatusEvent, kind: RecipientKind) -> str | None:
         case RecipientKind.PHONE:
             return None if contacts.phone is None else _phone(contacts.phone)
         case RecipientKind.ZALO:
-            if contacts.zalo is None:
-                return None
-            if contacts.zalo.phone is not None:
+            if contacts.zalo is not None and contacts.zalo.user_id is not None:
+                return ZALO_UID_PREFIX + contacts.zalo.user_id.strip()
+            if contacts.zalo is not None and contacts.zalo.phone is not None:
                 return _phone(contacts.zalo.phone)
-            return contacts.zalo.user_id
+            if any_phone and contacts.phone is not None:
+                return _phone(contacts.phone)
+            return None
         case RecipientKind.PORTAL_ACCOUNT:
             return contacts.portal_account_id
 
@@ -72,8 +80,17 @@ class Planner:
         applicant has no contact for any of those channels."""
         routed = self.routing.channels_for(event.agency.code, event.dossier.status)
         consented = event.applicant.channels
-        candidates = [c for c in routed if consented is None or c in consented]
-        planned = self._render_for(event, candidates)
+        planned = []
+        for group in self.routing.choices_for(event.agency.code, event.dossier.status):
+            # All of the single channels; the first of a one-of group that reaches the
+            # citizen (consented, with a contact): e.g. Zalo by UID, else ZNS, else SMS.
+            for channel in group:
+                if consented is not None and channel not in consented:
+                    continue
+                rendered = self._render_for(event, [channel], any_phone=len(group) > 1)
+                planned.extend(rendered)
+                if rendered:
+                    break
         if routed and not planned:
             raise EventRejected(
                 "no usable contact: the status goes to "
@@ -119,14 +136,14 @@ class Planner:
         return [suppress(group, found) for group in groups]
 
     def _render_for(
-        self, event: DossierStatusEvent, channels: Iterable[str]
+        self, event: DossierStatusEvent, channels: Iterable[str], *, any_phone: bool = False
     ) -> list[PlannedDelivery]:
         if self.agencies is not None:
             event = self.agencies.resolved(event)  # the registry's name, never the event's
         language = event.applicant.language
         planned = []
         for channel in channels:
-            recipient = recipient_for(event, self.recipient_kinds[channel])
+            recipient = recipient_for(event, self.recipient_kinds[channel], any_phone=any_phone)
             if recipient is None:
                 continue
             rendered = self.templates.render(event, channel, language)

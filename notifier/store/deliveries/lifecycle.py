@@ -24,6 +24,7 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -32,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from notifier.adapter import OutboundMessage
+from notifier.costs import Charge, CostSource
 from notifier.store import Database
 from notifier.store.schema import (
     deliveries,
@@ -152,6 +154,8 @@ class AttemptRecord:
     # Keep the dispatch mark: the call may have reached the provider (maybe_sent, or
     # the delivery is held as unknown), so the next claim applies the provider's policy.
     keep_mark: bool = False
+    # An accepted send's segments and estimated cost (notifier.costs), stored with it.
+    charge: Charge | None = None
 
 
 @dataclass(frozen=True)
@@ -515,6 +519,7 @@ class DeliveryStore:
         provider_message_id: str | None,
         error: str | None,
         error_code: str | None,
+        charge_vnd: Decimal | None = None,
     ) -> bool:
         """Move a sent delivery to delivered, or to permanent-failure when the provider
         reports it undeliverable. Returns whether a delivery changed.
@@ -525,6 +530,9 @@ class DeliveryStore:
         gateway (or whoever holds its callback secret) cannot mark another channel's or
         another gateway's delivery delivered or failed. The attempt row that records the
         receipt is written only when the status changed: a repeated report adds nothing.
+
+        ``charge_vnd``: what the provider says it charged (eSMS's TotalPrice), which
+        replaces our estimate as the delivery's cost.
         """
         d = deliveries.c
         owned = sa.and_(d.channel.in_(list(channels)), d.provider == provider)
@@ -558,6 +566,9 @@ class DeliveryStore:
             values["last_error"] = f"provider reported not delivered: {error or 'no reason'}"
             # Refused by the provider after it took the message: no retries were used up.
             values["exhausted"] = False
+        if charge_vnd is not None:
+            values["cost_vnd"] = charge_vnd
+            values["cost_source"] = CostSource.REPORTED.value
         with self.database.begin() as connection:
             row = connection.execute(sa.select(d.delivery_id, d.attempts).where(match)).first()
             if row is None:
@@ -635,6 +646,12 @@ def _finished_values(record: AttemptRecord, now: datetime) -> dict[str, Any]:
         values["sent_at"] = now
     if record.status is DeliveryStatus.DELIVERED:
         values["delivered_at"] = now
+    if record.charge is not None:
+        values["segments"] = record.charge.segments
+        values["cost_vnd"] = record.charge.cost_vnd
+        values["cost_source"] = (
+            None if record.charge.cost_vnd is None else CostSource.ESTIMATE.value
+        )
     return values
 
 
@@ -683,15 +700,21 @@ _FINISH_ALL = sa.text(
            dispatch_provider = CASE WHEN given.keep_mark THEN d.dispatch_provider END,
            dispatch_attempt = CASE WHEN given.keep_mark THEN d.dispatch_attempt END,
            sent_at = CASE WHEN given.sent THEN :now ELSE d.sent_at END,
-           delivered_at = CASE WHEN given.delivered THEN :now ELSE d.delivered_at END
+           delivered_at = CASE WHEN given.delivered THEN :now ELSE d.delivered_at END,
+           segments = CASE WHEN given.charged THEN given.segments ELSE d.segments END,
+           cost_vnd = CASE WHEN given.charged THEN given.cost_vnd ELSE d.cost_vnd END,
+           cost_source = CASE WHEN given.charged THEN given.cost_source ELSE d.cost_source END
       FROM unnest(
                CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
                CAST(:providers AS text[]), CAST(:provider_message_ids AS text[]),
                CAST(:details AS text[]), CAST(:uncounted AS int[]), CAST(:sent AS bool[]),
                CAST(:delivered AS bool[]), CAST(:keep_mark AS bool[]),
-               CAST(:exhausted AS bool[])
+               CAST(:exhausted AS bool[]), CAST(:charged AS bool[]),
+               CAST(:segments AS int[]), CAST(:costs AS numeric[]),
+               CAST(:cost_sources AS text[])
            ) AS given(id, status, error, provider, provider_message_id, details, uncounted,
-                      sent, delivered, keep_mark, exhausted)
+                      sent, delivered, keep_mark, exhausted, charged, segments, cost_vnd,
+                      cost_source)
      WHERE d.delivery_id = given.id
     """
 )
@@ -717,6 +740,15 @@ def _update_finished_at_once(
             "delivered": [r.status is DeliveryStatus.DELIVERED for r in records],
             "keep_mark": [r.keep_mark for r in records],
             "exhausted": [r.exhausted for r in records],
+            "charged": [r.charge is not None for r in records],
+            "segments": [None if r.charge is None else r.charge.segments for r in records],
+            "costs": [None if r.charge is None else r.charge.cost_vnd for r in records],
+            "cost_sources": [
+                CostSource.ESTIMATE.value
+                if r.charge is not None and r.charge.cost_vnd is not None
+                else None
+                for r in records
+            ],
         },
     )
 
