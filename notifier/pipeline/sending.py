@@ -159,7 +159,9 @@ class Sender:
         progress: dict[UUID, _Progress] = {}
         for claimed in claims.claimed:
             progress[claimed.delivery_id] = _Progress()
-            if (now - claimed.created_at).total_seconds() > self.worker.max_age_s:
+            # A held delivery's age counts from when it was due, not from its planning.
+            since = claimed.due_at or claimed.created_at
+            if (now - since).total_seconds() > self.worker.max_age_s:
                 expired = PermanentFailure(f"expired: not sent within {self.worker.max_age_s:g}s")
                 concluded.append((claimed, Failed(expired, None, now)))
             else:

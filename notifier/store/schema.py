@@ -103,6 +103,11 @@ deliveries = sa.Table(
     sa.Column("cost_source", sa.String(16), nullable=True),
     # Set on a delivery coalesced away (status superseded): the one sent in its place.
     sa.Column("superseded_by", sa.Uuid, nullable=True, index=True),
+    # A held delivery (status "scheduled"): when it is due, and why it waits
+    # (notifier.store.deliveries.lifecycle.HoldReason). The reason stays after release.
+    sa.Column("due_at", UTCDateTime, nullable=True),
+    sa.Column("hold_reason", sa.String(32), nullable=True),
+    sa.Index("ix_deliveries_held_due", "status", "due_at"),
     # The idempotency key: one delivery per event, channel and recipient.
     sa.UniqueConstraint("event_id", "channel", "recipient_hash", name="uq_deliveries_key"),
 )

@@ -2,7 +2,7 @@
 (coalescing: the delivery sent in place of this one)
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-03 10:00:00
 """
 
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-# The lead re-chains this at merge (0009-0011 come from other branches).
-down_revision = "0008"
+# The lead re-chains this at merge (0010 and 0011 come from other branches).
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -7,6 +7,15 @@ Lifecycle (after GOV.UK Notify)::
        └── retry ── temporary-failure ◄┘                 (retried with backoff)
     suppressed: planned but not sent (opt-out, quiet rules)
     unknown: a call whose outcome is unknown, held for an admin (resend or mark sent)
+    scheduled ──due──► queued   held for later (quiet hours, a frequency cap, coalescing)
+
+A *held* delivery is a row in ``scheduled`` with a ``due_at`` time and a
+``hold_reason`` (:class:`HoldReason`); no broker message waits for it. The sweeper
+(:mod:`notifier.pipeline.sweeper`) calls :meth:`DeliveryStore.release_due`, which moves
+due rows to ``queued`` exactly once (claimed with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so two sweepers never take the same row), and enqueues them into the normal
+send path. A message that reaches a delivery still held does nothing
+(:attr:`ClaimOutcome.HELD`): the release will send it.
 
 A delivery is claimed with a lease before a send, so two workers holding copies of
 the same message never both send; a worker that dies mid-send leaves a lease that
@@ -22,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -56,6 +65,8 @@ class DeliveryStatus(StrEnum):
     # adapter said it may have sent) and the provider does not drop repeats: held until
     # an admin resends it or marks it sent.
     UNKNOWN = "unknown"
+    # Held for later: sent when its ``due_at`` comes (see :class:`HoldReason`).
+    SCHEDULED = "scheduled"
 
     @property
     def final(self) -> bool:
@@ -72,6 +83,15 @@ _FINAL = {
 _CLAIMABLE = (DeliveryStatus.QUEUED, DeliveryStatus.TEMPORARY_FAILURE)
 
 
+class HoldReason(StrEnum):
+    """Why a delivery is held (``deliveries.hold_reason``); kept after its release, so
+    reports can tell how many deliveries each reason delayed."""
+
+    QUIET_HOURS = "quiet_hours"  # the citizen's night, in Vietnam time
+    FREQUENCY_CAP = "frequency_cap"  # over the recipient's cap: sent in the next slot
+    COALESCING = "coalescing"  # waiting to be merged with later news of the same dossier
+
+
 @dataclass(frozen=True)
 class PlannedDelivery:
     delivery_id: UUID
@@ -83,6 +103,15 @@ class PlannedDelivery:
     template: str
     content: dict[str, str]
     status: DeliveryStatus = DeliveryStatus.QUEUED
+    # Set together with status ``scheduled``: when to send, and why it waits.
+    due_at: datetime | None = None
+    hold_reason: HoldReason | None = None
+
+    def held_until(self, due_at: datetime, reason: HoldReason) -> PlannedDelivery:
+        """This delivery held until ``due_at`` (recorded ``scheduled``, not enqueued)."""
+        return replace(
+            self, status=DeliveryStatus.SCHEDULED, due_at=due_at, hold_reason=reason
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +127,8 @@ class ClaimedDelivery:
     event_status: str
     attempt: int
     created_at: datetime
+    # When a held delivery was due (None: never held): its age counts from then.
+    due_at: datetime | None = None
     # Set when the claim found a dispatch mark: the provider the last call went to,
     # whose outcome was never recorded.
     uncertain_provider: str | None = None
@@ -121,6 +152,7 @@ class ClaimOutcome(StrEnum):
     CLAIMED = "claimed"
     FINISHED = "finished"  # already in a final state: nothing to do
     BUSY = "busy"  # another worker holds an unexpired lease
+    HELD = "held"  # scheduled for later: the sweeper enqueues it when due
     MISSING = "missing"
 
 
@@ -203,6 +235,7 @@ _CLAIM = (
         _d.event_status,
         _d.attempts,
         _d.created_at,
+        _d.due_at,
         # Not changed by the claim: the mark left by the previous claim, if any.
         _d.dispatch_provider,
     )
@@ -258,6 +291,8 @@ class DeliveryStore:
                 "recipient": p.recipient,
                 "content": p.content,
                 "status": p.status.value,
+                "due_at": p.due_at,
+                "hold_reason": None if p.hold_reason is None else p.hold_reason.value,
                 "attempts": 0,
                 "created_at": now,
                 "updated_at": now,
@@ -368,6 +403,8 @@ class DeliveryStore:
                 not_claimed[delivery_id] = ClaimOutcome.MISSING
             elif DeliveryStatus(status).final:
                 not_claimed[delivery_id] = ClaimOutcome.FINISHED
+            elif status == DeliveryStatus.SCHEDULED:
+                not_claimed[delivery_id] = ClaimOutcome.HELD
             else:
                 not_claimed[delivery_id] = ClaimOutcome.BUSY
         return Claims(claimed, not_claimed)
@@ -430,6 +467,75 @@ class DeliveryStore:
                     .values(updated_at=now)
                 )
         return [(row.delivery_id, row.channel) for row in found]
+
+    def hold(
+        self, delivery_ids: Sequence[UUID], due_at: datetime, reason: HoldReason
+    ) -> list[UUID]:
+        """Hold recorded deliveries that are waiting to be sent (``queued``, or a
+        temporary failure waiting for its retry) until ``due_at``; returns those held. A
+        delivery being sent or already finished is left alone."""
+        if not delivery_ids:
+            return []
+        d = deliveries.c
+        with self.database.begin() as connection:
+            rows = connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.delivery_id.in_(list(delivery_ids)),
+                    d.status.in_([s.value for s in _CLAIMABLE]),
+                )
+                .values(
+                    status=DeliveryStatus.SCHEDULED.value,
+                    due_at=due_at,
+                    hold_reason=reason.value,
+                    updated_at=utcnow(),
+                )
+                .returning(d.delivery_id)
+            ).all()
+        return [row.delivery_id for row in rows]
+
+    def release_due(self, limit: int, now: datetime | None = None) -> list[tuple[UUID, str]]:
+        """Move held deliveries whose ``due_at`` has come to ``queued``, at most
+        ``limit`` of the longest due first; returns them as (id, channel) for the caller
+        to enqueue. Each row is released once: a concurrent release skips the rows this
+        one has locked (PostgreSQL) or finds them no longer ``scheduled``."""
+        now = now or utcnow()
+        d = deliveries.c
+        due = (
+            sa.select(d.delivery_id)
+            .where(d.status == DeliveryStatus.SCHEDULED.value, d.due_at <= now)
+            .order_by(d.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self.database.begin() as connection:
+            rows = connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id.in_(due), d.status == DeliveryStatus.SCHEDULED.value)
+                # updated_at = now: the stale sweep re-enqueues it only if this
+                # release's message is lost (a crash before the enqueue).
+                .values(status=DeliveryStatus.QUEUED.value, updated_at=now)
+                .returning(d.delivery_id, d.channel)
+            ).all()
+        return [(row.delivery_id, row.channel) for row in rows]
+
+    def hold_again(self, delivery_ids: Sequence[UUID]) -> None:
+        """Undo a release whose enqueue failed: those still ``queued`` are held again
+        with their own (past) due time, so the next release takes them at once."""
+        if not delivery_ids:
+            return
+        d = deliveries.c
+        with self.database.begin() as connection:
+            connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.delivery_id.in_(list(delivery_ids)),
+                    d.status == DeliveryStatus.QUEUED.value,
+                    d.due_at.is_not(None),
+                )
+                .values(status=DeliveryStatus.SCHEDULED.value)
+            )
 
     def mark_dispatched(self, marks: Sequence[DispatchMark]) -> None:
         """Write dispatch marks, all in one transaction, before their calls start. Only
@@ -618,6 +724,7 @@ def _claimed(m: Any) -> ClaimedDelivery:
         event_status=m["event_status"],
         attempt=m["attempts"],
         created_at=m["created_at"],
+        due_at=m["due_at"],
         uncertain_provider=m["dispatch_provider"],
     )
 
