@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from notifier.events import DossierStatusEvent, EventRejected, parse_event
 from notifier.logging import get_logger
 from notifier.pipeline.agencies import AgencyRegistry
+from notifier.pipeline.coalescing import hold_for_window, keys_of
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.received import KEPT_REJECT_BYTES, raw_body
 from notifier.store import Database
@@ -128,7 +129,14 @@ class Ingest:
             except EventRejected as rejection:
                 rejected(index, raw, meta, submitter, rejection, str(event.event_id))
         suppressed = self.planner.suppress_opted_out([p for _i, _e, p in new])
-        new = [(i, e, p) for (i, e, _p), p in zip(new, suppressed, strict=True)]
+        # Channels with a coalescing window: held, to be merged with later news.
+        rules = self.planner.routing.coalescing
+        now = utcnow()
+        new = [
+            (i, e, hold_for_window(e, p, rules, now))
+            for (i, e, _p), p in zip(new, suppressed, strict=True)
+        ]
+        keys = [key for _i, e, p in new for key in keys_of(e, p, rules)]
         try:
             with self.database.begin() as connection:
                 if rejects:
@@ -136,6 +144,10 @@ class Ingest:
                 if new:
                     connection.execute(events.insert(), [_event_row(e) for _i, e, _p in new])
                     self.deliveries.insert_planned(connection, [(e, p) for _i, e, p in new])
+                if keys:
+                    self.deliveries.coalesce(
+                        connection, keys, [p.delivery_id for _i, _e, g in new for p in g]
+                    )
         except IntegrityError:
             # Another worker recorded one of these events between our lookup and insert.
             if len(items) > 1:

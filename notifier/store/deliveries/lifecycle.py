@@ -29,6 +29,7 @@ policy for an uncertain send (resend, verify, hold) instead of simply sending.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
@@ -67,6 +68,9 @@ class DeliveryStatus(StrEnum):
     UNKNOWN = "unknown"
     # Held for later: sent when its ``due_at`` comes (see :class:`HoldReason`).
     SCHEDULED = "scheduled"
+    # Coalesced away: a later status of the same dossier, channel and recipient was
+    # sent in its place (``superseded_by``). Final; never sent.
+    SUPERSEDED = "superseded"
 
     @property
     def final(self) -> bool:
@@ -79,6 +83,7 @@ _FINAL = {
     DeliveryStatus.PERMANENT_FAILURE,
     DeliveryStatus.SUPPRESSED,
     DeliveryStatus.UNKNOWN,
+    DeliveryStatus.SUPERSEDED,
 }
 _CLAIMABLE = (DeliveryStatus.QUEUED, DeliveryStatus.TEMPORARY_FAILURE)
 
@@ -537,6 +542,113 @@ class DeliveryStore:
                 .values(status=DeliveryStatus.SCHEDULED.value)
             )
 
+    def coalesce(
+        self,
+        connection: Connection,
+        keys: Collection[CoalescingKey],
+        new_ids: Collection[UUID],
+    ) -> list[tuple[UUID, UUID]]:
+        """Coalesce, in the caller's (ingest's) transaction, the deliveries held for
+        coalescing with those just planned (``new_ids``), per dossier, channel and
+        recipient: the one of the latest event (by ``occurred_at``) stays; the other held
+        ones become ``superseded``, linked to it. A held survivor is due when the
+        group's first hold is (the window never slides). New deliveries that are not
+        held (``always`` statuses) are never superseded. Returns (superseded, by).
+
+        On PostgreSQL the dossiers are locked (transaction advisory locks, in order) so
+        two workers ingesting news of one dossier coalesce one after the other, and the
+        held rows are locked so the sweeper's release skips them meanwhile."""
+        if not keys:
+            return []
+        d, e = deliveries.c, events.c
+        dossiers = sorted({(k.agency_code, k.dossier_code) for k in keys})
+        if not self.database.is_sqlite:
+            for agency_code, dossier_code in dossiers:
+                connection.execute(
+                    sa.select(sa.func.pg_advisory_xact_lock(_lock_key(agency_code, dossier_code)))
+                )
+        wanted = set(keys)
+        held = sa.and_(
+            d.status == DeliveryStatus.SCHEDULED.value,
+            d.hold_reason == HoldReason.COALESCING.value,
+        )
+        fresh = sa.and_(
+            d.delivery_id.in_(list(new_ids)),
+            d.status.in_([DeliveryStatus.SCHEDULED.value, DeliveryStatus.QUEUED.value]),
+        )
+        query = (
+            sa.select(
+                d.delivery_id,
+                d.agency_code,
+                d.dossier_code,
+                d.channel,
+                d.recipient_hash,
+                d.status,
+                d.due_at,
+                d.hold_reason,
+                d.created_at,
+                e.occurred_at,
+            )
+            .select_from(deliveries.join(events, e.event_id == d.event_id))
+            .where(
+                d.dossier_code.in_([code for _agency, code in dossiers]),
+                d.channel.in_(sorted({k.channel for k in keys})),
+                sa.or_(held, fresh) if new_ids else held,
+            )
+            .with_for_update(of=deliveries)
+        )
+        groups: dict[CoalescingKey, list[Any]] = {}
+        for row in connection.execute(query):
+            key = CoalescingKey(row.agency_code, row.dossier_code, row.channel, row.recipient_hash)
+            if key in wanted:
+                groups.setdefault(key, []).append(row)
+        now = utcnow()
+        fresh_ids = set(new_ids)
+        links: list[tuple[UUID, UUID]] = []
+        for rows in groups.values():
+            # The latest news: by when it happened; of two that happened at once, the
+            # one that arrived last (this transaction's), then the one recorded last.
+            rows.sort(key=lambda r: (r.occurred_at, r.delivery_id in fresh_ids, r.created_at))
+            latest = rows[-1]
+            waiting = [
+                r
+                for r in rows
+                if r.status == DeliveryStatus.SCHEDULED.value
+                and r.hold_reason == HoldReason.COALESCING.value
+            ]
+            losers = [r.delivery_id for r in waiting if r.delivery_id != latest.delivery_id]
+            if not losers:
+                continue
+            superseded = connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id.in_(losers), held)
+                .values(
+                    status=DeliveryStatus.SUPERSEDED.value,
+                    superseded_by=latest.delivery_id,
+                    updated_at=now,
+                )
+                .returning(d.delivery_id)
+            ).all()
+            links.extend((row.delivery_id, latest.delivery_id) for row in superseded)
+            # Those the losers had superseded point at the one kept, too: every
+            # superseded row names the delivery that was sent in its place.
+            connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.superseded_by.in_(losers),
+                    d.status == DeliveryStatus.SUPERSEDED.value,
+                )
+                .values(superseded_by=latest.delivery_id)
+            )
+            if latest in waiting:
+                first_due = min(r.due_at for r in waiting)
+                connection.execute(
+                    sa.update(deliveries)
+                    .where(d.delivery_id == latest.delivery_id, held)
+                    .values(due_at=first_due)
+                )
+        return links
+
     def mark_dispatched(self, marks: Sequence[DispatchMark]) -> None:
         """Write dispatch marks, all in one transaction, before their calls start. Only
         a claim still held (``sending``, same attempt) is marked."""
@@ -709,6 +821,22 @@ class DeliveryStore:
                 )
             )
         return True
+
+
+@dataclass(frozen=True)
+class CoalescingKey:
+    """What deliveries coalesce by: one dossier's news on one channel to one recipient."""
+
+    agency_code: str
+    dossier_code: str
+    channel: str
+    recipient_hash: str
+
+
+def _lock_key(agency_code: str, dossier_code: str) -> int:
+    """A dossier's advisory lock number (signed 64-bit, as PostgreSQL takes it)."""
+    digest = hashlib.blake2b(f"{agency_code}\x1f{dossier_code}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def _claimed(m: Any) -> ClaimedDelivery:
