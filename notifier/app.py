@@ -21,6 +21,7 @@ from notifier.logging import get_logger
 from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
+from notifier.pipeline.budget import BudgetGuard, cost_zone
 from notifier.pipeline.fallback import Fallback
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
@@ -33,6 +34,7 @@ from notifier.plugins.registry import Registry
 from notifier.plugins.runtime import AdapterRuntime
 from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
+from notifier.store.deliveries.costs import CostLog
 from notifier.store.deliveries.lifecycle import DeliveryStore
 from notifier.store.inbox import InboxStore
 from notifier.store.publishers import Authoriser, PublisherIdentity, Submitter
@@ -102,6 +104,12 @@ class Notifier:
             recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
             hash_key=settings.recipient_hash_key.get_secret_value(),
             agencies=self.agencies,
+            budget=BudgetGuard(
+                CostLog(self.database),
+                settings.costs.budgets,
+                self.routing.budget,
+                cost_zone(settings.costs.timezone),
+            ),
         )
         self.ingest = Ingest(
             database=self.database,

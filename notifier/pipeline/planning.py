@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from notifier.adapter import ZALO_UID_PREFIX, RecipientKind
 from notifier.events import DossierStatusEvent, EventRejected
+from notifier.logging import get_logger
 from notifier.masking import mask_recipient, recipient_hash
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 from notifier.pipeline.agencies import AgencyRegistry
+from notifier.pipeline.budget import BudgetGuard
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
 from notifier.store import Database
-from notifier.store.deliveries.lifecycle import PlannedDelivery
+from notifier.store.deliveries.lifecycle import DeliveryStatus, PlannedDelivery
 from notifier.store.optouts import opted_out, suppress
+
+log = get_logger(__name__)
 
 
 def _phone(raw: str) -> str:
@@ -64,8 +69,12 @@ class Planner:
         recipient_kinds: Mapping[str, RecipientKind],
         hash_key: str,
         agencies: AgencyRegistry | None = None,
+        budget: BudgetGuard | None = None,
     ) -> None:
         self.database = database
+        # An agency that spent its monthly budget, with routing's at_limit =
+        # cheaper_only, gets only the budget's cheaper channels.
+        self.budget = budget
         self.routing = routing
         self.templates = templates
         self.recipient_kinds = dict(recipient_kinds)
@@ -80,6 +89,8 @@ class Planner:
         applicant has no contact for any of those channels."""
         routed = self.routing.channels_for(event.agency.code, event.dossier.status)
         consented = event.applicant.channels
+        cheaper = self.routing.budget.cheaper
+        cheaper_only = self.budget is not None and self.budget.cheaper_only(event.agency.code)
         planned = []
         for group in self.routing.choices_for(event.agency.code, event.dossier.status):
             # All of the single channels; the first of a one-of group that reaches the
@@ -87,7 +98,17 @@ class Planner:
             for channel in group:
                 if consented is not None and channel not in consented:
                     continue
+                over_budget = cheaper_only and channel not in cheaper
+                if over_budget and len(group) > 1:
+                    continue  # a cheaper alternative of the group may still reach them
                 rendered = self._render_for(event, [channel], any_phone=len(group) > 1)
+                if over_budget:
+                    log.info(
+                        "delivery suppressed: the agency's monthly budget is spent",
+                        channel=channel,
+                        agency=event.agency.code,
+                    )
+                    rendered = [replace(p, status=DeliveryStatus.SUPPRESSED) for p in rendered]
                 planned.extend(rendered)
                 if rendered:
                     break

@@ -114,9 +114,7 @@ class PlannedDelivery:
 
     def held_until(self, due_at: datetime, reason: HoldReason) -> PlannedDelivery:
         """This delivery held until ``due_at`` (recorded ``scheduled``, not enqueued)."""
-        return replace(
-            self, status=DeliveryStatus.SCHEDULED, due_at=due_at, hold_reason=reason
-        )
+        return replace(self, status=DeliveryStatus.SCHEDULED, due_at=due_at, hold_reason=reason)
 
 
 @dataclass(frozen=True)
