@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import replace
+from decimal import Decimal
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
@@ -623,3 +624,23 @@ def test_failover_order_comes_from_channel_settings() -> None:
     }
     registry = Registry.from_settings(settings, installed=installed)
     assert [p.name for p in registry.providers("sms")] == ["speedsms", "esms"]
+
+
+def test_a_done_report_carries_what_esms_charged_and_an_unfinished_one_does_not() -> None:
+    settings = _receipt_settings()
+    base = {"SMSID": "s-1", "RequestId": str(uuid.uuid4()), "token": TOKEN}
+    [delivered] = EsmsAdapter.parse_receipt(
+        settings, _report(**base, SendStatus="5", SendSuccess="1", TotalPrice="1720.0000")
+    )
+    assert delivered.charge_vnd == Decimal("1720")
+    [failed] = EsmsAdapter.parse_receipt(
+        settings, _report(**base, SendStatus="5", SendFailed="1", TotalPrice="0.0000")
+    )
+    assert failed.charge_vnd == Decimal(0)  # not delivered: not billed
+    [rejected] = EsmsAdapter.parse_receipt(settings, _report(**base, SendStatus="4"))
+    assert rejected.charge_vnd is None  # no figure given: our estimate stands
+    [garbled] = EsmsAdapter.parse_receipt(
+        settings, _report(**base, SendStatus="5", SendSuccess="1", TotalPrice="n/a")
+    )
+    assert garbled.delivered
+    assert garbled.charge_vnd is None
