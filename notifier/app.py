@@ -28,6 +28,7 @@ from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
+from notifier.pipeline.segments import segment_problems
 from notifier.pipeline.sending import Sender
 from notifier.pipeline.sweeper import Sweeper
 from notifier.plugins.registry import Registry
@@ -83,6 +84,12 @@ class Notifier:
         self.templates = TemplateSet(settings.config_dir / "templates", self.channel_parts())
         for channel, reason in self.registry.disabled.items():
             log.info("channel off", channel=channel, reason=reason)
+        if "sms" in channels:
+            # Each SMS segment is billed: templates over their status's budget stop
+            # start-up, like a broken template.
+            too_long = segment_problems(self.templates, settings.sms_length)
+            if too_long:
+                raise SettingsError(too_long)
         self.routing = Routing.load(settings.config_dir / "routing.toml", set(channels))
         if self.routing.skipped_channels:
             log.warning(

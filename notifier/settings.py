@@ -299,6 +299,30 @@ class CostSettings(_Section):
         return value
 
 
+class SmsLengthSettings(_Section):
+    """SMS segment budgets per status, checked against the SMS templates at start-up
+    (``[sms_length]``; see notifier.pipeline.segments)."""
+
+    # Segments any status's SMS may take; ``segments`` sets stricter (or looser) ones
+    # per status name, e.g. { received = 1, processing = 1 }.
+    default_segments: int = Field(default=2, ge=1, le=10)
+    segments: dict[str, int] = Field(default_factory=dict)
+    # Measure as UCS-2 with diacritics (70 a segment) rather than unaccented GSM-7 (160):
+    # set it when the SMS gateways are set to Unicode.
+    unicode: bool = False
+
+    @field_validator("segments")
+    @classmethod
+    def _at_least_one(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [status for status, n in value.items() if not 1 <= n <= 10]
+        if bad:
+            raise ValueError(f"segment budgets are 1 to 10: {', '.join(bad)}")
+        return value
+
+    def budget_for(self, status: str) -> int:
+        return self.segments.get(status, self.default_segments)
+
+
 class Settings(BaseSettings):
     """All of notifier's settings, validated at start-up."""
 
@@ -346,6 +370,7 @@ class Settings(BaseSettings):
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     costs: CostSettings = Field(default_factory=CostSettings)
+    sms_length: SmsLengthSettings = Field(default_factory=SmsLengthSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",
