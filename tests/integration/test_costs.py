@@ -24,8 +24,10 @@ from notifier.ops.samples import sample_event
 from notifier.store import Database
 from notifier.store.apikeys import ApiKeys
 from notifier.store.deliveries.log import DeliveryLog
+from notifier.store.operators import OperatorStore
 from notifier.store.schema import deliveries, utcnow
 from notifier.web.api import create_api
+from tests.integration.test_console import AGENCY_A, AGENCY_B, PASSWORD, seed_log, signed_in
 from tests.support import RunningWorker, ServedApi, make_settings, wait_until
 
 pytestmark = pytest.mark.integration
@@ -146,3 +148,48 @@ def test_the_reports_cost_matches_what_the_simulators_charged_to_the_dong(
 def _rows(database: Database) -> list[Any]:
     with database.engine.connect() as connection:
         return list(connection.execute(sa.select(deliveries)))
+
+
+def test_the_console_shows_cost_superseded_segments_and_warns_of_budgets(
+    pg_database: Database,
+) -> None:
+    seeded = seed_log(pg_database)
+    d = deliveries.c
+    with pg_database.begin() as connection:
+        ids = list(connection.execute(sa.select(d.delivery_id, d.agency_code, d.channel)))
+        for delivery_id, agency, channel in ids:
+            connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id == delivery_id)
+                .values(
+                    cost_vnd=Decimal(1000) if agency == AGENCY_A else Decimal(10),
+                    cost_source="estimate",
+                    segments=2 if channel == "sms" else None,
+                    created_at=seeded.now,
+                )
+            )
+        connection.execute(
+            sa.update(deliveries).where(d.delivery_id == ids[0][0]).values(status="superseded")
+        )
+    spent_a = 1000 * sum(1 for _i, agency, _c in ids if agency == AGENCY_A)
+    spent_b = 10 * sum(1 for _i, agency, _c in ids if agency == AGENCY_B)
+    # A has spent all its budget; B about 90% of its own: a warning.
+    budgets = {AGENCY_A: spent_a, AGENCY_B: spent_b * 10 // 9}
+    app = Notifier(make_settings(database_url=pg_database.url, costs={"budgets": budgets}))
+    OperatorStore(pg_database).add("minh.viewer", PASSWORD, "viewer")
+    try:
+        with ServedApi(create_api(app)) as api:
+            client = signed_in(api.base_url, "minh.viewer")
+            page = client.get("/console/reports").text
+            overview = client.get("/console/overview").text
+    finally:
+        app.close()
+    total = spent_a + spent_b
+    vi_total = f"{total:,}".replace(",", ".")
+    assert f'id="report-cost">{vi_total}<' in page
+    assert 'id="report-superseded">1<' in page
+    assert 'id="report-segments"' in page
+    for html in (page, overview):
+        assert f'class="notice notice-bad" role="alert" data-budget="{AGENCY_A}"' in html
+        assert f'class="notice notice-warn" role="alert" data-budget="{AGENCY_B}"' in html
+        assert "Đã dùng hết ngân sách tháng" in html
