@@ -16,10 +16,12 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from notifier.adapter import Adapter, AdapterContext, TemplatePart
+from notifier.costs import PriceTable
 from notifier.logging import get_logger
 from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
+from notifier.pipeline.budget import BudgetGuard, cost_zone
 from notifier.pipeline.callbacks import CallbackSender, StatusIntake
 from notifier.pipeline.fallback import Fallback
 from notifier.pipeline.gate import SendGate
@@ -29,6 +31,7 @@ from notifier.pipeline.protection import ProviderGuard
 from notifier.pipeline.relay import StatusRelay
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
+from notifier.pipeline.segments import segment_problems
 from notifier.pipeline.sending import Sender
 from notifier.pipeline.sweeper import Sweeper
 from notifier.plugins.registry import Registry
@@ -36,6 +39,7 @@ from notifier.plugins.runtime import AdapterRuntime
 from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
 from notifier.store.callbacks import CallbackStore
+from notifier.store.deliveries.costs import CostLog
 from notifier.store.deliveries.lifecycle import DeliveryStore
 from notifier.store.inbox import InboxStore
 from notifier.store.publishers import Authoriser, PublisherIdentity, Submitter
@@ -84,6 +88,12 @@ class Notifier:
         self.templates = TemplateSet(settings.config_dir / "templates", self.channel_parts())
         for channel, reason in self.registry.disabled.items():
             log.info("channel off", channel=channel, reason=reason)
+        if "sms" in channels:
+            # Each SMS segment is billed: templates over their status's budget stop
+            # start-up, like a broken template.
+            too_long = segment_problems(self.templates, settings.sms_length)
+            if too_long:
+                raise SettingsError(too_long)
         self.routing = Routing.load(settings.config_dir / "routing.toml", set(channels))
         if self.routing.skipped_channels:
             log.warning(
@@ -106,6 +116,12 @@ class Notifier:
             hash_key=settings.recipient_hash_key.get_secret_value(),
             agencies=self.agencies,
             quiet_hours=settings.choice.quiet_hours,
+            budget=BudgetGuard(
+                CostLog(self.database),
+                settings.costs.budgets,
+                self.routing.budget,
+                cost_zone(settings.costs.timezone),
+            ),
         )
         self.ingest = Ingest(
             database=self.database,
@@ -116,6 +132,7 @@ class Notifier:
             agencies=self.agencies,
         )
         self.fallback = Fallback(self.planner, self.deliveries)
+        self.prices = PriceTable.from_settings(settings.costs)
         self.tokens = TokenStore(self.database, settings.secret_key.get_secret_value())
         self.callbacks = CallbackStore(self.database, settings.secret_key.get_secret_value())
         self.runtime = AdapterRuntime(
@@ -148,6 +165,7 @@ class Notifier:
                 for name, policy in settings.providers.items()
                 if policy.uncertain_send is not None
             },
+            prices=self.prices,
         )
         self.broker = broker or build_broker(settings)
         self.actors = Actors(

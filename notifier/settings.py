@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,8 +118,7 @@ def key_weakness(value: str) -> str | None:
         return f"must be at least {MIN_KEY_LENGTH} random characters"
     if key_strength_bits(value) < MIN_KEY_BITS:
         return (
-            f"is too predictable (repeats, runs or sequences; under {MIN_KEY_BITS} bits "
-            "of entropy)"
+            f"is too predictable (repeats, runs or sequences; under {MIN_KEY_BITS} bits of entropy)"
         )
     return None
 
@@ -337,6 +337,72 @@ class ChannelSettings(_Section):
     enabled: bool = True
 
 
+class ProviderPrice(_Section):
+    """What one provider charges, in VND (``[costs.prices.<provider>]``).
+
+    SMS gateways bill per segment, some by carrier: ``carriers`` (``viettel``,
+    ``mobifone``, ``vinaphone``, ``vietnamobile``, ``gmobile``, ``reddi``, ``itel``)
+    over ``per_segment_vnd``. Zalo bills per message: ``per_message_vnd`` to a phone
+    number (ZNS), ``per_uid_message_vnd`` to a Zalo user id (ZBS by UID). Email and
+    the portal inbox are usually 0; a provider with no price has no cost recorded."""
+
+    per_segment_vnd: Decimal | None = Field(default=None, ge=0)
+    carriers: dict[str, Decimal] = Field(default_factory=dict)
+    per_message_vnd: Decimal | None = Field(default=None, ge=0)
+    per_uid_message_vnd: Decimal | None = Field(default=None, ge=0)
+
+    @field_validator("carriers")
+    @classmethod
+    def _non_negative(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        negative = [carrier for carrier, price in value.items() if price < 0]
+        if negative:
+            raise ValueError(f"prices must not be negative: {', '.join(negative)}")
+        return {carrier.strip().lower(): price for carrier, price in value.items()}
+
+
+class CostSettings(_Section):
+    """Prices per provider and monthly budgets per agency (see notifier.costs)."""
+
+    prices: dict[str, ProviderPrice] = Field(default_factory=dict)
+    # Agency code -> monthly budget in VND. Alerts at 80% and 100% (metric and console);
+    # what routing does at 100% is config/routing.toml's [budget] at_limit.
+    budgets: dict[str, Decimal] = Field(default_factory=dict)
+    # Months (reports, budgets) begin at midnight on the 1st in this zone.
+    timezone: str = "Asia/Ho_Chi_Minh"
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive_budgets(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        bad = [agency for agency, budget in value.items() if budget <= 0]
+        if bad:
+            raise ValueError(f"budgets must be positive VND amounts: {', '.join(bad)}")
+        return value
+
+
+class SmsLengthSettings(_Section):
+    """SMS segment budgets per status, checked against the SMS templates at start-up
+    (``[sms_length]``; see notifier.pipeline.segments)."""
+
+    # Segments any status's SMS may take; ``segments`` sets stricter (or looser) ones
+    # per status name, e.g. { received = 1, processing = 1 }.
+    default_segments: int = Field(default=2, ge=1, le=10)
+    segments: dict[str, int] = Field(default_factory=dict)
+    # Measure as UCS-2 with diacritics (70 a segment) rather than unaccented GSM-7 (160):
+    # set it when the SMS gateways are set to Unicode.
+    unicode: bool = False
+
+    @field_validator("segments")
+    @classmethod
+    def _at_least_one(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [status for status, n in value.items() if not 1 <= n <= 10]
+        if bad:
+            raise ValueError(f"segment budgets are 1 to 10: {', '.join(bad)}")
+        return value
+
+    def budget_for(self, status: str) -> int:
+        return self.segments.get(status, self.default_segments)
+
+
 class Settings(BaseSettings):
     """All of notifier's settings, validated at start-up."""
 
@@ -386,6 +452,8 @@ class Settings(BaseSettings):
     statuses: StatusSettings = Field(default_factory=StatusSettings)
     callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
     choice: ChoiceSettings = Field(default_factory=ChoiceSettings)
+    costs: CostSettings = Field(default_factory=CostSettings)
+    sms_length: SmsLengthSettings = Field(default_factory=SmsLengthSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from notifier.events import CODE_PATTERN, DossierStatusEvent, EventRejected, parse_event
 from notifier.logging import get_logger
 from notifier.pipeline.agencies import AgencyRegistry
+from notifier.pipeline.coalescing import hold_for_window, keys_of
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.received import KEPT_REJECT_BYTES, raw_body
 from notifier.store import Database
@@ -134,9 +135,15 @@ class Ingest:
             except EventRejected as rejection:
                 rejected(index, raw, meta, submitter, rejection, event)
         suppressed = self.planner.suppress_opted_out([p for _i, _e, p in new])
-        new = [(i, e, p) for (i, e, _p), p in zip(new, suppressed, strict=True)]
         self._own_rejects(rejects, reject_submitters)
+        # Channels with a coalescing window: held, to be merged with later news.
+        rules = self.planner.routing.coalescing
         now = utcnow()
+        new = [
+            (i, e, hold_for_window(e, p, rules, now))
+            for (i, e, _p), p in zip(new, suppressed, strict=True)
+        ]
+        keys = [key for _i, e, p in new for key in keys_of(e, p, rules)]
         try:
             with self.database.begin() as connection:
                 if rejects:
@@ -149,6 +156,10 @@ class Ingest:
                     [_rejected_change(row) for row in rejects]
                     + [_change(EventChange.ACCEPTED, e, now) for _i, e, _p in new],
                 )
+                if keys:
+                    self.deliveries.coalesce(
+                        connection, keys, [p.delivery_id for _i, _e, g in new for p in g]
+                    )
         except IntegrityError:
             # Another worker recorded one of these events between our lookup and insert.
             if len(items) > 1:

@@ -98,6 +98,13 @@ deliveries = sa.Table(
     sa.Column("dispatch_attempt", sa.Integer, nullable=True),
     # Set on a fallback delivery (e.g. SMS after Zalo failed): the delivery it replaces.
     sa.Column("fallback_of", sa.Uuid, nullable=True, index=True),
+    # What the delivery cost (notifier.costs): SMS segments billed, the amount in VND,
+    # and whether that is our price table's estimate or the provider's reported charge.
+    sa.Column("segments", sa.Integer, nullable=True),
+    sa.Column("cost_vnd", sa.Numeric(14, 2), nullable=True),
+    sa.Column("cost_source", sa.String(16), nullable=True),
+    # Set on a delivery coalesced away (status superseded): the one sent in its place.
+    sa.Column("superseded_by", sa.Uuid, nullable=True, index=True),
     # A held delivery (status "scheduled"): when it is due, and why it waits
     # (notifier.store.deliveries.lifecycle.HoldReason). The reason stays after release.
     sa.Column("due_at", UTCDateTime, nullable=True),

@@ -86,6 +86,7 @@ STATUS_WORDS: dict[str, Word] = {
     DeliveryStatus.PERMANENT_FAILURE: N_("Permanent failure"),
     DeliveryStatus.SUPPRESSED: N_("Suppressed"),
     DeliveryStatus.SCHEDULED: N_("Scheduled (held until due)"),
+    DeliveryStatus.SUPERSEDED: N_("Superseded (a later status was sent)"),
     "replayed": NP_("status", "Replayed"),
     "replay-failed": N_("Replay failed"),
     "receipt:delivered": N_("Receipt: delivered"),
