@@ -122,6 +122,7 @@ class Notifier:
                 for p in self.registry.all_providers()
             },
             processes=settings.worker.processes,
+            limits=settings.limits,
         )
         self.sender = Sender(
             store=self.deliveries,
