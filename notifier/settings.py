@@ -311,7 +311,11 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         default="sqlite:///notifier.db",
-        description="postgresql+psycopg://... in production; sqlite:///file.db embedded.",
+        description=(
+            "postgresql+psycopg://... in production (several hosts for failover: "
+            "postgresql://u:pw@pg1:5432,pg2:5432/notifier?target_session_attrs=read-write); "
+            "sqlite:///file.db embedded."
+        ),
     )
     config_dir: Path = Path("config")
     agencies_file: Path | None = Field(
@@ -358,10 +362,7 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite://", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql+psycopg:// URL")
-        if value.startswith("postgresql://"):
-            # One driver everywhere: psycopg 3.
-            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
-        return value
+        return database_url_for_sqlalchemy(value)
 
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:
@@ -447,6 +448,28 @@ def _config_file() -> Path | None:
     config_dir = Path(os.environ.get(f"{ENV_PREFIX}CONFIG_DIR", "config"))
     default = config_dir / "notifier.toml"
     return default if default.is_file() else None
+
+
+def database_url_for_sqlalchemy(url: str) -> str:
+    """A database URL as SQLAlchemy takes it: psycopg 3 as the driver, and libpq's
+    several hosts (``postgresql://u:pw@pg1:5432,pg2:5432/notifier?target_session_attrs=
+    read-write``) moved into ``host=`` query parameters, which SQLAlchemy hands to libpq
+    as one multi-host connection string (libpq tries them in order and keeps the first
+    that is read-write). SQLite URLs and single-host URLs are kept as they are."""
+    if not url.startswith("postgresql"):
+        return url
+    scheme, _, rest = url.partition("://")
+    if scheme == "postgresql":
+        scheme = "postgresql+psycopg"  # one driver everywhere: psycopg 3
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return f"{scheme}://{rest}"
+    path, _, query = tail.partition("?")
+    params = [f"host={host.strip()}" for host in hosts.split(",") if host.strip()]
+    joined = "&".join([*params, query] if query else params)
+    return f"{scheme}://{userinfo}{at}{path or '/'}?{joined}"
 
 
 class SettingsError(Exception):
