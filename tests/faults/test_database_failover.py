@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -27,18 +28,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pika
 import pytest
 import sqlalchemy as sa
 from notifier_simulators.smtp import SmtpCatcher
 
 from notifier.amqp import declare_topology
+from notifier.app import Notifier
 from notifier.ops.samples import sample_event
 from notifier.publisher import EventPublisher
 from notifier.store import Database
+from notifier.store.apikeys import ApiKeys
 from notifier.store.migrate import upgrade
 from notifier.store.schema import deliveries, events
-from tests.support import REPO, notifier_env, rabbit_settings, wait_until
+from notifier.web.api import create_api
+from tests.support import REPO, ServedApi, notifier_env, rabbit_settings, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -240,7 +245,7 @@ def _quietly(check: Callable[[], Any]) -> Any:
 def test_primary_killed_mid_burst_and_standby_promoted_loses_no_event_and_sends_no_email_twice(
     amqp_url: str, queue_prefix: str, pg_pair: PgPair, tmp_path: Path
 ) -> None:
-    first_burst, second_burst = 400, 200
+    first_burst, second_burst, http_events = 400, 150, 50
     with SmtpCatcher() as smtp:
         settings = rabbit_settings(
             amqp_url,
@@ -256,24 +261,34 @@ def test_primary_killed_mid_burst_and_standby_promoted_loses_no_event_and_sends_
         env = notifier_env(
             settings, NOTIFIER_SWEEPER__INTERVAL_S="1", NOTIFIER_SWEEPER__STALE_AFTER_S="15"
         )
+        key = ApiKeys(database).create("motcua-http", ["publish"], [])
+        api_app = Notifier(settings)
         worker = _start_worker(env, tmp_path / "worker.log")
         confirmed = 0
         try:
-            confirmed += _publish(settings, first_burst)
-            wait_until(lambda: len(smtp.messages) >= 60, timeout=120, interval=0.1)
-            sent_before_kill = len(smtp.messages)
-            killed = pg_pair.kill_primary()
-            # The outage: events keep coming (RabbitMQ is up), nothing can be recorded.
-            confirmed += _publish(settings, second_burst)
-            time.sleep(2)
-            promoted_at = len(smtp.messages)
-            pg_pair.promote_standby()
+            with ServedApi(create_api(api_app)) as api:
+                confirmed += _publish(settings, first_burst)
+                wait_until(lambda: len(smtp.messages) >= 60, timeout=120, interval=0.1)
+                sent_before_kill = len(smtp.messages)
+                killed = pg_pair.kill_primary()
+                # The outage: events keep coming over AMQP (RabbitMQ is up) and over HTTP
+                # (the API cannot check keys until the promotion: its publisher retries).
+                http = _HttpPublisher(api.base_url, key, http_events)
+                http.start()
+                confirmed += _publish(settings, second_burst)
+                time.sleep(2)
+                promoted_at = len(smtp.messages)
+                pg_pair.promote_standby()
+                http.join(timeout=180)
+                assert not http.is_alive()
+            confirmed += len(http.accepted)
             wait_until(
                 lambda: _quietly(lambda: _all_final(database, confirmed)),
                 timeout=300,
                 interval=0.5,
             )
         finally:
+            api_app.close()
             os.killpg(worker.pid, signal.SIGTERM)
             try:
                 worker.wait(timeout=60)
@@ -296,7 +311,8 @@ def test_primary_killed_mid_burst_and_standby_promoted_loses_no_event_and_sends_
     duplicates = {i for i, n in received.items() if n > 1}
     lost = planned - set(received) - unknown
     line = (
-        f"postgresql-failover: events_confirmed={confirmed}, events_recorded={recorded_events}, "
+        f"postgresql-failover: events_confirmed={confirmed} (http_202={len(http.accepted)}, "
+        f"http_refused_during_switch={dict(http.refused)}), events_recorded={recorded_events}, "
         f"primary_processes_killed={killed}, emails_before_kill={sent_before_kill}, "
         f"emails_at_promotion={promoted_at}, emails_planned={len(planned)}, "
         f"emails_received={sum(received.values())}, unknown={len(unknown)}, "
@@ -310,11 +326,42 @@ def test_primary_killed_mid_burst_and_standby_promoted_loses_no_event_and_sends_
 
     assert server_port == pg_pair.standby_port  # the worker is on the promoted standby
     assert sent_before_kill < len(planned)  # the kill really came mid-burst
-    assert recorded_events == confirmed  # no event the broker confirmed was lost
+    assert len(http.accepted) == http_events  # the API came back after the promotion
+    assert set(http.refused) <= {503}  # during the switch: "send again", never a 500
+    assert recorded_events == confirmed  # no event confirmed or answered 202 was lost
     assert lost == set()
     # Email's policy is hold: a send whose outcome the outage hid is held as unknown for
     # an admin, never sent again.
     assert duplicates == set()
+
+
+class _HttpPublisher(threading.Thread):
+    """Posts events to the API one by one, each again until it is answered 202, as a
+    publisher must; counts the answers that were not 202."""
+
+    def __init__(self, base_url: str, key: str, count: int) -> None:
+        super().__init__(daemon=True)
+        self.base_url, self.key, self.count = base_url, key, count
+        self.accepted: set[str] = set()
+        self.refused: Counter[int | str] = Counter()  # answers other than 202, by status
+
+    def run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        deadline = time.monotonic() + 170
+        with httpx.Client(base_url=self.base_url, headers=headers, timeout=10) as client:
+            for index in range(self.count):
+                body = sample_event(10_000 + index, event_id=uuid.uuid4())
+                while time.monotonic() < deadline:
+                    try:
+                        answer = client.post("/v1/events", json=body)
+                    except httpx.HTTPError as exc:
+                        self.refused[type(exc).__name__] += 1
+                    else:
+                        if answer.status_code == 202:
+                            self.accepted.add(str(body["event_id"]))
+                            break
+                        self.refused[answer.status_code] += 1
+                    time.sleep(0.2)
 
 
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
