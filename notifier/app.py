@@ -145,6 +145,7 @@ class Notifier:
                 for p in self.registry.all_providers()
             },
             processes=settings.worker.processes,
+            limits=settings.limits,
         )
         self.gate = SendGate(
             database=self.database,

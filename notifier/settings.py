@@ -214,8 +214,9 @@ class ApiSettings(_Section):
 class ProviderPolicy(_Section):
     """How hard notifier may push one provider (``NOTIFIER_PROVIDERS__<NAME>__...``)."""
 
-    # The provider's own limit for the whole deployment; each worker process takes its
-    # share (rate / worker.processes), so set it for one machine's processes.
+    # The provider's own limit for the whole deployment. With NOTIFIER_LIMITS__STORAGE_URL
+    # every worker process on every machine draws from one shared limit; without it each
+    # process takes its share (rate / worker.processes), for one machine's processes.
     rate_per_s: float | None = Field(default=None, gt=0)
     burst: int = Field(default=10, ge=1)
     # Consecutive temporary failures (or operator alerts) that open the circuit, and for
@@ -226,6 +227,42 @@ class ProviderPolicy(_Section):
     # read timeout): resend, verify or hold. Unset: the adapter's own default (see its
     # README and docs/reliability.md).
     uncertain_send: UncertainSendPolicy | None = None
+
+
+_LIMIT_STORAGE_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "memory")
+
+
+class LimitsSettings(_Section):
+    """Where provider rate limits are kept (``NOTIFIER_LIMITS__...``): see
+    :mod:`notifier.pipeline.sharedlimit` and docs/deployment.md."""
+
+    # redis://[:password@]host:6379/0 (also rediss://, redis+sentinel://, redis+cluster://):
+    # one limit per provider shared by every worker process on every machine. Unset:
+    # each process keeps its own share (rate / worker.processes), as on one machine.
+    # memory:// shares within one process only (tests).
+    storage_url: str | None = None
+    # Keys are "<key_prefix>/..." so several deployments (or tests) share one Redis.
+    key_prefix: str = Field(default="notifier", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # Each call to the backend gives up after this long; the backend then counts as down.
+    timeout_s: float = Field(default=0.5, gt=0, le=10)
+    # While the backend is down: unset, rate-limited providers get no calls (sends wait
+    # and come back, never past the provider's limit); N, each process sends at
+    # rate / N on its own, where N is the number of worker processes on every machine
+    # together (so the total still stays within the limit).
+    fallback_processes: int | None = Field(default=None, ge=1, le=10_000)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_storage(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in _LIMIT_STORAGE_SCHEMES:
+            raise ValueError(
+                "must be a redis://, rediss://, redis+sentinel://, redis+cluster:// "
+                "or memory:// URL"
+            )
+        return value.strip()
 
 
 class SweeperSettings(_Section):
@@ -420,7 +457,11 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         default="sqlite:///notifier.db",
-        description="postgresql+psycopg://... in production; sqlite:///file.db embedded.",
+        description=(
+            "postgresql+psycopg://... in production (several hosts for failover: "
+            "postgresql://u:pw@pg1:5432,pg2:5432/notifier?target_session_attrs=read-write); "
+            "sqlite:///file.db embedded."
+        ),
     )
     config_dir: Path = Path("config")
     agencies_file: Path | None = Field(
@@ -447,6 +488,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     providers: dict[str, ProviderPolicy] = Field(default_factory=dict)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     statuses: StatusSettings = Field(default_factory=StatusSettings)
@@ -471,10 +513,7 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite://", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql+psycopg:// URL")
-        if value.startswith("postgresql://"):
-            # One driver everywhere: psycopg 3.
-            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
-        return value
+        return database_url_for_sqlalchemy(value)
 
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:
@@ -560,6 +599,28 @@ def _config_file() -> Path | None:
     config_dir = Path(os.environ.get(f"{ENV_PREFIX}CONFIG_DIR", "config"))
     default = config_dir / "notifier.toml"
     return default if default.is_file() else None
+
+
+def database_url_for_sqlalchemy(url: str) -> str:
+    """A database URL as SQLAlchemy takes it: psycopg 3 as the driver, and libpq's
+    several hosts (``postgresql://u:pw@pg1:5432,pg2:5432/notifier?target_session_attrs=
+    read-write``) moved into ``host=`` query parameters, which SQLAlchemy hands to libpq
+    as one multi-host connection string (libpq tries them in order and keeps the first
+    that is read-write). SQLite URLs and single-host URLs are kept as they are."""
+    if not url.startswith("postgresql"):
+        return url
+    scheme, _, rest = url.partition("://")
+    if scheme == "postgresql":
+        scheme = "postgresql+psycopg"  # one driver everywhere: psycopg 3
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return f"{scheme}://{rest}"
+    path, _, query = tail.partition("?")
+    params = [f"host={host.strip()}" for host in hosts.split(",") if host.strip()]
+    joined = "&".join([*params, query] if query else params)
+    return f"{scheme}://{userinfo}{at}{path or '/'}?{joined}"
 
 
 class SettingsError(Exception):
