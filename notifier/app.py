@@ -21,6 +21,7 @@ from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
 from notifier.pipeline.fallback import Fallback
+from notifier.pipeline.inbound import InboundDispatcher, ReplyTemplates
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
@@ -33,7 +34,9 @@ from notifier.plugins.runtime import AdapterRuntime
 from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
 from notifier.store.deliveries.lifecycle import DeliveryStore
+from notifier.store.inbound import InboundStore
 from notifier.store.inbox import InboxStore
+from notifier.store.optouts import OptOutStore
 from notifier.store.publishers import Authoriser, PublisherIdentity, Submitter
 from notifier.store.tokens import TokenStore
 
@@ -148,6 +151,21 @@ class Notifier:
         self.deliver_actors = self.actors.deliver_actors
         self.enqueue_deliveries = self.actors.enqueue_deliveries
         self.broker.add_middleware(_AdapterLifecycle(self.runtime))
+        # Citizens' messages: one dispatcher for every channel whose adapter reads them.
+        hash_key = settings.recipient_hash_key.get_secret_value()
+        self.opt_outs = OptOutStore(self.database, hash_key)
+        self.inbound_store = InboundStore(self.database)
+        self.inbound = InboundDispatcher(
+            store=self.inbound_store,
+            opt_outs=self.opt_outs,
+            templates=ReplyTemplates(settings.config_dir / "templates", channels),
+            settings=settings.inbound,
+            hash_key=hash_key,
+            recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
+            enqueue=self.actors.enqueue_deliveries,
+            agencies=self.agencies,
+            default_language=settings.default_language,
+        )
         self.sweeper = Sweeper(self.deliveries, settings.sweeper, self.enqueue_deliveries)
         self.broker.add_middleware(self.sweeper)
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):

@@ -117,8 +117,7 @@ def key_weakness(value: str) -> str | None:
         return f"must be at least {MIN_KEY_LENGTH} random characters"
     if key_strength_bits(value) < MIN_KEY_BITS:
         return (
-            f"is too predictable (repeats, runs or sequences; under {MIN_KEY_BITS} bits "
-            "of entropy)"
+            f"is too predictable (repeats, runs or sequences; under {MIN_KEY_BITS} bits of entropy)"
         )
     return None
 
@@ -250,6 +249,21 @@ class RetentionSettings(_Section):
     batch: int = Field(default=1000, ge=1)
 
 
+class InboundSettings(_Section):
+    """Citizens' inbound messages (TRA CUU, STOP, ...): notifier.pipeline.inbound.
+
+    Per sender (phone number or Zalo user id), messages are counted in fixed windows
+    that start with the sender's first message and last ``window_s``. The first
+    ``max_replies`` messages of a window are answered; the next one gets one "too many
+    messages" reply; the rest of the window none (stored and counted, not answered).
+    So a flood from one number costs at most ``max_replies + 1`` replies a window.
+    """
+
+    enabled: bool = True
+    max_replies: int = Field(default=10, ge=1, le=1000)
+    window_s: float = Field(default=3600.0, ge=60, le=7 * 86_400)
+
+
 class ChannelSettings(_Section):
     """Which installed adapters serve a channel, in failover order."""
 
@@ -303,6 +317,7 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderPolicy] = Field(default_factory=dict)
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",

@@ -415,12 +415,12 @@ def test_speedsms_delivery_reports_and_stop_replies_arrive_by_its_callbacks(
         by_inbound_url = providers.speedsms.send_incoming(
             "0912345678", "Huy", url=f"{api.base_url}/v1/inbound-sms/speedsms/{token}"
         )
-        assert by_inbound_url.json() == {"opted_out": True}
+        assert by_inbound_url.json()["opted_out"] is True
         assert store.is_opted_out("0912345678", "sms")
         esms_reply = httpx.get(
             f"{api.base_url}/v1/inbound-sms/esms/{token}",
             params={"Phone": "0987000111", "Content": "TU CHOI"},
         )
-        assert esms_reply.json() == {"opted_out": True}
+        assert esms_reply.json()["opted_out"] is True
         assert store.is_opted_out("0987000111", "sms")
     assert rows(pg_database)["sms"]["status"] == "delivered"

@@ -161,7 +161,10 @@ def test_callback_url_carries_the_receipt_token_as_its_last_path_segment(
 def test_a_callback_url_with_a_query_string_is_refused_in_settings() -> None:
     with pytest.raises(ValidationError, match="query string"):
         EsmsSettings(
-            brandname=BRANDNAME, api_key="k", secret_key="s", receipt_token=TOKEN,  # type: ignore[arg-type]
+            brandname=BRANDNAME,
+            api_key="k",
+            secret_key="s",
+            receipt_token=TOKEN,  # type: ignore[arg-type]
             callback_url="https://notifier.example.vn/v1/receipts/esms?token=abc",
         )
 
@@ -519,8 +522,14 @@ def test_the_token_in_the_path_proves_a_report_and_the_old_query_form_still_does
 
 
 def test_a_report_with_other_counts_or_extra_parameters_is_the_same_report() -> None:
-    report = {"token": TOKEN, "SMSID": "abc", "SendStatus": "5", "SendSuccess": "1",
-              "SendFailed": "0", "RequestId": str(uuid.uuid4())}
+    report = {
+        "token": TOKEN,
+        "SMSID": "abc",
+        "SendStatus": "5",
+        "SendSuccess": "1",
+        "SendFailed": "0",
+        "RequestId": str(uuid.uuid4()),
+    }
     [first] = EsmsAdapter.parse_receipt(_receipt_settings(), _report(**report))
     [again] = EsmsAdapter.parse_receipt(
         _receipt_settings(), _report(**{**report, "SendSuccess": "2", "extra": "x"})

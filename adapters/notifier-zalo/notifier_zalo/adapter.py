@@ -48,10 +48,12 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from notifier.adapter import (
+    REPLY_STATUS,
     Adapter,
     AdapterContext,
     DeliveryFailure,
     Health,
+    InboundMessage,
     OutboundMessage,
     PermanentFailure,
     Receipt,
@@ -69,8 +71,8 @@ from notifier.logging import get_logger
 from notifier.masking import scrub
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 
-from .params import ParamValue, template_data, template_id
-from .receipts import parse_receipt
+from .params import template_data, template_id
+from .receipts import parse_inbound, parse_receipt
 from .settings import ZaloSettings
 
 __all__ = ["ZaloZnsAdapter", "classify_answer", "zns_phone"]
@@ -106,6 +108,17 @@ VIETNAM = ZoneInfo("Asia/Ho_Chi_Minh")
 _WINDOW_OPENS = 6
 _WINDOW_CLOSES = 22
 _INSIDE_WINDOW_RETRY_S = 900.0
+
+# The OA's consultation message (reply to a user's text), from Zalo's Java SDK; the
+# text limit is an assumption (2,000 characters in public clients; unverified).
+CS_PATH = "/v3.0/oa/message/cs"
+CS_TEXT_LIMIT = 2000
+# Consultation messages refused for the window: -230 no interaction with the OA in
+# the last 7 days; -234 this type cannot be sent at night (shared/providers.md).
+CS_CLOSED: dict[int, str] = {
+    -230: "the user has not interacted with the OA recently",
+    -234: "this message type cannot be sent at night",
+}
 
 REAUTHORISE = (
     "re-authorise the OA in Zalo's developer console and run "
@@ -237,6 +250,8 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
         TemplatePart("template_data"),
     )
     accepts_receipts: ClassVar[bool] = True
+    # Users' texts to the OA (``user_send_text``) arrive on the same webhook.
+    accepts_inbound: ClassVar[bool] = True
 
     def __init__(self, settings: ZaloSettings, context: AdapterContext) -> None:
         super().__init__(settings, context)
@@ -261,9 +276,15 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
     def parse_receipt(cls, settings: ZaloSettings, request: ReceiptRequest) -> list[Receipt]:
         return parse_receipt(settings, request)
 
+    @classmethod
+    def parse_inbound(cls, settings: ZaloSettings, request: ReceiptRequest) -> list[InboundMessage]:
+        return parse_inbound(settings, request)
+
     # -- sending -------------------------------------------------------------------------
 
     async def send(self, message: OutboundMessage) -> SendResult:
+        if message.status == REPLY_STATUS:
+            return await self._consultation(message)
         body: dict[str, Any] = {
             "phone": zns_phone(message.recipient),
             "template_id": template_id(message.parts),
@@ -284,13 +305,60 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
                 )
         return classify_answer(answer, self.settings)
 
+    async def _consultation(self, message: OutboundMessage) -> SendResult:
+        """A reply to a user's text: the OA's consultation (customer-service) message,
+        ``POST {oa_api_url}/v3.0/oa/message/cs`` to the user id, while Zalo's window
+        after the user's message is open (``cs_window_s``)."""
+        reference = message.in_reply_to
+        if reference is None:
+            raise PermanentFailure(
+                "a reply without the message it answers cannot be a consultation message",
+                code="cs_no_reference",
+            )
+        age = (datetime.now(UTC) - reference.received_at).total_seconds()
+        if age > self.settings.cs_window_s:
+            raise PermanentFailure(
+                "Zalo's window for answering the user's message has closed", code="cs_window"
+            )
+        text = message.parts.get("text", "").strip()
+        if not text:
+            raise PermanentFailure("the reply template gave an empty text", code="cs_text")
+        body: dict[str, Any] = {
+            "recipient": {"user_id": message.recipient},
+            "message": {"text": text[:CS_TEXT_LIMIT]},
+        }
+        token = await self._usable_token()
+        answer = await self._post_message(token, body, path=CS_PATH)
+        if _as_int(answer.get("error")) == TOKEN_INVALID:
+            token = await self._replace_rejected(token)
+            answer = await self._post_message(token, body, path=CS_PATH)
+        code = _as_int(answer.get("error"))
+        if code in CS_CLOSED:
+            raise PermanentFailure(
+                f"Zalo refused the consultation message ({CS_CLOSED[code]})", code=str(code)
+            )
+        data = answer.get("data")
+        if code == 0 and isinstance(data, dict) and "msg_id" not in data:
+            # The OA API names it message_id; the ZNS API msg_id.
+            answer = {**answer, "data": {**data, "msg_id": data.get("message_id")}}
+        return classify_answer(answer, self.settings)
+
     async def _post_message(
-        self, token: Token, body: dict[str, str | dict[str, ParamValue]]
+        self,
+        token: Token,
+        body: dict[str, Any],
+        *,
+        path: str | None = None,
     ) -> dict[str, Any]:
         assert token.access_token is not None
+        url = (
+            f"{self.settings.oa_api_url}{path}"
+            if path is not None
+            else f"{self.settings.base_url}/message/template"
+        )
         response = await self._http.request(
             "POST",
-            f"{self.settings.base_url}/message/template",
+            url,
             json=body,
             headers={"access_token": token.access_token},
         )

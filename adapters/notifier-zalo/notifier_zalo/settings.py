@@ -50,6 +50,11 @@ class ZaloSettings(AdapterSettings):
     oa_id: str | None = Field(default=None, min_length=1, max_length=64)
 
     base_url: str = "https://business.openapi.zalo.me"
+    # The OA API (consultation messages: replies to a user's text), and how long after
+    # the user's message a reply may be one: Zalo's support site says 8 free replies
+    # within 48 hours (unverified; see the README). Later, the reply fails for good.
+    oa_api_url: str = "https://openapi.zalo.me"
+    cs_window_s: float = Field(default=48 * 3600.0, gt=0, le=7 * 86_400)
     oauth_url: str = "https://oauth.zaloapp.com/v4/oa/access_token"
     # Name of the tokens in the core's TokenStore (`notifier tokens set <name>`).
     token_name: str = Field(default="zalo", min_length=1, max_length=64)
@@ -88,7 +93,7 @@ class ZaloSettings(AdapterSettings):
             raise ValueError("must not contain spaces or control characters")
         return value
 
-    @field_validator("base_url", "oauth_url")
+    @field_validator("base_url", "oauth_url", "oa_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         value = value.strip()
