@@ -71,8 +71,13 @@ def publish(app: Notifier, *events: dict[str, Any]) -> None:
 
 
 def rows(database: Database) -> dict[str, dict[str, Any]]:
+    """The event's deliveries by channel (replies to citizens' messages left out)."""
     with database.engine.connect() as connection:
-        found = connection.execute(sa.select(deliveries)).mappings().all()
+        found = (
+            connection.execute(sa.select(deliveries).where(deliveries.c.event_status != "reply"))
+            .mappings()
+            .all()
+        )
     return {row["channel"]: dict(row) for row in found}
 
 
