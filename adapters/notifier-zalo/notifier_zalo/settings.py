@@ -51,10 +51,11 @@ class ZaloSettings(AdapterSettings):
 
     base_url: str = "https://business.openapi.zalo.me"
     # The OA API (consultation messages: replies to a user's text), and how long after
-    # the user's message a reply may be one: Zalo's support site says 8 free replies
-    # within 48 hours (unverified; see the README). Later, the reply fails for good.
+    # the user's message a reply may be one. Sources disagree (Zalo's support site: 8
+    # free replies within 48 h; public clients: 24 h; -230 after 7 days without
+    # interaction): the default is the shortest. Later, the reply fails for good.
     oa_api_url: str = "https://openapi.zalo.me"
-    cs_window_s: float = Field(default=48 * 3600.0, gt=0, le=7 * 86_400)
+    cs_window_s: float = Field(default=24 * 3600.0, gt=0, le=7 * 86_400)
     oauth_url: str = "https://oauth.zaloapp.com/v4/oa/access_token"
     # Name of the tokens in the core's TokenStore (`notifier tokens set <name>`).
     token_name: str = Field(default="zalo", min_length=1, max_length=64)
