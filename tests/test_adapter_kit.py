@@ -462,7 +462,17 @@ def _can_build_without_isolation() -> bool:
 
 def test_the_scaffold_installs_and_passes_its_own_tests(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        main, ["adapters", "new", "kitdemo", "--channel", "kit_push", "--dir", str(tmp_path)]
+        main,
+        [
+            "adapters",
+            "new",
+            "kitdemo",
+            "--channel",
+            "kit_push",
+            "--inbound",  # the optional capability too: the kit checks it below
+            "--dir",
+            str(tmp_path),
+        ],
     )
     assert result.exit_code == 0, result.output
     package = tmp_path / "notifier-kitdemo"
@@ -482,6 +492,7 @@ def test_the_scaffold_installs_and_passes_its_own_tests(tmp_path: Path) -> None:
     assert '[project.entry-points."notifier.adapters"]' in pyproject
     assert 'kitdemo = "notifier_kitdemo.adapter:KitdemoAdapter"' in pyproject
     assert "AdapterContract" in (package / "tests/test_contract.py").read_text("utf-8")
+    assert "def parse_inbound" in (package / "notifier_kitdemo/adapter.py").read_text("utf-8")
 
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site)]
