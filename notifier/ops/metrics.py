@@ -159,6 +159,16 @@ class StateCollector:
             failures.add_metric(labels, int(health.consecutive_failures))
         yield circuit
         yield failures
+        inbound = GaugeMetricFamily(
+            "notifier_inbound_messages",
+            "Citizens' messages kept (SMS, Zalo) by channel, what they asked (status, stop, "
+            "start, help, unrecognised) and what came of it (answered, rate-limited, "
+            "silenced, ignored).",
+            labels=["channel", "command", "outcome"],
+        )
+        for (channel, command, outcome), n in sorted(self.app.inbound_store.counts().items()):
+            inbound.add_metric([channel, command, outcome], n)
+        yield inbound
 
     def _queue_depths(self) -> dict[str, int] | None:
         """Ready messages per queue via passive declares (None if RabbitMQ is down); a

@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notifier.store.deliveries.log import DeliveryLog, Percentiles
+from notifier.store.inbound import InboundStore
 from notifier.store.schema import utcnow
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
@@ -123,6 +124,9 @@ class Report:
     rejected_events: int
     rows: list[ReportRow]
     latency: dict[str, Percentiles]  # per channel, and "*" for all
+    # Citizens' messages received in the range: (channel, command, outcome) -> count.
+    # Their replies are deliveries, counted in ``rows`` like any other.
+    inbound: dict[tuple[str, str, str], int]
 
     @property
     def deliveries(self) -> int:
@@ -153,11 +157,24 @@ class Report:
                 channel: {"sent": p.count, "p50": p.p50, "p90": p.p90, "p95": p.p95, "p99": p.p99}
                 for channel, p in self.latency.items()
             },
+            "inbound": {
+                "messages": sum(self.inbound.values()),
+                "by_channel": self._inbound_totals(0),
+                "by_command": self._inbound_totals(1),
+                "by_outcome": self._inbound_totals(2),
+            },
         }
+
+    def _inbound_totals(self, index: int) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for key, n in self.inbound.items():
+            counts[key[index]] += n
+        return dict(sorted(counts.items()))
 
     def as_csv(self) -> str:
         """One flat table: ``kind`` is count (one row per agency, procedure, channel and
-        status), latency (per channel, ``*`` for all), events or rejected_events."""
+        status), latency (per channel, ``*`` for all), events, rejected_events, or
+        inbound (citizens' messages per channel; ``status`` is "<command>/<outcome>")."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
@@ -181,6 +198,11 @@ class Report:
                     "",
                     "",
                 ]
+            )
+        for (channel, command, outcome), n in sorted(self.inbound.items()):
+            # Citizens' messages: the channel, and what was asked / what came of it.
+            writer.writerow(
+                [*span, "inbound", "", "", channel, f"{command}/{outcome}", n, "", "", "", ""]
             )
         for channel, p in self.latency.items():
             writer.writerow(
@@ -216,4 +238,5 @@ def build_report(
         rejected_events=log.rejects_count(since, until),
         rows=rows,
         latency=log.latency(since, until),
+        inbound=InboundStore(log.database).counts(since, until),
     )

@@ -237,7 +237,7 @@ class InboundStore:
                 dossier_code=reply.dossier_code,
                 procedure_code="",
                 status=REPLY_STATUS,
-                payload=None,
+                payload=sa.null(),  # SQL NULL: a reply carries no event payload
             )
         )
         connection.execute(
