@@ -259,7 +259,6 @@ class InboundSettings(_Section):
     So a flood from one number costs at most ``max_replies + 1`` replies a window.
     """
 
-    enabled: bool = True
     max_replies: int = Field(default=10, ge=1, le=1000)
     window_s: float = Field(default=3600.0, ge=60, le=7 * 86_400)
 
