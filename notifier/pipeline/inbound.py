@@ -52,7 +52,7 @@ from notifier.store.inbound import (
     InboundStore,
     ReplyDraft,
 )
-from notifier.store.optouts import OptOutStore
+from notifier.store.optouts import OptOutStore, canonical_recipient
 from notifier.text import sms_length, strip_diacritics
 
 log = get_logger(__name__)
@@ -251,12 +251,17 @@ class InboundDispatcher:
         raw = raw.strip()
         if not raw or len(raw) > 128:
             return None
-        if self.recipient_kinds.get(channel) is RecipientKind.PHONE:
+        kind = self.recipient_kinds.get(channel)
+        if kind is RecipientKind.PHONE:
             try:
                 return parse_mobile(raw).format(PhoneFormat.E164)
             except InvalidPhone:
                 return None
-        return raw
+        if kind is None:
+            # A channel this process does not send on: its replies wait for the sweeper
+            # of a process that does; a phone is still kept in the form ingest hashes.
+            return canonical_recipient(raw)
+        return raw  # a Zalo user id (or another platform's id), as given
 
     def _one(
         self,
