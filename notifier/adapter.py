@@ -75,6 +75,14 @@ class OutboundMessage:
     dossier_code: str
     agency_code: str
     status: str
+    # Set on a reply to a citizen's inbound message (``status`` is then
+    # :data:`REPLY_STATUS`): the message answered, for providers whose replies are a
+    # message type of their own (Zalo's consultation message, within its window).
+    in_reply_to: InboundReference | None = None
+
+
+# The event status a reply to a citizen's inbound message carries in the delivery log.
+REPLY_STATUS = "reply"
 
 
 @dataclass(frozen=True)
@@ -187,11 +195,31 @@ class Receipt:
 
 
 @dataclass(frozen=True)
-class InboundSms:
-    """A citizen's SMS to us, forwarded by the gateway (a reply such as STOP)."""
+class InboundMessage:
+    """A citizen's message to us, as the channel's adapter read it from the provider's
+    call: an SMS forwarded by a gateway (MO), a user's text to the Zalo OA.
 
-    phone: str
+    ``sender`` is what a reply goes to on the same channel (a phone number in any
+    written form, a Zalo user id); the core keeps it hashed and masked only.
+    """
+
+    sender: str
     text: str
+    # When the citizen sent it, as the provider says (None: not given; the core then
+    # takes the time it was received). Time-zone aware.
+    sent_at: datetime | None = None
+    # The provider's id of the message (eSMS's smsid, Zalo's msg_id): a second call
+    # with the same id is a repeat, acknowledged and not answered again.
+    provider_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InboundReference:
+    """What a reply knows of the message it answers: providers with a reply window
+    (Zalo's consultation messages) read it from :attr:`OutboundMessage.in_reply_to`."""
+
+    provider_message_id: str | None
+    received_at: datetime
 
 
 class InvalidReceipt(Exception):
@@ -359,14 +387,21 @@ class Adapter(abc.ABC, Generic[SettingsT]):
         call it without the adapter's connections. Raise :class:`InvalidReceipt` to refuse."""
         raise InvalidReceipt(f"adapter {cls.name!r} does not take delivery receipts")
 
-    # Set to True by adapters whose gateway forwards citizens' SMS (replies) to the
-    # same callback; the API then reads them with parse_inbound, and STOP opts out.
+    # The optional inbound capability. Set to True by adapters whose provider forwards
+    # citizens' messages (an SMS gateway's MO forward, the Zalo OA webhook); the API
+    # then reads every call to /v1/receipts/<name>/... and /v1/inbound-sms/<name>/...
+    # with parse_inbound, and the core's one dispatcher answers each message
+    # (TRA CUU <code>, STOP, DANG KY, HELP; see notifier.pipeline.inbound).
     accepts_inbound: ClassVar[bool] = False
 
     @classmethod
-    def parse_inbound(cls, settings: SettingsT, request: ReceiptRequest) -> list[InboundSms]:
-        """Verify a gateway's call and read the citizens' messages it forwards (none when
-        the call is a delivery report). Pure, like :meth:`parse_receipt`."""
+    def parse_inbound(cls, settings: SettingsT, request: ReceiptRequest) -> list[InboundMessage]:
+        """Verify a provider's call (token or signature, time window) and read the
+        citizens' messages it carries (none when the call is a delivery report). Pure,
+        like :meth:`parse_receipt`: raise :class:`InvalidReceipt` to refuse the call
+        (403), :class:`MalformedReceipt` for a verified call that cannot be read (400).
+        Give each message its ``provider_message_id`` where the provider has one: the
+        core refuses a repeat of it (a replayed call) without answering again."""
         raise InvalidReceipt(f"adapter {cls.name!r} does not forward inbound messages")
 
     async def close(self) -> None:

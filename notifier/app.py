@@ -25,6 +25,7 @@ from notifier.pipeline.budget import BudgetGuard, cost_zone
 from notifier.pipeline.callbacks import CallbackSender, StatusIntake
 from notifier.pipeline.fallback import Fallback
 from notifier.pipeline.gate import SendGate
+from notifier.pipeline.inbound import InboundDispatcher, ReplyTemplates
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
@@ -41,7 +42,9 @@ from notifier.store import Database
 from notifier.store.callbacks import CallbackStore
 from notifier.store.deliveries.costs import CostLog
 from notifier.store.deliveries.lifecycle import DeliveryStore
+from notifier.store.inbound import InboundStore
 from notifier.store.inbox import InboxStore
+from notifier.store.optouts import OptOutStore
 from notifier.store.publishers import Authoriser, PublisherIdentity, Submitter
 from notifier.store.tokens import TokenStore
 
@@ -181,6 +184,21 @@ class Notifier:
         self.deliver_actors = self.actors.deliver_actors
         self.enqueue_deliveries = self.actors.enqueue_deliveries
         self.broker.add_middleware(_AdapterLifecycle(self.runtime))
+        # Citizens' messages: one dispatcher for every channel whose adapter reads them.
+        hash_key = settings.recipient_hash_key.get_secret_value()
+        self.opt_outs = OptOutStore(self.database, hash_key)
+        self.inbound_store = InboundStore(self.database)
+        self.inbound = InboundDispatcher(
+            store=self.inbound_store,
+            opt_outs=self.opt_outs,
+            templates=ReplyTemplates(settings.config_dir / "templates", channels),
+            settings=settings.inbound,
+            hash_key=hash_key,
+            recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
+            enqueue=self.actors.enqueue_deliveries,
+            agencies=self.agencies,
+            default_language=settings.default_language,
+        )
         self.sweeper = Sweeper(self.deliveries, settings.sweeper, self.enqueue_deliveries)
         self.broker.add_middleware(self.sweeper)
         # The status stream needs RabbitMQ; in the embedded mode nothing is published

@@ -367,6 +367,20 @@ class CallbackSettings(_Section):
         return self
 
 
+class InboundSettings(_Section):
+    """Citizens' inbound messages (TRA CUU, STOP, ...): notifier.pipeline.inbound.
+
+    Per sender (phone number or Zalo user id), messages are counted in fixed windows
+    that start with the sender's first message and last ``window_s``. The first
+    ``max_replies`` messages of a window are answered; the next one gets one "too many
+    messages" reply; the rest of the window none (stored and counted, not answered).
+    So a flood from one number costs at most ``max_replies + 1`` replies a window.
+    """
+
+    max_replies: int = Field(default=10, ge=1, le=1000)
+    window_s: float = Field(default=3600.0, ge=60, le=7 * 86_400)
+
+
 class ChannelSettings(_Section):
     """Which installed adapters serve a channel, in failover order."""
 
@@ -496,6 +510,7 @@ class Settings(BaseSettings):
     choice: ChoiceSettings = Field(default_factory=ChoiceSettings)
     costs: CostSettings = Field(default_factory=CostSettings)
     sms_length: SmsLengthSettings = Field(default_factory=SmsLengthSettings)
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",

@@ -63,9 +63,9 @@ import httpx
 from pydantic import ConfigDict, SecretStr
 
 from notifier.adapter import (
-    Adapter, AdapterSettings, InvalidReceipt, OutboundMessage, PermanentFailure, Receipt,
-    ReceiptRequest, RecipientKind, SendResult, TemplatePart, TemporaryFailure,
-    UncertainSendPolicy,
+    Adapter, AdapterSettings, InboundMessage, InvalidReceipt, OutboundMessage,
+    PermanentFailure, Receipt, ReceiptRequest, RecipientKind, SendResult, TemplatePart,
+    TemporaryFailure, UncertainSendPolicy,
 )
 from notifier.adapter_http import request
 from notifier.logging import get_logger
@@ -209,6 +209,32 @@ class AcceptsForgedReceipts(Good):
         return cls.read(request)
 
 
+# Also reads citizens' messages: "<id>|<sender>|<text>", the token in a header.
+class GoodInbound(Good):
+    accepts_inbound: ClassVar[bool] = True
+
+    @classmethod
+    def parse_inbound(cls, settings: Any, request: ReceiptRequest) -> list[InboundMessage]:
+        token = request.headers.get("x-token", "")
+        if not hmac.compare_digest(token, secret_of(settings.token)):
+            raise InvalidReceipt("bad token")
+        return cls.read_inbound(request)
+
+    @classmethod
+    def read_inbound(cls, request: ReceiptRequest) -> list[InboundMessage]:
+        try:
+            ident, sender, text = request.body.decode().split("|", 2)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidReceipt("not a message") from None
+        return [InboundMessage(sender=sender, text=text, provider_message_id=ident)]
+
+
+class AcceptsForgedInbound(GoodInbound):
+    @classmethod
+    def parse_inbound(cls, settings: Any, request: ReceiptRequest) -> list[InboundMessage]:
+        return cls.read_inbound(request)
+
+
 class TypoTolerantSettings(GoodSettings):
     model_config = ConfigDict(extra="ignore")
 
@@ -264,6 +290,10 @@ class Hooks(AdapterContract):
         return ReceiptRequest(
             "POST", {"x-token": secret_of(settings.token)}, {}, str(delivery_id).encode(), 0
         )
+
+    def valid_inbound(self, settings: Any, sender: str, text: str) -> ReceiptRequest:
+        body = f"mo-1|{sender}|{text}".encode()
+        return ReceiptRequest("POST", {"x-token": secret_of(settings.token)}, {}, body, 0)
 """
 
 KIT_TESTS = [
@@ -285,6 +315,8 @@ KIT_TESTS = [
     "test_health_answers",
     "test_receipts_are_parsed",
     "test_forged_receipts_are_refused",
+    "test_inbound_messages_are_read",
+    "test_forged_inbound_calls_are_refused",
     "test_templates_render",
 ]
 
@@ -326,6 +358,8 @@ EXPECTED_FAILURES: dict[str, set[str]] = {
     "LeavesConnectionsOpen": {"test_close_is_clean_and_repeatable"},
     "EverythingTemporary": {"test_a_permanent_failure_is_reported_as_permanent"},
     "AcceptsForgedReceipts": {"test_forged_receipts_are_refused"},
+    "GoodInbound": set(),
+    "AcceptsForgedInbound": {"test_forged_inbound_calls_are_refused"},
     "TypoTolerant": {"test_declarations_are_well_formed", "test_invalid_settings_are_refused"},
     "VerifyWithoutLookup": {"test_declarations_are_well_formed"},
     "AllBroken": {
@@ -350,6 +384,7 @@ EXPECTED_MESSAGES = {
     "LeavesConnectionsOpen": ["still open after close()"],
     "EverythingTemporary": ["expected PermanentFailure"],
     "AcceptsForgedReceipts": ["forged receipt #1 was accepted"],
+    "AcceptsForgedInbound": ["forged inbound call #1 was accepted"],
     "TypoTolerant": ["extra='forbid'", "an unknown key"],
     "VerifyWithoutLookup": ["VERIFY but lookup is not implemented"],
 }
@@ -427,6 +462,9 @@ def test_the_kit_fails_exactly_what_each_adapter_breaks(
     # check (no templates_dir) and, for an adapter without receipts, the receipt checks.
     skipped = {test for test, outcome in outcomes.items() if outcome == "skipped"}
     expected = {"test_is_registered_under_the_entry_point", "test_templates_render"}
+    if subject not in ("GoodInbound", "AcceptsForgedInbound"):
+        # The inbound capability is optional: checked only where it is declared.
+        expected |= {"test_inbound_messages_are_read", "test_forged_inbound_calls_are_refused"}
     if subject == "DocsExample":
         expected |= {"test_receipts_are_parsed", "test_forged_receipts_are_refused"}
     assert skipped == expected
@@ -462,7 +500,17 @@ def _can_build_without_isolation() -> bool:
 
 def test_the_scaffold_installs_and_passes_its_own_tests(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        main, ["adapters", "new", "kitdemo", "--channel", "kit_push", "--dir", str(tmp_path)]
+        main,
+        [
+            "adapters",
+            "new",
+            "kitdemo",
+            "--channel",
+            "kit_push",
+            "--inbound",  # the optional capability too: the kit checks it below
+            "--dir",
+            str(tmp_path),
+        ],
     )
     assert result.exit_code == 0, result.output
     package = tmp_path / "notifier-kitdemo"
@@ -482,6 +530,7 @@ def test_the_scaffold_installs_and_passes_its_own_tests(tmp_path: Path) -> None:
     assert '[project.entry-points."notifier.adapters"]' in pyproject
     assert 'kitdemo = "notifier_kitdemo.adapter:KitdemoAdapter"' in pyproject
     assert "AdapterContract" in (package / "tests/test_contract.py").read_text("utf-8")
+    assert "def parse_inbound" in (package / "notifier_kitdemo/adapter.py").read_text("utf-8")
 
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site)]

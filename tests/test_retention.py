@@ -296,3 +296,32 @@ def test_purge_piped_or_with_json_draws_no_bar_and_prints_a_parseable_summary(
     output = run_on_terminal(["purge", "--json"], env)
     assert "purging" not in output
     assert json.loads(output.splitlines()[-1])["deliveries"] == 4
+
+
+def test_a_citizens_message_and_its_reply_keep_their_text_and_contact_only_as_long_as_deliveries(
+    app: Notifier, database: Database
+) -> None:
+    from notifier.adapter import InboundMessage
+    from notifier.store.schema import inbound_messages
+
+    # The app here has no SMS gateway: the reply is recorded but not enqueued (the
+    # sweeper would); its contact and text are what retention must clear.
+    summary = app.inbound.handle(
+        "esms", "sms", [InboundMessage(sender=PHONE, text="HD", provider_message_id="mo:1")]
+    )
+    assert summary.received == 1
+    retention = Retention(app.database, app.settings, registry=app.registry)
+    early = retention.purge(now=utcnow() + timedelta(days=29))
+    assert (early.inbound, early.deliveries) == (0, 0)
+
+    report = retention.purge(now=utcnow() + timedelta(days=31))
+    assert (report.inbound, report.deliveries, report.events) == (1, 1, 0)
+    with database.engine.connect() as connection:
+        [message] = connection.execute(sa.select(inbound_messages)).mappings().all()
+        [reply] = connection.execute(sa.select(deliveries)).mappings().all()
+    assert message["text_masked"] is None
+    assert (message["command"], message["outcome"]) == ("help", "answered")
+    assert PHONE[1:] not in message["sender_masked"]
+    assert reply["recipient"] is None
+    assert reply["content"] is None
+    assert reply["status"] == "queued"

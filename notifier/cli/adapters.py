@@ -51,6 +51,12 @@ def adapters(ctx: click.Context, as_json: bool) -> None:
     "templates in config/templates, else title,body).",
 )
 @click.option(
+    "--inbound",
+    is_flag=True,
+    help="Also read citizens' messages the provider forwards (parse_inbound, signed JSON "
+    "as a starting point; docs/inbound.md).",
+)
+@click.option(
     "--dir",
     "directory",
     type=click.Path(path_type=Path, file_okay=False),
@@ -61,6 +67,7 @@ def new_adapter(
     channel: str | None,
     recipient: str | None,
     parts: str | None,
+    inbound: bool,
     directory: Path | None,
 ) -> None:
     """Create a ready adapter package NAME: pyproject with the entry point, adapter,
@@ -70,7 +77,12 @@ def new_adapter(
     config_dir = Path(os.environ.get("NOTIFIER_CONFIG_DIR", "config"))
     try:
         spec, with_templates = plan(
-            name, channel=channel, recipient=recipient, parts=parts, config_dir=config_dir
+            name,
+            channel=channel,
+            recipient=recipient,
+            parts=parts,
+            config_dir=config_dir,
+            inbound=inbound,
         )
     except ScaffoldError as exc:
         if exc.option is None:

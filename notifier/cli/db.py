@@ -54,7 +54,8 @@ def purge_command(dry_run: bool, as_json: bool) -> None:
     click.echo(
         f"{verb}: {report.deliveries} deliveries' contacts and bodies "
         f"(created before {report.deliveries_before:%Y-%m-%d %H:%M} UTC), "
-        f"{report.events} event payloads, {report.rejects} rejected payloads"
+        f"{report.events} event payloads, {report.rejects} rejected payloads, "
+        f"{report.inbound} citizens' message texts"
     )
     click.echo(
         f"{'would delete' if dry_run else 'deleted'}: {report.inbox} inbox notifications "

@@ -88,7 +88,8 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
             # Dated just before now: the console's "median time to send" then shows the
             # demo's own latency, not the age of a fixed sample date.
             start = datetime.now(UTC) - count * SAMPLE_SPACING
-            for event in sample_events(count, start=start, step=SAMPLE_SPACING):
+            events = sample_events(count, start=start, step=SAMPLE_SPACING)
+            for event in events:
                 app.submit(json.dumps(event, ensure_ascii=False).encode(), source="demo")
             log = DeliveryLog(app.database, settings.recipient_hash_key.get_secret_value())
             counts = _wait_until_done(log, timeout_s=60 + count * 0.5)
@@ -112,6 +113,7 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
                 click.echo(f"  e.g. text: {providers.esms.messages[0].content}")
             click.echo(f"Zalo ZNS messages: {len(providers.zalo.messages)}")
             ok = total > 0 and set(counts) <= {"sent", "delivered"}
+            ok = _citizens_ask(app, providers, events[0], port) and ok
             if exit_after:
                 return 0 if ok else 1
             _serve(app, port)
@@ -119,6 +121,55 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
         finally:
             worker.stop()
             app.close()
+
+
+def _citizens_ask(app: Notifier, providers: Any, event: dict[str, Any], port: int) -> bool:
+    """Citizens ask, notifier answers, through the real inbound path (the API's routes,
+    verified as a gateway's and Zalo's calls are): the applicant of the first dossier
+    texts "tra cuu <code>" by SMS (eSMS's MO forward), and a Zalo user writes "HD" to
+    the OA. Returns whether both were answered."""
+    import asyncio
+
+    import httpx
+
+    from notifier.web.api import create_api
+
+    code = event["dossier"]["code"]
+    phone = event["applicant"]["contacts"]["phone"]
+    token = providers.receipt_token
+    question = f"tra cuu {code}"
+    before = {id(m) for m in providers.esms.messages}
+
+    async def call_the_api() -> None:
+        # The API in this process, through its ASGI interface (the demo serves it on
+        # the port only later, without --exit).
+        transport = httpx.ASGITransport(app=create_api(app))
+        async with httpx.AsyncClient(
+            transport=transport, base_url=f"http://127.0.0.1:{port}"
+        ) as client:
+            await client.get(
+                f"/v1/inbound-sms/esms/{token}",
+                params=providers.esms.mo_params(phone, question),
+            )
+            body, headers = providers.zalo.build_user_text("8800112233", "HD")
+            await client.post("/v1/receipts/zalo", content=body, headers=headers)
+
+    asyncio.run(call_the_api())
+    deadline = time.monotonic() + 30
+    answer = None
+    while time.monotonic() < deadline:
+        answers = [m for m in providers.esms.messages if id(m) not in before]
+        if answers and providers.zalo.consultations:
+            answer = answers[-1].content
+            break
+        time.sleep(0.1)
+    click.echo("\nCitizens ask, notifier answers (docs/inbound.md):")
+    click.echo(f"  SMS from the applicant: {question!r}")
+    click.echo(f"    reply by SMS:  {answer!r}")
+    zalo = providers.zalo.consultations
+    click.echo("  Zalo user to the OA: 'HD'")
+    click.echo(f"    consultation reply: {zalo[0].text if zalo else None!r}")
+    return answer is not None and bool(zalo)
 
 
 def _wait_until_done(log: DeliveryLog, timeout_s: float) -> Counter[str]:

@@ -174,6 +174,16 @@ class StateCollector:
             failures.add_metric(labels, int(health.consecutive_failures))
         yield circuit
         yield failures
+        inbound = GaugeMetricFamily(
+            "notifier_inbound_messages",
+            "Citizens' messages kept (SMS, Zalo) by channel, what they asked (status, stop, "
+            "start, help, unrecognised) and what came of it (answered, rate-limited, "
+            "silenced, ignored).",
+            labels=["channel", "command", "outcome"],
+        )
+        for (channel, command, outcome), n in sorted(self.app.inbound_store.counts().items()):
+            inbound.add_metric([channel, command, outcome], n)
+        yield inbound
         yield from self._callbacks()
         yield from self._costs()
 
@@ -229,8 +239,6 @@ class StateCollector:
             families["success"].add_metric(labels, 0 if success is None else success.timestamp())
             families["delivered"].add_metric(labels, item.delivered)
         yield from families.values()
-
-        yield from self._costs()
 
     def _costs(self) -> Iterator[Metric]:
         """This month's cost per agency and channel, and each budget's use and alerts

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from notifier.store.deliveries.costs import CostLog, CostRow, SegmentFigure
 from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.deliveries.log import DeliveryLog, Percentiles, ReasonCount
+from notifier.store.inbound import InboundStore
 from notifier.store.schema import utcnow
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
@@ -138,14 +139,18 @@ class Report:
     # Held or suppressed by a rule or the citizen's choice, per reason (not failures).
     reasons: list[ReasonCount] = field(default_factory=list)
 
+    # Citizens' messages received in the range: (channel, command, outcome) -> count.
+    # Their replies are deliveries, counted in ``rows`` like any other.
+    inbound: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    costs: list[CostRow] = field(default_factory=list)
+    sms_segments: dict[str, SegmentFigure] = field(default_factory=dict)
+
     def reason_totals(self) -> dict[str, int]:
         """``kind:reason`` -> count over every channel, e.g. ``suppressed:channel_off``."""
         counts: Counter[str] = Counter()
         for r in self.reasons:
             counts[f"{r.kind}:{r.reason}"] += r.count
         return dict(sorted(counts.items()))
-    costs: list[CostRow] = field(default_factory=list)
-    sms_segments: dict[str, SegmentFigure] = field(default_factory=dict)
 
     @property
     def superseded(self) -> int:
@@ -226,11 +231,24 @@ class Report:
                 agency: {"sms": f.sms, "segments": f.segments, "average": f.average}
                 for agency, f in self.sms_segments.items()
             },
+            "inbound": {
+                "messages": sum(self.inbound.values()),
+                "by_channel": self._inbound_totals(0),
+                "by_command": self._inbound_totals(1),
+                "by_outcome": self._inbound_totals(2),
+            },
         }
+
+    def _inbound_totals(self, index: int) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for key, n in self.inbound.items():
+            counts[key[index]] += n
+        return dict(sorted(counts.items()))
 
     def as_csv(self) -> str:
         """One flat table: ``kind`` is count (one row per agency, procedure, channel and
-        status), latency (per channel, ``*`` for all), events or rejected_events."""
+        status), latency (per channel, ``*`` for all), events, rejected_events, or
+        inbound (citizens' messages per channel; ``status`` is "<command>/<outcome>")."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
@@ -254,6 +272,11 @@ class Report:
             writer.writerow(
                 [*span, "reason", "", "", r.channel, f"{r.kind}:{r.reason}", r.count]
                 + [""] * 7
+            )
+        for (channel, command, outcome), n in sorted(self.inbound.items()):
+            # Citizens' messages: the channel, and what was asked / what came of it.
+            writer.writerow(
+                [*span, "inbound", "", "", channel, f"{command}/{outcome}", n, *[""] * 7]
             )
         for channel, p in self.latency.items():
             writer.writerow(
@@ -322,4 +345,5 @@ def build_report(
         reasons=log.reason_counts(since, until),
         costs=CostLog(log.database).by_month(since, until, zone(timezone_name)),
         sms_segments=CostLog(log.database).sms_segments(since, until),
+        inbound=InboundStore(log.database).counts(since, until),
     )

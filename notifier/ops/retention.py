@@ -41,6 +41,7 @@ from notifier.store import Database
 from notifier.store.schema import (
     deliveries,
     events,
+    inbound_messages,
     inbox_notifications,
     receipt_nonces,
     rejected_events,
@@ -64,6 +65,7 @@ class PurgeReport:
     rejects: int  # rejected-event payloads cleared
     inbox: int  # inbox notifications deleted
     nonces: int  # receipt nonces deleted
+    inbound: int  # citizens' messages whose (masked) text was cleared
     dry_run: bool
     deliveries_before: datetime
     inbox_before: datetime
@@ -71,7 +73,9 @@ class PurgeReport:
 
     @property
     def total(self) -> int:
-        return self.deliveries + self.events + self.rejects + self.inbox + self.nonces
+        return (
+            self.deliveries + self.events + self.rejects + self.inbox + self.nonces + self.inbound
+        )
 
     def as_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))  # type: ignore[no-any-return]
@@ -182,6 +186,19 @@ class Retention:
                 step,
             ),
             nonces=self._delete_nonces(nonce_cutoff, dry_run, step),
+            # Citizens' messages: kept as long as deliveries (the text masked already;
+            # the row, masked sender and what it asked stay for counts).
+            inbound=self._clear(
+                inbound_messages,
+                inbound_messages.c.inbound_id,
+                sa.and_(
+                    inbound_messages.c.received_at < delivery_cutoff,
+                    inbound_messages.c.text_masked.is_not(None),
+                ),
+                {"text_masked": sa.null()},
+                dry_run,
+                step,
+            ),
             dry_run=dry_run,
             deliveries_before=delivery_cutoff,
             inbox_before=inbox_cutoff,
@@ -195,6 +212,7 @@ class Retention:
                 rejects=report.rejects,
                 inbox=report.inbox,
                 nonces=report.nonces,
+                inbound=report.inbound,
             )
         return report
 

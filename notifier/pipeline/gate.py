@@ -20,7 +20,8 @@ claim is checked, in order:
 Caps count the deliveries that passed this gate (``counted_at``), under a lock per
 (channel, recipient) (:meth:`DeliveryStore.gate`), so concurrent workers never
 overshoot. A claim whose last call's outcome is unknown skips the gate: it may already
-have been sent, and its provider's policy decides.
+have been sent, and its provider's policy decides. A reply to a citizen's own message
+skips it too: they asked, and the inbound path limits replies per sender.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from uuid import UUID
 
+from notifier.adapter import REPLY_STATUS
 from notifier.logging import get_logger
 from notifier.pipeline.choices import OverCap
 from notifier.pipeline.recording import SendOutcome
@@ -76,7 +78,12 @@ class SendGate:
         self, claims: Sequence[ClaimedDelivery]
     ) -> tuple[list[ClaimedDelivery], list[SendOutcome]]:
         """The claims to send now, and the outcomes of those suppressed or held."""
-        checked = [c for c in claims if c.uncertain_provider is None]
+        # A reply answers the citizen's own message (TRA CUU, HD, STOP...): sent now,
+        # whatever the hour, caps or opt-outs; the inbound path's per-sender rate limit
+        # bounds them (docs/inbound.md).
+        checked = [
+            c for c in claims if c.uncertain_provider is None and c.event_status != REPLY_STATUS
+        ]
         if not checked:
             return list(claims), []
         choices = self.routing.choices

@@ -91,6 +91,18 @@ def template_context(event: DossierStatusEvent, language: str) -> dict[str, Any]
     }
 
 
+def sandboxed_environment() -> ImmutableSandboxedEnvironment:
+    """The Jinja2 sandbox every message template renders in, with notifier's filters."""
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+    )
+    env.filters["date"] = _format_date
+    env.filters["money"] = _format_money
+    # tojson (used for JSON parts such as Zalo template data): readable Vietnamese.
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
+    return env
+
+
 @dataclass(frozen=True)
 class RenderedMessage:
     template: str  # e.g. "vi/email/received", recorded with the delivery
@@ -101,13 +113,7 @@ class TemplateSet:
     """All templates of all enabled channels, compiled and checked."""
 
     def __init__(self, templates_dir: Path, channel_parts: Mapping[str, tuple[TemplatePart, ...]]):
-        self._env = ImmutableSandboxedEnvironment(
-            undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
-        )
-        self._env.filters["date"] = _format_date
-        self._env.filters["money"] = _format_money
-        # tojson (used for JSON parts such as Zalo template data): readable Vietnamese.
-        self._env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
+        self._env = sandboxed_environment()
         self._parts = dict(channel_parts)
         self._compiled: dict[tuple[str, str, Status, str], Any] = {}
         self._layouts: dict[str, Any] = {}

@@ -42,6 +42,8 @@ class AdapterSpec:
     channel: str
     recipient: RecipientKind
     parts: tuple[str, ...]
+    # With the optional inbound capability (citizens' messages, docs/inbound.md).
+    inbound: bool = False
 
     @property
     def distribution(self) -> str:
@@ -106,6 +108,7 @@ def generate(spec: AdapterSpec, directory: Path, *, with_templates: bool) -> lis
         ),
         "parts_list": ", ".join(f"``{p}``" for p in spec.parts),
     }
+    values.update(_inbound_values(spec))
     files = {
         "pyproject.toml": _template("pyproject.toml"),
         "README.md": _template("README.md"),
@@ -128,6 +131,46 @@ def generate(spec: AdapterSpec, directory: Path, *, with_templates: bool) -> lis
             path.write_text(_channel_templates(spec, language), "utf-8")
             written.append(path)
     return written
+
+
+def _inbound_values(spec: AdapterSpec) -> dict[str, str]:
+    """The pieces the inbound capability adds (empty without ``--inbound``)."""
+    keys = (
+        "inbound_stdlib",
+        "inbound_api",
+        "inbound_declaration",
+        "inbound_methods",
+        "inbound_settings",
+        "inbound_test_stdlib",
+        "inbound_test_constants",
+        "inbound_test_api",
+        "inbound_test_hooks",
+        "inbound_test_setting",
+    )
+    if not spec.inbound:
+        return dict.fromkeys(keys, "")
+    prefix = {"Prefix": spec.class_prefix, "name": spec.name}
+    return {
+        "inbound_stdlib": (
+            "import hashlib\nimport hmac\nimport json\nfrom datetime import UTC, datetime"
+        ),
+        "inbound_api": (
+            "\nfrom notifier.adapter import (\n    InboundMessage,\n    InvalidReceipt,\n"
+            "    MalformedReceipt,\n    ReceiptRequest,\n)"
+        ),
+        "inbound_declaration": "",
+        "inbound_methods": _template("adapter_inbound.py").substitute(prefix),
+        "inbound_settings": (
+            "\n    # Signs the provider's inbound calls (citizens' messages); unset: refused."
+            "\n    inbound_secret: SecretStr | None = None"
+            "\n    inbound_max_age_s: float = Field(default=300.0, gt=0, le=86_400)"
+        ),
+        "inbound_test_stdlib": "\nimport hashlib\nimport hmac\nimport json\nimport time",
+        "inbound_test_constants": ('\nINBOUND_SECRET = "test-inbound-secret-0123"'),
+        "inbound_test_api": "from notifier.adapter import ReceiptRequest\n",
+        "inbound_test_hooks": _template("test_contract_inbound.py").substitute(prefix),
+        "inbound_test_setting": ', "inbound_secret": INBOUND_SECRET',
+    }
 
 
 def _template(name: str) -> Template:
@@ -201,6 +244,7 @@ def plan(
     recipient: str | None = None,
     parts: str | None = None,
     config_dir: Path,
+    inbound: bool = False,
 ) -> tuple[AdapterSpec, bool]:
     """The package to write for these choices, and whether it brings channel templates
     (only for a channel without templates in ``config_dir`` yet)."""
@@ -224,4 +268,5 @@ def plan(
     if not chosen or bad or len(set(chosen)) != len(chosen):
         raise ScaffoldError(f"{parts!r}: distinct lower-case part names", "--parts")
     kind = RecipientKind(recipient) if recipient else _KNOWN_RECIPIENTS.get(channel)
-    return AdapterSpec(name, channel, kind or RecipientKind.PHONE, chosen), inferred is None
+    spec = AdapterSpec(name, channel, kind or RecipientKind.PHONE, chosen, inbound)
+    return spec, inferred is None

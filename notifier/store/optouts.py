@@ -11,17 +11,12 @@ Who records one (the HTTP routes are :mod:`notifier.web.optouts`):
 - the portal backend, for a citizen's choice: ``POST /v1/opt-outs`` (and ``DELETE``
   to opt back in), with an API key of scope ``inbox``;
 - operators: ``notifier opt-out add|remove --channel C --recipient R``;
-- the citizen, by replying STOP to an SMS, where the gateway forwards replies (MO
-  messages) to ``/v1/inbound-sms/<provider>/<receipt_token>`` (the older
-  ``?token=<receipt_token>`` form still works, deprecated). The parameter
-  names ``Phone`` and ``Content`` follow eSMS's usual naming and are an assumption:
-  no gateway's MO-forwarding document was at hand; check with the gateway before
-  relying on it (any of query string, form or JSON body is read, names
-  case-insensitive). ``STOP``, ``TU CHOI``/``TUCHOI`` and ``HUY`` (any case, with or
-  without diacritics and punctuation) opt the number out of SMS; any other text is
-  acknowledged and ignored. A gateway whose adapter reads its own format
-  (``accepts_inbound``: SpeedSMS's JSON ``{type: "incoming", phone, content}``) is read
-  by the adapter, here and on its receipts URL alike.
+- the citizen, by writing ``STOP``, ``TU CHOI``/``TUCHOI`` or ``HUY`` (any case, with or
+  without diacritics and punctuation; the whole message only) by SMS or to the Zalo OA,
+  and opting back in with ``DANG KY``/``START``: the core's inbound dispatcher
+  (:mod:`notifier.pipeline.inbound`, docs/inbound.md) records it for that channel, from
+  whatever the channel's adapter read (eSMS's MO forward at
+  ``/v1/inbound-sms/<provider>/<receipt_token>``, SpeedSMS's and Zalo's callbacks).
 
 Phone numbers are taken in any written form and kept in the +84 form ingest uses, so
 ``0901 888 484`` and ``+84901888484`` are one citizen.
@@ -132,19 +127,3 @@ def suppress(planned: list[PlannedDelivery], found: set[tuple[str, str]]) -> lis
             p = p.suppressed(SuppressReason.OPTED_OUT)
         result.append(p)
     return result
-
-
-def take_reply(store: OptOutStore, provider: str, phone: str, text: str) -> bool:
-    """A citizen's SMS forwarded by ``provider``: STOP words opt the number out of SMS.
-    Returns whether it did; any other text (or a number that is not a Vietnamese
-    mobile) is acknowledged and ignored."""
-    if not is_stop_text(text):
-        log.info("inbound sms ignored: not a stop word", provider=provider)
-        return False
-    try:
-        number = parse_mobile(phone).format(PhoneFormat.E164)
-    except InvalidPhone:
-        log.warning("inbound sms ignored: not a Vietnamese mobile number", provider=provider)
-        return False
-    store.add(number, SMS_CHANNEL, f"sms-stop:{provider}"[:32])
-    return True

@@ -404,3 +404,37 @@ preference_changes = sa.Table(
     sa.Column("before", sa.JSON, nullable=True),
     sa.Column("after", sa.JSON, nullable=False),
 )
+
+# Citizens' messages to us (an SMS forwarded by a gateway, a text to the Zalo OA), each
+# with what the core made of it. The sender is kept hashed and masked only, the text
+# masked (notifier.masking.scrub); the text is cleared after the deliveries' retention.
+inbound_messages = sa.Table(
+    "inbound_messages",
+    metadata,
+    sa.Column("inbound_id", sa.Uuid, primary_key=True),
+    sa.Column("received_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    # The provider's id of the message: a repeat (a replayed or retried call) is refused.
+    sa.Column("provider_message_id", sa.String(128), nullable=True),
+    sa.Column("sender_masked", sa.String(128), nullable=False),
+    sa.Column("sender_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("text_masked", sa.Text, nullable=True),
+    # What the text asked (CommandKind) and what came of it (InboundOutcome).
+    sa.Column("command", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False, index=True),
+    sa.Column("dossier_code", sa.String(64), nullable=True),
+    # The reply: a delivery like any other (its event row has the same id as this row).
+    sa.Column("reply_delivery_id", sa.Uuid, nullable=True),
+    sa.UniqueConstraint("provider", "provider_message_id", name="uq_inbound_messages_provider"),
+)
+
+# Each sender's current rate-limit window (see notifier.settings.InboundSettings).
+inbound_senders = sa.Table(
+    "inbound_senders",
+    metadata,
+    sa.Column("sender_hash", sa.String(64), primary_key=True),
+    sa.Column("window_started_at", UTCDateTime, nullable=False),
+    sa.Column("messages", sa.Integer, nullable=False),
+)

@@ -31,7 +31,9 @@ the delivery id passed through as the idempotency reference, failures classified
 as TemporaryFailure/PermanentFailure and nothing else escaping, a request that got
 no answer reported as ``maybe_sent``, no recipient in
 clear in any log line or failure reason, a clean and repeatable close(), health,
-and receipts that parse while forged ones are refused.
+receipts that parse while forged ones are refused, and (for ``accepts_inbound``)
+citizens' messages read with their sender, text and provider id (``valid_inbound``)
+while forged, stale or malformed inbound calls are refused (``forged_inbound``).
 
 A scenario that cannot happen for an adapter is declared with a reason, which the
 skip message shows: ``not_applicable = {"permanent_failure": "why"}``. A scenario
@@ -64,6 +66,7 @@ from notifier.adapter import (
     AdapterSettings,
     DeliveryFailure,
     Health,
+    InboundMessage,
     InvalidReceipt,
     OutboundMessage,
     PermanentFailure,
@@ -109,6 +112,8 @@ SCENARIOS: Final = frozenset(
         "idempotency",
         "close_connections",
         "max_length",
+        # Inbound messages carry the provider's message id (refuses replayed calls).
+        "inbound_id",
     }
 )
 
@@ -254,6 +259,27 @@ class AdapterContract:
             )
         ]
 
+    # If the adapter's inbound calls carry a timestamp window, as receipt_max_age_s.
+    inbound_max_age_s: ClassVar[float | None] = None
+
+    def valid_inbound(self, settings: Any, sender: str, text: str) -> ReceiptRequest:
+        """A genuine call of the provider carrying one citizen's message ``text`` from
+        ``sender`` (a phone number for phone channels), as the provider would send it."""
+        raise _HookMissing("valid_inbound(settings, sender, text)")
+
+    def forged_inbound(self, settings: Any, sender: str, text: str) -> list[ReceiptRequest]:
+        """Inbound calls that must be refused; by default the genuine one stripped of its
+        credentials (headers, query, path token), as :meth:`forged_receipts`."""
+        genuine = self.valid_inbound(settings, sender, text)
+        return [
+            replace(
+                genuine,
+                headers={k: v for k, v in genuine.headers.items() if k == "content-type"},
+                query={},
+                token=None,
+            )
+        ]
+
     # -- fixtures -------------------------------------------------------------------------
 
     @pytest.fixture
@@ -301,6 +327,12 @@ class AdapterContract:
                 problems.append(f"{method} must be `async def`")
         if cls.accepts_receipts and _inherited(cls, "parse_receipt"):
             problems.append("accepts_receipts is True but parse_receipt is not implemented")
+        if cls.accepts_inbound and _inherited(cls, "parse_inbound"):
+            problems.append("accepts_inbound is True but parse_inbound is not implemented")
+        if "parse_inbound" in vars(cls) and not isinstance(
+            vars(cls)["parse_inbound"], classmethod | staticmethod
+        ):
+            problems.append("parse_inbound must be a classmethod (the API has no instance)")
         if "parse_receipt" in vars(cls) and not isinstance(
             vars(cls)["parse_receipt"], classmethod | staticmethod
         ):
@@ -717,6 +749,94 @@ class AdapterContract:
                 problems.append(f"{label}: returned {receipts!r}, not a list")
         _report("forged or malformed receipts are not refused", problems)
 
+    def test_inbound_messages_are_read(self, kit_settings: AdapterSettings) -> None:
+        """A genuine inbound call gives the citizen's message: the sender a reply can
+        reach, the text as written, and the provider's id (so a replay is refused)."""
+        self._inbound_applies()
+        sender = self.recipient()
+        text = "Tra cứu 000.00.12.H29-231025-0001"
+        request = self._hook(
+            lambda: self.valid_inbound(kit_settings, sender, text),
+            "needed because accepts_inbound is True",
+        )
+        try:
+            messages = self.adapter_class.parse_inbound(kit_settings, request)
+        except InvalidReceipt as exc:
+            pytest.fail(f"a genuine inbound call was refused: {exc}")
+        if not isinstance(messages, list) or not all(
+            isinstance(m, InboundMessage) for m in messages
+        ):
+            pytest.fail(f"parse_inbound returned {messages!r}, not a list of InboundMessage")
+        if len(messages) != 1:
+            pytest.fail(f"one citizen's message gave {len(messages)} inbound messages")
+        [message] = messages
+        problems = []
+        if message.text != text:
+            problems.append(f"the text was read as {message.text!r}, not {text!r}")
+        if _digits_or_text(message.sender) != _digits_or_text(sender):
+            problems.append("the sender is not the one who wrote (a reply would go astray)")
+        if message.sent_at is not None and message.sent_at.tzinfo is None:
+            problems.append("sent_at must be time-zone aware")
+        if not message.provider_message_id and "inbound_id" not in self.not_applicable:
+            problems.append(
+                "no provider_message_id: a replayed call would be answered again "
+                "(declare not_applicable = {'inbound_id': 'why'} if the provider has none)"
+            )
+        again = self.adapter_class.parse_inbound(kit_settings, request)
+        if [m.provider_message_id for m in again] != [message.provider_message_id]:
+            problems.append("the same call read twice gives another provider_message_id")
+        _report("inbound messages are read wrongly", problems)
+
+    def test_forged_inbound_calls_are_refused(self, kit_settings: AdapterSettings) -> None:
+        self._inbound_applies()
+        sender, text = self.recipient(), "HD"
+        genuine = self._hook(
+            lambda: self.valid_inbound(kit_settings, sender, text),
+            "needed because accepts_inbound is True",
+        )
+        forged = [
+            (f"forged inbound call #{i + 1}", request)
+            for i, request in enumerate(self.forged_inbound(kit_settings, sender, text))
+        ]
+        late_ones = []
+        if self.inbound_max_age_s is not None:
+            late = self.inbound_max_age_s + 60
+            late_ones = [
+                ("replayed too late", replace(genuine, received_at=genuine.received_at + late)),
+                ("dated in the future", replace(genuine, received_at=genuine.received_at - late)),
+            ]
+        problems = []
+        for label, request in forged + late_ones:
+            try:
+                messages = self.adapter_class.parse_inbound(kit_settings, request)
+            except InvalidReceipt:
+                continue
+            except Exception as exc:
+                problems.append(f"{label}: raised {type(exc).__qualname__}, not InvalidReceipt")
+                continue
+            if messages == [] and (label, request) in late_ones:
+                continue  # acknowledged and ignored: not answered
+            problems.append(f"{label} was accepted: {messages!r}")
+        junk = [
+            ("an empty body", replace(genuine, body=b"")),
+            ("a body that is not text", replace(genuine, body=b"\xff\xfe\x00{[")),
+            ("a JSON array body", replace(genuine, body=b"[1, 2, 3]")),
+        ]
+        for label, request in junk:
+            try:
+                messages = self.adapter_class.parse_inbound(kit_settings, request)
+            except InvalidReceipt:
+                continue
+            except Exception as exc:
+                problems.append(
+                    f"{label}: raised {type(exc).__qualname__} (only InvalidReceipt may "
+                    "escape parse_inbound; anything else is a 500 from the API)"
+                )
+                continue
+            if not isinstance(messages, list):
+                problems.append(f"{label}: returned {messages!r}, not a list")
+        _report("forged or malformed inbound calls are not refused", problems)
+
     def test_templates_render(self) -> None:
         if self.templates_dir is None:
             pytest.skip("templates_dir is not set")
@@ -735,6 +855,10 @@ class AdapterContract:
         reason = self.not_applicable.get(scenario)
         if reason is not None:
             pytest.skip(f"not applicable to {self.adapter_class.__name__}: {reason}")
+
+    def _inbound_applies(self) -> None:
+        if not self.adapter_class.accepts_inbound:
+            pytest.skip(f"{self.adapter_class.__name__} takes no inbound messages")
 
     def _receipts_apply(self) -> None:
         if not self.adapter_class.accepts_receipts:
@@ -890,6 +1014,13 @@ class AdapterContract:
 def _report(title: str, problems: list[str]) -> None:
     if problems:
         pytest.fail(title + ":\n  - " + "\n  - ".join(problems), pytrace=False)
+
+
+def _digits_or_text(value: str) -> str:
+    """A sender compared as its last nine digits when it is a phone number (the
+    provider may write 84..., 0... or +84...), else as written."""
+    digits = "".join(ch for ch in value if ch.isdigit())
+    return digits[-9:] if len(digits) >= 9 and not any(ch.isalpha() for ch in value) else value
 
 
 def _inherited(cls: type, name: str) -> bool:

@@ -2,6 +2,7 @@
 token): opt-outs over HTTP. The storage and the STOP words are
 :mod:`notifier.store.optouts`, which describes who records an opt-out and how."""
 
+import asyncio
 import hmac
 import json
 import time
@@ -11,12 +12,13 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from notifier.adapter import InvalidReceipt, MalformedReceipt, ReceiptRequest
+from notifier.adapter import InboundMessage, InvalidReceipt, MalformedReceipt, ReceiptRequest
 from notifier.logging import get_logger
 from notifier.masking import mask_recipient
 from notifier.phones import InvalidPhone, parse_mobile
+from notifier.pipeline.inbound import InboundSummary
 from notifier.store.apikeys import ApiClient
-from notifier.store.optouts import SMS_CHANNEL, take_reply
+from notifier.store.optouts import SMS_CHANNEL
 from notifier.web.deps import State, require_scope
 
 log = get_logger(__name__)
@@ -45,7 +47,21 @@ class OptOutState(BaseModel):
 
 
 class InboundSmsResult(BaseModel):
-    opted_out: bool
+    opted_out: bool  # a message of the call opted its sender out just now
+    received: int = 0  # citizens' messages in the call
+    answered: int = 0  # of which got a reply (queued as a delivery)
+    duplicates: int = 0  # repeats of a message taken before: not answered again
+    rate_limited: int = 0  # over the sender's limit: one notice, then no reply
+
+
+def _result(summary: InboundSummary) -> InboundSmsResult:
+    return InboundSmsResult(
+        opted_out=summary.opted_out > 0,
+        received=summary.received,
+        answered=summary.answered,
+        duplicates=summary.duplicates,
+        rate_limited=summary.rate_limited,
+    )
 
 
 def _checked(state: State, body: OptOutRequest) -> OptOutRequest:
@@ -91,7 +107,6 @@ async def take_inbound(
     expected = getattr(found.settings, "receipt_token", None) if found else None
     if found is None or expected is None:
         raise HTTPException(404, "no SMS gateway here forwards replies under that name")
-    store = state.opt_outs
     adapter_class = found.adapter_class
     if adapter_class.accepts_inbound:
         # The gateway's own format (e.g. SpeedSMS's JSON), read by its adapter.
@@ -113,8 +128,10 @@ async def take_inbound(
         except InvalidReceipt:
             log.warning("inbound sms refused", provider=provider)
             raise HTTPException(403, "inbound message refused") from None
-        stopped = [take_reply(store, provider, m.phone, m.text) for m in messages]
-        return InboundSmsResult(opted_out=any(stopped))
+        summary = await asyncio.to_thread(
+            state.notifier.inbound.handle, provider, SMS_CHANNEL, messages
+        )
+        return _result(summary)
     given = token if token is not None else request.query_params.get("token") or ""
     if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
         log.warning("inbound sms refused: wrong token", provider=provider)
@@ -127,13 +144,20 @@ async def take_inbound(
         parse_mobile(phone)
     except InvalidPhone:
         raise HTTPException(422, "Phone is not a Vietnamese mobile number") from None
-    return InboundSmsResult(opted_out=take_reply(store, provider, phone, text))
+    message = InboundMessage(
+        sender=phone, text=text, provider_message_id=fields.get("smsid") or None
+    )
+    summary = await asyncio.to_thread(
+        state.notifier.inbound.handle, provider, SMS_CHANNEL, [message]
+    )
+    return _result(summary)
 
 
 async def inbound_sms(provider: str, request: Request, state: State) -> InboundSmsResult:
     """Replies (MO messages) forwarded by an SMS gateway; ``?token=`` is the gateway's
     ``receipt_token`` (deprecated: use ``/v1/inbound-sms/{provider}/{token}``).
-    STOP / TU CHOI / HUY opts the sender out of SMS."""
+    Every message goes to the core's inbound dispatcher: TRA CUU <code>, STOP / TU CHOI /
+    HUY, DANG KY / START, HD / HELP are answered by SMS (notifier.pipeline.inbound)."""
     return await take_inbound(state, provider, request, None)
 
 
@@ -141,7 +165,7 @@ async def inbound_sms_with_token(
     provider: str, token: Annotated[str, Path(max_length=200)], request: Request, state: State
 ) -> InboundSmsResult:
     """Replies (MO messages) forwarded by an SMS gateway, its ``receipt_token`` in the
-    path. STOP / TU CHOI / HUY opts the sender out of SMS."""
+    path. Answered like ``/v1/inbound-sms/{provider}`` (notifier.pipeline.inbound)."""
     return await take_inbound(state, provider, request, token)
 
 

@@ -1,5 +1,6 @@
-"""``/v1/receipts/{provider}``: providers' delivery reports (and inbound replies they
-carry), verified by each adapter's own scheme."""
+"""``/v1/receipts/{provider}``: providers' delivery reports and the citizens' messages
+they carry (Zalo's OA webhook, SpeedSMS's callback), verified by each adapter's own
+scheme; messages go to the core's one inbound dispatcher (notifier.pipeline.inbound)."""
 
 import asyncio
 import time
@@ -12,7 +13,6 @@ from notifier.adapter import InvalidReceipt, MalformedReceipt, ReceiptRequest
 from notifier.app import Notifier
 from notifier.logging import get_logger
 from notifier.plugins.registry import Provider
-from notifier.store.optouts import take_reply
 from notifier.web.deps import State, bounded_body
 
 log = get_logger(__name__)
@@ -24,8 +24,8 @@ class ReceiptAnswer(BaseModel):
     received: int  # delivery reports in the call
     applied: int  # deliveries they moved forward
     duplicates: int = 0  # reports seen before: acknowledged, not applied again
-    inbound: int = 0  # citizens' messages forwarded in the call
-    opted_out: int = 0  # of which asked to stop (STOP, TU CHOI, HUY)
+    inbound: int = 0  # citizens' messages forwarded in the call (answered by the core)
+    opted_out: int = 0  # of which opted out just now (STOP, TU CHOI, HUY)
 
 
 def _receipt_provider(app: Notifier, name: str) -> Provider | None:
@@ -116,12 +116,11 @@ async def take_receipt(
         )
         applied += int(changed)
     opted_out = 0
-    for message in inbound:
-        opted_out += int(
-            await asyncio.to_thread(
-                take_reply, state.opt_outs, provider, message.phone, message.text
-            )
-        )
+    if inbound:
+        channel = found.adapter_class.channel
+        handled = await asyncio.to_thread(app.inbound.handle, provider, channel, inbound)
+        opted_out = handled.opted_out
+        duplicates += handled.duplicates
     return ReceiptAnswer(
         received=len(receipts),
         applied=applied,

@@ -54,6 +54,7 @@ class LocalProviders:
             "base_url": self.esms.base_url,
             "brandname": "CONG DVC",
             "receipt_token": self.receipt_token,
+            "mo_private_key": self.esms.mo_private_key,
         }
         if receipts_base:
             esms["callback_url"] = f"{receipts_base}/v1/receipts/esms"
@@ -77,7 +78,7 @@ class LocalProviders:
                     "oa_secret_key": self.zalo.oa_secret_key,
                     "base_url": self.zalo.base_url,
                     "oauth_url": self.zalo.oauth_url,
-                    "uid_url": self.zalo.uid_url,
+                    "oa_api_url": self.zalo.base_url,
                 },
             },
         }

@@ -27,6 +27,11 @@ sharing tokens refresh once. ``access_token_ttl_s`` sets the access token lifeti
 :meth:`send_receipt` POSTs a signed ``user_received_message`` webhook (see
 :meth:`build_receipt` for the body and signature) to a callback URL.
 
+Inbound: :meth:`send_user_text` POSTs a signed ``user_send_text`` webhook (a citizen
+writing to the OA; :meth:`build_user_text` forges or leaves out the signature), and
+``POST /v3.0/oa/message/cs`` takes the OA's consultation message to a user who wrote
+(-230 to anyone else), kept in :attr:`consultations`.
+
 Error codes of failures Zalo has not documented publicly (OAuth errors) are the
 simulator's own choice; the adapter must not depend on them beyond
 what its settings say.
@@ -87,9 +92,13 @@ MESSAGE_PATH = "/message/template"
 UID_MESSAGE_PATH = "/v3.0/oa/message/template"
 # The template does not allow sending by user id (approved before 2025-12-10).
 UID_NOT_ALLOWED = -249
+# The OA's consultation message (a reply to a user who wrote to the OA).
+CS_PATH = "/v3.0/oa/message/cs"
+NO_INTERACTION = -230
 OAUTH_PATH = "/v4/oa/access_token"
 
 _ERROR_TEXT = {
+    NO_INTERACTION: "User has not interacted with the OA in the last 7 days",
     TOKEN_INVALID: "Access token is invalid or expired",
     NOT_ZALO_USER: "Zalo account does not exist",
     USER_BLOCKED: "User is inactive, rejected the message or uses an outdated Zalo app",
@@ -121,6 +130,17 @@ class SentZns:
     # Sent by Zalo user id (ZBS UID; ``phone`` is then ""), and what it billed (VND).
     user_id: str | None = None
     charge_vnd: int = 0
+
+
+@dataclass(frozen=True)
+class SentConsultation:
+    """A consultation (customer-service) message the OA sent a user: a reply."""
+
+    user_id: str
+    text: str
+    message_id: str
+    access_token: str
+    received_at: float
 
 
 @dataclass(frozen=True)
@@ -176,6 +196,9 @@ class ZaloSimulator(BackgroundHttpServer):
         self._refresh_count = 0
         self._refresh_failures = 0
         self._messages: list[SentZns] = []
+        self._consultations: list[SentConsultation] = []
+        # Users who wrote to the OA: only they may get a consultation message (-230).
+        self._interacted: set[str] = set()
         self._not_zalo: set[str] = set()
         self._blocked: set[str] = set()
         self._invalid: set[str] = set()
@@ -195,11 +218,6 @@ class ZaloSimulator(BackgroundHttpServer):
     def base_url(self) -> str:
         """What the adapter's ``base_url`` should be (ZNS paths are under it)."""
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def uid_url(self) -> str:
-        """What the adapter's ``uid_url`` should be (ZBS by Zalo user id)."""
-        return f"{self.base_url}{UID_MESSAGE_PATH}"
 
     @property
     def charged_vnd(self) -> int:
@@ -326,6 +344,65 @@ class ZaloSimulator(BackgroundHttpServer):
         """OAuth refreshes get HTTP 503 while ``down`` (not counted as spending a token)."""
         with self._cond:
             self._oauth_outage = down
+
+    @property
+    def consultations(self) -> list[SentConsultation]:
+        """A snapshot of the consultation messages (replies to users), oldest first."""
+        with self._cond:
+            return list(self._consultations)
+
+    def wait_for_consultations(self, count: int, timeout: float = 5.0) -> list[SentConsultation]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._consultations) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return list(self._consultations)
+
+    # -- a user's text to the OA (inbound) -----------------------------------------------
+
+    def build_user_text(
+        self,
+        user_id: str,
+        text: str,
+        *,
+        msg_id: str | None = None,
+        timestamp_ms: int | None = None,
+        secret: str | None = None,
+        signed: bool = True,
+    ) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of a ``user_send_text`` webhook: ``user_id`` wrote
+        ``text`` to the OA. ``secret`` forges the signature; ``signed=False`` leaves the
+        header out. The user then may be answered by consultation message."""
+        timestamp = str(int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
+        document = {
+            "app_id": self.app_id,
+            "user_id_by_app": f"app-{user_id}",
+            "event_name": "user_send_text",
+            "timestamp": timestamp,
+            "sender": {"id": user_id},
+            "recipient": {"id": self.oa_id},
+            "message": {"msg_id": msg_id or uuid.uuid4().hex, "text": text},
+        }
+        body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json"}
+        if signed:
+            headers["X-ZEvent-Signature"] = "mac=" + self.webhook_signature(
+                body, timestamp, secret=secret
+            )
+        with self._cond:
+            self._interacted.add(user_id)
+        return body, headers
+
+    def send_user_text(
+        self, webhook_url: str, user_id: str, text: str, *, timeout: float = 5.0, **options: Any
+    ) -> httpx.Response:
+        """POST a signed ``user_send_text`` webhook to ``webhook_url`` (options: see
+        :meth:`build_user_text`) and return the answer."""
+        body, headers = self.build_user_text(user_id, text, **options)
+        return httpx.post(webhook_url, content=body, headers=headers, timeout=timeout)
 
     # -- delivery webhooks ------------------------------------------------------------
 
@@ -491,6 +568,43 @@ class ZaloSimulator(BackgroundHttpServer):
                 },
             }
 
+    def _handle_consultation(
+        self, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """``POST /v3.0/oa/message/cs``: a text to a user who wrote to the OA."""
+        with self._cond:
+            if self._outage:
+                return 503, {"error": -1, "message": "Service Unavailable"}
+            try:
+                request = json.loads(body)
+            except ValueError:
+                return 200, {"error": -201, "message": "Body is not valid JSON"}
+            token = headers.get("access_token")
+            if token is None or token != self._valid_access_token():
+                return 200, _error(TOKEN_INVALID)
+            recipient = request.get("recipient") if isinstance(request, dict) else None
+            message = request.get("message") if isinstance(request, dict) else None
+            user_id = recipient.get("user_id") if isinstance(recipient, dict) else None
+            text = message.get("text") if isinstance(message, dict) else None
+            if not isinstance(user_id, str) or not isinstance(text, str) or not text:
+                return 200, {"error": -201, "message": "Parameters are invalid"}
+            if user_id not in self._interacted:
+                return 200, {"error": NO_INTERACTION, "message": _ERROR_TEXT[NO_INTERACTION]}
+            sent = SentConsultation(
+                user_id=user_id,
+                text=text,
+                message_id=uuid.uuid4().hex,
+                access_token=token,
+                received_at=time.time(),
+            )
+            self._consultations.append(sent)
+            self._cond.notify_all()
+            return 200, {
+                "error": 0,
+                "message": "Success",
+                "data": {"message_id": sent.message_id, "user_id": user_id},
+            }
+
     def _handle_refresh(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         if self.refresh_latency_s > 0:
             time.sleep(self.refresh_latency_s)
@@ -556,6 +670,8 @@ def _handler_class(simulator: ZaloSimulator) -> type[BaseHTTPRequestHandler]:
                 status, answer = simulator._handle_send(headers, body)
             elif path == UID_MESSAGE_PATH:
                 status, answer = simulator._handle_send(headers, body, by_uid=True)
+            elif path == CS_PATH:
+                status, answer = simulator._handle_consultation(headers, body)
             elif path == OAUTH_PATH:
                 status, answer = simulator._handle_refresh(headers, body)
             else:

@@ -209,10 +209,18 @@ def test_the_demo_dates_its_sample_events_just_before_now(tmp_path: Path) -> Non
     database = Database(f"sqlite:///{tmp_path / 'demo' / 'demo.db'}")
     try:
         with database.engine.connect() as connection:
-            rows = connection.execute(sa.select(events.c.occurred_at, events.c.received_at)).all()
+            rows = connection.execute(
+                sa.select(events.c.occurred_at, events.c.received_at).where(
+                    events.c.status != "reply"  # the rows of the citizens' replies
+                )
+            ).all()
     finally:
         database.dispose()
     assert len(rows) == 10
+    # The demo also shows citizens asking and getting an answer (SMS and Zalo).
+    assert "Citizens ask, notifier answers" in result.stdout
+    assert "reply by SMS:  'Ho so " in result.stdout
+    assert "consultation reply: 'Tra cứu hồ sơ" in result.stdout
     for occurred_at, received_at in rows:
         assert before - timedelta(minutes=1) <= occurred_at <= received_at
         assert received_at - occurred_at < timedelta(minutes=1)

@@ -71,8 +71,13 @@ def publish(app: Notifier, *events: dict[str, Any]) -> None:
 
 
 def rows(database: Database) -> dict[str, dict[str, Any]]:
+    """The event's deliveries by channel (replies to citizens' messages left out)."""
     with database.engine.connect() as connection:
-        found = connection.execute(sa.select(deliveries)).mappings().all()
+        found = (
+            connection.execute(sa.select(deliveries).where(deliveries.c.event_status != "reply"))
+            .mappings()
+            .all()
+        )
     return {row["channel"]: dict(row) for row in found}
 
 
@@ -417,12 +422,12 @@ def test_speedsms_delivery_reports_and_stop_replies_arrive_by_its_callbacks(
         by_inbound_url = providers.speedsms.send_incoming(
             "0912345678", "Huy", url=f"{api.base_url}/v1/inbound-sms/speedsms/{token}"
         )
-        assert by_inbound_url.json() == {"opted_out": True}
+        assert by_inbound_url.json()["opted_out"] is True
         assert store.is_opted_out("0912345678", "sms")
         esms_reply = httpx.get(
             f"{api.base_url}/v1/inbound-sms/esms/{token}",
             params={"Phone": "0987000111", "Content": "TU CHOI"},
         )
-        assert esms_reply.json() == {"opted_out": True}
+        assert esms_reply.json()["opted_out"] is True
         assert store.is_opted_out("0987000111", "sms")
     assert rows(pg_database)["sms"]["status"] == "delivered"

@@ -1141,3 +1141,53 @@ def test_worker_serves_dramatiq_and_send_metrics(
         )
         == 1
     )
+
+
+# -- citizens' messages -----------------------------------------------------------------
+
+
+def test_operators_see_citizens_messages_masked_with_counts_in_metrics_and_the_report(
+    app: Notifier, served: ServedApi, operators: OperatorStore, keys: dict[str, str]
+) -> None:
+    from notifier.adapter import InboundMessage
+
+    phone = "0987654321"
+    texts = ["Cho tôi hỏi hồ sơ của 0912000111 thế nào", "HD", "TRA CUU 000.00.99.X99-991231-9"]
+    app.inbound.handle(
+        "esms",
+        "sms",
+        [
+            InboundMessage(sender=phone, text=text, provider_message_id=f"mo:{i}")
+            for i, text in enumerate(texts)
+        ],
+    )
+    client = signed_in(served.base_url, "minh.viewer")
+    try:
+        page = client.get("/console/inbound")
+        assert page.status_code == 200
+        assert page.text.count("<tr>") == 1 + 3  # the header and three messages
+        unrecognised = client.get("/console/inbound?command=unrecognised")
+        assert unrecognised.text.count("<tr>") == 1 + 1
+        assert "Cho t" in unrecognised.text
+        # Masked: neither the sender nor a number written in the text shows.
+        for html in (page.text, unrecognised.text):
+            assert phone[1:] not in html
+            assert "0912000111" not in html
+        metrics = client.get("/metrics", headers=bearer(keys["metrics"])).text
+        report = client.get(
+            "/v1/reports",
+            params={"day": datetime.now(ZoneInfo("Asia/Ho_Chi_Minh")).date().isoformat()},
+            headers=bearer(keys["operator"]),
+        )
+    finally:
+        client.close()
+    for command in ("unrecognised", "help", "status"):
+        line = (
+            f'notifier_inbound_messages{{channel="sms",command="{command}",outcome="answered"}} 1.0'
+        )
+        assert line in metrics
+    assert report.status_code == 200, report.text
+    inbound = report.json()["inbound"]
+    assert inbound["messages"] == 3
+    assert inbound["by_command"] == {"help": 1, "status": 1, "unrecognised": 1}
+    assert report.json()["events"] == 0  # replies are deliveries, not dossier events

@@ -48,20 +48,31 @@ def test_the_scaffold_writes_every_package_data_template_with_no_placeholder_lef
         "settings.py.tmpl",
         "adapter.py.tmpl",
         "test_contract.py.tmpl",
+        # Pieces of the two above, with --inbound.
+        "adapter_inbound.py.tmpl",
+        "test_contract_inbound.py.tmpl",
     }
-    spec = AdapterSpec("acme_push", "app_push", RecipientKind.PORTAL_ACCOUNT, ("title", "body"))
-    written = generate(spec, tmp_path, with_templates=False)
+    pieces = {"adapter_inbound.py.tmpl", "test_contract_inbound.py.tmpl"}
+    for inbound in (False, True):
+        spec = AdapterSpec(
+            "acme_push", "app_push", RecipientKind.PORTAL_ACCOUNT, ("title", "body"), inbound
+        )
+        written = generate(spec, tmp_path / str(inbound), with_templates=False)
 
-    by_name = {path.name: path.read_text("utf-8") for path in written}
-    for template_name, text in templates.items():
-        generated = by_name[template_name.removesuffix(".tmpl")]
-        for placeholder in Template(text).get_identifiers():
-            assert f"${placeholder}" not in generated
-            assert f"${{{placeholder}}}" not in generated
-        assert "acme_push" in generated or "AcmePush" in generated
-    for path in written:
-        if path.suffix == ".py":
-            ast.parse(path.read_text("utf-8"), filename=str(path))  # valid Python
+        by_name = {path.name: path.read_text("utf-8") for path in written}
+        for template_name, text in templates.items():
+            if template_name in pieces:
+                continue
+            generated = by_name[template_name.removesuffix(".tmpl")]
+            for placeholder in Template(text).get_identifiers():
+                assert f"${placeholder}" not in generated
+                assert f"${{{placeholder}}}" not in generated
+            assert "acme_push" in generated or "AcmePush" in generated
+        for path in written:
+            if path.suffix == ".py":
+                ast.parse(path.read_text("utf-8"), filename=str(path))  # valid Python
+        assert ("def parse_inbound" in by_name["adapter.py"]) is inbound
+        assert ("def valid_inbound" in by_name["test_contract.py"]) is inbound
 
 
 def test_the_scaffold_refuses_bad_choices_naming_the_option_at_fault(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from pydantic import Field, SecretStr, field_validator
 from notifier.adapter import (
     DeliveryFailure,
     Health,
-    InboundSms,
+    InboundMessage,
     MalformedReceipt,
     PermanentFailure,
     RateLimit,
@@ -194,7 +194,9 @@ class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
         return []  # 1-63: the carrier is still trying; the final report follows
 
     @classmethod
-    def parse_inbound(cls, settings: SpeedSmsSettings, request: ReceiptRequest) -> list[InboundSms]:
+    def parse_inbound(
+        cls, settings: SpeedSmsSettings, request: ReceiptRequest
+    ) -> list[InboundMessage]:
         """An incoming-SMS callback as one message (none for a delivery report)."""
         document = _callback(settings, request)
         if _type(document) != INCOMING_TYPE and "tranId" in document:
@@ -204,7 +206,7 @@ class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
         phone, content = _text(document.get("phone")), _text(document.get("content"))
         if not phone:
             raise MalformedReceipt("an incoming SMS needs the sender's phone")
-        return [InboundSms(phone=phone, text=content)]
+        return [InboundMessage(sender=phone, text=content)]
 
     def base_url(self) -> str:
         return self.settings.base_url

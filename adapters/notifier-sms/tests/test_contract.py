@@ -28,6 +28,7 @@ LATENCY_S = 1.5  # past TIMEOUT_S: the gateway answers too late
 ESMS_KEY, ESMS_SECRET = "contract-esms-api-key", "contract-esms-secret-key"
 SPEEDSMS_TOKEN = "contract-speedsms-access-token"
 RECEIPT_TOKEN = "contract-receipt-token-0123456789"
+MO_PRIVATE_KEY = "contract-mo-private-key"
 HTTP_SMS_BEARER = "Bearer contract-gateway-token-7731"
 HTTP_SMS_RECEIPT_SECRET = "contract-http-sms-receipt-secret"
 
@@ -42,6 +43,7 @@ def closed_port() -> int:
 class TestEsmsContract(AdapterContract):
     adapter_class = EsmsAdapter
     templates_dir = REPO / "config" / "templates"
+    inbound_max_age_s = 900
 
     def provider(self) -> EsmsSimulator:
         return EsmsSimulator(api_key=ESMS_KEY, secret_key=ESMS_SECRET, brandnames={BRANDNAME})
@@ -55,6 +57,7 @@ class TestEsmsContract(AdapterContract):
             "timeout_s": TIMEOUT_S,
             "receipt_token": RECEIPT_TOKEN,
             "callback_url": "https://notifier.example.vn/v1/receipts/esms",
+            "mo_private_key": MO_PRIVATE_KEY,
         }
 
     def invalid_settings(self) -> list[dict[str, Any]]:
@@ -117,6 +120,30 @@ class TestEsmsContract(AdapterContract):
             token=settings.receipt_token.get_secret_value(),
         )
 
+    def valid_inbound(self, settings: Any, sender: str, text: str) -> ReceiptRequest:
+        """eSMS's MO forward: a GET to our URL (its last path segment is our token),
+        signed with the MO private key."""
+        simulator = EsmsSimulator()
+        simulator.mo_private_key = MO_PRIVATE_KEY
+        return ReceiptRequest(
+            method="GET",
+            headers={},
+            query=simulator.mo_params(sender, text),
+            body=b"",
+            received_at=time.time(),
+            token=settings.receipt_token.get_secret_value(),
+        )
+
+    def forged_inbound(self, settings: Any, sender: str, text: str) -> list[ReceiptRequest]:
+        genuine = self.valid_inbound(settings, sender, text)
+        return [
+            *super().forged_inbound(settings, sender, text),  # no token, no sign
+            replace(genuine, token=RECEIPT_TOKEN[:-1] + "X"),
+            replace(genuine, query={**genuine.query, "sign": "AAAAAAAAAAAAAAAAAAAAAA=="}),
+            replace(genuine, query={k: v for k, v in genuine.query.items() if k != "sign"}),
+            replace(genuine, query={**genuine.query, "content": "STOP"}),  # another text
+        ]
+
     def forged_receipts(self, settings: Any, delivery_id: uuid.UUID) -> list[ReceiptRequest]:
         genuine = self.valid_receipt(settings, delivery_id)
         return [
@@ -140,6 +167,7 @@ class TestSpeedSmsContract(AdapterContract):
             "SpeedSMS's API takes no client reference (no RequestId or idempotency key), "
             "so the delivery id cannot reach it; see notifier_sms.speedsms"
         ),
+        "inbound_id": "SpeedSMS's incoming-SMS callback carries no message id",
     }
 
     def provider(self) -> SpeedSmsSimulator:
@@ -153,6 +181,25 @@ class TestSpeedSmsContract(AdapterContract):
             "timeout_s": TIMEOUT_S,
             "receipt_token": RECEIPT_TOKEN,
         }
+
+    def valid_inbound(self, settings: Any, sender: str, text: str) -> ReceiptRequest:
+        """SpeedSMS's incoming-SMS callback: JSON POSTed to the dashboard's URL."""
+        body = json.dumps({"type": "incoming", "phone": sender, "content": text})
+        return ReceiptRequest(
+            method="POST",
+            headers={"content-type": "application/json"},
+            query={},
+            body=body.encode(),
+            received_at=time.time(),
+            token=settings.receipt_token.get_secret_value(),
+        )
+
+    def forged_inbound(self, settings: Any, sender: str, text: str) -> list[ReceiptRequest]:
+        genuine = self.valid_inbound(settings, sender, text)
+        return [
+            *super().forged_inbound(settings, sender, text),  # no token at all
+            replace(genuine, token=RECEIPT_TOKEN[:-1] + "X"),
+        ]
 
     def valid_receipt(self, settings: Any, delivery_id: uuid.UUID) -> ReceiptRequest:
         """SpeedSMS's delivery-status callback: JSON POSTed to the dashboard's URL (its

@@ -259,7 +259,7 @@ def test_incoming_sms_callbacks_are_read_as_inbound_messages(speedsms, receipt_c
     assert speedsms.send_incoming("84912345678", "STOP", url=url).status_code == 200
     [request] = receipt_catcher.received
     [message] = SpeedSmsAdapter.parse_inbound(settings, request)
-    assert (message.phone, message.text) == ("84912345678", "STOP")
+    assert (message.sender, message.text) == ("84912345678", "STOP")
     assert SpeedSmsAdapter.parse_receipt(settings, request) == []
 
 

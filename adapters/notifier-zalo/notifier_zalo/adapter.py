@@ -50,11 +50,13 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from notifier.adapter import (
+    REPLY_STATUS,
     ZALO_UID_PREFIX,
     Adapter,
     AdapterContext,
     DeliveryFailure,
     Health,
+    InboundMessage,
     OutboundMessage,
     PermanentFailure,
     Receipt,
@@ -73,7 +75,7 @@ from notifier.masking import scrub
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 
 from .params import template_data, template_id
-from .receipts import parse_receipt
+from .receipts import parse_inbound, parse_receipt
 from .settings import ZaloSettings
 
 __all__ = ["ZaloZnsAdapter", "classify_answer", "zalo_user_id", "zns_phone"]
@@ -110,6 +112,19 @@ VIETNAM = ZoneInfo("Asia/Ho_Chi_Minh")
 _WINDOW_OPENS = 6
 _WINDOW_CLOSES = 22
 _INSIDE_WINDOW_RETRY_S = 900.0
+
+# The OA's consultation message (reply to a user's text), from Zalo's Java SDK; the
+# text limit is an assumption (2,000 characters in public clients; unverified).
+CS_PATH = "/v3.0/oa/message/cs"
+# ZBS Template Message to a Zalo user id, on the same OA API (see the README).
+UID_TEMPLATE_PATH = "/v3.0/oa/message/template"
+CS_TEXT_LIMIT = 2000
+# Consultation messages refused for the window: -230 no interaction with the OA in
+# the last 7 days; -234 this type cannot be sent at night (shared/providers.md).
+CS_CLOSED: dict[int, str] = {
+    -230: "the user has not interacted with the OA recently",
+    -234: "this message type cannot be sent at night",
+}
 
 REAUTHORISE = (
     "re-authorise the OA in Zalo's developer console and run "
@@ -255,6 +270,8 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
         TemplatePart("template_data"),
     )
     accepts_receipts: ClassVar[bool] = True
+    # Users' texts to the OA (``user_send_text``) arrive on the same webhook.
+    accepts_inbound: ClassVar[bool] = True
 
     def __init__(self, settings: ZaloSettings, context: AdapterContext) -> None:
         super().__init__(settings, context)
@@ -279,9 +296,15 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
     def parse_receipt(cls, settings: ZaloSettings, request: ReceiptRequest) -> list[Receipt]:
         return parse_receipt(settings, request)
 
+    @classmethod
+    def parse_inbound(cls, settings: ZaloSettings, request: ReceiptRequest) -> list[InboundMessage]:
+        return parse_inbound(settings, request)
+
     # -- sending -------------------------------------------------------------------------
 
     async def send(self, message: OutboundMessage) -> SendResult:
+        if message.status == REPLY_STATUS:
+            return await self._consultation(message)
         user_id = zalo_user_id(message.recipient)
         body: dict[str, Any] = {
             "template_id": template_id(message.parts),
@@ -292,7 +315,7 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
             # ZBS Template Message by user id (cheaper than by phone); the recipient
             # object's shape is unverified (see the package README).
             body["recipient"] = {"user_id": user_id}
-            url = self.settings.uid_url
+            url = f"{self.settings.oa_api_url}{UID_TEMPLATE_PATH}"
         else:
             body["phone"] = zns_phone(message.recipient)
             url = f"{self.settings.base_url}/message/template"
@@ -312,6 +335,44 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
         # Zalo prices a message by how it was addressed (notifier.costs reads this).
         details = {**result.details, "recipient": "uid" if user_id is not None else "phone"}
         return SendResult(provider_message_id=result.provider_message_id, details=details)
+
+    async def _consultation(self, message: OutboundMessage) -> SendResult:
+        """A reply to a user's text: the OA's consultation (customer-service) message,
+        ``POST {oa_api_url}/v3.0/oa/message/cs`` to the user id, while Zalo's window
+        after the user's message is open (``cs_window_s``)."""
+        reference = message.in_reply_to
+        if reference is None:
+            raise PermanentFailure(
+                "a reply without the message it answers cannot be a consultation message",
+                code="cs_no_reference",
+            )
+        age = (datetime.now(UTC) - reference.received_at).total_seconds()
+        if age > self.settings.cs_window_s:
+            raise PermanentFailure(
+                "Zalo's window for answering the user's message has closed", code="cs_window"
+            )
+        text = message.parts.get("text", "").strip()
+        if not text:
+            raise PermanentFailure("the reply template gave an empty text", code="cs_text")
+        body: dict[str, Any] = {
+            "recipient": {"user_id": message.recipient},
+            "message": {"text": text[:CS_TEXT_LIMIT]},
+        }
+        token = await self._usable_token()
+        answer = await self._post_message(token, body, f"{self.settings.oa_api_url}{CS_PATH}")
+        if _as_int(answer.get("error")) == TOKEN_INVALID:
+            token = await self._replace_rejected(token)
+            answer = await self._post_message(token, body, f"{self.settings.oa_api_url}{CS_PATH}")
+        code = _as_int(answer.get("error"))
+        if code in CS_CLOSED:
+            raise PermanentFailure(
+                f"Zalo refused the consultation message ({CS_CLOSED[code]})", code=str(code)
+            )
+        data = answer.get("data")
+        if code == 0 and isinstance(data, dict) and "msg_id" not in data:
+            # The OA API names it message_id; the ZNS API msg_id.
+            answer = {**answer, "data": {**data, "msg_id": data.get("message_id")}}
+        return classify_answer(answer, self.settings)
 
     async def _post_message(self, token: Token, body: dict[str, Any], url: str) -> dict[str, Any]:
         assert token.access_token is not None

@@ -10,8 +10,9 @@ documentation could not be checked, and one copy of it names the OA id instead o
 app id. So: the "mac=" prefix is optional, and when ``oa_id`` is configured a
 signature over the OA id is accepted too (both forms need the OA secret key).
 
-Events other than ``user_received_message`` (messages from users, follows...) are
-acknowledged and ignored.
+``user_received_message`` is a delivery report; ``user_send_text`` (a user's text to
+the OA) is a citizen's inbound message (:func:`parse_inbound`), answered by the core.
+Other events (follows, images...) are acknowledged and ignored.
 
 Zalo wants 200 within about 2 s and retries otherwise (after 30 s, 5, 15, 30 and 60
 min; a blog reports retries for 12 h, then the webhook turned off). So only what fails
@@ -29,20 +30,29 @@ import hashlib
 import hmac
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from notifier.adapter import InvalidReceipt, Receipt, ReceiptRequest
+from notifier.adapter import (
+    InboundMessage,
+    InvalidReceipt,
+    MalformedReceipt,
+    Receipt,
+    ReceiptRequest,
+)
 from notifier.logging import get_logger
 
 from .settings import ZaloSettings
 
-__all__ = ["SIGNATURE_HEADER", "parse_receipt", "signature"]
+__all__ = ["SIGNATURE_HEADER", "USER_TEXT_EVENT", "parse_inbound", "parse_receipt", "signature"]
 
 log = get_logger(__name__)
 
 SIGNATURE_HEADER = "x-zevent-signature"
 DELIVERED_EVENT = "user_received_message"
+# A user's text message to the OA: a citizen asking (notifier.pipeline.inbound).
+USER_TEXT_EVENT = "user_send_text"
 # Milliseconds (or seconds) since the epoch, as Zalo writes them.
 _TIMESTAMP = re.compile(r"[0-9]{1,16}(?:\.[0-9]{1,6})?")
 
@@ -74,9 +84,12 @@ def _field(document: dict[str, Any], *path: str) -> str | None:
     return str(value)
 
 
-def parse_receipt(settings: ZaloSettings, request: ReceiptRequest) -> list[Receipt]:
+def verified_event(settings: ZaloSettings, request: ReceiptRequest) -> dict[str, Any] | None:
+    """The webhook's event, once its signature and app are checked; None for a GET (Zalo's
+    console checking the URL) and for a signed event outside the time window. Raises
+    :class:`InvalidReceipt` for anything not signed by Zalo."""
     if request.method.upper() != "POST":
-        return []  # a GET from Zalo's console checking the URL: nothing to read
+        return None
     if settings.oa_secret_key is None:
         raise InvalidReceipt("oa_secret_key is not configured: Zalo webhooks cannot be verified")
     supplied = request.headers.get(SIGNATURE_HEADER, "").strip()
@@ -117,12 +130,16 @@ def parse_receipt(settings: ZaloSettings, request: ReceiptRequest) -> list[Recei
             age_s=round(age),
             window_s=settings.receipt_max_age_s,
         )
-        return []
+        return None
     app_id = _field(document, "app_id")
     if app_id is not None and app_id != settings.app_id:
         raise InvalidReceipt("webhook for another Zalo app")
+    return document
 
-    if _field(document, "event_name") != DELIVERED_EVENT:
+
+def parse_receipt(settings: ZaloSettings, request: ReceiptRequest) -> list[Receipt]:
+    document = verified_event(settings, request)
+    if document is None or _field(document, "event_name") != DELIVERED_EVENT:
         return []
     msg_id = _field(document, "message", "msg_id")
     tracking_id = _field(document, "message", "tracking_id")
@@ -142,5 +159,31 @@ def parse_receipt(settings: ZaloSettings, request: ReceiptRequest) -> list[Recei
             delivery_id=delivery_id,
             provider_message_id=msg_id,
             nonce=f"{DELIVERED_EVENT}:{msg_id or tracking_id}",
+        )
+    ]
+
+
+def parse_inbound(settings: ZaloSettings, request: ReceiptRequest) -> list[InboundMessage]:
+    """A user's text to the OA (event ``user_send_text``), verified like a receipt.
+
+    Fields (from public clients; Zalo's own page could not be read, see the README):
+    ``sender.id`` (the user, by OA), ``recipient.id`` (the OA), ``message.msg_id``,
+    ``message.text``, ``timestamp`` (ms). A repeat of ``msg_id`` is refused by the core.
+    Other events (delivery reports, follows, images...) carry no text for us.
+    """
+    document = verified_event(settings, request)
+    if document is None or _field(document, "event_name") != USER_TEXT_EVENT:
+        return []
+    sender = _field(document, "sender", "id")
+    msg_id = _field(document, "message", "msg_id")
+    if not sender or not msg_id:
+        raise MalformedReceipt("user_send_text without sender.id or message.msg_id")
+    timestamp = _field(document, "timestamp") or "0"
+    return [
+        InboundMessage(
+            sender=sender,
+            text=_field(document, "message", "text") or "",
+            sent_at=datetime.fromtimestamp(_epoch_seconds(timestamp), UTC),
+            provider_message_id=f"{USER_TEXT_EVENT}:{msg_id}"[:128],
         )
     ]

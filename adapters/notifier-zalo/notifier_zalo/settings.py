@@ -50,10 +50,15 @@ class ZaloSettings(AdapterSettings):
     oa_id: str | None = Field(default=None, min_length=1, max_length=64)
 
     base_url: str = "https://business.openapi.zalo.me"
+    # The OA API: consultation messages (replies to a user's text) and ZBS Template
+    # Messages to a Zalo user id (``uid:<id>`` recipients, cheaper than ZNS by phone;
+    # endpoint from public clients, not Zalo's own docs: README). And how long after
+    # the user's message a reply may be one. Sources disagree (Zalo's support site: 8
+    # free replies within 48 h; public clients: 24 h; -230 after 7 days without
+    # interaction): the default is the shortest. Later, the reply fails for good.
+    oa_api_url: str = "https://openapi.zalo.me"
+    cs_window_s: float = Field(default=24 * 3600.0, gt=0, le=7 * 86_400)
     oauth_url: str = "https://oauth.zaloapp.com/v4/oa/access_token"
-    # ZBS Template Message to a Zalo user id (``uid:<id>`` recipients), cheaper than
-    # ZNS by phone. Endpoint from public clients, not Zalo's own docs (README).
-    uid_url: str = "https://openapi.zalo.me/v3.0/oa/message/template"
     # Name of the tokens in the core's TokenStore (`notifier tokens set <name>`).
     token_name: str = Field(default="zalo", min_length=1, max_length=64)
     # Refresh before a send when the access token expires within this many seconds.
@@ -91,7 +96,7 @@ class ZaloSettings(AdapterSettings):
             raise ValueError("must not contain spaces or control characters")
         return value
 
-    @field_validator("base_url", "oauth_url", "uid_url")
+    @field_validator("base_url", "oauth_url", "oa_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         value = value.strip()

@@ -83,10 +83,24 @@ def delivered_event(app_id: str, delivery_id: uuid.UUID) -> dict[str, Any]:
     }
 
 
+def user_text_event(app_id: str, user_id: str, text: str) -> dict[str, Any]:
+    """A user's text to the OA (``user_send_text``), as public clients show it."""
+    return {
+        "app_id": app_id,
+        "user_id_by_app": "app-" + user_id,
+        "event_name": "user_send_text",
+        "timestamp": str(int(time.time() * 1000)),
+        "sender": {"id": user_id},
+        "recipient": {"id": "sim-oa-id"},
+        "message": {"msg_id": uuid.uuid4().hex, "text": text},
+    }
+
+
 class TestZaloContract(AdapterContract):
     adapter_class = ZaloZnsAdapter
     templates_dir = REPO / "config" / "templates"
     receipt_max_age_s = 86_400
+    inbound_max_age_s = 86_400
 
     @contextmanager
     def provider(self) -> Iterator[ZaloSimulator]:
@@ -175,6 +189,20 @@ class TestZaloContract(AdapterContract):
 
     def valid_receipt(self, settings: Any, delivery_id: uuid.UUID) -> ReceiptRequest:
         return signed_webhook(settings, delivered_event(settings.app_id, delivery_id))
+
+    def valid_inbound(self, settings: Any, sender: str, text: str) -> ReceiptRequest:
+        return signed_webhook(settings, user_text_event(settings.app_id, sender, text))
+
+    def forged_inbound(self, settings: Any, sender: str, text: str) -> list[ReceiptRequest]:
+        genuine = self.valid_inbound(settings, sender, text)
+        document = json.loads(genuine.body)
+        return [
+            *super().forged_inbound(settings, sender, text),  # no signature header
+            signed_webhook(settings, document, secret=OTHER_SECRET),
+            # Another text under the genuine signature.
+            replace(genuine, body=genuine.body.replace(b'"HD"', b'"STOP"')),
+            signed_webhook(settings, {**document, "app_id": "9999999999999999999"}),
+        ]
 
     def forged_receipts(self, settings: Any, delivery_id: uuid.UUID) -> list[ReceiptRequest]:
         genuine = self.valid_receipt(settings, delivery_id)

@@ -29,6 +29,7 @@ policy for an uncertain send (resend, verify, hold) instead of simply sending.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Collection, Sequence
@@ -42,7 +43,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from notifier.adapter import OutboundMessage
+from notifier.adapter import REPLY_STATUS, InboundReference, OutboundMessage
 from notifier.costs import Charge, CostSource
 from notifier.store import Database
 from notifier.store.schema import (
@@ -205,7 +206,17 @@ class ClaimedDelivery:
 
     def message(self) -> OutboundMessage:
         """What the channel's adapters are given to send."""
+        in_reply_to = None
+        if self.event_status == REPLY_STATUS:
+            # A reply to a citizen's message carries what it answers in its content
+            # (written by notifier.store.inbound).
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                in_reply_to = InboundReference(
+                    provider_message_id=self.content.get("in_reply_to") or None,
+                    received_at=datetime.fromisoformat(self.content["in_reply_received_at"]),
+                )
         return OutboundMessage(
+            in_reply_to=in_reply_to,
             delivery_id=self.delivery_id,
             event_id=self.event_id,
             channel=self.channel,

@@ -12,6 +12,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from notifier.adapter import REPLY_STATUS
 from notifier.masking import recipient_hash
 from notifier.store import Database
 from notifier.store.deliveries.lifecycle import DeliveryStatus
@@ -460,8 +461,12 @@ class DeliveryLog:
         return [ReasonCount(*key, count) for key, count in sorted(counts.items())]
 
     def events_count(self, since: datetime, until: datetime) -> int:
+        """Dossier status events received in [since, until); the rows that only carry a
+        reply to a citizen's message (status ``reply``) are not events."""
         statement = sa.select(sa.func.count()).where(
-            events.c.received_at >= since, events.c.received_at < until
+            events.c.received_at >= since,
+            events.c.received_at < until,
+            events.c.status != REPLY_STATUS,
         )
         with self.database.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())

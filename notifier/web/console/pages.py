@@ -2,7 +2,7 @@
 
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 from uuid import UUID
@@ -20,8 +20,10 @@ from notifier.ops.reports import (
     parse_moment,
     report_range,
 )
+from notifier.pipeline.commands import CommandKind
 from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.deliveries.log import DeliveryQuery
+from notifier.store.inbound import InboundOutcome
 from notifier.web.console import charts, views
 from notifier.web.console.auth import NotSignedIn, Principal
 from notifier.web.console.i18n import LOCAL_ZONE, STATUS_ORDER
@@ -531,6 +533,42 @@ async def replay_callbacks(console: TheConsole, request: Request) -> Response:
     else:
         count = await run_in_threadpool(store.replay, _uuids(form.get("ids", [])))
     return console.redirect(request, f"/console/callbacks?replayed={count}")
+# -- citizens' messages ---------------------------------------------------------------
+
+
+@router.get("/inbound")
+def inbound_page(console: TheConsole, request: Request, user: User) -> Response:
+    """Citizens' messages (masked) and what came of them; ``?command=unrecognised``
+    shows the texts notifier did not understand."""
+    params = request.query_params
+    command = params.get("command") or None
+    outcome = params.get("outcome") or None
+    if command is not None and command not in {c.value for c in CommandKind}:
+        command = None
+    if outcome is not None and outcome not in {o.value for o in InboundOutcome}:
+        outcome = None
+    store = console.app.inbound_store
+    rows = store.recent(limit=PAGE_SIZE, command=command, outcome=outcome)
+    since = datetime.now(UTC) - timedelta(days=30)
+    counts = store.counts(since=since)
+    by_command: dict[str, int] = {}
+    by_outcome: dict[str, int] = {}
+    for (_channel, kind, result), n in counts.items():
+        by_command[kind] = by_command.get(kind, 0) + n
+        by_outcome[result] = by_outcome.get(result, 0) + n
+    return console.render(
+        request,
+        "inbound.html",
+        user,
+        nav="inbound",
+        rows=rows,
+        command=command,
+        outcome=outcome,
+        by_command=by_command,
+        by_outcome=by_outcome,
+        commands=[c.value for c in CommandKind],
+        outcomes=[o.value for o in InboundOutcome],
+    )
 
 
 # -- providers and reports ------------------------------------------------------------
