@@ -16,6 +16,8 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from notifier.adapter import Adapter, AdapterContext, TemplatePart
+from notifier.amqp import QueuePolicy
+from notifier.brokers import NotifierRabbitmqBroker
 from notifier.logging import get_logger
 from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
@@ -58,7 +60,7 @@ def _published_rate(adapter_class: type[Adapter[Any]]) -> tuple[float, int] | No
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
     if settings.uses_rabbitmq:
-        return RabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+        return NotifierRabbitmqBroker(settings.broker_url, QueuePolicy.of(settings))
     return StubBroker()
 
 
@@ -152,7 +154,12 @@ class Notifier:
         self.broker.add_middleware(self.sweeper)
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
             self.broker.add_middleware(
-                EventBridge(settings.broker_url, settings.events, self.ingest_actor)
+                EventBridge(
+                    settings.broker_url,
+                    settings.events,
+                    self.ingest_actor,
+                    QueuePolicy.of(settings),
+                )
             )
 
     def queue_name(self, name: str) -> str:

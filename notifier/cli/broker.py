@@ -35,12 +35,12 @@ def broker_setup() -> None:
     """Declare the events exchange and inbound queue (what publishers need to exist)."""
     import pika
 
-    from notifier.amqp import connection_parameters, declare_topology
+    from notifier.amqp import QueuePolicy, declare_topology, node_parameters
 
     settings = cli_settings()
-    connection = pika.BlockingConnection(connection_parameters(settings.broker_url))
+    connection = pika.BlockingConnection(node_parameters(settings.broker_url))
     try:
-        declare_topology(connection.channel(), settings.events)
+        declare_topology(connection.channel(), settings.events, QueuePolicy.of(settings))
     finally:
         connection.close()
     click.echo(
