@@ -16,12 +16,13 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from notifier.adapter import Adapter, AdapterContext, TemplatePart
-from notifier.amqp import QueuePolicy
+from notifier.amqp import QueuePolicy, broker_user
 from notifier.brokers import NotifierRabbitmqBroker
 from notifier.logging import get_logger
 from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
+from notifier.pipeline.deadletters import DeadLetterRecorder, DeadLetters
 from notifier.pipeline.fallback import Fallback
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
@@ -152,13 +153,31 @@ class Notifier:
         self.broker.add_middleware(_AdapterLifecycle(self.runtime))
         self.sweeper = Sweeper(self.deliveries, settings.sweeper, self.enqueue_deliveries)
         self.broker.add_middleware(self.sweeper)
+        self.dead_letters: DeadLetters | None = None
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
+            policy = QueuePolicy.of(settings)
             self.broker.add_middleware(
-                EventBridge(
+                EventBridge(settings.broker_url, settings.events, self.ingest_actor, policy)
+            )
+            # What RabbitMQ dead-letters (a poison message, retries run out) becomes a
+            # rejected event or a dead letter in the delivery log.
+            self.dead_letters = DeadLetters(
+                ingest=self.ingest,
+                deliveries=self.deliveries,
+                ingest_actor=self.ingest_actor,
+                deliver_actors=self.deliver_actors,
+                policy=policy,
+                service_users=frozenset(
+                    {broker_user(settings.broker_url), *settings.events.service_users}
+                ),
+            )
+            self.broker.add_middleware(
+                DeadLetterRecorder(
                     settings.broker_url,
                     settings.events,
-                    self.ingest_actor,
-                    QueuePolicy.of(settings),
+                    [self.ingest_actor.queue_name]
+                    + [a.queue_name for a in self.deliver_actors.values()],
+                    self.dead_letters,
                 )
             )
 
