@@ -187,13 +187,11 @@ def _event_id(body: bytes) -> UUID | None:
 
 
 def _submitter(meta: Mapping[str, Any]) -> Submitter:
-    carried = meta.get("submitter")
-    if isinstance(carried, Mapping):
-        try:
-            return Submitter.from_json(carried)
-        except (ValueError, KeyError, TypeError):
-            pass
-    return Submitter(SubmitterKind.UNIDENTIFIED, "-")
+    """Who submitted a dead-lettered ingest item, as ingest itself reads it."""
+    try:
+        return Submitter.of_meta(meta)
+    except (ValueError, KeyError, TypeError):
+        return Submitter(SubmitterKind.UNIDENTIFIED, "-")
 
 
 class DeadLetterRecorder(BackgroundThread):
