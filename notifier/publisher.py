@@ -212,8 +212,8 @@ class EventPublisher:
         return report
 
     def close(self) -> None:
-        if self._connection.is_open:
-            self._connection.close()
+        # Its node may have died meanwhile: closing a lost connection is not an error.
+        self._drop_connection()
 
     def __enter__(self) -> EventPublisher:
         return self
