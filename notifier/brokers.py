@@ -18,12 +18,14 @@ the delivery claim (by delivery id) make safe.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import xq_name
 
-from notifier.amqp import QueuePolicy, node_parameters, node_urls
+from notifier.amqp import QueuePolicy, node_urls
 
 
 class NotifierRabbitmqBroker(RabbitmqBroker):
@@ -32,9 +34,11 @@ class NotifierRabbitmqBroker(RabbitmqBroker):
 
     def __init__(self, url: str, policy: QueuePolicy, **kwargs: Any) -> None:
         super().__init__(url=node_urls(url)[0], confirm_delivery=True, **kwargs)
-        # Dramatiq's own parsing keeps no heartbeat or timeouts: use notifier's, for
-        # every node.
-        self.parameters = node_parameters(url)
+        # Every node, a random one first; each parsed as Dramatiq parses a URL (the
+        # heartbeat the server proposes), so one node behaves as it always did.
+        nodes = [pika.URLParameters(node) for node in node_urls(url)]
+        start = random.randrange(len(nodes))  # spreads the load; not a secret
+        self.parameters = nodes[start:] + nodes[:start]
         self.policy = policy
 
     def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:

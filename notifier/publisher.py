@@ -56,6 +56,8 @@ _CHUNK = 128
 class PublishReport:
     confirmed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (event id or index, why)
+    # Connections lost mid-batch after which the batch went on from another node.
+    failovers: int = 0
 
 
 def event_bytes(event: Any) -> tuple[bytes, str]:
@@ -89,9 +91,18 @@ class EventPublisher:
     guarded by the caller (the API holds a lock)."""
 
     def __init__(
-        self, broker_url: str, events: EventsSettings | None = None, *, user_id: str | None = None
+        self,
+        broker_url: str,
+        events: EventsSettings | None = None,
+        *,
+        user_id: str | None = None,
+        spread: bool = True,
     ) -> None:
+        """``spread``: start at a random node of the URL (publishers spread over the
+        cluster); False: try them in the URL's order (a publisher that prefers the node
+        nearest to it, listed first)."""
         self.broker_url = broker_url
+        self.spread = spread
         self.events = events or EventsSettings()
         # The user this connection authenticates as (from the URL unless given).
         self.user_id = user_id if user_id is not None else broker_user(broker_url)
@@ -102,7 +113,9 @@ class EventPublisher:
 
     def _connect(self) -> None:
         # pika tries the nodes in turn (a random one first): any live node will do.
-        self._connection = pika.BlockingConnection(node_parameters(self.broker_url))
+        self._connection = pika.BlockingConnection(
+            node_parameters(self.broker_url, shuffle=self.spread)
+        )
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
 
@@ -182,7 +195,7 @@ class EventPublisher:
         """
         if window < 1:
             raise ValueError("window must be at least 1")
-        nodes = node_parameters(self.broker_url)
+        nodes = node_parameters(self.broker_url, shuffle=self.spread)
         allowed = len(nodes) - 1 if failovers is None else failovers
         report = PublishReport()
         pending: Iterable[Any] = events
@@ -207,6 +220,7 @@ class EventPublisher:
             report.failed += part.failed
             if batch.lost is None:
                 return report
+            report.failovers += 1
             lost, remaining = batch.lost, batch.remaining()
             pending = itertools.chain((body for _label, body in lost), remaining)
         return report

@@ -234,6 +234,7 @@ def test_a_batch_goes_on_from_another_node_when_its_node_is_lost_and_every_event
 
     assert report.failed == []
     assert report.confirmed == len(events)
+    assert report.failovers == 1
     queued = Counter(queued_ids(channel, settings.queue))
     assert set(queued) == {e["event_id"] for e in events}
     # Only events unconfirmed when the node was lost may be there twice.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from notifier.cli.common import cli_settings, open_app
+from notifier.cli.common import actor_queues, cli_settings, open_app
 from notifier.ops.brokeradmin import (
     BrokerAdminError,
     RabbitmqCtl,
@@ -68,9 +68,7 @@ def migrate_queues_command(yes: bool) -> None:
     policy = QueuePolicy.of(settings)
     app = open_app(settings)
     try:
-        queues = [app.ingest_actor.queue_name] + [
-            actor.queue_name for actor in app.deliver_actors.values()
-        ]
+        queues = actor_queues(app)
     finally:
         app.close()
     specs = deployment_queues(settings.events, queues, policy)

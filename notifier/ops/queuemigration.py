@@ -80,6 +80,26 @@ class MigrationReport:
         return sum(q.moved for q in self.queues)
 
 
+def check_queues(
+    broker_url: str, events: EventsSettings, actor_queues: list[str], policy: QueuePolicy
+) -> None:
+    """Raise :class:`MigrationError` naming the queues a process with ``policy`` could
+    not declare (RabbitMQ would answer 406), and what to do about it."""
+    probe = QueueMigration(broker_url, policy)
+    try:
+        differing = probe.differing(deployment_queues(events, actor_queues, policy))
+    finally:
+        probe.close()
+    if differing:
+        raise MigrationError(
+            f"{len(differing)} queue(s) exist with other arguments than "
+            f"NOTIFIER_BROKER__QUEUE_TYPE={policy.queue_type} (delivery limit "
+            f"{policy.delivery_limit}) gives them, e.g. {differing[0]}; move them with "
+            "`notifier broker migrate-queues` (docs/operations.md), or set the queue "
+            "type they have"
+        )
+
+
 def deployment_queues(
     events: EventsSettings, actor_queues: list[str], policy: QueuePolicy
 ) -> list[QueueSpec]:
@@ -125,6 +145,11 @@ class QueueMigration:
     def close(self) -> None:
         if self.connection.is_open:
             self.connection.close()
+
+    def differing(self, specs: list[QueueSpec]) -> list[str]:
+        """The queues that exist with other arguments than their spec (a queue that
+        does not exist yet is declared, as the worker would)."""
+        return [spec.name for spec in specs if self._probe(spec) == "different"]
 
     def run(self, specs: list[QueueSpec]) -> MigrationReport:
         report = MigrationReport()

@@ -87,28 +87,50 @@ def test_killing_the_events_queue_leader_then_a_channel_queue_leader_loses_nothi
             for i in range(EVENTS)
         ]
         expected = EVENTS * 4
-        worker = WorkerProcess(env, tmp_path / "worker.log", processes=2).start()
+        log = tmp_path / "worker.log"
+        worker = WorkerProcess(env, log, processes=2).start()
         try:
+            # Both worker processes consuming before the burst starts.
+            wait_until(
+                lambda: log.read_text(errors="replace").count('"bridge consuming"') >= 2,
+                timeout=120,
+                interval=0.2,
+            )
             # The publisher runs through the kills too: what it was told is confirmed
             # must be there, what was not is published again on another node.
             published: list[PublishReport] = []
+
+            handed = [0]  # events handed to the publisher so far
 
             def paced() -> Iterator[dict[str, object]]:
                 # About 40 s of publishing, so the first kill lands while it goes on.
                 for index, body in enumerate(bodies):
                     if index % 5 == 0:
                         time.sleep(0.2)
+                    handed[0] = index
                     yield body
 
+            # The publisher prefers the node that leads the events queue (listed first),
+            # the one killed below, so its batch must go on from another node.
+            leader = cluster.leader(settings.events.queue)
+            others = [n for n in cluster.nodes if n is not leader]
+            publisher_url = "amqp://guest:guest@" + ",".join(n.url for n in [leader, *others]) + "/"
+
             def publish() -> None:
-                with EventPublisher(settings.broker_url, settings.events) as publisher:
+                with EventPublisher(publisher_url, settings.events, spread=False) as publisher:
                     published.append(publisher.publish_batch(paced(), window=100))
 
             publishing = threading.Thread(target=publish)
             publishing.start()
 
-            wait_until(lambda: accepted(providers, pg_database) >= 300, timeout=180, interval=0.1)
+            # Mid-publish, with deliveries already reaching the providers.
+            wait_until(
+                lambda: handed[0] >= EVENTS * 0.4 and accepted(providers, pg_database) > 0,
+                timeout=180,
+                interval=0.1,
+            )
             first = cluster.leader(settings.events.queue)
+            assert first is leader
             assert publishing.is_alive()  # mid-publish too
             first.kill9()
             at_first_kill = accepted(providers, pg_database)
@@ -180,6 +202,7 @@ def test_killing_the_events_queue_leader_then_a_channel_queue_leader_loses_nothi
             "deliveries": len(final),
             "publisher_confirmed": publish_report.confirmed,
             "publisher_failed": len(publish_report.failed),
+            "publisher_failovers": publish_report.failovers,
             "accepted_at_first_kill": at_first_kill,
             "accepted_at_second_kill": at_second_kill,
             "second_kill_queue": queue.rsplit(".", 1)[-1],
@@ -199,6 +222,7 @@ def test_killing_the_events_queue_leader_then_a_channel_queue_leader_loses_nothi
     )
     assert publish_report.failed == []
     assert publish_report.confirmed == EVENTS
+    assert publish_report.failovers >= 1  # its node was killed mid-batch
     assert at_first_kill < expected  # the kills really happened mid-burst
     assert at_second_kill < expected
     assert len(final) == expected  # every event ingested once, each delivery planned once

@@ -180,6 +180,20 @@ def test_a_classic_deployment_with_messages_in_flight_becomes_quorum_with_nothin
     assert "0 message(s) moved" in output
 
 
+def test_a_worker_set_to_quorum_on_classic_queues_stops_at_once_saying_how_to_migrate(
+    amqp_url: str, pg_url: str, queue_prefix: str
+) -> None:
+    app = classic_deployment(amqp_url, pg_url, queue_prefix)
+    app.enqueue_deliveries([(uuid.uuid4(), next(iter(app.deliver_actors)))])  # declares them
+    app.close()
+    env = notifier_env(app.settings, NOTIFIER_BROKER__QUEUE_TYPE="quorum")
+    for command in (["worker"], ["api"]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code == 1, result.output
+        assert "notifier broker migrate-queues" in result.output
+        assert "other arguments" in result.output
+
+
 def test_the_migration_refuses_a_queue_that_a_worker_still_consumes_and_changes_nothing(
     amqp_url: str, pg_url: str, queue_prefix: str
 ) -> None:

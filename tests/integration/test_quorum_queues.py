@@ -19,16 +19,18 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from notifier_simulators.local import LocalProviders
 
 from notifier.amqp import QueuePolicy, declare_topology
 from notifier.app import Notifier
+from notifier.cli.main import main
 from notifier.ops.samples import sample_event
 from notifier.pipeline.received import ingest_arguments
 from notifier.publisher import EventPublisher
 from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.schema import deliveries, rejected_events
-from tests.support import RunningWorker, rabbit_settings, wait_until
+from tests.support import RunningWorker, notifier_env, rabbit_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +106,16 @@ def test_the_worker_the_api_the_bridge_and_broker_setup_declare_the_same_quorum_
             # them again on its first enqueue, and the bridge the events topology: a
             # different argument anywhere would be a 406 here.
             api_app.enqueue_deliveries([(uuid.uuid4(), "email")])
+            setup = CliRunner().invoke(
+                main,
+                ["broker", "setup"],
+                env=notifier_env(
+                    api_app.settings,
+                    NOTIFIER_BROKER__QUEUE_TYPE="quorum",
+                    NOTIFIER_BROKER__DELIVERY_LIMIT=str(LIMIT),
+                ),
+            )
+            assert setup.exit_code == 0, setup.output
             with EventPublisher(amqp_url, api_app.settings.events) as publisher:
                 publisher.publish(sample_event(1, event_id=uuid.uuid4()))
             types = wait_until(
