@@ -91,10 +91,10 @@ class RabbitNode:
                 start_new_session=True,  # its own group: kill9 takes every process of it
             )
 
-    def ctl(self, *args: str, timeout: float = 60) -> str:
+    def ctl(self, *args: str, timeout: float = 60, tool: str = "rabbitmqctl") -> str:
         done = subprocess.run(
             [
-                _tool("rabbitmqctl"),
+                _tool(tool),
                 "-q",
                 "-n",
                 self.name,
@@ -113,6 +113,15 @@ class RabbitNode:
                 f"rabbitmqctl {' '.join(args)} on {self.name}: {done.stderr.strip()}"
             )
         return done.stdout
+
+    def quorum_critical(self) -> bool:
+        """Whether some quorum queue would lose its majority without this node (so a
+        second node must not go down yet)."""
+        try:
+            self.ctl("check_if_node_is_quorum_critical", tool="rabbitmq-queues")
+        except RuntimeError:
+            return True
+        return False
 
     def wait_started(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -192,6 +201,18 @@ class RabbitCluster:
             if len(parts) >= 2 and parts[0] == queue:
                 return self.node_named(parts[1].strip())
         raise LookupError(f"no leader listed for {queue}: {out!r}")
+
+    def describe_queues(self) -> str:
+        """Each queue's messages, consumers, leader and online members (diagnostics)."""
+        return self.alive()[0].ctl(
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+            "leader",
+            "online",
+        )
 
     def close(self) -> None:
         for node in self.nodes:
