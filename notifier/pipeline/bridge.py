@@ -123,14 +123,24 @@ class EventBridge(BackgroundThread):
             ingest_arguments(body, self.events.max_bytes, submitter)
             for _tag, body, submitter in group
         ]
-        try:
-            self.ingest_actor.send(events, "amqp")
-        except Exception:
-            # Not enqueued: give the raw messages back and slow down.
-            channel.basic_nack(last_tag, multiple=True, requeue=True)
-            log.exception("could not enqueue events; requeued", count=len(group))
-            time.sleep(1.0)
-            return
+        delay = 1.0
+        while True:
+            try:
+                self.ingest_actor.send(events, "amqp")
+                break
+            except Exception:
+                if self.stopping.is_set():
+                    # Not enqueued, and stopping: give the raw messages back.
+                    channel.basic_nack(last_tag, multiple=True, requeue=True)
+                    log.exception("could not enqueue events; requeued", count=len(group))
+                    return
+                # Keep them and try again: a message given back counts as a delivery
+                # against a quorum queue's delivery limit, and an outage of the ingest
+                # queue must not turn good events into dead letters. Sleeping on the
+                # connection keeps its heartbeats going.
+                log.exception("could not enqueue events; trying again", count=len(group))
+                channel.connection.sleep(delay)
+                delay = min(delay * 2, 15.0)
         channel.basic_ack(last_tag, multiple=True)
 
 
