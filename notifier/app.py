@@ -16,6 +16,8 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from notifier.adapter import Adapter, AdapterContext, TemplatePart
+from notifier.amqp import QueuePolicy, broker_user
+from notifier.brokers import NotifierRabbitmqBroker
 from notifier.costs import PriceTable
 from notifier.logging import get_logger
 from notifier.pipeline.actors import Actors, queue_name
@@ -23,6 +25,7 @@ from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
 from notifier.pipeline.budget import BudgetGuard, cost_zone
 from notifier.pipeline.callbacks import CallbackSender, StatusIntake
+from notifier.pipeline.deadletters import DeadLetterRecorder, DeadLetters
 from notifier.pipeline.fallback import Fallback
 from notifier.pipeline.gate import SendGate
 from notifier.pipeline.inbound import InboundDispatcher, ReplyTemplates
@@ -69,7 +72,7 @@ def _published_rate(adapter_class: type[Adapter[Any]]) -> tuple[float, int] | No
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
     if settings.uses_rabbitmq:
-        return RabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+        return NotifierRabbitmqBroker(settings.broker_url, QueuePolicy.of(settings))
     return StubBroker()
 
 
@@ -208,9 +211,32 @@ class Notifier:
         # status messages consumed into those rows where there is a status exchange.
         self.callback_sender = CallbackSender(self.callbacks, settings.callbacks)
         self.broker.add_middleware(self.callback_sender)
+        self.dead_letters: DeadLetters | None = None
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
+            policy = QueuePolicy.of(settings)
             self.broker.add_middleware(
-                EventBridge(settings.broker_url, settings.events, self.ingest_actor)
+                EventBridge(settings.broker_url, settings.events, self.ingest_actor, policy)
+            )
+            # What RabbitMQ dead-letters (a poison message, retries run out) becomes a
+            # rejected event or a dead letter in the delivery log.
+            self.dead_letters = DeadLetters(
+                ingest=self.ingest,
+                deliveries=self.deliveries,
+                ingest_actor=self.ingest_actor,
+                deliver_actors=self.deliver_actors,
+                policy=policy,
+                service_users=frozenset(
+                    {broker_user(settings.broker_url), *settings.events.service_users}
+                ),
+            )
+            self.broker.add_middleware(
+                DeadLetterRecorder(
+                    settings.broker_url,
+                    settings.events,
+                    [self.ingest_actor.queue_name]
+                    + [a.queue_name for a in self.deliver_actors.values()],
+                    self.dead_letters,
+                )
             )
             self.status_relay = StatusRelay(self.database, settings.broker_url, settings.statuses)
             self.broker.add_middleware(self.status_relay)

@@ -15,10 +15,16 @@ confirmed it; unroutable and refused events are reported):
   confirmed or failed with the reason, also when the connection drops mid-batch.
   On a 2-core machine with RabbitMQ on it: 10,000–19,000 events/s, against
   650–1,400/s one confirm at a time (docs/performance.md).
+
+Several broker nodes (``amqp://u:p@rmq1,rmq2,rmq3/vhost``, see notifier.amqp): the
+publisher connects to any live node and, when its node dies, goes on with another,
+publishing again what was not yet confirmed. An event may then be queued twice; ingest
+drops duplicates by ``event_id``, so this is at-least-once and safe (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -31,9 +37,14 @@ from typing import Any
 
 import pika
 from pika import spec
-from pika.exceptions import AMQPConnectionError
+from pika.exceptions import (
+    AMQPConnectionError,
+    ChannelClosedByBroker,
+    ChannelWrongStateError,
+    ConnectionWrongStateError,
+)
 
-from notifier.amqp import broker_user, connection_parameters
+from notifier.amqp import broker_user, node_parameters
 from notifier.settings import EventsSettings
 
 # Events published before the IO loop gets a turn: enough to fill TCP segments well,
@@ -45,6 +56,8 @@ _CHUNK = 128
 class PublishReport:
     confirmed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (event id or index, why)
+    # Connections lost mid-batch after which the batch went on from another node.
+    failovers: int = 0
 
 
 def event_bytes(event: Any) -> tuple[bytes, str]:
@@ -78,37 +91,89 @@ class EventPublisher:
     guarded by the caller (the API holds a lock)."""
 
     def __init__(
-        self, broker_url: str, events: EventsSettings | None = None, *, user_id: str | None = None
+        self,
+        broker_url: str,
+        events: EventsSettings | None = None,
+        *,
+        user_id: str | None = None,
+        spread: bool = True,
     ) -> None:
+        """``spread``: start at a random node of the URL (publishers spread over the
+        cluster); False: try them in the URL's order (a publisher that prefers the node
+        nearest to it, listed first)."""
         self.broker_url = broker_url
+        self.spread = spread
         self.events = events or EventsSettings()
         # The user this connection authenticates as (from the URL unless given).
         self.user_id = user_id if user_id is not None else broker_user(broker_url)
-        self._connection = pika.BlockingConnection(connection_parameters(broker_url))
+        self._connection: Any = None
+        self._channel: Any = None
+        self._connect()
+        self._lock = threading.Lock()
+
+    def _connect(self) -> None:
+        # pika tries the nodes in turn (a random one first): any live node will do.
+        self._connection = pika.BlockingConnection(
+            node_parameters(self.broker_url, shuffle=self.spread)
+        )
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
-        self._lock = threading.Lock()
 
     def publish(self, event: Any, *, headers: dict[str, Any] | None = None) -> None:
         """Publish one event and wait for the broker's confirm; raises if not confirmed
-        (``NackError``, ``UnroutableError``, or the connection's error)."""
+        (``NackError``, ``UnroutableError``, or the connection's error once no node of
+        the cluster can be reached).
+
+        A connection lost before the confirm: the event is published again on a new
+        connection (another node, when the URL names several), at most once per node.
+        """
         body, event_id = event_bytes(event)
+        properties = _properties(event_id, self.user_id, headers)
         with self._lock:
-            # mandatory: an exchange with no queue bound returns the message as unroutable.
-            self._channel.basic_publish(
-                self.events.exchange,
-                self.events.routing_key,
-                body,
-                _properties(event_id, self.user_id, headers),
-                mandatory=True,
-            )
+            tries = len(node_parameters(self.broker_url, shuffle=False))
+            for attempt in range(tries + 1):
+                try:
+                    if self._connection is None or not self._connection.is_open:
+                        self._connect()
+                    # mandatory: an exchange with no queue bound returns it as unroutable.
+                    self._channel.basic_publish(
+                        self.events.exchange,
+                        self.events.routing_key,
+                        body,
+                        properties,
+                        mandatory=True,
+                    )
+                    return
+                except ChannelClosedByBroker:
+                    raise  # refused (no such exchange, a forged user_id): not a failover
+                except (
+                    AMQPConnectionError,
+                    ChannelWrongStateError,
+                    ConnectionWrongStateError,
+                ):
+                    # Lost before the confirm: it may or may not be queued, so publish it
+                    # again (a duplicate is dropped by event id at ingest).
+                    self._drop_connection()
+                    if attempt == tries:
+                        raise
+
+    def _drop_connection(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(Exception):  # it is being thrown away
+                connection.close()
 
     def publish_many(self, events: Iterable[Any]) -> PublishReport:
         """Publish many events with pipelined confirms (see :meth:`publish_batch`)."""
         return self.publish_batch(events)
 
     def publish_batch(
-        self, events: Iterable[Any], *, window: int = 1000, timeout_s: float = 30.0
+        self,
+        events: Iterable[Any],
+        *,
+        window: int = 1000,
+        timeout_s: float = 30.0,
+        failovers: int | None = None,
     ) -> PublishReport:
         """Publish ``events`` with up to ``window`` unconfirmed at a time, on a connection
         of the batch's own, and report each as confirmed or failed.
@@ -121,16 +186,48 @@ class EventPublisher:
         ``not published: <error>`` (never sent) and an encoding error's name. Raises
         ``AMQPConnectionError`` only if the connection cannot be opened at all, and what
         iterating ``events`` raised, after the events before it are settled.
+
+        Failover: when the connection is lost (not refused by the broker), the batch goes
+        on from the next node of the URL, first publishing again the events that were
+        not confirmed, up to ``failovers`` times (default: one fewer than the nodes, so a
+        single node reports them failed as before). Only after the last one are events
+        reported ``not confirmed``.
         """
         if window < 1:
             raise ValueError("window must be at least 1")
-        return _PipelinedBatch(
-            self.broker_url, self.events, events, window, timeout_s, self.user_id
-        ).run()
+        nodes = node_parameters(self.broker_url, shuffle=self.spread)
+        allowed = len(nodes) - 1 if failovers is None else failovers
+        report = PublishReport()
+        pending: Iterable[Any] = events
+        for round_ in range(allowed + 1):
+            node = nodes[round_ % len(nodes)]
+            batch = _PipelinedBatch(
+                node,
+                self.events,
+                pending,
+                window,
+                timeout_s,
+                self.user_id,
+                keep_lost=round_ < allowed,
+            )
+            try:
+                part = batch.run()
+            except AMQPConnectionError:
+                if round_ == allowed or batch.started:
+                    raise
+                continue  # this node is down: the events are untouched, try the next
+            report.confirmed += part.confirmed
+            report.failed += part.failed
+            if batch.lost is None:
+                return report
+            report.failovers += 1
+            lost, remaining = batch.lost, batch.remaining()
+            pending = itertools.chain((body for _label, body in lost), remaining)
+        return report
 
     def close(self) -> None:
-        if self._connection.is_open:
-            self._connection.close()
+        # Its node may have died meanwhile: closing a lost connection is not an error.
+        self._drop_connection()
 
     def __enter__(self) -> EventPublisher:
         return self
@@ -163,14 +260,21 @@ class _PipelinedBatch:
 
     def __init__(
         self,
-        broker_url: str,
+        parameters: pika.URLParameters,
         settings: EventsSettings,
         events: Iterable[Any],
         window: int,
         timeout_s: float,
         user_id: str | None = None,
+        *,
+        keep_lost: bool = False,
     ) -> None:
         self.settings = settings
+        # keep_lost: a lost connection leaves the unconfirmed events (label, body) in
+        # ``lost`` and the rest of ``events`` unread, for the caller to go on elsewhere.
+        self.keep_lost = keep_lost
+        self.lost: list[tuple[str, bytes]] | None = None
+        self.started = False
         self.user_id = user_id
         self.window = window
         self.timeout_s = timeout_s
@@ -187,7 +291,7 @@ class _PipelinedBatch:
         self._events_error: Exception | None = None
         self._channel: Any = None
         self._connection = pika.SelectConnection(
-            connection_parameters(broker_url),
+            parameters,
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_connection_closed,
@@ -213,7 +317,12 @@ class _PipelinedBatch:
         self._open_error = error
         connection.ioloop.stop()
 
+    def remaining(self) -> Iterator[Any]:
+        """The events not yet read (after a lost connection with ``keep_lost``)."""
+        return (event for _index, event in self._events)
+
     def _on_connection_open(self, connection: Any) -> None:
+        self.started = True
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: Any) -> None:
@@ -246,8 +355,17 @@ class _PipelinedBatch:
             self._connection.ioloop.stop()
 
     def _abandon(self, reason: BaseException) -> None:
-        """The connection or channel is gone: every unsettled event failed."""
+        """The connection or channel is gone: every unsettled event failed (or, with
+        ``keep_lost`` and a lost connection rather than a refusal, is kept to resend)."""
+        if self.lost is not None:
+            return  # already kept for the next node
         self._finishing = True
+        lost_connection = not isinstance(reason, ChannelClosedByBroker | TimeoutError)
+        if self.keep_lost and lost_connection and self.lost is None:
+            self.lost = [(f.label, f.body) for f in self._in_flight.values()]
+            self._in_flight.clear()
+            self._by_body.clear()
+            return
         why = f"{type(reason).__name__}: {reason}".rstrip(": ")
         for in_flight in self._in_flight.values():
             self.report.failed.append((in_flight.label, f"not confirmed: {why}"))

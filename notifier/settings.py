@@ -162,6 +162,23 @@ class EventsSettings(_Section):
         return self
 
 
+class BrokerSettings(_Section):
+    """How notifier's RabbitMQ queues are declared (``NOTIFIER_BROKER__...``).
+
+    The nodes themselves are in ``NOTIFIER_BROKER_URL``: one URL, several nodes as
+    ``amqp://user:pass@rmq1:5672,rmq2:5672,rmq3:5672/vhost`` (see notifier.amqp)."""
+
+    # quorum: replicated (Raft) queues with a delivery limit, for a cluster and for
+    # production; classic: a single development node. Unset: quorum in production,
+    # classic in development. A queue's type cannot change in place: moving an existing
+    # deployment is `notifier broker migrate-queues` (docs/operations.md).
+    queue_type: Literal["quorum", "classic"] | None = None
+    # Quorum queues only: deliveries of one message that no consumer settled (its worker
+    # died, its connection dropped) before the broker dead-letters it to notifier's
+    # dead letters. Failovers and restarts count too, so keep it well above 1.
+    delivery_limit: int = Field(default=20, ge=2, le=1_000)
+
+
 class WorkerSettings(_Section):
     processes: int = Field(default=1, ge=1, le=64)
     threads: int = Field(default=8, ge=1, le=256)
@@ -498,6 +515,7 @@ class Settings(BaseSettings):
     )
 
     events: EventsSettings = Field(default_factory=EventsSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
@@ -582,6 +600,14 @@ class Settings(BaseSettings):
             if self.agencies_file.is_absolute()
             else (self.config_dir / self.agencies_file)
         )
+
+    @property
+    def queue_type(self) -> Literal["quorum", "classic"]:
+        """The queue type in force: as set, else quorum in production, classic in
+        development."""
+        if self.broker.queue_type is not None:
+            return self.broker.queue_type
+        return "quorum" if self.environment == "production" else "classic"
 
     @property
     def uses_rabbitmq(self) -> bool:

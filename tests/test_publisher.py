@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -201,3 +202,56 @@ def test_an_iterable_that_fails_raises_after_the_events_before_it_are_settled(
     with EventPublisher(amqp_url, settings) as publisher, pytest.raises(RuntimeError):
         publisher.publish_batch(failing())
     assert queued_ids(channel, settings.queue) == [e["event_id"] for e in events]
+
+
+def test_a_batch_goes_on_from_another_node_when_its_node_is_lost_and_every_event_is_queued(
+    amqp_url: str, queue_prefix: str, channel: pika.adapters.blocking_connection.BlockingChannel
+) -> None:
+    settings = events_settings(queue_prefix)
+    declare_topology(channel, settings)
+    events = [sample_event(i, event_id=uuid.uuid4()) for i in range(4000)]
+    parts = urlsplit(amqp_url)
+    target = (parts.hostname or "127.0.0.1", parts.port or 5672)
+    window, cut_at = 500, 2000
+
+    # Two "nodes" (proxies to the one broker): the batch's node is lost mid-batch.
+    with Proxy(target) as first, Proxy(target) as second:
+
+        def cut_midway() -> Iterator[dict[str, object]]:
+            for index, event in enumerate(events):
+                if index == cut_at:
+                    for node in (first, second):
+                        if node.sockets:
+                            node.listener.close()  # down for good
+                            node.hang_up()
+                yield event
+
+        with EventPublisher(amqp_url, settings) as publisher:
+            publisher.broker_url = urlunsplit(
+                parts._replace(netloc=f"guest:guest@127.0.0.1:{first.port},127.0.0.1:{second.port}")
+            )
+            report = publisher.publish_batch(cut_midway(), window=window, timeout_s=10)
+
+    assert report.failed == []
+    assert report.confirmed == len(events)
+    assert report.failovers == 1
+    queued = Counter(queued_ids(channel, settings.queue))
+    assert set(queued) == {e["event_id"] for e in events}
+    # Only events unconfirmed when the node was lost may be there twice.
+    assert sum(n - 1 for n in queued.values()) <= window
+
+
+def test_a_lone_publish_whose_connection_was_lost_is_published_on_a_new_one(
+    amqp_url: str, queue_prefix: str, channel: pika.adapters.blocking_connection.BlockingChannel
+) -> None:
+    settings = events_settings(queue_prefix)
+    declare_topology(channel, settings)
+    parts = urlsplit(amqp_url)
+    with Proxy((parts.hostname or "127.0.0.1", parts.port or 5672)) as proxy:
+        proxied = urlunsplit(parts._replace(netloc=f"guest:guest@127.0.0.1:{proxy.port}"))
+        with EventPublisher(proxied, settings) as publisher:
+            first, second = (sample_event(i, event_id=uuid.uuid4()) for i in (1, 2))
+            publisher.publish(first)
+            proxy.hang_up()  # the publisher's connection is gone; it does not know yet
+            publisher.publish(second)
+    assert queued_ids(channel, settings.queue) == [first["event_id"], second["event_id"]]

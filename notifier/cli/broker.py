@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from notifier.cli.common import cli_settings
+from notifier.cli.common import actor_queues, cli_settings, open_app
 from notifier.ops.brokeradmin import (
     BrokerAdminError,
     RabbitmqCtl,
@@ -36,13 +36,13 @@ def broker_setup() -> None:
     the callbacks' queue on the status exchange (so no status waits for a worker)."""
     import pika
 
-    from notifier.amqp import connection_parameters, declare_callback_queue, declare_topology
+    from notifier.amqp import QueuePolicy, declare_callback_queue, declare_topology, node_parameters
 
     settings = cli_settings()
-    connection = pika.BlockingConnection(connection_parameters(settings.broker_url))
+    connection = pika.BlockingConnection(node_parameters(settings.broker_url))
     try:
         channel = connection.channel()
-        declare_topology(channel, settings.events)
+        declare_topology(channel, settings.events, QueuePolicy.of(settings))
         if settings.callbacks.enabled:
             declare_callback_queue(channel, settings.callbacks)
     finally:
@@ -56,6 +56,53 @@ def broker_setup() -> None:
             f"exchange {settings.callbacks.exchange!r} → queue {settings.callbacks.queue!r} "
             "(every routing key: the publishers' callbacks)"
         )
+
+
+@broker.command("migrate-queues")
+@click.option(
+    "--yes", is_flag=True, help="Do not ask; the workers and the API must already be stopped."
+)
+def migrate_queues_command(yes: bool) -> None:
+    """Rebuild notifier's queues with the arguments the settings give them (classic to
+    quorum, a new delivery limit), moving every message through a temporary queue with
+    publisher confirms and counts checked. Stop the workers and the API first; TTHC
+    systems may go on publishing. Safe to run again after an interruption.
+    """
+    from notifier.amqp import QueuePolicy, describe_nodes
+    from notifier.ops.queuemigration import MigrationError, QueueMigration, deployment_queues
+
+    settings = cli_settings()
+    if not settings.uses_rabbitmq:
+        raise click.ClickException("NOTIFIER_BROKER_URL is not amqp://: nothing to migrate")
+    policy = QueuePolicy.of(settings)
+    app = open_app(settings)
+    try:
+        queues = actor_queues(app)
+    finally:
+        app.close()
+    specs = deployment_queues(settings.events, queues, policy)
+    if not yes:
+        click.confirm(
+            f"Migrate {len(specs)} queues on {describe_nodes(settings.broker_url)} to "
+            f"{policy.queue_type} (delivery limit {policy.delivery_limit}) with the "
+            "workers and the API stopped?",
+            abort=True,
+        )
+    migration = QueueMigration(
+        settings.broker_url,
+        policy,
+        service_users=frozenset(settings.events.service_users),
+        progress=click.echo,
+    )
+    try:
+        report = migration.run(specs)
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        migration.close()
+    for queue in report.queues:
+        click.echo(f"{queue.name}\t{queue.action}\t{queue.moved}")
+    click.echo(f"{policy.queue_type} queues; {report.moved} message(s) moved, none lost")
 
 
 # -- one RabbitMQ user per publishing system (notifier.ops.brokeradmin) --------------

@@ -54,6 +54,33 @@ def open_app(settings: Settings | None = None) -> Notifier:
         raise click.ClickException(str(exc)) from None
 
 
+def actor_queues(app: Notifier) -> list[str]:
+    """The Dramatiq queues of this deployment (ingest, then one per channel)."""
+    return [app.ingest_actor.queue_name] + [a.queue_name for a in app.deliver_actors.values()]
+
+
+def check_broker_queues(app: Notifier) -> None:
+    """Stop with a clear error, before anything starts, if RabbitMQ holds notifier's
+    queues with other arguments than the settings give (a deployment whose queues were
+    classic, now set to quorum): every declaration would fail with a 406."""
+    from pika.exceptions import AMQPError
+
+    from notifier.amqp import QueuePolicy
+    from notifier.logging import get_logger
+    from notifier.ops.queuemigration import MigrationError, check_queues
+
+    settings = app.settings
+    try:
+        check_queues(
+            settings.broker_url, settings.events, actor_queues(app), QueuePolicy.of(settings)
+        )
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    except AMQPError as exc:
+        # RabbitMQ is not up yet: the process connects when it is, as it always did.
+        get_logger(__name__).warning("could not check the queues", error=repr(exc))
+
+
 def open_database(settings: Settings) -> Database:
     from notifier.store import Database
 

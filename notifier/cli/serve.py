@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from notifier.cli.common import cli_settings, open_app
+from notifier.cli.common import check_broker_queues, cli_settings, open_app
 
 
 @click.command()
@@ -22,7 +22,11 @@ def worker(processes: int | None, threads: int | None) -> None:
             "the worker needs RabbitMQ: set NOTIFIER_BROKER_URL=amqp://... "
             "(for the embedded, in-process mode run `notifier demo`)"
         )
-    open_app(settings).close()  # validate adapters, templates and routing before forking
+    app = open_app(settings)  # validate adapters, templates and routing before forking
+    try:
+        check_broker_queues(app)
+    finally:
+        app.close()
     args = [
         sys.executable,
         "-m",
@@ -49,6 +53,8 @@ def api(host: str | None, port: int | None) -> None:
     from notifier.web.api import create_api
 
     app = open_app()
+    if app.settings.uses_rabbitmq:
+        check_broker_queues(app)
     uvicorn.run(
         create_api(app),
         host=host or app.settings.api.host,

@@ -290,11 +290,14 @@ class StateCollector:
         import pika
         from pika.exceptions import AMQPError, ChannelClosedByBroker
 
-        from notifier.amqp import connection_parameters
+        from notifier.amqp import node_parameters
 
-        parameters = connection_parameters(self.app.settings.broker_url, heartbeat=0)
-        parameters.socket_timeout = 2
-        parameters.blocked_connection_timeout = 2
+        parameters = node_parameters(
+            self.app.settings.broker_url,
+            heartbeat=0,
+            socket_timeout=2,
+            blocked_connection_timeout=2,
+        )
         depths: dict[str, int] = {}
         try:
             connection = pika.BlockingConnection(parameters)

@@ -22,7 +22,7 @@ import dramatiq
 import pika
 from pika.exceptions import AMQPError
 
-from notifier.amqp import broker_user, connection_parameters, declare_topology
+from notifier.amqp import QueuePolicy, broker_user, declare_topology, node_parameters
 from notifier.background import BackgroundThread
 from notifier.logging import get_logger
 from notifier.pipeline.received import ingest_arguments
@@ -40,11 +40,16 @@ class EventBridge(BackgroundThread):
     thread_name = "notifier-bridge"
 
     def __init__(
-        self, broker_url: str, events: EventsSettings, ingest_actor: dramatiq.Actor[..., Any]
+        self,
+        broker_url: str,
+        events: EventsSettings,
+        ingest_actor: dramatiq.Actor[..., Any],
+        policy: QueuePolicy | None = None,
     ):
         super().__init__()
         self.broker_url = broker_url
         self.events = events
+        self.policy = policy or QueuePolicy()
         self.ingest_actor = ingest_actor
         # notifier's own broker users: this process's, and e.g. the API's if it differs.
         self._us = frozenset({broker_user(broker_url), *events.service_users})
@@ -77,10 +82,11 @@ class EventBridge(BackgroundThread):
                 delay = min(delay * 2, 15.0)
 
     def _consume(self) -> None:
-        connection = pika.BlockingConnection(connection_parameters(self.broker_url))
+        # Any live node of the cluster; after a node dies, run() lands here again.
+        connection = pika.BlockingConnection(node_parameters(self.broker_url))
         try:
             channel = connection.channel()
-            declare_topology(channel, self.events)
+            declare_topology(channel, self.events, self.policy)
             channel.basic_qos(prefetch_count=self.events.prefetch)
             group: list[tuple[int, bytes, Submitter]] = []
 
@@ -117,14 +123,24 @@ class EventBridge(BackgroundThread):
             ingest_arguments(body, self.events.max_bytes, submitter)
             for _tag, body, submitter in group
         ]
-        try:
-            self.ingest_actor.send(events, "amqp")
-        except Exception:
-            # Not enqueued: give the raw messages back and slow down.
-            channel.basic_nack(last_tag, multiple=True, requeue=True)
-            log.exception("could not enqueue events; requeued", count=len(group))
-            time.sleep(1.0)
-            return
+        delay = 1.0
+        while True:
+            try:
+                self.ingest_actor.send(events, "amqp")
+                break
+            except Exception:
+                if self.stopping.is_set():
+                    # Not enqueued, and stopping: give the raw messages back.
+                    channel.basic_nack(last_tag, multiple=True, requeue=True)
+                    log.exception("could not enqueue events; requeued", count=len(group))
+                    return
+                # Keep them and try again: a message given back counts as a delivery
+                # against a quorum queue's delivery limit, and an outage of the ingest
+                # queue must not turn good events into dead letters. Sleeping on the
+                # connection keeps its heartbeats going.
+                log.exception("could not enqueue events; trying again", count=len(group))
+                channel.connection.sleep(delay)
+                delay = min(delay * 2, 15.0)
         channel.basic_ack(last_tag, multiple=True)
 
 

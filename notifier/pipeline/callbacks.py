@@ -33,7 +33,7 @@ from pika.exceptions import AMQPError
 
 from notifier.adapter import DeliveryFailure, TemporaryFailure
 from notifier.adapter_http import parse_retry_after
-from notifier.amqp import connection_parameters, declare_callback_queue
+from notifier.amqp import declare_callback_queue, node_parameters
 from notifier.background import BackgroundThread
 from notifier.callback_http import DestinationPolicy, HostClients, post_callback
 from notifier.logging import get_logger
@@ -139,7 +139,7 @@ class StatusIntake(BackgroundThread):
                 delay = min(delay * 2, 15.0)
 
     def _consume(self) -> None:
-        connection = pika.BlockingConnection(connection_parameters(self.broker_url))
+        connection = pika.BlockingConnection(node_parameters(self.broker_url))
         try:
             channel = connection.channel()
             declare_callback_queue(channel, self.settings)

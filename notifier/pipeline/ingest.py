@@ -236,6 +236,10 @@ class Ingest:
             raise EventRejected("body is not valid UTF-8 text")
         return parse_event(raw, max_bytes=self.max_event_bytes)
 
+    def known(self, event_ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these events are already recorded (accepted, not rejected)."""
+        return self._known(event_ids)
+
     def _known(self, event_ids: Sequence[UUID]) -> set[UUID]:
         """Which of these events are already recorded."""
         if not event_ids:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pika
 
-from notifier.amqp import connection_parameters
+from notifier.amqp import node_parameters
 from notifier.background import BackgroundThread
 from notifier.logging import get_logger
 from notifier.settings import StatusSettings
@@ -124,7 +124,7 @@ class StatusRelay(BackgroundThread):
     def _open_channel(self) -> Any:
         if self._channel is None or not self._channel.is_open:
             self._disconnect()
-            self._connection = pika.BlockingConnection(connection_parameters(self.broker_url))
+            self._connection = pika.BlockingConnection(node_parameters(self.broker_url))
             channel = self._connection.channel()
             channel.confirm_delivery()
             declare_status_exchange(channel, self.settings)

@@ -13,7 +13,7 @@ from typing import Any, cast
 import pika
 import pytest
 
-from notifier.amqp import declare_topology
+from notifier.amqp import QueuePolicy, declare_topology
 from notifier.pipeline.bridge import EventBridge
 from notifier.settings import EventsSettings
 from tests.support import wait_until
@@ -110,3 +110,42 @@ def test_a_busy_process_lets_a_group_wait_for_the_events_that_follow(
     publish()
     wait_until(lambda: len(ingest.sizes()) == 2, timeout=1.0, interval=0.01)
     assert ingest.sizes() == [5, 1]
+
+
+class FlakyIngest(RecordingIngest):
+    """The ingest actor while its queue cannot take messages: the first sends fail."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def send(self, events: list[tuple[str, dict[str, Any]]], source: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the ingest queue is unavailable")
+        super().send(events, source)
+
+
+def test_events_the_bridge_cannot_hand_on_are_kept_not_given_back_to_a_quorum_queue(
+    amqp_url: str, events: EventsSettings
+) -> None:
+    # A delivery limit of 2: were each failed enqueue a nack with requeue, the event
+    # would be dead-lettered by the third.
+    policy = QueuePolicy("quorum", 2)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    declare_topology(channel, events, policy)
+    event_id = str(uuid.uuid4())
+    channel.basic_publish(events.exchange, events.routing_key, f'{{"event_id": "{event_id}"}}')
+    ingest, worker = FlakyIngest(failures=3), FakeWorker()
+    bridge = EventBridge(amqp_url, events, cast(Any, ingest), policy)
+    bridge.after_worker_boot(cast(Any, None), cast(Any, worker))
+    try:
+        wait_until(lambda: ingest.sizes() == [1], timeout=30)
+    finally:
+        bridge.before_worker_shutdown(cast(Any, None), cast(Any, worker))
+    assert ingest.groups[0][0][0] == f'{{"event_id": "{event_id}"}}'
+    dead = channel.queue_declare(events.queue + ".XQ", passive=True).method.message_count
+    left = channel.queue_declare(events.queue, passive=True).method.message_count
+    connection.close()
+    assert (dead, left) == (0, 0)

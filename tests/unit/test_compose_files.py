@@ -88,7 +88,8 @@ def test_the_worker_and_the_api_connect_as_users_of_their_own() -> None:
     for path in PRODUCTION_FILES:
         environments = _environments(_load(path))
         users = {
-            name: {u.split("://")[1].split(":")[0] for u in env["NOTIFIER_BROKER_URL"].split(",")}
+            # One user for every node: amqp://user:password@host1,host2,host3/vhost.
+            name: {env["NOTIFIER_BROKER_URL"].split("://")[1].split(":")[0]}
             for name, env in environments.items()
             if "NOTIFIER_BROKER_URL" in env
         }
@@ -114,8 +115,9 @@ def test_the_ha_file_has_three_broker_nodes_a_synchronous_standby_and_shared_lim
         url = environment["NOTIFIER_DATABASE_URL"]
         assert "pg-primary:5432,pg-standby:5432" in url
         assert "target_session_attrs=read-write" in url
-        assert len(environment["NOTIFIER_BROKER_URL"].split(",")) == 3
-        assert environment["NOTIFIER_BROKER_QUEUE_TYPE"] == "quorum"
+        hosts = environment["NOTIFIER_BROKER_URL"].rsplit("@", 1)[1].split("/")[0]
+        assert hosts.split(",") == ["rabbitmq1:5672", "rabbitmq2:5672", "rabbitmq3:5672"]
+        assert environment["NOTIFIER_BROKER__QUEUE_TYPE"] == "quorum"
         assert environment["NOTIFIER_LIMITS__STORAGE_URL"].startswith("redis://")
 
 

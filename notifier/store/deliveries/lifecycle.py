@@ -576,6 +576,48 @@ class DeliveryStore:
                     if status.value in ANNOUNCED:
                         announce(connection, ids)
 
+    def dead_letter(self, delivery_ids: Sequence[UUID], reason: str) -> dict[UUID, DeliveryStatus]:
+        """Give up on deliveries whose broker message was dead-lettered (a poison
+        message: the queue's delivery limit ran out): a dead letter with ``reason``.
+
+        One that may have reached a provider (a dispatch mark is left) becomes
+        ``unknown``, held for an admin, never ``permanent-failure``: it may have been
+        sent. One already final is left as it is. Returns the new status of those
+        changed; no fallback is planned (an operator replays a dead letter)."""
+        if not delivery_ids:
+            return {}
+        d = deliveries.c
+        changed: dict[UUID, DeliveryStatus] = {}
+        with self.database.begin() as connection:
+            rows = connection.execute(
+                sa.select(d.delivery_id, d.status, d.dispatch_provider)
+                .where(d.delivery_id.in_(list(delivery_ids)))
+                .with_for_update()
+            ).all()
+            for row in rows:
+                if DeliveryStatus(row.status).final:
+                    continue
+                status = (
+                    DeliveryStatus.UNKNOWN
+                    if row.dispatch_provider is not None
+                    else DeliveryStatus.PERMANENT_FAILURE
+                )
+                connection.execute(
+                    sa.update(deliveries)
+                    .where(d.delivery_id == row.delivery_id, d.status == row.status)
+                    .values(
+                        status=status.value,
+                        lease_until=None,
+                        last_error=reason[:2000],
+                        exhausted=status is DeliveryStatus.PERMANENT_FAILURE,
+                        updated_at=utcnow(),
+                    )
+                )
+                changed[row.delivery_id] = status
+            # Final statuses, announced to the publisher like any other outcome.
+            announce(connection, list(changed))
+        return changed
+
     def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
         """Deliveries waiting with no message in flight: claimable ones untouched for
         ``older_than``, and claims whose worker died (lease long expired). Their
