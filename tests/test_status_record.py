@@ -166,9 +166,10 @@ def test_every_final_status_is_announced_and_no_other() -> None:
     }.isdisjoint({DeliveryStatus(s) for s in ANNOUNCED})
 
 
-def _planned_delivery(database: Database) -> uuid.UUID:
+def _planned_delivery(database: Database, agency: str = "000.00.12.H29") -> uuid.UUID:
     """One event with one queued delivery, written straight to the tables."""
     now = datetime.now(UTC)
+    dossier = f"{agency}-261203-0001"
     event_id, delivery_id = uuid.uuid4(), uuid.uuid4()
     with database.begin() as connection:
         connection.execute(
@@ -177,8 +178,8 @@ def _planned_delivery(database: Database) -> uuid.UUID:
                 received_at=now,
                 occurred_at=now,
                 source_system="test",
-                agency_code="000.00.12.H29",
-                dossier_code="000.00.12.H29-261203-0001",
+                agency_code=agency,
+                dossier_code=dossier,
                 procedure_code="1.0001",
                 status="received",
             )
@@ -187,8 +188,8 @@ def _planned_delivery(database: Database) -> uuid.UUID:
             deliveries.insert().values(
                 delivery_id=delivery_id,
                 event_id=event_id,
-                dossier_code="000.00.12.H29-261203-0001",
-                agency_code="000.00.12.H29",
+                dossier_code=dossier,
+                agency_code=agency,
                 procedure_code="1.0001",
                 event_status="received",
                 channel="email",
