@@ -291,3 +291,20 @@ def test_the_purge_prunes_published_changes_and_keeps_pending_ones_when_a_stream
     with database.engine.connect() as connection:
         kept = connection.execute(sa.select(deliveries.c.status)).scalars().all()
     assert kept == ["suppressed", "suppressed"]
+
+
+def test_the_metrics_show_the_changes_waiting_to_be_published(app: Notifier) -> None:
+    from notifier.ops.metrics import exposition, sample_value, state_registry
+
+    def scrape(name: str) -> float | None:
+        return sample_value(exposition(state_registry(app))[0].decode(), name)
+
+    assert scrape("notifier_status_outbox_pending") == 0
+    assert scrape("notifier_status_outbox_oldest_pending_seconds") == 0
+    delivery_id = _planned_delivery(app.database)
+    with app.database.begin() as connection:
+        set_status(connection, delivery_id, only_from=["queued"], values={"status": "sent"})
+    assert scrape("notifier_status_outbox_pending") == 1
+    assert (scrape("notifier_status_outbox_oldest_pending_seconds") or -1) >= 0
+    StatusOutbox(app.database).publish_pending(lambda _rows: None, batch=10)
+    assert scrape("notifier_status_outbox_pending") == 0

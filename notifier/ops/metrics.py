@@ -29,7 +29,8 @@ from notifier.logging import get_logger
 from notifier.pipeline.guard import ProviderCall
 from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.deliveries.log import DeliveryLog
-from notifier.store.schema import deliveries, rejected_events
+from notifier.store.schema import deliveries, rejected_events, utcnow
+from notifier.store.statuses import StatusOutbox
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -159,6 +160,17 @@ class StateCollector:
             failures.add_metric(labels, int(health.consecutive_failures))
         yield circuit
         yield failures
+        pending, oldest = StatusOutbox(self.app.database).backlog()
+        yield GaugeMetricFamily(
+            "notifier_status_outbox_pending",
+            "Status changes recorded and not yet published to the status stream.",
+            value=pending,
+        )
+        yield GaugeMetricFamily(
+            "notifier_status_outbox_oldest_pending_seconds",
+            "Age of the oldest status change not yet published (0 when none waits).",
+            value=0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds()),
+        )
 
     def _queue_depths(self) -> dict[str, int] | None:
         """Ready messages per queue via passive declares (None if RabbitMQ is down); a
