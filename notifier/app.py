@@ -20,7 +20,9 @@ from notifier.logging import get_logger
 from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
+from notifier.pipeline.callbacks import CallbackSender, StatusIntake
 from notifier.pipeline.fallback import Fallback
+from notifier.pipeline.gate import SendGate
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
@@ -33,6 +35,7 @@ from notifier.plugins.registry import Registry
 from notifier.plugins.runtime import AdapterRuntime
 from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
+from notifier.store.callbacks import CallbackStore
 from notifier.store.deliveries.lifecycle import DeliveryStore
 from notifier.store.inbox import InboxStore
 from notifier.store.publishers import Authoriser, PublisherIdentity, Submitter
@@ -102,6 +105,7 @@ class Notifier:
             recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
             hash_key=settings.recipient_hash_key.get_secret_value(),
             agencies=self.agencies,
+            quiet_hours=settings.choice.quiet_hours,
         )
         self.ingest = Ingest(
             database=self.database,
@@ -113,6 +117,7 @@ class Notifier:
         )
         self.fallback = Fallback(self.planner, self.deliveries)
         self.tokens = TokenStore(self.database, settings.secret_key.get_secret_value())
+        self.callbacks = CallbackStore(self.database, settings.secret_key.get_secret_value())
         self.runtime = AdapterRuntime(
             self.registry, context or AdapterContext(inbox=self.inbox, tokens=self.tokens)
         )
@@ -124,7 +129,15 @@ class Notifier:
             },
             processes=settings.worker.processes,
         )
+        self.gate = SendGate(
+            database=self.database,
+            store=self.deliveries,
+            routing=self.routing,
+            frequency_caps=settings.choice.frequency_caps,
+            quiet_hours=settings.choice.quiet_hours,
+        )
         self.sender = Sender(
+            gate=self.gate,
             store=self.deliveries,
             registry=self.registry,
             runtime=self.runtime,
@@ -154,12 +167,19 @@ class Notifier:
         # The status stream needs RabbitMQ; in the embedded mode nothing is published
         # and retention prunes the outbox (notifier.ops.retention).
         self.status_relay: StatusRelay | None = None
+        # Publishers' callbacks: due rows sent from the database by every worker process;
+        # status messages consumed into those rows where there is a status exchange.
+        self.callback_sender = CallbackSender(self.callbacks, settings.callbacks)
+        self.broker.add_middleware(self.callback_sender)
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
             self.broker.add_middleware(
                 EventBridge(settings.broker_url, settings.events, self.ingest_actor)
             )
             self.status_relay = StatusRelay(self.database, settings.broker_url, settings.statuses)
             self.broker.add_middleware(self.status_relay)
+            self.broker.add_middleware(
+                StatusIntake(settings.broker_url, settings.callbacks, self.callbacks)
+            )
 
     def queue_name(self, name: str) -> str:
         return queue_name(self.settings.worker, name)

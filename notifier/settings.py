@@ -254,6 +254,15 @@ class StatusSettings(_Section):
     keep_published_days: float = Field(default=2, gt=0)
 
 
+class ChoiceSettings(_Section):
+    """Switches for the rules around a citizen's choice (the rules themselves are in
+    config/routing.toml: quiet hours, frequency caps; see docs/templates.md). Off only
+    for a benchmark or a test that must not depend on the wall clock."""
+
+    quiet_hours: bool = True
+    frequency_caps: bool = True
+
+
 class RetentionSettings(_Section):
     """How long personal data is kept (see notifier.ops.retention and docs/security.md)."""
 
@@ -264,6 +273,61 @@ class RetentionSettings(_Section):
     receipt_nonces_days: float = Field(default=7, gt=0)
     interval_s: float = Field(default=3600, gt=0)
     batch: int = Field(default=1000, ge=1)
+
+
+class CallbackSettings(_Section):
+    """Publishers' signed HTTP callbacks (see notifier.pipeline.callbacks, docs/events.md)."""
+
+    enabled: bool = True
+    # Where status messages are published (by the status outbox) and the queue of ours
+    # bound to every key there; a message that is not a status message goes to
+    # ``<queue>.invalid`` with the reason in the log.
+    exchange: str = "notifier.statuses"
+    queue: str = "notifier.callbacks"
+    prefetch: int = Field(default=100, ge=1, le=10_000)
+    # Each worker process's sender: due callbacks claimed per round, requests at once,
+    # and how often it looks when nothing was due.
+    batch: int = Field(default=50, ge=1, le=1_000)
+    concurrency: int = Field(default=8, ge=1, le=64)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # Backoff after a failed try: min * 2^(tries - 1), at most max, each jittered down to
+    # half at random; a receiver's Retry-After (429/503) is honoured instead, up to an hour.
+    min_backoff_s: float = Field(default=5.0, gt=0)
+    max_backoff_s: float = Field(default=3600.0, gt=0)
+    # A callback still undelivered this long after its status arrived is a dead letter
+    # (shown in the console and `notifier callbacks dead-letters`; an admin may replay).
+    max_age_s: float = Field(default=3 * 86400, gt=0)
+    # Delivered callbacks are forgotten after this long (they hold no contacts).
+    keep_delivered_days: float = Field(default=7, gt=0)
+    # SSRF: networks that callbacks may reach although not public (e.g. the TTHC
+    # systems' LAN, "10.20.0.0/16"); cloud metadata addresses only if listed exactly
+    # (a /32). Plain http is refused unless allow_http, and then only to these networks.
+    allowed_networks: list[str] = Field(default_factory=list)
+    allow_http: bool = False
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.20.0.0/16)"
+                ) from None
+        return [item.strip() for item in value]
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CallbackSettings:
+        if self.min_backoff_s > self.max_backoff_s:
+            raise ValueError(
+                "NOTIFIER_CALLBACKS__MIN_BACKOFF_S must not exceed "
+                "NOTIFIER_CALLBACKS__MAX_BACKOFF_S"
+            )
+        return self
 
 
 class ChannelSettings(_Section):
@@ -320,6 +384,8 @@ class Settings(BaseSettings):
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     statuses: StatusSettings = Field(default_factory=StatusSettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
+    choice: ChoiceSettings = Field(default_factory=ChoiceSettings)
     adapters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Raw settings per adapter name; each adapter validates its own.",

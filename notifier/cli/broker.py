@@ -35,10 +35,11 @@ def broker() -> None:
 
 @broker.command("setup")
 def broker_setup() -> None:
-    """Declare the events exchange and inbound queue (what publishers need to exist)."""
+    """Declare the events exchange and inbound queue (what publishers need to exist), and
+    the callbacks' queue on the status exchange (so no status waits for a worker)."""
     import pika
 
-    from notifier.amqp import connection_parameters, declare_topology
+    from notifier.amqp import connection_parameters, declare_callback_queue, declare_topology
     from notifier.pipeline.relay import declare_status_exchange
 
     settings = cli_settings()
@@ -47,6 +48,8 @@ def broker_setup() -> None:
         channel = connection.channel()
         declare_topology(channel, settings.events)
         declare_status_exchange(channel, settings.statuses)
+        if settings.callbacks.enabled:
+            declare_callback_queue(channel, settings.callbacks)
     finally:
         connection.close()
     click.echo(
@@ -54,6 +57,11 @@ def broker_setup() -> None:
         f"(routing key {settings.events.routing_key!r}); status exchange "
         f"{settings.statuses.exchange!r}"
     )
+    if settings.callbacks.enabled:
+        click.echo(
+            f"exchange {settings.callbacks.exchange!r} → queue {settings.callbacks.queue!r} "
+            "(every routing key: the publishers' callbacks)"
+        )
 
 
 def _broker_connection(settings: Settings) -> Any:

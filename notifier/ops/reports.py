@@ -13,12 +13,12 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from notifier.store.deliveries.log import DeliveryLog, Percentiles
+from notifier.store.deliveries.log import DeliveryLog, Percentiles, ReasonCount
 from notifier.store.schema import utcnow
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
@@ -123,6 +123,15 @@ class Report:
     rejected_events: int
     rows: list[ReportRow]
     latency: dict[str, Percentiles]  # per channel, and "*" for all
+    # Held or suppressed by a rule or the citizen's choice, per reason (not failures).
+    reasons: list[ReasonCount] = field(default_factory=list)
+
+    def reason_totals(self) -> dict[str, int]:
+        """``kind:reason`` -> count over every channel, e.g. ``suppressed:channel_off``."""
+        counts: Counter[str] = Counter()
+        for r in self.reasons:
+            counts[f"{r.kind}:{r.reason}"] += r.count
+        return dict(sorted(counts.items()))
 
     @property
     def deliveries(self) -> int:
@@ -149,6 +158,8 @@ class Report:
             "by_channel": self.totals("channel"),
             "by_status": self.totals("status"),
             "rows": [row.__dict__ for row in self.rows],
+            "by_reason": self.reason_totals(),
+            "reasons": [r.__dict__ for r in self.reasons],
             "latency": {
                 channel: {"sent": p.count, "p50": p.p50, "p90": p.p90, "p95": p.p95, "p99": p.p99}
                 for channel, p in self.latency.items()
@@ -181,6 +192,11 @@ class Report:
                     "",
                     "",
                 ]
+            )
+        for r in self.reasons:
+            writer.writerow(
+                [*span, "reason", "", "", r.channel, f"{r.kind}:{r.reason}", r.count]
+                + [""] * 4
             )
         for channel, p in self.latency.items():
             writer.writerow(
@@ -216,4 +232,5 @@ def build_report(
         rejected_events=log.rejects_count(since, until),
         rows=rows,
         latency=log.latency(since, until),
+        reasons=log.reason_counts(since, until),
     )

@@ -1,21 +1,52 @@
 """Planning: which deliveries an event makes (routing, consent, recipients, rendering,
-opt-outs), the same for a new event and for a fallback after a permanent failure."""
+the citizen's preferences and quiet hours, opt-outs), the same for a new event and for
+a fallback after a permanent failure.
+
+The citizen's choice at planning (issue 18):
+
+- a channel the citizen turned off is recorded ``suppressed`` (reason ``channel_off``)
+  unless the routing marks the status mandatory; when that leaves no channel but the
+  portal is not routed, the portal inbox still gets the notice (if the event names an
+  account);
+- the language the citizen chose renders the message;
+- SMS and Zalo deliveries planned inside quiet hours (Vietnam time) are held
+  (``scheduled``, reason ``quiet_hours``) until the window ends, unless the status is
+  urgent or the citizen turned quiet hours off.
+
+A choice or opt-out made after planning is applied again at send time
+(:mod:`notifier.pipeline.gate`), with the frequency caps.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 
 from notifier.adapter import RecipientKind
 from notifier.events import DossierStatusEvent, EventRejected
+from notifier.logging import get_logger
 from notifier.masking import mask_recipient, recipient_hash
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 from notifier.pipeline.agencies import AgencyRegistry
+from notifier.pipeline.choices import Choices
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
 from notifier.store import Database
-from notifier.store.deliveries.lifecycle import PlannedDelivery
+from notifier.store.deliveries.lifecycle import (
+    DeliveryStatus,
+    HoldReason,
+    PlannedDelivery,
+    SuppressReason,
+)
 from notifier.store.optouts import opted_out, suppress
+from notifier.store.preferences import PORTAL_CHANNEL, Choice, Preference, preferences_by_hash
+from notifier.store.schema import utcnow
+
+log = get_logger(__name__)
 
 
 def _phone(raw: str) -> str:
@@ -56,6 +87,7 @@ class Planner:
         recipient_kinds: Mapping[str, RecipientKind],
         hash_key: str,
         agencies: AgencyRegistry | None = None,
+        quiet_hours: bool = True,
     ) -> None:
         self.database = database
         self.routing = routing
@@ -63,6 +95,12 @@ class Planner:
         self.recipient_kinds = dict(recipient_kinds)
         self.hash_key = hash_key
         self.agencies = agencies
+        # NOTIFIER_CHOICE__QUIET_HOURS: off only for benchmarks and clock-free tests.
+        self.quiet_hours = quiet_hours
+
+    @property
+    def choices(self) -> Choices:
+        return self.routing.choices
 
     def plan(self, event: DossierStatusEvent) -> list[PlannedDelivery]:
         """The deliveries of a new event: its routed channels the citizen consented to
@@ -73,7 +111,8 @@ class Planner:
         routed = self.routing.channels_for(event.agency.code, event.dossier.status)
         consented = event.applicant.channels
         candidates = [c for c in routed if consented is None or c in consented]
-        planned = self._render_for(event, candidates)
+        preferences = self._preferences(event, candidates)
+        planned = self._render_for(event, candidates, preferences)
         if routed and not planned:
             raise EventRejected(
                 "no usable contact: the status goes to "
@@ -85,7 +124,17 @@ class Planner:
                 )
                 + " but the applicant has no contact for any of them"
             )
-        return planned
+        planned = self._apply_preferences(event, planned, preferences)
+        if (
+            planned
+            and all(p.status is DeliveryStatus.SUPPRESSED for p in planned)
+            and PORTAL_CHANNEL not in routed
+            and PORTAL_CHANNEL in self.recipient_kinds
+        ):
+            # Every channel is off for a status that is not mandatory: the portal inbox
+            # still gets it, so the citizen can read it when they look.
+            planned += self._render_for(event, [PORTAL_CHANNEL], preferences)
+        return self._hold_for_quiet_hours(event, planned, preferences)
 
     def plan_fallback(
         self, event: DossierStatusEvent, failed_channel: str
@@ -98,9 +147,12 @@ class Planner:
             for c in self.routing.fallback_for(failed_channel)
             if c in self.recipient_kinds and (consented is None or c in consented)
         ]
-        planned = self._render_for(event, channels)
+        preferences = self._preferences(event, channels)
+        planned = self._render_for(event, channels, preferences)
         if not planned:
             return []
+        planned = self._apply_preferences(event, planned, preferences)
+        planned = self._hold_for_quiet_hours(event, planned, preferences)
         (planned,) = self.suppress_opted_out([planned])
         return planned
 
@@ -118,17 +170,104 @@ class Planner:
             return list(groups)
         return [suppress(group, found) for group in groups]
 
-    def _render_for(
+    def choice_for(self, preferences: Mapping[str, Preference], p: PlannedDelivery) -> Choice:
+        """The preferences that apply to one delivery: its account's and its contact's."""
+        return Choice.of(
+            preferences.get(p.account_hash) if p.account_hash else None,
+            preferences.get(p.recipient_hash),
+        )
+
+    def _account_hash(self, event: DossierStatusEvent) -> str | None:
+        account = event.applicant.contacts.portal_account_id
+        return None if account is None else recipient_hash(account, self.hash_key)
+
+    def _preferences(
         self, event: DossierStatusEvent, channels: Iterable[str]
+    ) -> dict[str, Preference]:
+        """The stored preferences of the event's account and of its contacts on these
+        channels (one query)."""
+        hashes = [self._account_hash(event)]
+        for channel in channels:
+            kind = self.recipient_kinds.get(channel)
+            recipient = None if kind is None else recipient_for(event, kind)
+            if recipient is not None:
+                hashes.append(recipient_hash(recipient, self.hash_key))
+        return preferences_by_hash(self.database, [h for h in hashes if h])
+
+    def _apply_preferences(
+        self,
+        event: DossierStatusEvent,
+        planned: list[PlannedDelivery],
+        preferences: Mapping[str, Preference],
+    ) -> list[PlannedDelivery]:
+        """Channels the citizen turned off become ``suppressed``, unless the status is
+        mandatory (a notice that must go out by every channel)."""
+        if not preferences or self.choices.is_mandatory(
+            event.agency.code, event.dossier.status.value
+        ):
+            return planned
+        result = []
+        for p in planned:
+            if p.status is DeliveryStatus.QUEUED and self.choice_for(preferences, p).channel_off(
+                p.channel
+            ):
+                log.info(
+                    "delivery suppressed: the citizen turned the channel off", channel=p.channel
+                )
+                p = p.suppressed(SuppressReason.CHANNEL_OFF)
+            result.append(p)
+        return result
+
+    def _hold_for_quiet_hours(
+        self,
+        event: DossierStatusEvent,
+        planned: list[PlannedDelivery],
+        preferences: Mapping[str, Preference],
+        now: datetime | None = None,
+    ) -> list[PlannedDelivery]:
+        """Deliveries on quiet channels planned inside the agency's quiet hours are held
+        until the window ends (not for urgent statuses, nor for a citizen who turned
+        quiet hours off)."""
+        agency, status = event.agency.code, event.dossier.status.value
+        if not self.quiet_hours or self.choices.is_urgent(agency, status):
+            return planned
+        window = self.choices.quiet_hours_for(agency)
+        ends = window.ends_after(now or utcnow())
+        if ends is None:
+            return planned
+        return [
+            p.held_until(ends, HoldReason.QUIET_HOURS)
+            if p.status is DeliveryStatus.QUEUED
+            and p.channel in window.channels
+            and self.choice_for(preferences, p).quiet_hours
+            else p
+            for p in planned
+        ]
+
+    def _content_hash(self, channel: str, recipient: str, parts: Mapping[str, str]) -> str:
+        text = json.dumps([channel, recipient, dict(parts)], sort_keys=True, ensure_ascii=False)
+        return hmac.new(self.hash_key.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+    def _render_for(
+        self,
+        event: DossierStatusEvent,
+        channels: Iterable[str],
+        preferences: Mapping[str, Preference] | None = None,
     ) -> list[PlannedDelivery]:
         if self.agencies is not None:
             event = self.agencies.resolved(event)  # the registry's name, never the event's
-        language = event.applicant.language
+        account_hash = self._account_hash(event)
         planned = []
         for channel in channels:
             recipient = recipient_for(event, self.recipient_kinds[channel])
             if recipient is None:
                 continue
+            hashed = recipient_hash(recipient, self.hash_key)
+            choice = Choice.of(
+                (preferences or {}).get(account_hash) if account_hash else None,
+                (preferences or {}).get(hashed),
+            )
+            language = choice.language or event.applicant.language
             rendered = self.templates.render(event, channel, language)
             planned.append(
                 PlannedDelivery(
@@ -136,10 +275,12 @@ class Planner:
                     channel=channel,
                     recipient=recipient,
                     recipient_masked=mask_recipient(recipient),
-                    recipient_hash=recipient_hash(recipient, self.hash_key),
+                    recipient_hash=hashed,
                     language=language,
                     template=rendered.template,
                     content=rendered.parts,
+                    account_hash=account_hash,
+                    content_hash=self._content_hash(channel, recipient, rendered.parts),
                 )
             )
         return planned

@@ -33,6 +33,7 @@ from notifier.adapter import (
 )
 from notifier.logging import get_logger
 from notifier.pipeline.dispatch import DispatchJournal, RecordBacklog
+from notifier.pipeline.gate import SendGate
 from notifier.pipeline.guard import Admission, Guard, NoGuard, ProviderCall
 from notifier.pipeline.recording import (
     Accepted,
@@ -90,8 +91,11 @@ class Sender:
         worker: WorkerSettings,
         guard: Guard | None = None,
         uncertain_send: Mapping[str, UncertainSendPolicy] | None = None,
+        gate: SendGate | None = None,
     ) -> None:
         self.store = store
+        # The citizen's choice checked again before any call (None: tests without it).
+        self.gate = gate
         self.guard: Guard = guard or NoGuard()
         self.registry = registry
         self.runtime = runtime
@@ -147,13 +151,19 @@ class Sender:
             else:
                 log.debug("delivery needs nothing", delivery_id=str(delivery_id), claim=why)
                 outcomes.append(SendOutcome(delivery_id, None))
+        admitted = claims.claimed
+        if self.gate is not None and admitted:
+            admitted, gated = self.gate.admit(admitted)
+            outcomes.extend(gated)
         now = utcnow()
         concluded: list[tuple[ClaimedDelivery, Tried]] = []
         pending: dict[Future[Tried], ClaimedDelivery] = {}
         progress: dict[UUID, _Progress] = {}
-        for claimed in claims.claimed:
+        for claimed in admitted:
             progress[claimed.delivery_id] = _Progress()
-            if (now - claimed.created_at).total_seconds() > self.worker.max_age_s:
+            # A held delivery's age counts from when it was due, not from its planning.
+            since = claimed.due_at or claimed.created_at
+            if (now - since).total_seconds() > self.worker.max_age_s:
                 expired = PermanentFailure(f"expired: not sent within {self.worker.max_age_s:g}s")
                 concluded.append((claimed, Failed(expired, None, now)))
             else:

@@ -25,6 +25,7 @@ from notifier.web import (
     inbox,
     metrics,
     optouts,
+    preferences,
     receipts,
     statuses,
 )
@@ -53,7 +54,7 @@ def create_api(
         inbox_wakeups=inbox.InboxWakeups(app.database),
     )
     secure_api(api, app)  # rate limit, body size limit, headers
-    for module in (optouts, health, events, statuses, inbox, receipts, deliveries):
+    for module in (optouts, preferences, health, events, statuses, inbox, receipts, deliveries):
         api.include_router(module.router)
     from notifier.web.console import install_console  # /console and its /v1 API
 

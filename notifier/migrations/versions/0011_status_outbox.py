@@ -6,7 +6,7 @@ agency and dossier that could be read from them (the status API finds a publishe
 rejects by them after the payload is purged); events count their duplicates.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-03 10:00:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 import notifier.store.schema
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -7,6 +7,15 @@ Lifecycle (after GOV.UK Notify)::
        └── retry ── temporary-failure ◄┘                 (retried with backoff)
     suppressed: planned but not sent (opt-out, quiet rules)
     unknown: a call whose outcome is unknown, held for an admin (resend or mark sent)
+    scheduled ──due──► queued   held for later (quiet hours, a frequency cap, coalescing)
+
+A *held* delivery is a row in ``scheduled`` with a ``due_at`` time and a
+``hold_reason`` (:class:`HoldReason`); no broker message waits for it. The sweeper
+(:mod:`notifier.pipeline.sweeper`) calls :meth:`DeliveryStore.release_due`, which moves
+due rows to ``queued`` exactly once (claimed with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so two sweepers never take the same row), and enqueues them into the normal
+send path. A message that reaches a delivery still held does nothing
+(:attr:`ClaimOutcome.HELD`): the release will send it.
 
 A delivery is claimed with a lease before a send, so two workers holding copies of
 the same message never both send; a worker that dies mid-send leaves a lease that
@@ -21,8 +30,8 @@ policy for an uncertain send (resend, verify, hold) instead of simply sending.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -55,6 +64,8 @@ class DeliveryStatus(StrEnum):
     # adapter said it may have sent) and the provider does not drop repeats: held until
     # an admin resends it or marks it sent.
     UNKNOWN = "unknown"
+    # Held for later: sent when its ``due_at`` comes (see :class:`HoldReason`).
+    SCHEDULED = "scheduled"
 
     @property
     def final(self) -> bool:
@@ -106,6 +117,24 @@ def announce(connection: Connection, delivery_ids: Collection[UUID]) -> None:
     record_delivery_changes(connection, delivery_ids, ANNOUNCED)
 
 
+class HoldReason(StrEnum):
+    """Why a delivery is held (``deliveries.hold_reason``); kept after its release, so
+    reports can tell how many deliveries each reason delayed."""
+
+    QUIET_HOURS = "quiet_hours"  # the citizen's night, in Vietnam time
+    FREQUENCY_CAP = "frequency_cap"  # over the recipient's cap: sent in the next slot
+    COALESCING = "coalescing"  # waiting to be merged with later news of the same dossier
+
+
+class SuppressReason(StrEnum):
+    """Why a delivery is ``suppressed`` (``deliveries.suppressed_reason``)."""
+
+    OPTED_OUT = "opted_out"  # an opt-out (STOP, the portal, an operator)
+    CHANNEL_OFF = "channel_off"  # the citizen turned the channel off in their preferences
+    FREQUENCY_CAP = "frequency_cap"  # over the recipient's cap, and the routing says suppress
+    DUPLICATE = "duplicate_content"  # the same text went to the same recipient just before
+
+
 @dataclass(frozen=True)
 class PlannedDelivery:
     delivery_id: UUID
@@ -117,6 +146,28 @@ class PlannedDelivery:
     template: str
     content: dict[str, str]
     status: DeliveryStatus = DeliveryStatus.QUEUED
+    # Set together with status ``scheduled``: when to send, and why it waits.
+    due_at: datetime | None = None
+    hold_reason: HoldReason | None = None
+    suppressed_reason: SuppressReason | None = None
+    # The keyed hash of the event's portal account id (its preferences apply), and of
+    # this delivery's channel, recipient and text (identical messages are sent once).
+    account_hash: str | None = None
+    content_hash: str | None = None
+
+    def suppressed(self, reason: SuppressReason) -> PlannedDelivery:
+        """This delivery kept but not sent, with the reason."""
+        return replace(
+            self,
+            status=DeliveryStatus.SUPPRESSED,
+            suppressed_reason=reason,
+            due_at=None,
+            hold_reason=None,
+        )
+
+    def held_until(self, due_at: datetime, reason: HoldReason) -> PlannedDelivery:
+        """This delivery held until ``due_at`` (recorded ``scheduled``, not enqueued)."""
+        return replace(self, status=DeliveryStatus.SCHEDULED, due_at=due_at, hold_reason=reason)
 
 
 @dataclass(frozen=True)
@@ -132,6 +183,14 @@ class ClaimedDelivery:
     event_status: str
     attempt: int
     created_at: datetime
+    # When a held delivery was due (None: never held): its age counts from then.
+    due_at: datetime | None = None
+    # What the send-time gate checks: the citizen's identities and the text's hash.
+    recipient_hash: str = ""
+    account_hash: str | None = None
+    content_hash: str | None = None
+    # When an earlier try passed the gate (it holds its place under the caps since).
+    counted_at: datetime | None = None
     # Set when the claim found a dispatch mark: the provider the last call went to,
     # whose outcome was never recorded.
     uncertain_provider: str | None = None
@@ -155,6 +214,7 @@ class ClaimOutcome(StrEnum):
     CLAIMED = "claimed"
     FINISHED = "finished"  # already in a final state: nothing to do
     BUSY = "busy"  # another worker holds an unexpired lease
+    HELD = "held"  # scheduled for later: the sweeper enqueues it when due
     MISSING = "missing"
 
 
@@ -188,6 +248,41 @@ class AttemptRecord:
     # Keep the dispatch mark: the call may have reached the provider (maybe_sent, or
     # the delivery is held as unknown), so the next claim applies the provider's policy.
     keep_mark: bool = False
+
+
+@dataclass(frozen=True)
+class Suppress:
+    """The send-time gate's verdict: do not send this claim (kept, with the reason)."""
+
+    reason: SuppressReason
+    text: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The send-time gate's verdict: hold this claim until ``due_at``."""
+
+    due_at: datetime
+    reason: HoldReason
+
+
+Verdict = Suppress | Hold | None  # None: send it
+
+
+@dataclass
+class RecipientHistory:
+    """What a frequency cap looks at: when this recipient's deliveries on the channel
+    passed the gate (within the window asked for), with their texts' hashes."""
+
+    counted: list[tuple[datetime, str | None]]
+
+    def since(self, moment: datetime) -> list[datetime]:
+        return [at for at, _content in self.counted if at >= moment]
+
+    def sent_same_text(self, content_hash: str | None, since: datetime) -> bool:
+        return content_hash is not None and any(
+            content == content_hash and at >= since for at, content in self.counted
+        )
 
 
 @dataclass(frozen=True)
@@ -235,6 +330,11 @@ _CLAIM = (
         _d.event_status,
         _d.attempts,
         _d.created_at,
+        _d.due_at,
+        _d.recipient_hash,
+        _d.account_hash,
+        _d.content_hash,
+        _d.counted_at,
         # Not changed by the claim: the mark left by the previous claim, if any.
         _d.dispatch_provider,
     )
@@ -290,6 +390,13 @@ class DeliveryStore:
                 "recipient": p.recipient,
                 "content": p.content,
                 "status": p.status.value,
+                "due_at": p.due_at,
+                "hold_reason": None if p.hold_reason is None else p.hold_reason.value,
+                "suppressed_reason": None
+                if p.suppressed_reason is None
+                else p.suppressed_reason.value,
+                "account_hash": p.account_hash,
+                "content_hash": p.content_hash,
                 "attempts": 0,
                 "created_at": now,
                 "updated_at": now,
@@ -403,6 +510,8 @@ class DeliveryStore:
                 not_claimed[delivery_id] = ClaimOutcome.MISSING
             elif DeliveryStatus(status).final:
                 not_claimed[delivery_id] = ClaimOutcome.FINISHED
+            elif status == DeliveryStatus.SCHEDULED:
+                not_claimed[delivery_id] = ClaimOutcome.HELD
             else:
                 not_claimed[delivery_id] = ClaimOutcome.BUSY
         return Claims(claimed, not_claimed)
@@ -467,6 +576,165 @@ class DeliveryStore:
                     .values(updated_at=now)
                 )
         return [(row.delivery_id, row.channel) for row in found]
+
+    def hold(
+        self, delivery_ids: Sequence[UUID], due_at: datetime, reason: HoldReason
+    ) -> list[UUID]:
+        """Hold recorded deliveries that are waiting to be sent (``queued``, or a
+        temporary failure waiting for its retry) until ``due_at``; returns those held. A
+        delivery being sent or already finished is left alone."""
+        if not delivery_ids:
+            return []
+        d = deliveries.c
+        with self.database.begin() as connection:
+            rows = connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.delivery_id.in_(list(delivery_ids)),
+                    d.status.in_([s.value for s in _CLAIMABLE]),
+                )
+                .values(
+                    status=DeliveryStatus.SCHEDULED.value,
+                    due_at=due_at,
+                    hold_reason=reason.value,
+                    updated_at=utcnow(),
+                )
+                .returning(d.delivery_id)
+            ).all()
+        return [row.delivery_id for row in rows]
+
+    def release_due(self, limit: int, now: datetime | None = None) -> list[tuple[UUID, str]]:
+        """Move held deliveries whose ``due_at`` has come to ``queued``, at most
+        ``limit`` of the longest due first; returns them as (id, channel) for the caller
+        to enqueue. Each row is released once: a concurrent release skips the rows this
+        one has locked (PostgreSQL) or finds them no longer ``scheduled``."""
+        now = now or utcnow()
+        d = deliveries.c
+        due = (
+            sa.select(d.delivery_id)
+            .where(d.status == DeliveryStatus.SCHEDULED.value, d.due_at <= now)
+            .order_by(d.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self.database.begin() as connection:
+            rows = connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id.in_(due), d.status == DeliveryStatus.SCHEDULED.value)
+                # updated_at = now: the stale sweep re-enqueues it only if this
+                # release's message is lost (a crash before the enqueue).
+                .values(status=DeliveryStatus.QUEUED.value, updated_at=now)
+                .returning(d.delivery_id, d.channel)
+            ).all()
+        return [(row.delivery_id, row.channel) for row in rows]
+
+    def hold_again(self, delivery_ids: Sequence[UUID]) -> None:
+        """Undo a release whose enqueue failed: those still ``queued`` are held again
+        with their own (past) due time, so the next release takes them at once."""
+        if not delivery_ids:
+            return
+        d = deliveries.c
+        with self.database.begin() as connection:
+            connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.delivery_id.in_(list(delivery_ids)),
+                    d.status == DeliveryStatus.QUEUED.value,
+                    d.due_at.is_not(None),
+                )
+                .values(status=DeliveryStatus.SCHEDULED.value)
+            )
+
+    def gate(
+        self,
+        channel: str,
+        claims: Sequence[ClaimedDelivery],
+        decide: Callable[[ClaimedDelivery, RecipientHistory], Verdict],
+        *,
+        history_since: datetime | None,
+        now: datetime,
+    ) -> dict[UUID, Verdict]:
+        """The send-time gate for claims of one channel, in one transaction: each claim's
+        verdict from ``decide``; those to send are counted (``counted_at``), the others
+        suppressed or held, before any provider call.
+
+        With ``history_since`` (the channel has a cap) each recipient's counted
+        deliveries since then are read under a lock per (channel, recipient), so two
+        workers never both fill the last slot of a cap or both send the same text:
+        PostgreSQL advisory transaction locks, taken in order; on SQLite the first write
+        takes the one writer's lock."""
+        verdicts: dict[UUID, Verdict] = {}
+        if not claims:
+            return verdicts
+        d = deliveries.c
+        with self.database.begin() as connection:
+            histories: dict[str, RecipientHistory] = {}
+            if history_since is not None:
+                keys = sorted({f"{channel}:{c.recipient_hash}" for c in claims})
+                if self.database.is_sqlite:
+                    connection.execute(
+                        sa.update(deliveries)
+                        .where(d.delivery_id.in_([c.delivery_id for c in claims]))
+                        .values(updated_at=now)
+                    )
+                else:
+                    connection.execute(_LOCK_KEYS, {"keys": keys})
+                rows = connection.execute(
+                    sa.select(d.recipient_hash, d.counted_at, d.content_hash).where(
+                        d.channel == channel,
+                        d.recipient_hash.in_({c.recipient_hash for c in claims}),
+                        d.counted_at >= history_since,
+                    )
+                )
+                for row in rows:
+                    histories.setdefault(row.recipient_hash, RecipientHistory([])).counted.append(
+                        (row.counted_at, row.content_hash)
+                    )
+            counted: list[UUID] = []
+            for claim in claims:
+                history = histories.setdefault(claim.recipient_hash, RecipientHistory([]))
+                verdict = decide(claim, history)
+                verdicts[claim.delivery_id] = verdict
+                # A claim counted by an earlier try (a retry) keeps its first place.
+                if verdict is None and history_since is not None and claim.counted_at is None:
+                    history.counted.append((now, claim.content_hash))
+                    counted.append(claim.delivery_id)
+            if counted:
+                connection.execute(
+                    sa.update(deliveries).where(d.delivery_id.in_(counted)).values(counted_at=now)
+                )
+            suppressed: list[UUID] = []
+            for claim in claims:
+                verdict = verdicts[claim.delivery_id]
+                if verdict is None:
+                    continue
+                mine = sa.and_(
+                    d.delivery_id == claim.delivery_id, d.status == DeliveryStatus.SENDING.value
+                )
+                given_back = {
+                    "attempts": d.attempts - 1,  # no provider was called
+                    "lease_until": None,
+                    "updated_at": now,
+                }
+                values: dict[str, Any]
+                if isinstance(verdict, Suppress):
+                    values = {
+                        "status": DeliveryStatus.SUPPRESSED.value,
+                        "suppressed_reason": verdict.reason.value,
+                        "last_error": verdict.text,
+                    }
+                    suppressed.append(claim.delivery_id)
+                else:
+                    values = {
+                        "status": DeliveryStatus.SCHEDULED.value,
+                        "due_at": verdict.due_at,
+                        "hold_reason": verdict.reason.value,
+                    }
+                connection.execute(sa.update(deliveries).where(mine).values(**given_back, **values))
+            # A suppression at send time is a final status like any other: announced.
+            announce(connection, suppressed)
+        return verdicts
 
     def mark_dispatched(self, marks: Sequence[DispatchMark]) -> None:
         """Write dispatch marks, all in one transaction, before their calls start. Only
@@ -653,6 +921,11 @@ def _claimed(m: Any) -> ClaimedDelivery:
         event_status=m["event_status"],
         attempt=m["attempts"],
         created_at=m["created_at"],
+        due_at=m["due_at"],
+        recipient_hash=m["recipient_hash"],
+        account_hash=m["account_hash"],
+        content_hash=m["content_hash"],
+        counted_at=m["counted_at"],
         uncertain_provider=m["dispatch_provider"],
     )
 
@@ -765,6 +1038,16 @@ def _update_finished_at_once(
             "exhausted": [r.exhausted for r in records],
         },
     )
+
+
+# PostgreSQL: the send-time gate's locks, one per (channel, recipient), in order (so two
+# gates never deadlock), held to the end of the transaction.
+_LOCK_KEYS = sa.text(
+    """
+    SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
+      FROM (SELECT k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k) AS ordered
+    """
+)
 
 
 # PostgreSQL: every mark of a group commit in one statement (rows as arrays).
