@@ -62,6 +62,8 @@ OPERATIONS_BEFORE = {
 OPERATIONS_ADDED = {
     ("GET", "/v1/events/{event_id}"),  # issue 17: the status API
     ("GET", "/v1/dossiers/{code}/notifications"),  # issue 17: the status API
+    ("PUT", "/v1/preferences"),  # issue 18: the citizen's preferences
+    ("POST", "/v1/preferences/lookup"),  # issue 18
 }
 # Routes that take an API key of exactly one scope (require_scope), and that scope.
 KEY_ROUTES = {
