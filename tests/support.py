@@ -118,6 +118,8 @@ def notifier_env(settings: Settings, **extra: str) -> dict[str, str]:
         "NOTIFIER_CONFIG_DIR": str(settings.config_dir),
         "NOTIFIER_EVENTS__EXCHANGE": settings.events.exchange,
         "NOTIFIER_EVENTS__QUEUE": settings.events.queue,
+        "NOTIFIER_STATUSES__EXCHANGE": settings.statuses.exchange,
+        "NOTIFIER_STATUSES__QUEUE_PREFIX": settings.statuses.queue_prefix,
         "NOTIFIER_WORKER__QUEUE_PREFIX": worker.queue_prefix,
         "NOTIFIER_WORKER__MIN_BACKOFF_MS": str(worker.min_backoff_ms),
         "NOTIFIER_WORKER__MAX_BACKOFF_MS": str(worker.max_backoff_ms),

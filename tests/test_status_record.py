@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,13 @@ import sqlalchemy as sa
 
 from notifier.app import Notifier
 from notifier.ops.replay import Replayer, ReplayOutcome, Resolution
+from notifier.ops.retention import Retention
 from notifier.ops.samples import sample_event
 from notifier.store import Database
 from notifier.store.deliveries.lifecycle import ANNOUNCED, DeliveryStatus, set_status
 from notifier.store.schema import deliveries, events, rejected_events, status_outbox
 from notifier.store.statuses import StatusOutbox
-from tests.support import RunningWorker, wait_until
+from tests.support import RunningWorker, make_settings, wait_until
 from tests.test_pipeline import MailA, MailB, build_app, rows, settled, submit
 
 
@@ -166,9 +167,10 @@ def test_every_final_status_is_announced_and_no_other() -> None:
     }.isdisjoint({DeliveryStatus(s) for s in ANNOUNCED})
 
 
-def _planned_delivery(database: Database) -> uuid.UUID:
+def _planned_delivery(database: Database, agency: str = "000.00.12.H29") -> uuid.UUID:
     """One event with one queued delivery, written straight to the tables."""
     now = datetime.now(UTC)
+    dossier = f"{agency}-261203-0001"
     event_id, delivery_id = uuid.uuid4(), uuid.uuid4()
     with database.begin() as connection:
         connection.execute(
@@ -177,8 +179,8 @@ def _planned_delivery(database: Database) -> uuid.UUID:
                 received_at=now,
                 occurred_at=now,
                 source_system="test",
-                agency_code="000.00.12.H29",
-                dossier_code="000.00.12.H29-261203-0001",
+                agency_code=agency,
+                dossier_code=dossier,
                 procedure_code="1.0001",
                 status="received",
             )
@@ -187,8 +189,8 @@ def _planned_delivery(database: Database) -> uuid.UUID:
             deliveries.insert().values(
                 delivery_id=delivery_id,
                 event_id=event_id,
-                dossier_code="000.00.12.H29-261203-0001",
-                agency_code="000.00.12.H29",
+                dossier_code=dossier,
+                agency_code=agency,
                 procedure_code="1.0001",
                 event_status="received",
                 channel="email",
@@ -258,3 +260,51 @@ def test_published_rows_are_marked_and_pruned_and_a_failed_publish_keeps_them(
     assert store.publish_pending(published.extend, batch=10) == 0
     assert store.prune(datetime.now(UTC), batch=10) == 1
     assert outbox(database) == []
+
+
+@pytest.mark.parametrize("with_rabbitmq", [True, False])
+def test_the_purge_prunes_published_changes_and_keeps_pending_ones_when_a_stream_exists(
+    database: Database, with_rabbitmq: bool
+) -> None:
+    published, pending = _planned_delivery(database), _planned_delivery(database)
+    for delivery_id in (published, pending):
+        with database.begin() as connection:
+            set_status(
+                connection, delivery_id, only_from=["queued"], values={"status": "suppressed"}
+            )
+    StatusOutbox(database).publish_pending(lambda _rows: None, batch=1)
+    broker = {"broker_url": "amqp://guest:guest@127.0.0.1:5672/x"} if with_rabbitmq else {}
+    retention = Retention(database, make_settings(database_url=database.url, **broker))
+    soon = retention.purge(now=datetime.now(UTC) + timedelta(days=1))
+    later = retention.purge(now=datetime.now(UTC) + timedelta(days=3))
+    assert soon.statuses == 0  # kept two days after publication (the default)
+    left = [m["delivery"]["id"] for m in outbox(database)]
+    if with_rabbitmq:
+        # The published change is gone; the pending one is never lost to the purge.
+        assert later.statuses == 1
+        assert left == [str(pending)]
+    else:
+        # No stream without RabbitMQ: changes go by age alone.
+        assert later.statuses == 2
+        assert left == []
+    # The statuses themselves stay, for the status API.
+    with database.engine.connect() as connection:
+        kept = connection.execute(sa.select(deliveries.c.status)).scalars().all()
+    assert kept == ["suppressed", "suppressed"]
+
+
+def test_the_metrics_show_the_changes_waiting_to_be_published(app: Notifier) -> None:
+    from notifier.ops.metrics import exposition, sample_value, state_registry
+
+    def scrape(name: str) -> float | None:
+        return sample_value(exposition(state_registry(app))[0].decode(), name)
+
+    assert scrape("notifier_status_outbox_pending") == 0
+    assert scrape("notifier_status_outbox_oldest_pending_seconds") == 0
+    delivery_id = _planned_delivery(app.database)
+    with app.database.begin() as connection:
+        set_status(connection, delivery_id, only_from=["queued"], values={"status": "sent"})
+    assert scrape("notifier_status_outbox_pending") == 1
+    assert (scrape("notifier_status_outbox_oldest_pending_seconds") or -1) >= 0
+    StatusOutbox(app.database).publish_pending(lambda _rows: None, batch=10)
+    assert scrape("notifier_status_outbox_pending") == 0

@@ -14,9 +14,12 @@ from notifier.ops.brokeradmin import (
     BrokerAdminError,
     RabbitmqCtl,
     add_publisher,
+    bind_status_queue,
     check_name,
     publisher_permissions,
     remove_publisher,
+    status_queue_exists,
+    status_queue_name,
     vhost_of,
 )
 
@@ -37,19 +40,22 @@ def broker_setup() -> None:
     import pika
 
     from notifier.amqp import QueuePolicy, declare_callback_queue, declare_topology, node_parameters
+    from notifier.pipeline.relay import declare_status_exchange
 
     settings = cli_settings()
     connection = pika.BlockingConnection(node_parameters(settings.broker_url))
     try:
         channel = connection.channel()
         declare_topology(channel, settings.events, QueuePolicy.of(settings))
+        declare_status_exchange(channel, settings.statuses)
         if settings.callbacks.enabled:
             declare_callback_queue(channel, settings.callbacks)
     finally:
         connection.close()
     click.echo(
         f"exchange {settings.events.exchange!r} → queue {settings.events.queue!r} "
-        f"(routing key {settings.events.routing_key!r})"
+        f"(routing key {settings.events.routing_key!r}); status exchange "
+        f"{settings.statuses.exchange!r}"
     )
     if settings.callbacks.enabled:
         click.echo(
@@ -103,6 +109,40 @@ def migrate_queues_command(yes: bool) -> None:
     for queue in report.queues:
         click.echo(f"{queue.name}\t{queue.action}\t{queue.moved}")
     click.echo(f"{policy.queue_type} queues; {report.moved} message(s) moved, none lost")
+
+
+def _broker_connection(settings: Settings) -> Any:
+    """A connection as notifier's own broker user (NOTIFIER_BROKER_URL)."""
+    import pika
+
+    from notifier.amqp import node_parameters
+
+    try:
+        return pika.BlockingConnection(node_parameters(settings.broker_url))
+    except Exception as exc:
+        raise click.ClickException(
+            f"cannot reach RabbitMQ as notifier's own user (NOTIFIER_BROKER_URL): {exc!r}"
+        ) from None
+
+
+def _rebind(
+    settings: Settings,
+    name: str,
+    agencies: list[str],
+    previous: tuple[str, ...],
+    *,
+    create: bool,
+) -> list[str] | None:
+    """Bind a publisher's status queue to its agencies' statuses (creating the queue
+    only if ``create``); None when it has no queue and none is created."""
+    queue = status_queue_name(settings.statuses, name)
+    connection = _broker_connection(settings)
+    try:
+        if not create and not status_queue_exists(connection, queue):
+            return None
+        return bind_status_queue(connection.channel(), settings.statuses, queue, agencies, previous)
+    finally:
+        connection.close()
 
 
 # -- one RabbitMQ user per publishing system (notifier.ops.brokeradmin) --------------
@@ -169,6 +209,13 @@ def _with_agency_options(command: Any) -> Any:
     help="Generate a password and print it once; otherwise it is read from standard input.",
 )
 @click.option("--update-password", is_flag=True, help="Re-key an existing user (rotation).")
+@click.option(
+    "--status-queue/--no-status-queue",
+    default=True,
+    show_default=True,
+    help="Give it its own status queue (notifier.statuses.NAME), bound to its agencies' "
+    "statuses, with read permission on that queue only.",
+)
 @click.option("--rabbitmqctl", "executable", default="rabbitmqctl", show_default=True)
 def add_publisher_command(
     name: str,
@@ -177,11 +224,14 @@ def add_publisher_command(
     vhost: str | None,
     generate_password: bool,
     update_password: bool,
+    status_queue: bool,
     executable: str,
 ) -> None:
     """Create a RabbitMQ user for one TTHC system: it may publish dossier events to the
     events exchange, and nothing else (no queues, no reading, no other exchange), and
-    only for the agencies given (checked on its messages' user_id).
+    only for the agencies given (checked on its messages' user_id). It may read its own
+    status queue, which notifier binds to those agencies' statuses (--no-status-queue:
+    none).
 
     The password is read from standard input (one line), or generated with
     --generate-password; it is passed to rabbitmqctl on its standard input, never as
@@ -192,6 +242,7 @@ def add_publisher_command(
     chosen = [] if keep else _agencies(agencies, every_agency)
     settings = cli_settings()
     try:
+        queue = status_queue_name(settings.statuses, name) if status_queue else None
         target = vhost or vhost_of(settings.broker_url)
         password, generated = _read_password(generate_password)
         add_publisher(
@@ -201,19 +252,31 @@ def add_publisher_command(
             vhost=target,
             events=settings.events,
             update_password=update_password,
+            status_queue=queue,
         )
     except BrokerAdminError as exc:
         raise click.ClickException(str(exc)) from None
+    previous = _publishers(settings).agencies_of([name]).get(name, ())
     if keep:
-        chosen = list(_publishers(settings).agencies_of([name]).get(name, ("none registered",)))
-    else:
+        chosen = list(previous)
+    bindings = (
+        _rebind(settings, name, chosen, previous, create=True)
+        if queue is not None and chosen
+        else None
+    )
+    if not keep:
         _publishers(settings).set(name, chosen)
-    permissions = publisher_permissions(settings.events)
+    permissions = publisher_permissions(settings.events, queue)
     click.echo(
         f"publisher {name!r} on vhost {target!r}: configure {permissions.configure!r}, "
         f"write {permissions.write!r}, read {permissions.read!r}; routing key "
-        f"{settings.events.routing_key!r} only; agencies: {', '.join(chosen)}"
+        f"{settings.events.routing_key!r} only; agencies: {', '.join(chosen) or 'none registered'}"
     )
+    if bindings is not None:
+        click.echo(
+            f"status queue {queue!r} bound to {settings.statuses.exchange!r} with "
+            f"{', '.join(bindings)}"
+        )
     if generated:
         click.echo(f"password (shown once): {password}")
 
@@ -230,6 +293,18 @@ def remove_publisher_command(name: str, executable: str) -> None:
         raise click.ClickException(str(exc)) from None
     _publishers(settings).remove(name)
     click.echo(f"removed publisher {name!r}")
+    queue = status_queue_name(settings.statuses, name)
+    try:
+        connection = _broker_connection(settings)
+    except click.ClickException as exc:
+        click.echo(f"its status queue {queue!r} was not deleted: {exc.message}", err=True)
+        return
+    try:
+        if status_queue_exists(connection, queue):
+            connection.channel().queue_delete(queue=queue)
+            click.echo(f"deleted its status queue {queue!r}")
+    finally:
+        connection.close()
 
 
 @broker.command("set-agencies")
@@ -239,11 +314,18 @@ def set_agencies_command(name: str, agencies: tuple[str, ...], every_agency: boo
     """Set the agencies an existing broker user may publish for (replaces its list).
 
     For a user created before notifier bound publishers to agencies, or by other means
-    (e.g. deploy/rabbitmq-definitions.json). Takes effect on the next event.
+    (e.g. deploy/rabbitmq-definitions.json). Takes effect on the next event. Its status
+    queue, if it has one, is rebound to the new agencies' statuses.
     """
     chosen = _agencies(agencies, every_agency)
-    _publishers(cli_settings()).set(check_name(name), chosen)
+    settings = cli_settings()
+    publishers = _publishers(settings)
+    previous = publishers.agencies_of([check_name(name)]).get(name, ())
+    bindings = _rebind(settings, name, chosen, previous, create=False)
+    publishers.set(name, chosen)
     click.echo(f"publisher {name!r}: agencies {', '.join(chosen)}")
+    if bindings is not None:
+        click.echo(f"status queue rebound with {', '.join(bindings)}")
 
 
 @broker.command("publishers")

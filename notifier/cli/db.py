@@ -59,5 +59,6 @@ def purge_command(dry_run: bool, as_json: bool) -> None:
     )
     click.echo(
         f"{'would delete' if dry_run else 'deleted'}: {report.inbox} inbox notifications "
-        f"(before {report.inbox_before:%Y-%m-%d %H:%M} UTC), {report.nonces} receipt nonces"
+        f"(before {report.inbox_before:%Y-%m-%d %H:%M} UTC), {report.nonces} receipt nonces, "
+        f"{report.statuses} status outbox rows"
     )

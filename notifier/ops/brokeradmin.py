@@ -26,17 +26,31 @@ Publishers set the ``user_id`` message property to their user name; RabbitMQ ref
 a ``user_id`` that is not the connection's user, so the bridge knows who published and
 rejects an event for an agency outside that user's list (see notifier.store.publishers).
 ``notifier broker set-agencies NAME`` changes the list of an existing user.
+
+Each publisher also gets its own **status queue**, ``notifier.statuses.<name>``,
+declared and bound by notifier (as its own broker user) to the status exchange with
+the keys of the publisher's agencies (``<agency word>.#``; ``#`` for every agency), and
+read permission on that queue and nothing else. Binding a queue needs read permission
+on the exchange it binds from, which a publisher never has: it cannot bind its queue
+(or any) to another agency's statuses, nor read another publisher's queue; RabbitMQ
+refuses both with ACCESS_REFUSED. ``set-agencies`` rebinds the queue.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
+import pika
+
 from notifier.masking import scrub
-from notifier.settings import EventsSettings
+from notifier.pipeline.relay import declare_status_exchange
+from notifier.settings import EventsSettings, StatusSettings
+from notifier.store.statuses import binding_key
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PASSWORD = 16
@@ -53,9 +67,51 @@ class Permissions:
     read: str
 
 
-def publisher_permissions(events: EventsSettings) -> Permissions:
-    """Publish to the events exchange; create nothing, read nothing."""
-    return Permissions(configure="^$", write=f"^{re.escape(events.exchange)}$", read="^$")
+def publisher_permissions(events: EventsSettings, status_queue: str | None = None) -> Permissions:
+    """Publish to the events exchange; create nothing; read its own status queue only
+    (nothing without one). Binding needs read on the exchange bound from, which no
+    publisher has: notifier binds its queue, to its agencies' statuses only."""
+    read = f"^{re.escape(status_queue)}$" if status_queue else "^$"
+    return Permissions(configure="^$", write=f"^{re.escape(events.exchange)}$", read=read)
+
+
+def status_queue_name(statuses: StatusSettings, name: str) -> str:
+    """A publisher's own status queue: ``<queue_prefix>.<its user name>``."""
+    return f"{statuses.queue_prefix}.{check_name(name)}"
+
+
+def bind_status_queue(
+    channel: Any,
+    statuses: StatusSettings,
+    queue: str,
+    agencies: Iterable[str],
+    previous: Iterable[str] = (),
+) -> list[str]:
+    """Declare a publisher's status queue (durable) and bind it to its agencies'
+    statuses, unbinding those of ``previous`` agencies it no longer has. Runs as
+    notifier's own broker user. Returns the binding keys."""
+    declare_status_exchange(channel, statuses)
+    channel.queue_declare(queue=queue, durable=True)
+    wanted = {binding_key(a) for a in agencies}
+    for key in sorted({binding_key(a) for a in previous} - wanted):
+        channel.queue_unbind(queue=queue, exchange=statuses.exchange, routing_key=key)
+    for key in sorted(wanted):
+        channel.queue_bind(queue=queue, exchange=statuses.exchange, routing_key=key)
+    return sorted(wanted)
+
+
+def status_queue_exists(connection: Any, queue: str) -> bool:
+    """Whether ``queue`` exists (a passive declare, on a channel of its own: the broker
+    closes the channel when it does not)."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue=queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return False
+        raise
+    channel.close()
+    return True
 
 
 def publisher_topic_permissions(events: EventsSettings) -> Permissions:
@@ -126,8 +182,10 @@ def add_publisher(
     vhost: str,
     events: EventsSettings,
     update_password: bool = False,
+    status_queue: str | None = None,
 ) -> None:
-    """Create (or, with ``update_password``, re-key) a publisher user with its permissions."""
+    """Create (or, with ``update_password``, re-key) a publisher user with its
+    permissions (read on ``status_queue``, its own, if given)."""
     check_name(name)
     if len(password) < MIN_PASSWORD:
         raise BrokerAdminError(f"the password must have {MIN_PASSWORD}+ characters")
@@ -141,11 +199,18 @@ def add_publisher(
         ctl.run("-q", "change_password", name, stdin=password + "\n")
     else:
         ctl.run("-q", "add_user", name, stdin=password + "\n")
-    grant_publisher(ctl, name, vhost=vhost, events=events)
+    grant_publisher(ctl, name, vhost=vhost, events=events, status_queue=status_queue)
 
 
-def grant_publisher(ctl: RabbitmqCtl, name: str, *, vhost: str, events: EventsSettings) -> None:
-    permissions = publisher_permissions(events)
+def grant_publisher(
+    ctl: RabbitmqCtl,
+    name: str,
+    *,
+    vhost: str,
+    events: EventsSettings,
+    status_queue: str | None = None,
+) -> None:
+    permissions = publisher_permissions(events, status_queue)
     ctl.run(
         "-q",
         "set_permissions",

@@ -33,6 +33,7 @@ from notifier.store.deliveries.costs import CostLog, month_start, next_month
 from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.deliveries.log import DeliveryLog
 from notifier.store.schema import deliveries, rejected_events, utcnow
+from notifier.store.statuses import StatusOutbox
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -184,6 +185,17 @@ class StateCollector:
         for (channel, command, outcome), n in sorted(self.app.inbound_store.counts().items()):
             inbound.add_metric([channel, command, outcome], n)
         yield inbound
+        pending, oldest = StatusOutbox(self.app.database).backlog()
+        yield GaugeMetricFamily(
+            "notifier_status_outbox_pending",
+            "Status changes recorded and not yet published to the status stream.",
+            value=pending,
+        )
+        yield GaugeMetricFamily(
+            "notifier_status_outbox_oldest_pending_seconds",
+            "Age of the oldest status change not yet published (0 when none waits).",
+            value=0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds()),
+        )
         yield from self._callbacks()
         yield from self._costs()
 

@@ -14,7 +14,15 @@ What goes, once older than its period (``NOTIFIER_RETENTION__*``):
 - the portal inbox (``inbox_days``, default 180): notifications are deleted;
 - receipt nonces (``receipt_nonces_days``, default 7): deleted. A nonce must outlive
   every provider's receipt window twice over (a receipt stamped at the edge of the
-  window can arrive that much later), so the period is raised to that when shorter.
+  window can arrive that much later), so the period is raised to that when shorter;
+- the status outbox (``NOTIFIER_STATUSES__KEEP_PUBLISHED_DAYS``, default 2): rows
+  published to the status stream are deleted that long after; a pending row never is
+  (it is not lost), except without RabbitMQ (the embedded mode has no stream), where
+  rows are deleted that long after the change.
+
+Statuses themselves stay: events, deliveries (status, attempts, times, masked
+recipient) and rejects (reason, event id, agency, dossier) are what the status API
+reads, for as long as the delivery log keeps them.
 
 Each worker process runs the purge every ``interval_s`` (:class:`RetentionJob`, a
 Dramatiq middleware like the sweeper, added by :func:`add_retention_job` where workers
@@ -45,6 +53,7 @@ from notifier.store.schema import (
     inbox_notifications,
     receipt_nonces,
     rejected_events,
+    status_outbox,
     utcnow,
 )
 
@@ -70,11 +79,18 @@ class PurgeReport:
     deliveries_before: datetime
     inbox_before: datetime
     nonces_before: datetime
+    statuses: int = 0  # status outbox rows deleted (published, or no stream)
 
     @property
     def total(self) -> int:
         return (
-            self.deliveries + self.events + self.rejects + self.inbox + self.nonces + self.inbound
+            self.deliveries
+            + self.events
+            + self.rejects
+            + self.inbox
+            + self.nonces
+            + self.inbound
+            + self.statuses
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -104,6 +120,9 @@ class Retention:
     ) -> None:
         self.database = database
         self.settings: RetentionSettings = settings.retention
+        self.outbox_age = timedelta(seconds=settings.statuses.keep_published_days * _DAY)
+        # Without RabbitMQ nothing publishes the outbox: its rows go by age alone.
+        self.outbox_unpublished_too = not settings.uses_rabbitmq
         providers = (registry or Registry.from_settings(settings)).all_providers()
         windows = _receipt_windows_s(providers)
         # A delivery may still be sent until the worker's max age: its contact and text
@@ -199,6 +218,17 @@ class Retention:
                 dry_run,
                 step,
             ),
+            statuses=self._delete(
+                status_outbox,
+                status_outbox.c.sequence,
+                (
+                    status_outbox.c.occurred_at < now - self.outbox_age
+                    if self.outbox_unpublished_too
+                    else status_outbox.c.published_at < now - self.outbox_age
+                ),
+                dry_run,
+                step,
+            ),
             dry_run=dry_run,
             deliveries_before=delivery_cutoff,
             inbox_before=inbox_cutoff,
@@ -213,6 +243,7 @@ class Retention:
                 inbox=report.inbox,
                 nonces=report.nonces,
                 inbound=report.inbound,
+                statuses=report.statuses,
             )
         return report
 

@@ -18,6 +18,8 @@
                                     fallback.py: the routing's fallback channels,
                                           planned by the same Planner → their actors
     sweeper.py: re-enqueues deliveries left with no message in flight.
+    relay.py: publishes the recorded status changes (store/statuses, written by every
+              transition in the same transaction) to the status stream.
 
 Actor and queue names are fixed in :mod:`notifier.pipeline.actors` (messages in flight
 in a running deployment must still be consumed); :mod:`notifier.app` only wires.

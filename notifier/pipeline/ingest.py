@@ -209,7 +209,8 @@ class Ingest:
             for event in duplicates:
                 connection.execute(
                     sa.update(events)
-                    .where(e.event_id == event.event_id)
+                    # Only a copy for the same agency counts on the event.
+                    .where(e.event_id == event.event_id, e.agency_code == event.agency.code)
                     .values(duplicates=e.duplicates + 1)
                 )
             record_event_changes(

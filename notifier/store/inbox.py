@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 from notifier.adapter import NewNotification
 from notifier.store import Database
+from notifier.store.notify import INBOX, notify
 from notifier.store.schema import inbox_notifications as inbox
 from notifier.store.schema import utcnow
 
@@ -41,6 +43,12 @@ def _item(row: sa.Row[tuple[object, ...]]) -> InboxItem:
         created_at=m["created_at"],
         read_at=m["read_at"],
     )
+
+
+def account_key(account_id: str) -> str:
+    """What a notification about an account carries to the live streams: enough to
+    wake only that account's streams, not the account id itself."""
+    return hashlib.sha256(account_id.encode("utf-8", errors="surrogatepass")).hexdigest()[:20]
 
 
 class InboxStore:
@@ -89,6 +97,9 @@ class InboxStore:
                     for n in notifications
                 ],
             )
+            # Live streams of these accounts wake when this commits (PostgreSQL).
+            for key in sorted({account_key(n.account_id) for n in notifications}):
+                notify(connection, INBOX, key)
             found = connection.execute(
                 sa.select(inbox.c.delivery_id, inbox.c.notification_id).where(
                     inbox.c.delivery_id.in_([n.delivery_id for n in notifications])

@@ -53,6 +53,10 @@ class Listener:
     def available(self) -> bool:
         return not self.database.is_sqlite
 
+    def start(self) -> None:
+        """Connect and LISTEN now (a change committed after this returns is notified)."""
+        self._connect()
+
     def wait(self, timeout: float) -> list[str]:
         """The payloads notified within ``timeout`` seconds (at least one, or none on
         timeout). Raises if the database cannot be reached (callers poll instead)."""

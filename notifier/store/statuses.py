@@ -21,7 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -263,13 +263,21 @@ class StatusOutbox:
         )
 
     def pending_count(self) -> int:
+        return self.backlog()[0]
+
+    def backlog(self) -> tuple[int, datetime | None]:
+        """How many changes wait to be published, and when the oldest was recorded."""
         o = status_outbox.c
         with self.database.engine.connect() as connection:
-            return int(
-                connection.execute(
-                    sa.select(sa.func.count()).where(o.published_at.is_(None))
-                ).scalar_one()
-            )
+            row = connection.execute(
+                sa.select(sa.func.count(), sa.func.min(o.occurred_at)).where(
+                    o.published_at.is_(None)
+                )
+            ).one()
+        oldest = row[1]
+        if oldest is not None and oldest.tzinfo is None:  # SQLite drops the zone
+            oldest = oldest.replace(tzinfo=UTC)
+        return int(row[0]), oldest
 
     def prune(self, published_before: datetime, batch: int) -> int:
         """Delete up to ``batch`` rows published before ``published_before``."""

@@ -51,6 +51,7 @@ def create_api(
         delivery_log=DeliveryLog(app.database, hash_key),
         opt_outs=OptOutStore(app.database, hash_key),
         submit_event=submit or EventSubmitter(app),
+        inbox_wakeups=inbox.InboxWakeups(app.database),
     )
     secure_api(api, app)  # rate limit, body size limit, headers
     for module in (optouts, preferences, health, events, statuses, inbox, receipts, deliveries):

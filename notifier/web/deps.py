@@ -8,7 +8,7 @@ only through these dependencies, so a route names what it needs in its signature
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request, Response
 
@@ -30,6 +30,8 @@ class WebState:
     delivery_log: DeliveryLog
     opt_outs: OptOutStore
     submit_event: Callable[[bytes, Submitter], None]
+    # Wakes the inbox live streams (notifier.web.inbox.InboxWakeups).
+    inbox_wakeups: Any
 
 
 def get_state(request: Request) -> WebState:

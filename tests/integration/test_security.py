@@ -617,9 +617,11 @@ def test_the_publisher_password_never_is_an_argument(tmp_path: Path) -> None:
         "NOTIFIER_DATABASE_URL": database_url,
     }
     agency = ["--agency", "000.00.12.H29"]
+    # No status queue: that needs the broker itself (tests/integration/test_status_queues.py).
+    no_queue = ["--no-status-queue", "--rabbitmqctl", str(script)]
     result = CliRunner().invoke(
         main,
-        ["broker", "add-publisher", "motcua-hn", *agency, "--rabbitmqctl", str(script)],
+        ["broker", "add-publisher", "motcua-hn", *agency, *no_queue],
         input=password + "\n",
         env=env,
     )

@@ -31,7 +31,7 @@ from notifier.store.deliveries.lifecycle import DeliveryStatus, set_status
 from notifier.store.optouts import OptOutStore
 from notifier.store.schema import deliveries, status_outbox
 from notifier.store.statuses import StatusOutbox
-from tests.support import REPO, RunningWorker, rabbit_settings, wait_until
+from tests.support import REPO, RunningWorker, notifier_env, rabbit_settings, wait_until
 from tests.test_status_record import _planned_delivery, outbox
 
 pytestmark = pytest.mark.integration
@@ -85,6 +85,13 @@ class StatusQueue:
     def close(self) -> None:
         if self.connection.is_open:
             self.connection.close()
+
+
+def finished(database: Database) -> int:
+    """How many deliveries are in a final status."""
+    with database.engine.connect() as connection:
+        found = connection.execute(sa.select(deliveries.c.status)).scalars().all()
+    return sum(DeliveryStatus(s).final for s in found)
 
 
 def published_all(database: Database) -> bool:
@@ -260,3 +267,56 @@ def test_a_relay_killed_between_publish_and_mark_publishes_again_with_the_same_i
             sa.select(sa.func.count()).where(status_outbox.c.published_at.is_not(None))
         ).scalar_one()
     assert marked == 5
+
+
+def test_a_worker_killed_mid_burst_and_restarted_announces_every_committed_change(
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    smtp: SmtpCatcher,
+    tmp_path: Path,
+) -> None:
+    """`notifier worker` (its relay included) killed with SIGKILL while the burst's
+    statuses are being published, then started again."""
+    from tests.faults.test_faults import WorkerProcess, declare, publish
+
+    settings = stream_settings(amqp_url, pg_url, queue_prefix, smtp)
+    declare(settings)
+    stream = StatusQueue(amqp_url, settings)
+    env = notifier_env(settings, NOTIFIER_STATUSES__INTERVAL_S="0.5")
+    events = []
+    for index in range(60):
+        event = sample_event(index, status=Status.RESULT_READY, event_id=uuid.uuid4())
+        event["applicant"]["contacts"] = {"email": f"citizen{index}@example.com"}
+        events.append(event)
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(env, log).start()
+    try:
+        publish(settings, events)
+        wait_until(lambda: len(stream.drain()) >= 20, timeout=90)
+        worker.kill9()
+        worker = WorkerProcess(env, log).start()
+        # A send the kill interrupted is held as unknown (SMTP does not drop repeats):
+        # that is a final status too, and announced.
+        wait_until(lambda: finished(pg_database) == 60, timeout=120)
+        wait_until(
+            lambda: len(outbox(pg_database)) == 120 and published_all(pg_database), timeout=120
+        )
+        wait_until(
+            lambda: {m["id"] for m in stream.drain()} >= {m["id"] for m in outbox(pg_database)}
+        )
+        assert worker.terminate() == 0
+        received = stream.drain()
+    finally:
+        if worker.process is not None and worker.process.poll() is None:
+            worker.kill9()
+        stream.close()
+    committed = {m["id"]: m for m in outbox(pg_database)}
+    # Every committed change arrived; a repeat is the same change (same id, same body).
+    assert {m["id"] for m in received} == set(committed)
+    assert all(m == committed[m["id"]] for m in received)
+    types = [m["type"] for m in committed.values()]
+    assert types.count("event.accepted") == 60
+    assert types.count("delivery.sent") + types.count("delivery.unknown") == 60
+    assert len({m["delivery"]["id"] for m in committed.values() if m["delivery"]}) == 60
