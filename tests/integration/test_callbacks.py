@@ -301,4 +301,7 @@ def test_a_worker_killed_during_callbacks_loses_none(
     # Sent again only what the killed sender had claimed: at most one batch of its
     # process (``batch`` callbacks), each with the same webhook-id.
     repeats = sum(receiver.received.tries.values()) - 40
+    print(
+        f"\ncallbacks SIGKILL: delivered before the kill {delivered_at_kill}/40, repeats {repeats}"
+    )
     assert 0 <= repeats <= settings.callbacks.batch
