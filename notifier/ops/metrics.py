@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from notifier.logging import get_logger
+from notifier.pipeline.budget import BudgetLevel, budget_statuses, cost_zone
 from notifier.pipeline.guard import ProviderCall
+from notifier.store.deliveries.costs import CostLog, month_start, next_month
 from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.deliveries.log import DeliveryLog
-from notifier.store.schema import deliveries, rejected_events
+from notifier.store.schema import deliveries, rejected_events, utcnow
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -112,6 +114,7 @@ class StateCollector:
             ).scalar_one()
         # The state shown, derived from the latest outcomes (as the console shows it).
         health_rows = DeliveryLog(self.app.database, "").provider_health()
+        reason_rows = DeliveryLog(self.app.database, "").reason_counts()
 
         counts = GaugeMetricFamily(
             "notifier_deliveries",
@@ -124,6 +127,16 @@ class StateCollector:
             counts.add_metric([row.channel, row.provider or "none", row.status], int(row.n))
             retried[row.channel] = retried.get(row.channel, 0) + int(row.r or 0)
         yield counts
+        by_reason = GaugeMetricFamily(
+            "notifier_deliveries_by_reason",
+            "Deliveries held or suppressed by a rule or the citizen's choice, by channel, "
+            "kind (suppressed; scheduled: held now; held: held earlier, since released) "
+            "and reason. Not failures.",
+            labels=["channel", "kind", "reason"],
+        )
+        for r in reason_rows:
+            by_reason.add_metric([r.channel, r.kind, r.reason], r.count)
+        yield by_reason
         retry_total = CounterMetricFamily(
             "notifier_delivery_retries",
             "Attempts after the first, summed over the deliveries in the log.",
@@ -162,6 +175,7 @@ class StateCollector:
         yield circuit
         yield failures
         yield from self._callbacks()
+        yield from self._costs()
 
     def _callbacks(self) -> Iterator[Metric]:
         """Each publisher's callback health (labels: publisher, kind)."""
@@ -215,6 +229,52 @@ class StateCollector:
             families["success"].add_metric(labels, 0 if success is None else success.timestamp())
             families["delivered"].add_metric(labels, item.delivered)
         yield from families.values()
+
+        yield from self._costs()
+
+    def _costs(self) -> Iterator[Metric]:
+        """This month's cost per agency and channel, and each budget's use and alerts
+        (80% and 100%), months counted in ``[costs] timezone``."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        costs = self.app.settings.costs
+        tz = cost_zone(costs.timezone)
+        start = month_start(utcnow(), tz)
+        cost_log = CostLog(self.app.database)
+        month_cost = GaugeMetricFamily(
+            "notifier_month_cost_vnd",
+            "What this calendar month's deliveries cost, in VND (providers' reported "
+            "charges, else notifier's estimates from the price table).",
+            labels=["agency", "channel"],
+        )
+        for (agency, channel), cost in sorted(cost_log.spend(start, next_month(start, tz)).items()):
+            month_cost.add_metric([agency, channel], float(cost))
+        yield month_cost
+        budget = GaugeMetricFamily(
+            "notifier_budget_vnd", "Each agency's monthly budget, in VND.", labels=["agency"]
+        )
+        used = GaugeMetricFamily(
+            "notifier_budget_used_ratio",
+            "Share of its monthly budget an agency has spent (1 = all of it).",
+            labels=["agency"],
+        )
+        alert = GaugeMetricFamily(
+            "notifier_budget_alert",
+            "1 when an agency has spent at least this percentage of its monthly budget "
+            "(80 and 100).",
+            labels=["agency", "level"],
+        )
+        for status in budget_statuses(cost_log, costs.budgets, tz):
+            budget.add_metric([status.agency_code], float(status.budget_vnd))
+            used.add_metric([status.agency_code], float(status.share))
+            level = status.level
+            alert.add_metric([status.agency_code, "80"], 0 if level is BudgetLevel.OK else 1)
+            alert.add_metric(
+                [status.agency_code, "100"], 1 if level is BudgetLevel.EXHAUSTED else 0
+            )
+        yield budget
+        yield used
+        yield alert
 
     def _queue_depths(self) -> dict[str, int] | None:
         """Ready messages per queue via passive declares (None if RabbitMQ is down); a

@@ -31,8 +31,10 @@ from notifier.adapter import (
     TemporaryFailure,
     UncertainSendPolicy,
 )
+from notifier.costs import PriceTable
 from notifier.logging import get_logger
 from notifier.pipeline.dispatch import DispatchJournal, RecordBacklog
+from notifier.pipeline.gate import SendGate
 from notifier.pipeline.guard import Admission, Guard, NoGuard, ProviderCall
 from notifier.pipeline.recording import (
     Accepted,
@@ -90,8 +92,12 @@ class Sender:
         worker: WorkerSettings,
         guard: Guard | None = None,
         uncertain_send: Mapping[str, UncertainSendPolicy] | None = None,
+        gate: SendGate | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.store = store
+        # The citizen's choice checked again before any call (None: tests without it).
+        self.gate = gate
         self.guard: Guard = guard or NoGuard()
         self.registry = registry
         self.runtime = runtime
@@ -112,7 +118,11 @@ class Sender:
                 )
             self.policies[provider.name] = policy
         self.recorder = Recorder(
-            store=store, registry=registry, worker=worker, policies=self.policies
+            store=store,
+            registry=registry,
+            worker=worker,
+            policies=self.policies,
+            prices=prices or PriceTable({}),
         )
         self.backlog = RecordBacklog(worker.max_unrecorded)
         self.journal = DispatchJournal(store.mark_dispatched)
@@ -147,13 +157,19 @@ class Sender:
             else:
                 log.debug("delivery needs nothing", delivery_id=str(delivery_id), claim=why)
                 outcomes.append(SendOutcome(delivery_id, None))
+        admitted = claims.claimed
+        if self.gate is not None and admitted:
+            admitted, gated = self.gate.admit(admitted)
+            outcomes.extend(gated)
         now = utcnow()
         concluded: list[tuple[ClaimedDelivery, Tried]] = []
         pending: dict[Future[Tried], ClaimedDelivery] = {}
         progress: dict[UUID, _Progress] = {}
-        for claimed in claims.claimed:
+        for claimed in admitted:
             progress[claimed.delivery_id] = _Progress()
-            if (now - claimed.created_at).total_seconds() > self.worker.max_age_s:
+            # A held delivery's age counts from when it was due, not from its planning.
+            since = claimed.due_at or claimed.created_at
+            if (now - since).total_seconds() > self.worker.max_age_s:
                 expired = PermanentFailure(f"expired: not sent within {self.worker.max_age_s:g}s")
                 concluded.append((claimed, Failed(expired, None, now)))
             else:

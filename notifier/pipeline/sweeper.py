@@ -1,4 +1,12 @@
-"""The sweeper: re-enqueues deliveries that have no message in flight.
+"""The sweeper: releases held deliveries when they are due, and re-enqueues deliveries
+that have no message in flight.
+
+Held deliveries (status ``scheduled``, see :class:`~notifier.store.deliveries.lifecycle.HoldReason`)
+wait in the database, not in the broker: each round moves the due ones to ``queued``
+(each row once, whichever worker's sweeper gets it) and enqueues them into the normal
+send path. If the enqueue fails (the broker is down), they are held again, due at once,
+and the next round tries again; a crash between the release and the enqueue leaves them
+``queued`` with no message, which the stale sweep below finds.
 
 Every path that records a delivery also enqueues it, and a message is acked only
 after its work is recorded, so the broker redelivers what a crash interrupted. What
@@ -48,6 +56,32 @@ class Sweeper(BackgroundThread):
                 log.exception("sweep failed")
 
     def sweep(self) -> int:
+        """Release due held deliveries, then enqueue stale ones; returns how many
+        deliveries were enqueued."""
+        released = self.release_due()
+        return released + self.sweep_stale()
+
+    def release_due(self) -> int:
+        """Enqueue the held deliveries that are due (in rounds of ``batch``)."""
+        total = 0
+        while not self.stopping.is_set():
+            due = self.store.release_due(self.settings.batch)
+            if not due:
+                break
+            try:
+                self.enqueue(due)
+            except Exception:
+                # Not lost: held again, due now, for the next round. A copy that did
+                # reach its queue finds the delivery held and does nothing.
+                self.store.hold_again([delivery_id for delivery_id, _channel in due])
+                raise
+            total += len(due)
+            log.info("released held deliveries into their queues", count=len(due))
+            if len(due) < self.settings.batch:
+                break
+        return total
+
+    def sweep_stale(self) -> int:
         """Enqueue stale deliveries once; returns how many."""
         stale = self.store.stale(
             timedelta(seconds=self.settings.stale_after_s), self.settings.batch

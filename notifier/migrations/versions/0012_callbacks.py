@@ -1,7 +1,7 @@
 """callbacks: publishers' callback targets and the callbacks due to them
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0011
 Create Date: 2026-12-03 10:00:00
 """
 
@@ -14,7 +14,7 @@ import notifier.store.schema
 
 revision = "0012"
 # The latest migration on this branch; the lead re-chains it after 0011 at merge.
-down_revision = "0008"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -7,6 +7,15 @@ Lifecycle (after GOV.UK Notify)::
        └── retry ── temporary-failure ◄┘                 (retried with backoff)
     suppressed: planned but not sent (opt-out, quiet rules)
     unknown: a call whose outcome is unknown, held for an admin (resend or mark sent)
+    scheduled ──due──► queued   held for later (quiet hours, a frequency cap, coalescing)
+
+A *held* delivery is a row in ``scheduled`` with a ``due_at`` time and a
+``hold_reason`` (:class:`HoldReason`); no broker message waits for it. The sweeper
+(:mod:`notifier.pipeline.sweeper`) calls :meth:`DeliveryStore.release_due`, which moves
+due rows to ``queued`` exactly once (claimed with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so two sweepers never take the same row), and enqueues them into the normal
+send path. A message that reaches a delivery still held does nothing
+(:attr:`ClaimOutcome.HELD`): the release will send it.
 
 A delivery is claimed with a lease before a send, so two workers holding copies of
 the same message never both send; a worker that dies mid-send leaves a lease that
@@ -20,10 +29,12 @@ policy for an uncertain send (resend, verify, hold) instead of simply sending.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -32,6 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from notifier.adapter import OutboundMessage
+from notifier.costs import Charge, CostSource
 from notifier.store import Database
 from notifier.store.schema import (
     deliveries,
@@ -40,6 +52,7 @@ from notifier.store.schema import (
     receipt_nonces,
     utcnow,
 )
+from notifier.store.statuses import record_delivery_changes
 
 
 class DeliveryStatus(StrEnum):
@@ -54,6 +67,11 @@ class DeliveryStatus(StrEnum):
     # adapter said it may have sent) and the provider does not drop repeats: held until
     # an admin resends it or marks it sent.
     UNKNOWN = "unknown"
+    # Held for later: sent when its ``due_at`` comes (see :class:`HoldReason`).
+    SCHEDULED = "scheduled"
+    # Coalesced away: a later status of the same dossier, channel and recipient was
+    # sent in its place (``superseded_by``). Final; never sent.
+    SUPERSEDED = "superseded"
 
     @property
     def final(self) -> bool:
@@ -66,8 +84,63 @@ _FINAL = {
     DeliveryStatus.PERMANENT_FAILURE,
     DeliveryStatus.SUPPRESSED,
     DeliveryStatus.UNKNOWN,
+    DeliveryStatus.SUPERSEDED,
 }
 _CLAIMABLE = (DeliveryStatus.QUEUED, DeliveryStatus.TEMPORARY_FAILURE)
+
+# The statuses announced on the status stream (and callbacks): a delivery reaching one
+# gets an outbox row in the same transaction (notifier.store.statuses). Announcing a new
+# status (superseded, scheduled...) is one line here, as long as the status is set
+# through this module's transitions.
+ANNOUNCED: frozenset[str] = frozenset(s.value for s in _FINAL)
+
+
+def set_status(
+    connection: Connection,
+    delivery_id: UUID,
+    *,
+    only_from: Collection[str],
+    values: dict[str, Any],
+    only_if: sa.ColumnElement[bool] | None = None,
+) -> bool:
+    """Move one delivery from one of ``only_from`` to ``values["status"]`` (with the
+    other columns in ``values``) and announce it if announced, in the caller's
+    transaction: the transition of an admin's replay or resolution. ``only_if`` adds a
+    condition. Returns whether it changed (a concurrent change wins, and this one does
+    nothing)."""
+    d = deliveries.c
+    condition = sa.and_(d.delivery_id == delivery_id, d.status.in_(list(only_from)))
+    if only_if is not None:
+        condition = sa.and_(condition, only_if)
+    changed = connection.execute(sa.update(deliveries).where(condition).values(**values)).rowcount
+    if changed:
+        announce(connection, [delivery_id])
+    return bool(changed)
+
+
+def announce(connection: Connection, delivery_ids: Collection[UUID]) -> None:
+    """Record the announced status changes of these deliveries (those now in an
+    ``ANNOUNCED`` status) in the caller's transaction, right after its update."""
+    record_delivery_changes(connection, delivery_ids, ANNOUNCED)
+
+
+class HoldReason(StrEnum):
+    """Why a delivery is held (``deliveries.hold_reason``); kept after its release, so
+    reports can tell how many deliveries each reason delayed."""
+
+    QUIET_HOURS = "quiet_hours"  # the citizen's night, in Vietnam time
+    FREQUENCY_CAP = "frequency_cap"  # over the recipient's cap: sent in the next slot
+    COALESCING = "coalescing"  # waiting to be merged with later news of the same dossier
+
+
+class SuppressReason(StrEnum):
+    """Why a delivery is ``suppressed`` (``deliveries.suppressed_reason``)."""
+
+    OPTED_OUT = "opted_out"  # an opt-out (STOP, the portal, an operator)
+    CHANNEL_OFF = "channel_off"  # the citizen turned the channel off in their preferences
+    FREQUENCY_CAP = "frequency_cap"  # over the recipient's cap, and the routing says suppress
+    DUPLICATE = "duplicate_content"  # the same text went to the same recipient just before
+    BUDGET = "budget"  # the agency spent its monthly budget and routing says cheaper only
 
 
 @dataclass(frozen=True)
@@ -81,6 +154,28 @@ class PlannedDelivery:
     template: str
     content: dict[str, str]
     status: DeliveryStatus = DeliveryStatus.QUEUED
+    # Set together with status ``scheduled``: when to send, and why it waits.
+    due_at: datetime | None = None
+    hold_reason: HoldReason | None = None
+    suppressed_reason: SuppressReason | None = None
+    # The keyed hash of the event's portal account id (its preferences apply), and of
+    # this delivery's channel, recipient and text (identical messages are sent once).
+    account_hash: str | None = None
+    content_hash: str | None = None
+
+    def suppressed(self, reason: SuppressReason) -> PlannedDelivery:
+        """This delivery kept but not sent, with the reason."""
+        return replace(
+            self,
+            status=DeliveryStatus.SUPPRESSED,
+            suppressed_reason=reason,
+            due_at=None,
+            hold_reason=None,
+        )
+
+    def held_until(self, due_at: datetime, reason: HoldReason) -> PlannedDelivery:
+        """This delivery held until ``due_at`` (recorded ``scheduled``, not enqueued)."""
+        return replace(self, status=DeliveryStatus.SCHEDULED, due_at=due_at, hold_reason=reason)
 
 
 @dataclass(frozen=True)
@@ -96,6 +191,14 @@ class ClaimedDelivery:
     event_status: str
     attempt: int
     created_at: datetime
+    # When a held delivery was due (None: never held): its age counts from then.
+    due_at: datetime | None = None
+    # What the send-time gate checks: the citizen's identities and the text's hash.
+    recipient_hash: str = ""
+    account_hash: str | None = None
+    content_hash: str | None = None
+    # When an earlier try passed the gate (it holds its place under the caps since).
+    counted_at: datetime | None = None
     # Set when the claim found a dispatch mark: the provider the last call went to,
     # whose outcome was never recorded.
     uncertain_provider: str | None = None
@@ -119,6 +222,7 @@ class ClaimOutcome(StrEnum):
     CLAIMED = "claimed"
     FINISHED = "finished"  # already in a final state: nothing to do
     BUSY = "busy"  # another worker holds an unexpired lease
+    HELD = "held"  # scheduled for later: the sweeper enqueues it when due
     MISSING = "missing"
 
 
@@ -152,6 +256,43 @@ class AttemptRecord:
     # Keep the dispatch mark: the call may have reached the provider (maybe_sent, or
     # the delivery is held as unknown), so the next claim applies the provider's policy.
     keep_mark: bool = False
+    # An accepted send's segments and estimated cost (notifier.costs), stored with it.
+    charge: Charge | None = None
+
+
+@dataclass(frozen=True)
+class Suppress:
+    """The send-time gate's verdict: do not send this claim (kept, with the reason)."""
+
+    reason: SuppressReason
+    text: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The send-time gate's verdict: hold this claim until ``due_at``."""
+
+    due_at: datetime
+    reason: HoldReason
+
+
+Verdict = Suppress | Hold | None  # None: send it
+
+
+@dataclass
+class RecipientHistory:
+    """What a frequency cap looks at: when this recipient's deliveries on the channel
+    passed the gate (within the window asked for), with their texts' hashes."""
+
+    counted: list[tuple[datetime, str | None]]
+
+    def since(self, moment: datetime) -> list[datetime]:
+        return [at for at, _content in self.counted if at >= moment]
+
+    def sent_same_text(self, content_hash: str | None, since: datetime) -> bool:
+        return content_hash is not None and any(
+            content == content_hash and at >= since for at, content in self.counted
+        )
 
 
 @dataclass(frozen=True)
@@ -199,6 +340,11 @@ _CLAIM = (
         _d.event_status,
         _d.attempts,
         _d.created_at,
+        _d.due_at,
+        _d.recipient_hash,
+        _d.account_hash,
+        _d.content_hash,
+        _d.counted_at,
         # Not changed by the claim: the mark left by the previous claim, if any.
         _d.dispatch_provider,
     )
@@ -254,6 +400,13 @@ class DeliveryStore:
                 "recipient": p.recipient,
                 "content": p.content,
                 "status": p.status.value,
+                "due_at": p.due_at,
+                "hold_reason": None if p.hold_reason is None else p.hold_reason.value,
+                "suppressed_reason": None
+                if p.suppressed_reason is None
+                else p.suppressed_reason.value,
+                "account_hash": p.account_hash,
+                "content_hash": p.content_hash,
                 "attempts": 0,
                 "created_at": now,
                 "updated_at": now,
@@ -270,6 +423,9 @@ class DeliveryStore:
             else deliveries.insert()
         )
         connection.execute(statement, rows)
+        # Planned already final (suppressed by an opt-out): that is a change to announce.
+        # An ignored row's fresh id is not in the table, so it announces nothing twice.
+        announce(connection, [r["delivery_id"] for r in rows if r["status"] in ANNOUNCED])
 
     def existing(
         self, event_id: UUID, keys: Sequence[tuple[str, str]], *, fallback_of: UUID
@@ -364,6 +520,8 @@ class DeliveryStore:
                 not_claimed[delivery_id] = ClaimOutcome.MISSING
             elif DeliveryStatus(status).final:
                 not_claimed[delivery_id] = ClaimOutcome.FINISHED
+            elif status == DeliveryStatus.SCHEDULED:
+                not_claimed[delivery_id] = ClaimOutcome.HELD
             else:
                 not_claimed[delivery_id] = ClaimOutcome.BUSY
         return Claims(claimed, not_claimed)
@@ -404,6 +562,8 @@ class DeliveryStore:
                             **marks,
                         )
                     )
+                    if status.value in ANNOUNCED:
+                        announce(connection, ids)
 
     def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
         """Deliveries waiting with no message in flight: claimable ones untouched for
@@ -426,6 +586,274 @@ class DeliveryStore:
                     .values(updated_at=now)
                 )
         return [(row.delivery_id, row.channel) for row in found]
+
+    def hold(
+        self, delivery_ids: Sequence[UUID], due_at: datetime, reason: HoldReason
+    ) -> list[UUID]:
+        """Hold recorded deliveries that are waiting to be sent (``queued``, or a
+        temporary failure waiting for its retry) until ``due_at``; returns those held. A
+        delivery being sent or already finished is left alone."""
+        if not delivery_ids:
+            return []
+        d = deliveries.c
+        with self.database.begin() as connection:
+            rows = connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.delivery_id.in_(list(delivery_ids)),
+                    d.status.in_([s.value for s in _CLAIMABLE]),
+                )
+                .values(
+                    status=DeliveryStatus.SCHEDULED.value,
+                    due_at=due_at,
+                    hold_reason=reason.value,
+                    updated_at=utcnow(),
+                )
+                .returning(d.delivery_id)
+            ).all()
+        return [row.delivery_id for row in rows]
+
+    def release_due(self, limit: int, now: datetime | None = None) -> list[tuple[UUID, str]]:
+        """Move held deliveries whose ``due_at`` has come to ``queued``, at most
+        ``limit`` of the longest due first; returns them as (id, channel) for the caller
+        to enqueue. Each row is released once: a concurrent release skips the rows this
+        one has locked (PostgreSQL) or finds them no longer ``scheduled``."""
+        now = now or utcnow()
+        d = deliveries.c
+        due = (
+            sa.select(d.delivery_id)
+            .where(d.status == DeliveryStatus.SCHEDULED.value, d.due_at <= now)
+            .order_by(d.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self.database.begin() as connection:
+            rows = connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id.in_(due), d.status == DeliveryStatus.SCHEDULED.value)
+                # updated_at = now: the stale sweep re-enqueues it only if this
+                # release's message is lost (a crash before the enqueue).
+                .values(status=DeliveryStatus.QUEUED.value, updated_at=now)
+                .returning(d.delivery_id, d.channel)
+            ).all()
+        return [(row.delivery_id, row.channel) for row in rows]
+
+    def hold_again(self, delivery_ids: Sequence[UUID]) -> None:
+        """Undo a release whose enqueue failed: those still ``queued`` are held again
+        with their own (past) due time, so the next release takes them at once."""
+        if not delivery_ids:
+            return
+        d = deliveries.c
+        with self.database.begin() as connection:
+            connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.delivery_id.in_(list(delivery_ids)),
+                    d.status == DeliveryStatus.QUEUED.value,
+                    d.due_at.is_not(None),
+                )
+                .values(status=DeliveryStatus.SCHEDULED.value)
+            )
+
+    def gate(
+        self,
+        channel: str,
+        claims: Sequence[ClaimedDelivery],
+        decide: Callable[[ClaimedDelivery, RecipientHistory], Verdict],
+        *,
+        history_since: datetime | None,
+        now: datetime,
+    ) -> dict[UUID, Verdict]:
+        """The send-time gate for claims of one channel, in one transaction: each claim's
+        verdict from ``decide``; those to send are counted (``counted_at``), the others
+        suppressed or held, before any provider call.
+
+        With ``history_since`` (the channel has a cap) each recipient's counted
+        deliveries since then are read under a lock per (channel, recipient), so two
+        workers never both fill the last slot of a cap or both send the same text:
+        PostgreSQL advisory transaction locks, taken in order; on SQLite the first write
+        takes the one writer's lock."""
+        verdicts: dict[UUID, Verdict] = {}
+        if not claims:
+            return verdicts
+        d = deliveries.c
+        with self.database.begin() as connection:
+            histories: dict[str, RecipientHistory] = {}
+            if history_since is not None:
+                keys = sorted({f"{channel}:{c.recipient_hash}" for c in claims})
+                if self.database.is_sqlite:
+                    connection.execute(
+                        sa.update(deliveries)
+                        .where(d.delivery_id.in_([c.delivery_id for c in claims]))
+                        .values(updated_at=now)
+                    )
+                else:
+                    connection.execute(_LOCK_KEYS, {"keys": keys})
+                rows = connection.execute(
+                    sa.select(d.recipient_hash, d.counted_at, d.content_hash).where(
+                        d.channel == channel,
+                        d.recipient_hash.in_({c.recipient_hash for c in claims}),
+                        d.counted_at >= history_since,
+                    )
+                )
+                for row in rows:
+                    histories.setdefault(row.recipient_hash, RecipientHistory([])).counted.append(
+                        (row.counted_at, row.content_hash)
+                    )
+            counted: list[UUID] = []
+            for claim in claims:
+                history = histories.setdefault(claim.recipient_hash, RecipientHistory([]))
+                verdict = decide(claim, history)
+                verdicts[claim.delivery_id] = verdict
+                # A claim counted by an earlier try (a retry) keeps its first place.
+                if verdict is None and history_since is not None and claim.counted_at is None:
+                    history.counted.append((now, claim.content_hash))
+                    counted.append(claim.delivery_id)
+            if counted:
+                connection.execute(
+                    sa.update(deliveries).where(d.delivery_id.in_(counted)).values(counted_at=now)
+                )
+            suppressed: list[UUID] = []
+            for claim in claims:
+                verdict = verdicts[claim.delivery_id]
+                if verdict is None:
+                    continue
+                mine = sa.and_(
+                    d.delivery_id == claim.delivery_id, d.status == DeliveryStatus.SENDING.value
+                )
+                given_back = {
+                    "attempts": d.attempts - 1,  # no provider was called
+                    "lease_until": None,
+                    "updated_at": now,
+                }
+                values: dict[str, Any]
+                if isinstance(verdict, Suppress):
+                    values = {
+                        "status": DeliveryStatus.SUPPRESSED.value,
+                        "suppressed_reason": verdict.reason.value,
+                        "last_error": verdict.text,
+                    }
+                    suppressed.append(claim.delivery_id)
+                else:
+                    values = {
+                        "status": DeliveryStatus.SCHEDULED.value,
+                        "due_at": verdict.due_at,
+                        "hold_reason": verdict.reason.value,
+                    }
+                connection.execute(sa.update(deliveries).where(mine).values(**given_back, **values))
+            # A suppression at send time is a final status like any other: announced.
+            announce(connection, suppressed)
+        return verdicts
+
+    def coalesce(
+        self,
+        connection: Connection,
+        keys: Collection[CoalescingKey],
+        new_ids: Collection[UUID],
+    ) -> list[tuple[UUID, UUID]]:
+        """Coalesce, in the caller's (ingest's) transaction, the deliveries held for
+        coalescing with those just planned (``new_ids``), per dossier, channel and
+        recipient: the one of the latest event (by ``occurred_at``) stays; the other held
+        ones become ``superseded``, linked to it. A held survivor is due when the
+        group's first hold is (the window never slides). New deliveries that are not
+        held (``always`` statuses) are never superseded. Returns (superseded, by).
+
+        On PostgreSQL the dossiers are locked (transaction advisory locks, in order) so
+        two workers ingesting news of one dossier coalesce one after the other, and the
+        held rows are locked so the sweeper's release skips them meanwhile."""
+        if not keys:
+            return []
+        d, e = deliveries.c, events.c
+        dossiers = sorted({(k.agency_code, k.dossier_code) for k in keys})
+        if not self.database.is_sqlite:
+            for agency_code, dossier_code in dossiers:
+                connection.execute(
+                    sa.select(sa.func.pg_advisory_xact_lock(_lock_key(agency_code, dossier_code)))
+                )
+        wanted = set(keys)
+        held = sa.and_(
+            d.status == DeliveryStatus.SCHEDULED.value,
+            d.hold_reason == HoldReason.COALESCING.value,
+        )
+        fresh = sa.and_(
+            d.delivery_id.in_(list(new_ids)),
+            d.status.in_([DeliveryStatus.SCHEDULED.value, DeliveryStatus.QUEUED.value]),
+        )
+        query = (
+            sa.select(
+                d.delivery_id,
+                d.agency_code,
+                d.dossier_code,
+                d.channel,
+                d.recipient_hash,
+                d.status,
+                d.due_at,
+                d.hold_reason,
+                d.created_at,
+                e.occurred_at,
+            )
+            .select_from(deliveries.join(events, e.event_id == d.event_id))
+            .where(
+                d.dossier_code.in_([code for _agency, code in dossiers]),
+                d.channel.in_(sorted({k.channel for k in keys})),
+                sa.or_(held, fresh) if new_ids else held,
+            )
+            .with_for_update(of=deliveries)
+        )
+        groups: dict[CoalescingKey, list[Any]] = {}
+        for row in connection.execute(query):
+            key = CoalescingKey(row.agency_code, row.dossier_code, row.channel, row.recipient_hash)
+            if key in wanted:
+                groups.setdefault(key, []).append(row)
+        now = utcnow()
+        fresh_ids = set(new_ids)
+        links: list[tuple[UUID, UUID]] = []
+        for rows in groups.values():
+            # The latest news: by when it happened; of two that happened at once, the
+            # one that arrived last (this transaction's), then the one recorded last.
+            rows.sort(key=lambda r: (r.occurred_at, r.delivery_id in fresh_ids, r.created_at))
+            latest = rows[-1]
+            waiting = [
+                r
+                for r in rows
+                if r.status == DeliveryStatus.SCHEDULED.value
+                and r.hold_reason == HoldReason.COALESCING.value
+            ]
+            losers = [r.delivery_id for r in waiting if r.delivery_id != latest.delivery_id]
+            if not losers:
+                continue
+            superseded = connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id.in_(losers), held)
+                .values(
+                    status=DeliveryStatus.SUPERSEDED.value,
+                    superseded_by=latest.delivery_id,
+                    updated_at=now,
+                )
+                .returning(d.delivery_id)
+            ).all()
+            links.extend((row.delivery_id, latest.delivery_id) for row in superseded)
+            # Superseded is final: the publisher hears of it like of any other outcome.
+            announce(connection, [row.delivery_id for row in superseded])
+            # Those the losers had superseded point at the one kept, too: every
+            # superseded row names the delivery that was sent in its place.
+            connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.superseded_by.in_(losers),
+                    d.status == DeliveryStatus.SUPERSEDED.value,
+                )
+                .values(superseded_by=latest.delivery_id)
+            )
+            if latest in waiting:
+                first_due = min(r.due_at for r in waiting)
+                connection.execute(
+                    sa.update(deliveries)
+                    .where(d.delivery_id == latest.delivery_id, held)
+                    .values(due_at=first_due)
+                )
+        return links
 
     def mark_dispatched(self, marks: Sequence[DispatchMark]) -> None:
         """Write dispatch marks, all in one transaction, before their calls start. Only
@@ -490,6 +918,10 @@ class DeliveryStore:
                     for r in records
                 ],
             )
+            announce(
+                connection,
+                [r.claimed.delivery_id for r in records if r.status.value in ANNOUNCED],
+            )
 
     def take_nonces(self, provider: str, nonces: Sequence[str]) -> list[bool]:
         """Record receipt nonces; for each, whether it is new (a replay is not)."""
@@ -515,6 +947,7 @@ class DeliveryStore:
         provider_message_id: str | None,
         error: str | None,
         error_code: str | None,
+        charge_vnd: Decimal | None = None,
     ) -> bool:
         """Move a sent delivery to delivered, or to permanent-failure when the provider
         reports it undeliverable. Returns whether a delivery changed.
@@ -525,6 +958,9 @@ class DeliveryStore:
         gateway (or whoever holds its callback secret) cannot mark another channel's or
         another gateway's delivery delivered or failed. The attempt row that records the
         receipt is written only when the status changed: a repeated report adds nothing.
+
+        ``charge_vnd``: what the provider says it charged (eSMS's TotalPrice), which
+        replaces our estimate as the delivery's cost.
         """
         d = deliveries.c
         owned = sa.and_(d.channel.in_(list(channels)), d.provider == provider)
@@ -558,6 +994,9 @@ class DeliveryStore:
             values["last_error"] = f"provider reported not delivered: {error or 'no reason'}"
             # Refused by the provider after it took the message: no retries were used up.
             values["exhausted"] = False
+        if charge_vnd is not None:
+            values["cost_vnd"] = charge_vnd
+            values["cost_source"] = CostSource.REPORTED.value
         with self.database.begin() as connection:
             row = connection.execute(sa.select(d.delivery_id, d.attempts).where(match)).first()
             if row is None:
@@ -591,7 +1030,24 @@ class DeliveryStore:
                     provider_message_id=provider_message_id,
                 )
             )
+            announce(connection, [row.delivery_id])
         return True
+
+
+@dataclass(frozen=True)
+class CoalescingKey:
+    """What deliveries coalesce by: one dossier's news on one channel to one recipient."""
+
+    agency_code: str
+    dossier_code: str
+    channel: str
+    recipient_hash: str
+
+
+def _lock_key(agency_code: str, dossier_code: str) -> int:
+    """A dossier's advisory lock number (signed 64-bit, as PostgreSQL takes it)."""
+    digest = hashlib.blake2b(f"{agency_code}\x1f{dossier_code}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def _claimed(m: Any) -> ClaimedDelivery:
@@ -607,6 +1063,11 @@ def _claimed(m: Any) -> ClaimedDelivery:
         event_status=m["event_status"],
         attempt=m["attempts"],
         created_at=m["created_at"],
+        due_at=m["due_at"],
+        recipient_hash=m["recipient_hash"],
+        account_hash=m["account_hash"],
+        content_hash=m["content_hash"],
+        counted_at=m["counted_at"],
         uncertain_provider=m["dispatch_provider"],
     )
 
@@ -635,6 +1096,12 @@ def _finished_values(record: AttemptRecord, now: datetime) -> dict[str, Any]:
         values["sent_at"] = now
     if record.status is DeliveryStatus.DELIVERED:
         values["delivered_at"] = now
+    if record.charge is not None:
+        values["segments"] = record.charge.segments
+        values["cost_vnd"] = record.charge.cost_vnd
+        values["cost_source"] = (
+            None if record.charge.cost_vnd is None else CostSource.ESTIMATE.value
+        )
     return values
 
 
@@ -683,15 +1150,21 @@ _FINISH_ALL = sa.text(
            dispatch_provider = CASE WHEN given.keep_mark THEN d.dispatch_provider END,
            dispatch_attempt = CASE WHEN given.keep_mark THEN d.dispatch_attempt END,
            sent_at = CASE WHEN given.sent THEN :now ELSE d.sent_at END,
-           delivered_at = CASE WHEN given.delivered THEN :now ELSE d.delivered_at END
+           delivered_at = CASE WHEN given.delivered THEN :now ELSE d.delivered_at END,
+           segments = CASE WHEN given.charged THEN given.segments ELSE d.segments END,
+           cost_vnd = CASE WHEN given.charged THEN given.cost_vnd ELSE d.cost_vnd END,
+           cost_source = CASE WHEN given.charged THEN given.cost_source ELSE d.cost_source END
       FROM unnest(
                CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
                CAST(:providers AS text[]), CAST(:provider_message_ids AS text[]),
                CAST(:details AS text[]), CAST(:uncounted AS int[]), CAST(:sent AS bool[]),
                CAST(:delivered AS bool[]), CAST(:keep_mark AS bool[]),
-               CAST(:exhausted AS bool[])
+               CAST(:exhausted AS bool[]), CAST(:charged AS bool[]),
+               CAST(:segments AS int[]), CAST(:costs AS numeric[]),
+               CAST(:cost_sources AS text[])
            ) AS given(id, status, error, provider, provider_message_id, details, uncounted,
-                      sent, delivered, keep_mark, exhausted)
+                      sent, delivered, keep_mark, exhausted, charged, segments, cost_vnd,
+                      cost_source)
      WHERE d.delivery_id = given.id
     """
 )
@@ -717,8 +1190,27 @@ def _update_finished_at_once(
             "delivered": [r.status is DeliveryStatus.DELIVERED for r in records],
             "keep_mark": [r.keep_mark for r in records],
             "exhausted": [r.exhausted for r in records],
+            "charged": [r.charge is not None for r in records],
+            "segments": [None if r.charge is None else r.charge.segments for r in records],
+            "costs": [None if r.charge is None else r.charge.cost_vnd for r in records],
+            "cost_sources": [
+                CostSource.ESTIMATE.value
+                if r.charge is not None and r.charge.cost_vnd is not None
+                else None
+                for r in records
+            ],
         },
     )
+
+
+# PostgreSQL: the send-time gate's locks, one per (channel, recipient), in order (so two
+# gates never deadlock), held to the end of the transaction.
+_LOCK_KEYS = sa.text(
+    """
+    SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
+      FROM (SELECT k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k) AS ordered
+    """
+)
 
 
 # PostgreSQL: every mark of a group commit in one statement (rows as arrays).

@@ -85,6 +85,8 @@ STATUS_WORDS: dict[str, Word] = {
     DeliveryStatus.TEMPORARY_FAILURE: N_("Temporary failure"),
     DeliveryStatus.PERMANENT_FAILURE: N_("Permanent failure"),
     DeliveryStatus.SUPPRESSED: N_("Suppressed"),
+    DeliveryStatus.SCHEDULED: N_("Scheduled (held until due)"),
+    DeliveryStatus.SUPERSEDED: N_("Superseded (a later status was sent)"),
     "replayed": NP_("status", "Replayed"),
     "replay-failed": N_("Replay failed"),
     "receipt:delivered": N_("Receipt: delivered"),
@@ -92,6 +94,22 @@ STATUS_WORDS: dict[str, Word] = {
     DeliveryStatus.UNKNOWN: N_("Unknown (held)"),
     "resolved:resend": N_("Admin: resend"),
     "resolved:mark-sent": N_("Admin: marked sent"),
+}
+
+# "kind:reason" of a delivery held or suppressed (DeliveryLog.reason_counts).
+REASON_KINDS: dict[str, Word] = {
+    "suppressed": N_("Suppressed"),
+    "scheduled": N_("Held now"),
+    "held": N_("Held, then sent on"),
+}
+REASON_WORDS: dict[str, Word] = {
+    "opted_out": N_("opted out"),
+    "channel_off": N_("channel turned off by the citizen"),
+    "frequency_cap": N_("frequency cap"),
+    "duplicate_content": N_("same text sent just before"),
+    "quiet_hours": N_("quiet hours"),
+    "coalescing": N_("coalescing"),
+    "unspecified": N_("no reason recorded"),
 }
 
 CHANNEL_WORDS: dict[str, Word] = {
@@ -107,6 +125,7 @@ STATUS_ORDER = (
     DeliveryStatus.SENT,
     DeliveryStatus.SENDING,
     DeliveryStatus.QUEUED,
+    DeliveryStatus.SCHEDULED,
     DeliveryStatus.TEMPORARY_FAILURE,
     DeliveryStatus.PERMANENT_FAILURE,
     DeliveryStatus.UNKNOWN,
@@ -162,6 +181,15 @@ class Translator:
     def channel(self, value: str) -> str:
         found = CHANNEL_WORDS.get(value)
         return self.word(found) if found is not None else value
+
+    def reason(self, value: str) -> str:
+        """``kind:reason`` in words, e.g. "Suppressed: opted out"."""
+        kind, _, reason = value.partition(":")
+        kind_word, reason_word = REASON_KINDS.get(kind), REASON_WORDS.get(reason)
+        return (
+            f"{self.word(kind_word) if kind_word else kind}: "
+            f"{self.word(reason_word) if reason_word else reason}"
+        )
 
     def dossier_status(self, value: str) -> str:
         try:
@@ -222,6 +250,7 @@ class Translator:
             "lang": self.language,
             "status_label": self.status,
             "channel_label": self.channel,
+            "reason_label": self.reason,
             "dossier_status": self.dossier_status,
             "when": self.when,
             "number": self.number,
