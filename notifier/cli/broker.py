@@ -44,7 +44,7 @@ def broker_setup() -> None:
         channel = connection.channel()
         declare_topology(channel, settings.events)
         if settings.callbacks.enabled:
-            declare_callback_queue(channel, settings.callbacks)
+            declare_callback_queue(channel, settings.statuses.exchange, settings.callbacks)
     finally:
         connection.close()
     click.echo(
@@ -53,7 +53,7 @@ def broker_setup() -> None:
     )
     if settings.callbacks.enabled:
         click.echo(
-            f"exchange {settings.callbacks.exchange!r} → queue {settings.callbacks.queue!r} "
+            f"exchange {settings.statuses.exchange!r} → queue {settings.callbacks.queue!r} "
             "(every routing key: the publishers' callbacks)"
         )
 

@@ -126,9 +126,12 @@ class StatusIntake(BackgroundThread):
 
     thread_name = "notifier-callback-intake"
 
-    def __init__(self, broker_url: str, settings: CallbackSettings, store: CallbackStore) -> None:
+    def __init__(
+        self, broker_url: str, exchange: str, settings: CallbackSettings, store: CallbackStore
+    ) -> None:
         super().__init__()
         self.broker_url = broker_url
+        self.exchange = exchange  # the status stream's (settings.statuses.exchange)
         self.settings = settings
         self.store = store
 
@@ -157,7 +160,7 @@ class StatusIntake(BackgroundThread):
         connection = pika.BlockingConnection(connection_parameters(self.broker_url))
         try:
             channel = connection.channel()
-            declare_callback_queue(channel, self.settings)
+            declare_callback_queue(channel, self.exchange, self.settings)
             channel.basic_qos(prefetch_count=self.settings.prefetch)
             group: list[tuple[int, bytes]] = []
 

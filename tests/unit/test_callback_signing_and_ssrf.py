@@ -328,7 +328,8 @@ def _body(message_id: str) -> bytes:
 
 
 def _intake(store: _Store) -> StatusIntake:
-    return StatusIntake("amqp://unused", CallbackSettings(), store)  # type: ignore[arg-type]
+    settings = CallbackSettings()
+    return StatusIntake("amqp://unused", "statuses", settings, store)  # type: ignore[arg-type]
 
 
 def test_the_intake_acks_a_group_after_recording_it_and_dead_letters_what_is_not_a_status() -> None:
