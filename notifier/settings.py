@@ -479,7 +479,10 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr = Field(
         default=SecretStr(_DEV_SECRET),
-        description="Encrypts stored provider tokens; set a secret one in production.",
+        description=(
+            "Encrypts stored provider tokens and callback signing secrets; set a secret one "
+            "in production."
+        ),
     )
 
     events: EventsSettings = Field(default_factory=EventsSettings)
