@@ -173,16 +173,16 @@ def declare_topology(
     channel.queue_bind(queue=events.queue, exchange=events.exchange, routing_key=events.routing_key)
 
 
-def declare_callback_queue(channel: Any, callbacks: CallbackSettings) -> None:
-    """Declare the status exchange (as its publisher, the status outbox, declares it:
-    topic, durable), the callbacks' queue bound to every key, and the queue where
-    messages that are not status messages are dead-lettered (idempotent)."""
+def declare_callback_queue(channel: Any, exchange: str, callbacks: CallbackSettings) -> None:
+    """Declare the status ``exchange`` (as the outbox relay declares it: topic, durable),
+    the callbacks' queue bound to every key, and the queue where messages that are not
+    status messages are dead-lettered (idempotent)."""
     invalid = f"{callbacks.queue}.invalid"
-    channel.exchange_declare(exchange=callbacks.exchange, exchange_type="topic", durable=True)
+    channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
     channel.queue_declare(queue=invalid, durable=True)
     channel.queue_declare(
         queue=callbacks.queue,
         durable=True,
         arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": invalid},
     )
-    channel.queue_bind(queue=callbacks.queue, exchange=callbacks.exchange, routing_key="#")
+    channel.queue_bind(queue=callbacks.queue, exchange=exchange, routing_key="#")

@@ -241,7 +241,12 @@ class Notifier:
             self.status_relay = StatusRelay(self.database, settings.broker_url, settings.statuses)
             self.broker.add_middleware(self.status_relay)
             self.broker.add_middleware(
-                StatusIntake(settings.broker_url, settings.callbacks, self.callbacks)
+                StatusIntake(
+                    settings.broker_url,
+                    settings.statuses.exchange,
+                    settings.callbacks,
+                    self.callbacks,
+                )
             )
 
     def queue_name(self, name: str) -> str:

@@ -333,10 +333,9 @@ class CallbackSettings(_Section):
     """Publishers' signed HTTP callbacks (see notifier.pipeline.callbacks, docs/events.md)."""
 
     enabled: bool = True
-    # Where status messages are published (by the status outbox) and the queue of ours
-    # bound to every key there; a message that is not a status message goes to
+    # Our queue, bound to every key of the status exchange (``statuses.exchange``, where
+    # the outbox relay publishes); a message that is not a status message goes to
     # ``<queue>.invalid`` with the reason in the log.
-    exchange: str = "notifier.statuses"
     queue: str = "notifier.callbacks"
     prefetch: int = Field(default=100, ge=1, le=10_000)
     # Each worker process's sender: due callbacks claimed per round, requests at once,
@@ -511,7 +510,10 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr = Field(
         default=SecretStr(_DEV_SECRET),
-        description="Encrypts stored provider tokens; set a secret one in production.",
+        description=(
+            "Encrypts stored provider tokens and callback signing secrets; set a secret one "
+            "in production."
+        ),
     )
 
     events: EventsSettings = Field(default_factory=EventsSettings)

@@ -133,7 +133,7 @@ def test_a_receiver_that_is_down_is_tried_again_with_doubling_backoff(
         clock.advance(20)
         assert sender.run_once(client) == 1
     (row,) = _rows(store)
-    assert (row.status, row.attempts, row.last_status_code) == ("delivered", 3, 200)
+    assert (row.status, row.attempts, row.last_status_code) == (CallbackStatus.DELIVERED, 3, 200)
     assert receiver.received.tries == {"st-0": 1}
 
 
@@ -175,7 +175,7 @@ def test_a_callback_older_than_the_give_up_age_is_a_dead_letter_and_replay_sends
             clock.advance(10)
         (row,) = _rows(store)
         # 10 + 20 + 40 + 80 = 150 s of waits; the next (100) would pass 200 s: given up.
-        assert (row.status, tries, row.last_status_code) == ("dead", 5, 500)
+        assert (row.status, tries, row.last_status_code) == (CallbackStatus.DEAD, 5, 500)
         assert [d.message_id for d in store.dead_letters()] == ["st-0"]
         receiver.answer(200)
         assert store.replay(None, now=clock()) == 1

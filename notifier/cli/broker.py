@@ -49,7 +49,7 @@ def broker_setup() -> None:
         declare_topology(channel, settings.events, QueuePolicy.of(settings))
         declare_status_exchange(channel, settings.statuses)
         if settings.callbacks.enabled:
-            declare_callback_queue(channel, settings.callbacks)
+            declare_callback_queue(channel, settings.statuses.exchange, settings.callbacks)
     finally:
         connection.close()
     click.echo(
@@ -59,7 +59,7 @@ def broker_setup() -> None:
     )
     if settings.callbacks.enabled:
         click.echo(
-            f"exchange {settings.callbacks.exchange!r} → queue {settings.callbacks.queue!r} "
+            f"exchange {settings.statuses.exchange!r} → queue {settings.callbacks.queue!r} "
             "(every routing key: the publishers' callbacks)"
         )
 

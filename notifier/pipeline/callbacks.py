@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import pika
+import sqlalchemy as sa
 from pika.exceptions import AMQPError
 
 from notifier.adapter import DeliveryFailure, TemporaryFailure
@@ -78,15 +79,29 @@ def parse_status(body: bytes) -> IncomingStatus:
         raise InvalidStatusMessage(f"schema is not {STATUS_SCHEMA!r}")
     found_id, kind, agency = message.get("id"), message.get("type"), message.get("agency")
     sequence = message.get("sequence")
-    if not isinstance(found_id, str) or not 0 < len(found_id) <= 100:
-        raise InvalidStatusMessage("'id' must be a string of 1 to 100 characters")
-    if not isinstance(kind, str) or not kind:
-        raise InvalidStatusMessage("'type' must be a string")
-    if agency is not None and not isinstance(agency, str):
-        raise InvalidStatusMessage("'agency' must be a string or null")
-    if sequence is not None and (isinstance(sequence, bool) or not isinstance(sequence, int)):
-        raise InvalidStatusMessage("'sequence' must be an integer")
-    return IncomingStatus(found_id, kind, agency, sequence, text)
+    if not _line(found_id, 100):
+        raise InvalidStatusMessage("'id' must be a line of 1 to 100 characters")
+    if not _line(kind, 64):
+        raise InvalidStatusMessage("'type' must be a line of 1 to 64 characters")
+    if agency is not None and not _line(agency, 64):
+        raise InvalidStatusMessage("'agency' must be a line of 1 to 64 characters, or null")
+    if sequence is not None and (
+        isinstance(sequence, bool) or not isinstance(sequence, int) or not 0 <= sequence < 2**63
+    ):
+        raise InvalidStatusMessage("'sequence' must be an integer from 0 to 2^63 - 1")
+    return IncomingStatus(
+        str(found_id), str(kind), None if agency is None else str(agency), sequence, text
+    )
+
+
+def _line(value: object, longest: int) -> bool:
+    """A non-empty string of at most ``longest`` characters without control characters
+    (a NUL, for one, cannot be stored in PostgreSQL: the message would never commit)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= longest
+        and not any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+    )
 
 
 def retry_delay(
@@ -111,9 +126,12 @@ class StatusIntake(BackgroundThread):
 
     thread_name = "notifier-callback-intake"
 
-    def __init__(self, broker_url: str, settings: CallbackSettings, store: CallbackStore) -> None:
+    def __init__(
+        self, broker_url: str, exchange: str, settings: CallbackSettings, store: CallbackStore
+    ) -> None:
         super().__init__()
         self.broker_url = broker_url
+        self.exchange = exchange  # the status stream's (settings.statuses.exchange)
         self.settings = settings
         self.store = store
 
@@ -142,7 +160,7 @@ class StatusIntake(BackgroundThread):
         connection = pika.BlockingConnection(node_parameters(self.broker_url))
         try:
             channel = connection.channel()
-            declare_callback_queue(channel, self.settings)
+            declare_callback_queue(channel, self.exchange, self.settings)
             channel.basic_qos(prefetch_count=self.settings.prefetch)
             group: list[tuple[int, bytes]] = []
 
@@ -166,11 +184,11 @@ class StatusIntake(BackgroundThread):
     def take(self, channel: Any, group: list[tuple[int, bytes]]) -> None:
         """Record a group's callbacks in one transaction, then ack; dead-letter the
         messages that are not status messages."""
-        valid: list[IncomingStatus] = []
+        valid: list[tuple[int, IncomingStatus]] = []
         last_tag = None
         for tag, body in group:
             try:
-                valid.append(parse_status(body))
+                valid.append((tag, parse_status(body)))
                 last_tag = tag
             except InvalidStatusMessage as exc:
                 log.warning(
@@ -182,7 +200,12 @@ class StatusIntake(BackgroundThread):
         if last_tag is None:
             return
         try:
-            added = self.store.record(valid)
+            added = self.store.record([status for _tag, status in valid])
+        except sa.exc.DataError:
+            # Something in the group the database refuses (not an outage): one at a time,
+            # so only the message at fault is dead-lettered, never requeued for ever.
+            self._one_by_one(channel, valid)
+            return
         except Exception:
             # Nothing recorded: the messages go back to the queue, and we slow down.
             channel.basic_nack(last_tag, multiple=True, requeue=True)
@@ -192,6 +215,24 @@ class StatusIntake(BackgroundThread):
         channel.basic_ack(last_tag, multiple=True)
         if added:
             log.info("callbacks due", messages=len(valid), callbacks=added)
+
+    def _one_by_one(self, channel: Any, valid: list[tuple[int, IncomingStatus]]) -> None:
+        for tag, status in valid:
+            try:
+                self.store.record([status])
+            except sa.exc.DataError as exc:
+                log.warning(
+                    "status message refused by the database; dead-lettered",
+                    error=type(exc.orig).__name__ if exc.orig is not None else "DataError",
+                    queue=f"{self.settings.queue}.invalid",
+                )
+                channel.basic_reject(tag, requeue=False)
+                continue
+            except Exception:
+                channel.basic_nack(tag, requeue=True)
+                log.exception("could not record callbacks; status message requeued")
+                continue
+            channel.basic_ack(tag)
 
 
 class CallbackSender(BackgroundThread):

@@ -79,6 +79,28 @@ class Steps:
         return path
 
 
+def seed_callbacks(app: Notifier) -> None:
+    """A publisher's callback with one dead letter and one waiting, for the Callbacks page."""
+    from datetime import UTC, datetime
+
+    from notifier.store.apikeys import ApiKeys
+    from notifier.store.callbacks import IncomingStatus
+    from notifier.webhooks import new_secret
+
+    ApiKeys(app.database).create("mot-cua-h29", ["publish"], ["000.00.12.H29"])
+    app.callbacks.set_target(
+        "api-key", "mot-cua-h29", "https://motcua.h29.example.vn/hooks/notifier", new_secret()
+    )
+    now = datetime.now(UTC)
+    for n in (1, 2):
+        body = f'{{"schema": "notifier.status.v1", "id": "st-{n}"}}'
+        status = IncomingStatus(f"st-{n}", "delivery.failed", "000.00.12.H29", n, body)
+        app.callbacks.record([status], now)
+    first, second = app.callbacks.claim_due(now, 10, timedelta(minutes=1))
+    app.callbacks.failed(first, now, "the callback receiver is throttling us (HTTP 429)", 429, None)
+    app.callbacks.failed(second, now, "the callback receiver unreachable (ConnectError)", None, now)
+
+
 def test_sign_in_search_timeline_and_replay(
     browser: Any,
     artifacts: Path,
@@ -89,6 +111,7 @@ def test_sign_in_search_timeline_and_replay(
     seed_log(pg_database)
     code, email_id = make_dead_letter(app)
     OperatorStore(pg_database).add("lan.admin", PASSWORD, "admin")
+    seed_callbacks(app)
 
     with RunningWorker(app), ServedApi(create_api(app)) as api:
         steps = Steps(browser, api.base_url, artifacts)

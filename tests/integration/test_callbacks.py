@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -22,9 +23,13 @@ import pika
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from jsonschema import Draft202012Validator
+from notifier_simulators.smtp import SmtpCatcher
 
 from notifier.app import Notifier
 from notifier.cli.main import main
+from notifier.events import Status
+from notifier.ops.samples import sample_event
 from notifier.settings import Settings
 from notifier.store import Database
 from notifier.store.apikeys import ApiKeys
@@ -38,7 +43,6 @@ pytestmark = pytest.mark.integration
 
 def _callback_settings(prefix: str) -> dict[str, Any]:
     return {
-        "exchange": f"{prefix}.statuses",
         "queue": f"{prefix}.callbacks",
         "allowed_networks": ["127.0.0.1/32"],
         "allow_http": True,
@@ -54,8 +58,20 @@ def _callback_settings(prefix: str) -> dict[str, Any]:
 @pytest.fixture
 def settings(amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str) -> Settings:
     return rabbit_settings(
-        amqp_url, pg_url, queue_prefix, callbacks=_callback_settings(queue_prefix)
+        amqp_url,
+        pg_url,
+        queue_prefix,
+        callbacks=_callback_settings(queue_prefix),
+        statuses=_status_settings(queue_prefix),
     )
+
+
+def _status_settings(prefix: str) -> dict[str, Any]:
+    return {
+        "exchange": f"{prefix}.statuses",
+        "queue_prefix": f"{prefix}.statuses",
+        "interval_s": 0.5,
+    }
 
 
 @pytest.fixture
@@ -75,13 +91,15 @@ def callback_env(settings: Settings) -> dict[str, str]:
             )
             for key, value in settings.callbacks.model_dump().items()
         },
+        NOTIFIER_STATUSES__EXCHANGE=settings.statuses.exchange,
+        NOTIFIER_STATUSES__QUEUE_PREFIX=settings.statuses.queue_prefix,
     )
 
 
-def _register(settings: Settings, receiver: CallbackReceiver) -> None:
+def _register(settings: Settings, receiver: CallbackReceiver, agency: str = "H29") -> None:
     """A publisher for agency H29 and its callback, set as an operator does (the CLI
     prints the secret once; the publisher's receiver verifies with it)."""
-    ApiKeys(Database(settings.database_url)).create("mot-cua-h29", ["publish"], ["H29"])
+    ApiKeys(Database(settings.database_url)).create("mot-cua-h29", ["publish"], [agency])
     env = callback_env(settings)
     setup = CliRunner().invoke(main, ["broker", "setup"], env=env)
     assert setup.exit_code == 0, setup.output
@@ -126,13 +144,13 @@ def publish_statuses(settings: Settings, messages: list[dict[str, Any]] | list[b
     connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
     try:
         channel = connection.channel()
-        channel.exchange_declare(settings.callbacks.exchange, exchange_type="topic", durable=True)
+        channel.exchange_declare(settings.statuses.exchange, exchange_type="topic", durable=True)
         channel.confirm_delivery()
         for message in messages:
             body = message if isinstance(message, bytes) else json.dumps(message).encode()
             meta = {} if isinstance(message, bytes) else message
             channel.basic_publish(
-                settings.callbacks.exchange,
+                settings.statuses.exchange,
                 f"status.{meta.get('agency') or 'none'}.{meta.get('type', 'x')}",
                 body,
                 pika.BasicProperties(
@@ -301,4 +319,66 @@ def test_a_worker_killed_during_callbacks_loses_none(
     # Sent again only what the killed sender had claimed: at most one batch of its
     # process (``batch`` callbacks), each with the same webhook-id.
     repeats = sum(receiver.received.tries.values()) - 40
+    print(
+        f"\ncallbacks SIGKILL: delivered before the kill {delivered_at_kill}/40, repeats {repeats}"
+    )
     assert 0 <= repeats <= settings.callbacks.batch
+
+
+def test_the_statuses_of_real_events_reach_their_publishers_receiver_from_the_outbox(
+    amqp_url: str,
+    pg_url: str,
+    pg_database: Database,
+    queue_prefix: str,
+    receiver: CallbackReceiver,
+) -> None:
+    """The whole loop: events in, emails out, each status change through the outbox
+    relay to the status exchange, and from there to the publisher's callback receiver:
+    its own agency's statuses only, each a valid status message, signed."""
+    schema = json.loads((REPO / "schemas" / "status-message.v1.schema.json").read_text("utf-8"))
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    with SmtpCatcher() as smtp:
+        settings = rabbit_settings(
+            amqp_url,
+            pg_url,
+            queue_prefix,
+            adapters={"email": {"host": "127.0.0.1", "port": smtp.port}},
+            callbacks=_callback_settings(queue_prefix),
+            statuses=_status_settings(queue_prefix),
+        )
+        receiver.up()
+        _register(settings, receiver, agency="000.00.12.H29")
+        events = []
+        for index in range(6):  # sample agencies rotate: 0 and 3 are H29, the rest not
+            event = sample_event(index, status=Status.RESULT_READY, event_id=uuid.uuid4())
+            event["applicant"]["contacts"] = {"email": f"citizen{index}@example.com"}
+            events.append(event)
+        ours = {e["event_id"] for e in events if e["agency"]["code"] == "000.00.12.H29"}
+        assert len(ours) == 2
+        app = Notifier(settings)
+        with RunningWorker(app):
+            for event in events:
+                app.submit(json.dumps(event, ensure_ascii=False).encode(), source="test")
+            wait_until(lambda: len(smtp.messages) == 6, timeout=60)
+
+            def told() -> set[tuple[str, str]]:
+                return {
+                    (str(b["event_id"]), str(b["type"])) for b in receiver.received.bodies.values()
+                }
+
+            wait_until(
+                lambda: (
+                    {(e, "event.accepted") for e in ours} <= told()
+                    and {e for e, kind in told() if kind.startswith("delivery.")} == ours
+                ),
+                timeout=60,
+            )
+    assert receiver.received.bad_signatures == 0
+    bodies = list(receiver.received.bodies.values())
+    for body in bodies:
+        validator.validate(body)
+    assert {b["event_id"] for b in bodies} == ours
+    assert {b["agency"] for b in bodies} == {"000.00.12.H29"}
+    for headers in receiver.received.headers:
+        body = receiver.received.bodies[headers["webhook-id"]]
+        assert headers["notifier-sequence"] == str(body["sequence"])

@@ -4,12 +4,14 @@ message's reading, and the backoff with Retry-After."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from notifier.adapter import TemporaryFailure
@@ -19,8 +21,14 @@ from notifier.callback_http import (
     DestinationRefused,
     post_callback,
 )
-from notifier.pipeline.callbacks import InvalidStatusMessage, parse_status, retry_delay
+from notifier.pipeline.callbacks import (
+    InvalidStatusMessage,
+    StatusIntake,
+    parse_status,
+    retry_delay,
+)
 from notifier.settings import CallbackSettings
+from notifier.store.callbacks import IncomingStatus
 from notifier.webhooks import InvalidSecret, check_secret, new_secret, sign, signed_headers
 from tests.callback_receiver import CallbackReceiver
 
@@ -243,6 +251,11 @@ def test_a_status_message_is_read_and_its_body_kept_byte_for_byte() -> None:
         b'{"schema": "notifier.status.v1", "id": "1", "type": "t", "agency": 5}',
         b'{"schema": "notifier.status.v1", "id": "1", "type": "t", "sequence": "2"}',
         b'{"schema": "notifier.status.v1", "id": "1", "type": "t", "sequence": true}',
+        b'{"schema": "notifier.status.v1", "id": "1", "type": "t", "sequence": %d}' % 2**63,
+        b'{"schema": "notifier.status.v1", "id": "1", "type": "t", "sequence": -1}',
+        b'{"schema": "notifier.status.v1", "id": "1\\u0000", "type": "t"}',
+        b'{"schema": "notifier.status.v1", "id": "1", "type": "t", "agency": "H\\n29"}',
+        b'{"schema": "notifier.status.v1", "id": "1", "type": "' + b"t" * 65 + b'"}',
         b"x" * (65 * 1024),
     ],
 )
@@ -274,3 +287,68 @@ def test_a_retry_after_replaces_the_backoff_in_either_form() -> None:
     http_date = format_datetime(now + timedelta(seconds=90), usegmt=True)
     assert parse_retry_after(http_date, now=now.timestamp()) == 90.0
     assert parse_retry_after("45", now=now.timestamp()) == 45.0
+
+
+# -- the intake's acks --------------------------------------------------------------------
+
+
+class _Channel:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.calls.append(("ack", tag, multiple))
+
+    def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        self.calls.append(("nack", tag, multiple))
+
+    def basic_reject(self, tag: int, requeue: bool = True) -> None:
+        assert not requeue
+        self.calls.append(("reject", tag, False))
+
+
+class _Store:
+    """Refuses (as the database would) any group holding the message ``refused``."""
+
+    def __init__(self, refused: str | None = None, down: bool = False) -> None:
+        self.refused, self.down = refused, down
+        self.recorded: list[str] = []
+
+    def record(self, messages: list[IncomingStatus]) -> int:
+        if self.down:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
+        if any(m.id == self.refused for m in messages):
+            raise sa.exc.DataError("INSERT", {}, Exception("value out of range"))
+        self.recorded += [m.id for m in messages]
+        return len(messages)
+
+
+def _body(message_id: str) -> bytes:
+    return json.dumps({"schema": "notifier.status.v1", "id": message_id, "type": "t"}).encode()
+
+
+def _intake(store: _Store) -> StatusIntake:
+    settings = CallbackSettings()
+    return StatusIntake("amqp://unused", "statuses", settings, store)  # type: ignore[arg-type]
+
+
+def test_the_intake_acks_a_group_after_recording_it_and_dead_letters_what_is_not_a_status() -> None:
+    channel, store = _Channel(), _Store()
+    _intake(store).take(channel, [(1, _body("a")), (2, b"junk"), (3, _body("b"))])
+    assert channel.calls == [("reject", 2, False), ("ack", 3, True)]
+    assert store.recorded == ["a", "b"]
+
+
+def test_a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_recorded() -> None:
+    channel, store = _Channel(), _Store(refused="b")
+    _intake(store).take(channel, [(1, _body("a")), (2, _body("b")), (3, _body("c"))])
+    assert channel.calls == [("ack", 1, False), ("reject", 2, False), ("ack", 3, False)]
+    assert store.recorded == ["a", "c"]
+
+
+def test_a_database_outage_requeues_the_whole_group() -> None:
+    channel, store = _Channel(), _Store(down=True)
+    intake = _intake(store)
+    intake.stopping.set()  # no pause after the failure
+    intake.take(channel, [(1, _body("a")), (2, _body("b"))])
+    assert channel.calls == [("nack", 2, True)]
