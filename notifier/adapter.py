@@ -12,6 +12,7 @@ import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from uuid import UUID
@@ -21,12 +22,19 @@ from pydantic import BaseModel, ConfigDict
 
 
 class RecipientKind(StrEnum):
-    """Which of the applicant's contacts an adapter delivers to."""
+    """Which of the applicant's contacts an adapter delivers to.
+
+    ``ZALO``: a phone number (+84…), or a Zalo user id written ``uid:<id>``
+    (:data:`ZALO_UID_PREFIX`), which the planner prefers when the event has both."""
 
     EMAIL = "email"
     PHONE = "phone"
     ZALO = "zalo"
     PORTAL_ACCOUNT = "portal_account"
+
+
+# A Zalo recipient that is a user id rather than a phone number (ZBS by UID).
+ZALO_UID_PREFIX = "uid:"
 
 
 class AdapterSettings(BaseModel):
@@ -173,6 +181,9 @@ class Receipt:
     # and the state it reports): a receipt whose nonce was seen before is a duplicate,
     # acknowledged (providers retry anything else) and not applied again.
     nonce: str | None = None
+    # What the provider says it charged for the message, in VND (eSMS's TotalPrice):
+    # replaces notifier's estimate as the delivery's cost. None: not reported.
+    charge_vnd: Decimal | None = None
 
 
 @dataclass(frozen=True)

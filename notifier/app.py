@@ -16,23 +16,30 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
 from notifier.adapter import Adapter, AdapterContext, TemplatePart
+from notifier.costs import PriceTable
 from notifier.logging import get_logger
 from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
+from notifier.pipeline.budget import BudgetGuard, cost_zone
+from notifier.pipeline.callbacks import CallbackSender, StatusIntake
 from notifier.pipeline.fallback import Fallback
 from notifier.pipeline.gate import SendGate
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
+from notifier.pipeline.relay import StatusRelay
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
+from notifier.pipeline.segments import segment_problems
 from notifier.pipeline.sending import Sender
 from notifier.pipeline.sweeper import Sweeper
 from notifier.plugins.registry import Registry
 from notifier.plugins.runtime import AdapterRuntime
 from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
+from notifier.store.callbacks import CallbackStore
+from notifier.store.deliveries.costs import CostLog
 from notifier.store.deliveries.lifecycle import DeliveryStore
 from notifier.store.inbox import InboxStore
 from notifier.store.publishers import Authoriser, PublisherIdentity, Submitter
@@ -81,6 +88,12 @@ class Notifier:
         self.templates = TemplateSet(settings.config_dir / "templates", self.channel_parts())
         for channel, reason in self.registry.disabled.items():
             log.info("channel off", channel=channel, reason=reason)
+        if "sms" in channels:
+            # Each SMS segment is billed: templates over their status's budget stop
+            # start-up, like a broken template.
+            too_long = segment_problems(self.templates, settings.sms_length)
+            if too_long:
+                raise SettingsError(too_long)
         self.routing = Routing.load(settings.config_dir / "routing.toml", set(channels))
         if self.routing.skipped_channels:
             log.warning(
@@ -103,6 +116,12 @@ class Notifier:
             hash_key=settings.recipient_hash_key.get_secret_value(),
             agencies=self.agencies,
             quiet_hours=settings.choice.quiet_hours,
+            budget=BudgetGuard(
+                CostLog(self.database),
+                settings.costs.budgets,
+                self.routing.budget,
+                cost_zone(settings.costs.timezone),
+            ),
         )
         self.ingest = Ingest(
             database=self.database,
@@ -113,7 +132,9 @@ class Notifier:
             agencies=self.agencies,
         )
         self.fallback = Fallback(self.planner, self.deliveries)
+        self.prices = PriceTable.from_settings(settings.costs)
         self.tokens = TokenStore(self.database, settings.secret_key.get_secret_value())
+        self.callbacks = CallbackStore(self.database, settings.secret_key.get_secret_value())
         self.runtime = AdapterRuntime(
             self.registry, context or AdapterContext(inbox=self.inbox, tokens=self.tokens)
         )
@@ -124,6 +145,7 @@ class Notifier:
                 for p in self.registry.all_providers()
             },
             processes=settings.worker.processes,
+            limits=settings.limits,
         )
         self.gate = SendGate(
             database=self.database,
@@ -144,6 +166,7 @@ class Notifier:
                 for name, policy in settings.providers.items()
                 if policy.uncertain_send is not None
             },
+            prices=self.prices,
         )
         self.broker = broker or build_broker(settings)
         self.actors = Actors(
@@ -160,9 +183,21 @@ class Notifier:
         self.broker.add_middleware(_AdapterLifecycle(self.runtime))
         self.sweeper = Sweeper(self.deliveries, settings.sweeper, self.enqueue_deliveries)
         self.broker.add_middleware(self.sweeper)
+        # The status stream needs RabbitMQ; in the embedded mode nothing is published
+        # and retention prunes the outbox (notifier.ops.retention).
+        self.status_relay: StatusRelay | None = None
+        # Publishers' callbacks: due rows sent from the database by every worker process;
+        # status messages consumed into those rows where there is a status exchange.
+        self.callback_sender = CallbackSender(self.callbacks, settings.callbacks)
+        self.broker.add_middleware(self.callback_sender)
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
             self.broker.add_middleware(
                 EventBridge(settings.broker_url, settings.events, self.ingest_actor)
+            )
+            self.status_relay = StatusRelay(self.database, settings.broker_url, settings.statuses)
+            self.broker.add_middleware(self.status_relay)
+            self.broker.add_middleware(
+                StatusIntake(settings.broker_url, settings.callbacks, self.callbacks)
             )
 
     def queue_name(self, name: str) -> str:

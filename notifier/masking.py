@@ -26,9 +26,7 @@ _DIGITS = re.compile(r"(?<![\w.\-])(\+?\d[\d .()\-]{7,17}\d)(?![\w\-]|\.\d)")
 # except as the last group of a UUID (whose fourth group is four hex digits and a dash).
 _CITIZEN_ID = re.compile(r"(?<![0-9A-Za-z])(?<![0-9a-fA-F]{4}-)\d{12}(?!\d)")
 # A token carrying URL encoding (%XX), or a query value with a "+" (a space) in digits.
-_ENCODED_TOKEN = re.compile(
-    r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}|=[^\s\"'<>&]*\d\+\d)[^\s\"'<>]*"
-)
+_ENCODED_TOKEN = re.compile(r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}|=[^\s\"'<>&]*\d\+\d)[^\s\"'<>]*")
 # Kept as they are when a decoded token is written back (everything else is %-encoded,
 # so a decoded control character cannot forge a log line).
 _URL_SAFE = "!#$&'()*+,/:;=?@[]~"
@@ -129,9 +127,7 @@ _SECRET_PARAM = re.compile(
     re.IGNORECASE,
 )
 # Callback URLs whose last path segment is the gateway's shared token.
-_SECRET_SEGMENT = re.compile(
-    r"(?P<route>/v1/(?:receipts|inbound-sms)/[^/?#\s\"']+/)[^/?#\s\"']+"
-)
+_SECRET_SEGMENT = re.compile(r"(?P<route>/v1/(?:receipts|inbound-sms)/[^/?#\s\"']+/)[^/?#\s\"']+")
 
 
 def redact_url_secrets(text: str) -> str:

@@ -24,7 +24,7 @@ from notifier.pipeline.bridge import ingest_arguments
 from notifier.store import Database
 from notifier.store.optouts import OptOutStore
 from notifier.store.preferences import IdentityKind, Preference, PreferenceStore
-from notifier.store.schema import deliveries, inbox_notifications
+from notifier.store.schema import deliveries, inbox_notifications, status_outbox
 from tests.support import RunningWorker, make_settings, wait_until
 
 PHONE = "0901 234 567"
@@ -187,6 +187,17 @@ def test_an_opt_out_or_a_choice_made_after_planning_stops_a_queued_delivery(
     assert providers.esms.messages == []
     assert providers.speedsms.messages == []
     assert providers.smtp.messages == []
+    # A suppression at send time is announced to the publisher like any final status.
+    with app.database.engine.connect() as connection:
+        announced = {
+            (body["delivery"]["id"], body["type"])
+            for body in connection.execute(sa.select(status_outbox.c.body)).scalars()
+            if body["delivery"] is not None
+        }
+    for item in (first, second):
+        found = by_channel(app, item["event_id"])
+        for channel in ("sms", "email"):
+            assert (str(found[channel]["delivery_id"]), "delivery.suppressed") in announced
 
 
 # -- quiet hours ------------------------------------------------------------------------

@@ -564,9 +564,7 @@ def test_a_provider_reporting_a_sent_message_undelivered_is_not_a_dead_letter(
     store = DeliveryStore(database)
     _event, [delivery_id] = record_event(database, ["sms"])
     [claimed] = store.claim([delivery_id], timedelta(seconds=60)).claimed
-    store.finish_attempts(
-        [AttemptRecord(claimed, DeliveryStatus.SENT, "esms", datetime.now(UTC))]
-    )
+    store.finish_attempts([AttemptRecord(claimed, DeliveryStatus.SENT, "esms", datetime.now(UTC))])
     changed = store.apply_receipt(
         "esms",
         channels={"sms"},

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from notifier.logging import get_logger
+from notifier.pipeline.budget import BudgetLevel, budget_statuses, cost_zone
 from notifier.pipeline.guard import ProviderCall
+from notifier.store.deliveries.costs import CostLog, month_start, next_month
 from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.deliveries.log import DeliveryLog
-from notifier.store.schema import deliveries, rejected_events
+from notifier.store.schema import deliveries, rejected_events, utcnow
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -51,13 +54,14 @@ class StateCollector:
         self.app = app
 
     def queue_names(self) -> list[str]:
-        """Dramatiq's queues of this deployment (with their delay and dead-letter queues)
-        and the public inbound events queue."""
+        """Dramatiq's queues of this deployment (with their delay and dead-letter queues),
+        the public inbound events queue, and the callbacks' queue (with its invalid one)."""
         base = [self.app.ingest_actor.queue_name] + [
             actor.queue_name for actor in self.app.deliver_actors.values()
         ]
         names = [f"{q}{suffix}" for q in base for suffix in ("", ".DQ", ".XQ")]
-        return [*names, self.app.settings.events.queue]
+        callbacks = self.app.settings.callbacks.queue
+        return [*names, self.app.settings.events.queue, callbacks, f"{callbacks}.invalid"]
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
@@ -170,6 +174,107 @@ class StateCollector:
             failures.add_metric(labels, int(health.consecutive_failures))
         yield circuit
         yield failures
+        yield from self._callbacks()
+        yield from self._costs()
+
+    def _callbacks(self) -> Iterator[Metric]:
+        """Each publisher's callback health (labels: publisher, kind)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        health = self.app.callbacks.health()
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "backlog": GaugeMetricFamily(
+                "notifier_callback_backlog",
+                "Callbacks waiting to be delivered to each publisher (due now or later).",
+                labels=["publisher", "kind"],
+            ),
+            "oldest": GaugeMetricFamily(
+                "notifier_callback_oldest_pending_seconds",
+                "Age of each publisher's oldest undelivered callback (0 with none).",
+                labels=["publisher", "kind"],
+            ),
+            "dead": GaugeMetricFamily(
+                "notifier_callback_dead_letters",
+                "Callbacks given up after the configured age (replayable by an admin).",
+                labels=["publisher", "kind"],
+            ),
+            "failures": GaugeMetricFamily(
+                "notifier_callback_consecutive_failures",
+                "Failed callback tries in a row to each publisher since its last success.",
+                labels=["publisher", "kind"],
+            ),
+            "success": GaugeMetricFamily(
+                "notifier_callback_last_success_timestamp_seconds",
+                "When each publisher last accepted a callback (Unix time; 0 never).",
+                labels=["publisher", "kind"],
+            ),
+            "delivered": CounterMetricFamily(
+                "notifier_callbacks_delivered",
+                "Callbacks delivered to each publisher, among those kept (pruned after "
+                "callbacks.keep_delivered_days).",
+                labels=["publisher", "kind"],
+            ),
+        }
+        now = time.time()
+        for item in health:
+            labels = [item.target.publisher_name, item.target.publisher_kind.value]
+            oldest = item.oldest_pending_at
+            families["backlog"].add_metric(labels, item.backlog)
+            families["oldest"].add_metric(
+                labels, 0 if oldest is None else max(0.0, now - oldest.timestamp())
+            )
+            families["dead"].add_metric(labels, item.dead_letters)
+            families["failures"].add_metric(labels, item.consecutive_failures)
+            success = item.last_success_at
+            families["success"].add_metric(labels, 0 if success is None else success.timestamp())
+            families["delivered"].add_metric(labels, item.delivered)
+        yield from families.values()
+
+        yield from self._costs()
+
+    def _costs(self) -> Iterator[Metric]:
+        """This month's cost per agency and channel, and each budget's use and alerts
+        (80% and 100%), months counted in ``[costs] timezone``."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        costs = self.app.settings.costs
+        tz = cost_zone(costs.timezone)
+        start = month_start(utcnow(), tz)
+        cost_log = CostLog(self.app.database)
+        month_cost = GaugeMetricFamily(
+            "notifier_month_cost_vnd",
+            "What this calendar month's deliveries cost, in VND (providers' reported "
+            "charges, else notifier's estimates from the price table).",
+            labels=["agency", "channel"],
+        )
+        for (agency, channel), cost in sorted(cost_log.spend(start, next_month(start, tz)).items()):
+            month_cost.add_metric([agency, channel], float(cost))
+        yield month_cost
+        budget = GaugeMetricFamily(
+            "notifier_budget_vnd", "Each agency's monthly budget, in VND.", labels=["agency"]
+        )
+        used = GaugeMetricFamily(
+            "notifier_budget_used_ratio",
+            "Share of its monthly budget an agency has spent (1 = all of it).",
+            labels=["agency"],
+        )
+        alert = GaugeMetricFamily(
+            "notifier_budget_alert",
+            "1 when an agency has spent at least this percentage of its monthly budget "
+            "(80 and 100).",
+            labels=["agency", "level"],
+        )
+        for status in budget_statuses(cost_log, costs.budgets, tz):
+            budget.add_metric([status.agency_code], float(status.budget_vnd))
+            used.add_metric([status.agency_code], float(status.share))
+            level = status.level
+            alert.add_metric([status.agency_code, "80"], 0 if level is BudgetLevel.OK else 1)
+            alert.add_metric(
+                [status.agency_code, "100"], 1 if level is BudgetLevel.EXHAUSTED else 0
+            )
+        yield budget
+        yield used
+        yield alert
 
     def _queue_depths(self) -> dict[str, int] | None:
         """Ready messages per queue via passive declares (None if RabbitMQ is down); a

@@ -5,6 +5,10 @@ A report covers the deliveries *created* (planned from an accepted event) in
 ``[since, until)``: counts per agency, procedure, channel and status, and delivery
 time percentiles per channel, measured from the event's ``occurred_at`` to the
 delivery's ``sent_at`` (see :meth:`notifier.store.deliveries.log.DeliveryLog.latency`).
+It also says what the deliveries cost (VND, per agency, procedure, channel and month:
+the providers' reported charges where they report them, our price table's estimates
+elsewhere; see :mod:`notifier.costs`), how many were superseded by coalescing (never
+sent, never charged) and the average SMS segments per agency.
 Dates without a time are midnights in the report's time zone (Vietnam by default).
 """
 
@@ -15,9 +19,12 @@ import io
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from notifier.store.deliveries.costs import CostLog, CostRow, SegmentFigure
+from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.deliveries.log import DeliveryLog, Percentiles, ReasonCount
 from notifier.store.schema import utcnow
 
@@ -36,6 +43,11 @@ CSV_COLUMNS = (
     "p90_s",
     "p95_s",
     "p99_s",
+    # kind "cost": one row per month, agency, procedure and channel; "sms_segments": per
+    # agency, count = SMS with segments recorded.
+    "month",
+    "segments",
+    "cost_vnd",
 )
 MAX_RANGE = timedelta(days=366)
 
@@ -132,6 +144,26 @@ class Report:
         for r in self.reasons:
             counts[f"{r.kind}:{r.reason}"] += r.count
         return dict(sorted(counts.items()))
+    costs: list[CostRow] = field(default_factory=list)
+    sms_segments: dict[str, SegmentFigure] = field(default_factory=dict)
+
+    @property
+    def superseded(self) -> int:
+        """Deliveries coalesced away: a later status was sent in their place."""
+        return sum(r.count for r in self.rows if r.status == DeliveryStatus.SUPERSEDED)
+
+    @property
+    def cost_vnd(self) -> Decimal:
+        return sum((r.cost_vnd for r in self.costs), Decimal(0))
+
+    def cost_totals(self, key: str) -> dict[str, str]:
+        """Cost per value of ``key`` (agency_code, procedure_code, channel, month), as
+        decimal strings (JSON has no exact decimals)."""
+        totals: dict[str, Decimal] = {}
+        for row in self.costs:
+            value = getattr(row, key)
+            totals[value] = totals.get(value, Decimal(0)) + row.cost_vnd
+        return {k: _vnd(v) for k, v in sorted(totals.items())}
 
     @property
     def deliveries(self) -> int:
@@ -164,6 +196,36 @@ class Report:
                 channel: {"sent": p.count, "p50": p.p50, "p90": p.p90, "p95": p.p95, "p99": p.p99}
                 for channel, p in self.latency.items()
             },
+            "superseded": self.superseded,
+            "cost": {
+                "currency": "VND",
+                "timezone_of_months": self.timezone,
+                "total_vnd": _vnd(self.cost_vnd),
+                "reported_vnd": _vnd(sum((r.reported_vnd for r in self.costs), Decimal(0))),
+                "by_agency": self.cost_totals("agency_code"),
+                "by_procedure": self.cost_totals("procedure_code"),
+                "by_channel": self.cost_totals("channel"),
+                "by_month": self.cost_totals("month"),
+                "rows": [
+                    {
+                        "month": r.month,
+                        "agency_code": r.agency_code,
+                        "procedure_code": r.procedure_code,
+                        "channel": r.channel,
+                        "deliveries": r.deliveries,
+                        "charged": r.charged,
+                        "superseded": r.superseded,
+                        "segments": r.segments,
+                        "cost_vnd": _vnd(r.cost_vnd),
+                        "reported_vnd": _vnd(r.reported_vnd),
+                    }
+                    for r in self.costs
+                ],
+            },
+            "sms_segments": {
+                agency: {"sms": f.sms, "segments": f.segments, "average": f.average}
+                for agency, f in self.sms_segments.items()
+            },
         }
 
     def as_csv(self) -> str:
@@ -173,10 +235,8 @@ class Report:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         span = (self.since.isoformat(), self.until.isoformat())
-        writer.writerow([*span, "events", "", "", "", "", self.events, "", "", "", ""])
-        writer.writerow(
-            [*span, "rejected_events", "", "", "", "", self.rejected_events, "", "", "", ""]
-        )
+        writer.writerow([*span, "events", "", "", "", "", self.events, "", "", "", "", "", "", ""])
+        writer.writerow([*span, "rejected_events", "", "", "", "", self.rejected_events, *[""] * 7])
         for row in self.rows:
             writer.writerow(
                 [
@@ -187,16 +247,13 @@ class Report:
                     row.channel,
                     row.status,
                     row.count,
-                    "",
-                    "",
-                    "",
-                    "",
+                    *[""] * 7,
                 ]
             )
         for r in self.reasons:
             writer.writerow(
                 [*span, "reason", "", "", r.channel, f"{r.kind}:{r.reason}", r.count]
-                + [""] * 4
+                + [""] * 7
             )
         for channel, p in self.latency.items():
             writer.writerow(
@@ -209,9 +266,39 @@ class Report:
                     "",
                     p.count,
                     *("" if v is None else f"{v:.3f}" for v in (p.p50, p.p90, p.p95, p.p99)),
+                    "",
+                    "",
+                    "",
                 ]
             )
+        for c in self.costs:
+            writer.writerow(
+                [
+                    *span,
+                    "cost",
+                    c.agency_code,
+                    c.procedure_code,
+                    c.channel,
+                    "",
+                    c.deliveries,
+                    *[""] * 4,
+                    c.month,
+                    c.segments,
+                    _vnd(c.cost_vnd),
+                ]
+            )
+        for agency, figure in self.sms_segments.items():
+            writer.writerow(
+                [*span, "sms_segments", agency, "", "sms", "", figure.sms]
+                + [""] * 5
+                + [figure.segments, ""]
+            )
         return out.getvalue()
+
+
+def _vnd(amount: Decimal) -> str:
+    """An amount of dong as text: whole dong without decimals, else two."""
+    return f"{amount:.0f}" if amount == amount.to_integral_value() else f"{amount:.2f}"
 
 
 def build_report(
@@ -233,4 +320,6 @@ def build_report(
         rows=rows,
         latency=log.latency(since, until),
         reasons=log.reason_counts(since, until),
+        costs=CostLog(log.database).by_month(since, until, zone(timezone_name)),
+        sms_segments=CostLog(log.database).sms_segments(since, until),
     )

@@ -26,12 +26,13 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from notifier.adapter import RecipientKind
+from notifier.adapter import ZALO_UID_PREFIX, RecipientKind
 from notifier.events import DossierStatusEvent, EventRejected
 from notifier.logging import get_logger
 from notifier.masking import mask_recipient, recipient_hash
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 from notifier.pipeline.agencies import AgencyRegistry
+from notifier.pipeline.budget import BudgetGuard
 from notifier.pipeline.choices import Choices
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
@@ -58,7 +59,13 @@ def _phone(raw: str) -> str:
         return raw
 
 
-def recipient_for(event: DossierStatusEvent, kind: RecipientKind) -> str | None:
+def recipient_for(
+    event: DossierStatusEvent, kind: RecipientKind, *, any_phone: bool = False
+) -> str | None:
+    """The applicant's contact for a kind of channel. Zalo: the Zalo user id when the
+    event carries one (ZBS by UID, the cheapest), else the Zalo phone; with
+    ``any_phone`` (a one-of group such as "zalo|sms") also the applicant's phone, since
+    ZNS to it costs less than an SMS and a failure falls back."""
     contacts = event.applicant.contacts
     match kind:
         case RecipientKind.EMAIL:
@@ -66,11 +73,13 @@ def recipient_for(event: DossierStatusEvent, kind: RecipientKind) -> str | None:
         case RecipientKind.PHONE:
             return None if contacts.phone is None else _phone(contacts.phone)
         case RecipientKind.ZALO:
-            if contacts.zalo is None:
-                return None
-            if contacts.zalo.phone is not None:
+            if contacts.zalo is not None and contacts.zalo.user_id is not None:
+                return ZALO_UID_PREFIX + contacts.zalo.user_id.strip()
+            if contacts.zalo is not None and contacts.zalo.phone is not None:
                 return _phone(contacts.zalo.phone)
-            return contacts.zalo.user_id
+            if any_phone and contacts.phone is not None:
+                return _phone(contacts.phone)
+            return None
         case RecipientKind.PORTAL_ACCOUNT:
             return contacts.portal_account_id
 
@@ -88,8 +97,12 @@ class Planner:
         hash_key: str,
         agencies: AgencyRegistry | None = None,
         quiet_hours: bool = True,
+        budget: BudgetGuard | None = None,
     ) -> None:
         self.database = database
+        # An agency that spent its monthly budget, with routing's at_limit =
+        # cheaper_only, gets only the budget's cheaper channels.
+        self.budget = budget
         self.routing = routing
         self.templates = templates
         self.recipient_kinds = dict(recipient_kinds)
@@ -124,7 +137,41 @@ class Planner:
         candidates = [c for c in routed if consented is None or c in consented]
         if preferences is None:
             preferences = self._preferences(event, candidates)
-        planned = self._render_for(event, candidates, preferences)
+        mandatory = self.choices.is_mandatory(event.agency.code, event.dossier.status.value)
+        cheaper = self.routing.budget.cheaper
+        cheaper_only = self.budget is not None and self.budget.cheaper_only(event.agency.code)
+        planned: list[PlannedDelivery] = []
+        for group in self.routing.groups_for(event.agency.code, event.dossier.status):
+            # All of the single channels; the first of a one-of group that reaches the
+            # citizen (consented, with a contact, not turned off): e.g. Zalo by UID, else
+            # ZNS, else SMS.
+            for position, channel in enumerate(group):
+                if consented is not None and channel not in consented:
+                    continue
+                alternatives_left = position < len(group) - 1
+                over_budget = cheaper_only and channel not in cheaper
+                if over_budget and len(group) > 1:
+                    continue  # a cheaper alternative of the group may still reach them
+                rendered = self._render_for(
+                    event, [channel], preferences, any_phone=len(group) > 1
+                )
+                if (
+                    rendered
+                    and alternatives_left
+                    and not mandatory
+                    and self.choice_for(preferences, rendered[0]).channel_off(channel)
+                ):
+                    continue  # turned off by the citizen: the next alternative instead
+                if over_budget:
+                    log.info(
+                        "delivery suppressed: the agency's monthly budget is spent",
+                        channel=channel,
+                        agency=event.agency.code,
+                    )
+                    rendered = [p.suppressed(SuppressReason.BUDGET) for p in rendered]
+                planned.extend(rendered)
+                if rendered:
+                    break
         if routed and not planned:
             raise EventRejected(
                 "no usable contact: the status goes to "
@@ -204,7 +251,8 @@ class Planner:
         hashes = [self._account_hash(event)]
         for channel in channels:
             kind = self.recipient_kinds.get(channel)
-            recipient = None if kind is None else recipient_for(event, kind)
+            # any_phone: a one-of group ("zalo|sms") may reach Zalo by the plain phone.
+            recipient = None if kind is None else recipient_for(event, kind, any_phone=True)
             if recipient is not None:
                 hashes.append(recipient_hash(recipient, self.hash_key))
         return [h for h in hashes if h]
@@ -268,13 +316,15 @@ class Planner:
         event: DossierStatusEvent,
         channels: Iterable[str],
         preferences: Mapping[str, Preference] | None = None,
+        *,
+        any_phone: bool = False,
     ) -> list[PlannedDelivery]:
         if self.agencies is not None:
             event = self.agencies.resolved(event)  # the registry's name, never the event's
         account_hash = self._account_hash(event)
         planned = []
         for channel in channels:
-            recipient = recipient_for(event, self.recipient_kinds[channel])
+            recipient = recipient_for(event, self.recipient_kinds[channel], any_phone=any_phone)
             if recipient is None:
                 continue
             hashed = recipient_hash(recipient, self.hash_key)

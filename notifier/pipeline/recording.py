@@ -19,6 +19,7 @@ from notifier.adapter import (
     TemporaryFailure,
     UncertainSendPolicy,
 )
+from notifier.costs import PriceTable
 from notifier.logging import get_logger
 from notifier.plugins.registry import Registry
 from notifier.settings import WorkerSettings
@@ -94,8 +95,11 @@ class Recorder:
         registry: Registry,
         worker: WorkerSettings,
         policies: Mapping[str, UncertainSendPolicy],
+        prices: PriceTable | None = None,
     ) -> None:
         self.store = store
+        # Each accepted send's estimated cost is recorded with it (notifier.costs).
+        self.prices = prices or PriceTable({})
         self.registry = registry
         self.worker = worker
         # Per provider, what to do when a call's outcome is unknown (the Sender's).
@@ -163,6 +167,7 @@ class Recorder:
             tried.started_at,
             provider_message_id=tried.result.provider_message_id,
             details=dict(tried.result.details) or None,
+            charge=self.prices.estimate(tried.provider, tried.result.details),
         )
         return record, SendOutcome(claimed.delivery_id, status)
 

@@ -31,6 +31,7 @@ from notifier.adapter import (
     TemporaryFailure,
     UncertainSendPolicy,
 )
+from notifier.costs import PriceTable
 from notifier.logging import get_logger
 from notifier.pipeline.dispatch import DispatchJournal, RecordBacklog
 from notifier.pipeline.gate import SendGate
@@ -92,6 +93,7 @@ class Sender:
         guard: Guard | None = None,
         uncertain_send: Mapping[str, UncertainSendPolicy] | None = None,
         gate: SendGate | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.store = store
         # The citizen's choice checked again before any call (None: tests without it).
@@ -116,7 +118,11 @@ class Sender:
                 )
             self.policies[provider.name] = policy
         self.recorder = Recorder(
-            store=store, registry=registry, worker=worker, policies=self.policies
+            store=store,
+            registry=registry,
+            worker=worker,
+            policies=self.policies,
+            prices=prices or PriceTable({}),
         )
         self.backlog = RecordBacklog(worker.max_unrecorded)
         self.journal = DispatchJournal(store.mark_dispatched)

@@ -279,7 +279,9 @@ def _end_sessions_of(connection: sa.Connection, username: str) -> int:
         operators.c.username == username.strip().lower()
     )
     return connection.execute(
-        sa.delete(console_sessions).where(console_sessions.c.operator_id.in_(owner.scalar_subquery()))
+        sa.delete(console_sessions).where(
+            console_sessions.c.operator_id.in_(owner.scalar_subquery())
+        )
     ).rowcount
 
 

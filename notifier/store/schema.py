@@ -55,6 +55,8 @@ events = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
     # The event as received; personal data, purged after the retention period.
     sa.Column("payload", sa.JSON, nullable=True),
+    # Copies received again after it was accepted (each one announced as event.duplicate).
+    sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
 )
 
 deliveries = sa.Table(
@@ -96,6 +98,13 @@ deliveries = sa.Table(
     sa.Column("dispatch_attempt", sa.Integer, nullable=True),
     # Set on a fallback delivery (e.g. SMS after Zalo failed): the delivery it replaces.
     sa.Column("fallback_of", sa.Uuid, nullable=True, index=True),
+    # What the delivery cost (notifier.costs): SMS segments billed, the amount in VND,
+    # and whether that is our price table's estimate or the provider's reported charge.
+    sa.Column("segments", sa.Integer, nullable=True),
+    sa.Column("cost_vnd", sa.Numeric(14, 2), nullable=True),
+    sa.Column("cost_source", sa.String(16), nullable=True),
+    # Set on a delivery coalesced away (status superseded): the one sent in its place.
+    sa.Column("superseded_by", sa.Uuid, nullable=True, index=True),
     # A held delivery (status "scheduled"): when it is due, and why it waits
     # (notifier.store.deliveries.lifecycle.HoldReason). The reason stays after release.
     sa.Column("due_at", UTCDateTime, nullable=True),
@@ -158,6 +167,11 @@ rejected_events = sa.Table(
     sa.Column("submitter_agencies", sa.JSON, nullable=True),
     # Why the last replay was refused (it stays a reject), shown to operators.
     sa.Column("replay_refusal", sa.Text, nullable=True),
+    # What could be read of the event (None when it could not): kept after the payload
+    # is purged, so the publisher still finds its reject by event id or dossier.
+    sa.Column("agency_code", sa.String(64), nullable=True),
+    sa.Column("dossier_code", sa.String(64), nullable=True, index=True),
+    sa.Index("ix_rejected_events_event_id", "event_id"),
 )
 
 inbox_notifications = sa.Table(
@@ -279,6 +293,86 @@ opt_outs = sa.Table(
     sa.Column("channel", sa.String(32), primary_key=True),
     sa.Column("source", sa.String(32), nullable=False),  # sms-stop, portal, operator
     sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The record of status changes (notifier.store.statuses): one row per change, written in
+# the transaction that makes the change, published to the status stream by the relay
+# (at least once, ``change_id`` the dedupe key) and pruned once published and old.
+# ``sequence`` is the row's own number: it grows with each change of one delivery
+# (changes of one row are serialised by its lock), so a receiver drops stale ones.
+status_outbox = sa.Table(
+    "status_outbox",
+    metadata,
+    sa.Column("sequence", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("change_id", sa.Uuid, nullable=False, unique=True),
+    sa.Column("type", sa.String(48), nullable=False),
+    sa.Column("agency_code", sa.String(64), nullable=True),
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    # The message as it will be published (no contact in clear: recipients masked).
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("published_at", UTCDateTime, nullable=True),
+    # Pending rows, oldest first: what the relay reads.
+    sa.Index(
+        "ix_status_outbox_pending",
+        "sequence",
+        postgresql_where=sa.text("published_at IS NULL"),
+        sqlite_where=sa.text("published_at IS NULL"),
+    ),
+)
+
+# A publisher's callback: its URL and signing secrets (Fernet-encrypted, a JSON list,
+# newest first: two during a rotation), and its health as the senders last saw it.
+# The publisher is an API key or a broker user, by kind and name (its agencies are
+# read from api_clients / broker_publishers when a status arrives).
+callback_targets = sa.Table(
+    "callback_targets",
+    metadata,
+    sa.Column("target_id", sa.Uuid, primary_key=True),
+    sa.Column("publisher_kind", sa.String(16), nullable=False),
+    sa.Column("publisher_name", sa.String(100), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secrets", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("last_success_at", UTCDateTime, nullable=True),
+    sa.Column("last_failure_at", UTCDateTime, nullable=True),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.UniqueConstraint("publisher_kind", "publisher_name", name="uq_callback_targets_publisher"),
+)
+
+# One status message to one publisher: written when the message is consumed (once per
+# message id and target), sent when due. ``due_at`` is also the lease: a sender that
+# claims the row moves it past the send's timeout, so a sender that dies leaves it due
+# again. ``window_start`` starts the give-up age (reset by an admin's replay).
+callback_deliveries = sa.Table(
+    "callback_deliveries",
+    metadata,
+    sa.Column("callback_id", sa.Uuid, primary_key=True),
+    sa.Column("message_id", sa.String(100), nullable=False),
+    sa.Column(
+        "target_id",
+        sa.Uuid,
+        sa.ForeignKey("callback_targets.target_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("agency", sa.String(64), nullable=True),
+    sa.Column("sequence", sa.BigInteger, nullable=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("window_start", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Column("dead_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.UniqueConstraint("message_id", "target_id", name="uq_callback_deliveries_key"),
+    sa.Index("ix_callback_deliveries_due", "status", "due_at"),
 )
 
 # A citizen's preferences, by the keyed hash of one identity (a portal account id, a

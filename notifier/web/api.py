@@ -27,6 +27,7 @@ from notifier.web import (
     optouts,
     preferences,
     receipts,
+    statuses,
 )
 from notifier.web.deps import WebState
 from notifier.web.events import EventSubmitter
@@ -52,7 +53,7 @@ def create_api(
         submit_event=submit or EventSubmitter(app),
     )
     secure_api(api, app)  # rate limit, body size limit, headers
-    for module in (optouts, preferences, health, events, inbox, receipts, deliveries):
+    for module in (optouts, preferences, health, events, statuses, inbox, receipts, deliveries):
         api.include_router(module.router)
     from notifier.web.console import install_console  # /console and its /v1 API
 

@@ -112,6 +112,7 @@ async def take_receipt(
             provider_message_id=item.provider_message_id,
             error=item.error,
             error_code=item.error_code,
+            charge_vnd=item.charge_vnd,
         )
         applied += int(changed)
     opted_out = 0

@@ -77,6 +77,7 @@ class LocalProviders:
                     "oa_secret_key": self.zalo.oa_secret_key,
                     "base_url": self.zalo.base_url,
                     "oauth_url": self.zalo.oauth_url,
+                    "uid_url": self.zalo.uid_url,
                 },
             },
         }

@@ -124,6 +124,10 @@ class SentSms:
     sandbox: bool
     callback_url: str | None
     accepted_at: float  # epoch seconds
+    # What the gateway billed for it: segments times its price for the carrier (VND;
+    # 0 in the sandbox). The figure a cost report must match to the dong.
+    segments: int = 1
+    charge_vnd: int = 0
 
     @property
     def national_phone(self) -> str:
@@ -416,6 +420,11 @@ class _GatewaySimulator(BackgroundHttpServer):
             self._messages.append(message)
             self._cond.notify_all()
 
+    @property
+    def charged_vnd(self) -> int:
+        """What the gateway billed in all, in VND (each accepted message's charge)."""
+        return sum(message.charge_vnd for message in self.messages)
+
 
 class EsmsSimulator(_GatewaySimulator):
     """eSMS.vn's REST API: ``SendMultipleMessage_V4_post_json`` and ``GetBalance_json``.
@@ -428,6 +437,18 @@ class EsmsSimulator(_GatewaySimulator):
 
     gateway: ClassVar[str] = "esms"
     path_prefix: ClassVar[str] = ""
+    # VND per segment by carrier (a CSKH brandname price list's shape; the figures are
+    # the simulator's own): what it bills and reports as TotalPrice.
+    DEFAULT_PRICES: ClassVar[dict[str, int]] = {
+        "viettel": 860,
+        "mobifone": 750,
+        "vinaphone": 780,
+        "vietnamobile": 700,
+        "gmobile": 700,
+        "reddi": 700,
+        "itel": 700,
+        "unknown": 900,
+    }
     SEND_PATH: ClassVar[str] = "/MainService.svc/json/SendMultipleMessage_V4_post_json"
     BALANCE_PATH: ClassVar[str] = "/MainService.svc/json/GetBalance_json"
 
@@ -442,8 +463,10 @@ class EsmsSimulator(_GatewaySimulator):
         balance: int = 1_000_000,
         latency_s: float = 0.0,
         auto_report_after_s: float | None = None,
+        prices: dict[str, int] | None = None,
     ) -> None:
         super().__init__(host, port, latency_s=latency_s)
+        self.prices = dict(self.DEFAULT_PRICES if prices is None else prices)
         self.api_key = api_key
         self.secret_key = secret_key
         self.brandnames = None if brandnames is None else frozenset(brandnames)
@@ -522,6 +545,10 @@ class EsmsSimulator(_GatewaySimulator):
         if request_id is not None and len(request_id) > 50:
             return _Answer.of_json({"error": "Invalid request"})
         callback = document.get("CallbackUrl")
+        sandbox = str(document.get("Sandbox", "0")) == "1"
+        segments = sms_length(content).segments
+        carrier = MobileNumber(national[1:]).carrier
+        per_segment = self.prices.get(carrier, self.prices.get("unknown", 0))
         message = SentSms(
             gateway=self.gateway,
             provider_id=uuid.uuid4().hex,
@@ -531,9 +558,11 @@ class EsmsSimulator(_GatewaySimulator):
             request_id=request_id,
             is_unicode=str(document.get("IsUnicode", "0")) == "1",
             sms_type=sms_type,
-            sandbox=str(document.get("Sandbox", "0")) == "1",
+            sandbox=sandbox,
             callback_url=callback if isinstance(callback, str) and callback else None,
             accepted_at=time.time(),
+            segments=segments,
+            charge_vnd=0 if sandbox else segments * per_segment,
         )
         with self._cond:  # check and record at once: concurrent duplicates get one 124
             if request_id is not None:
@@ -589,7 +618,8 @@ class EsmsSimulator(_GatewaySimulator):
             "SendFailed": str(failed),
             "SendStatus": str(send_status),
             "SendSuccess": str(success),
-            "TotalPrice": f"{750 * success:.4f}",
+            # What it billed: the message's charge once delivered, nothing otherwise.
+            "TotalPrice": f"{message.charge_vnd if success else 0:.4f}",
             "TotalReceiver": "1",
             "TotalSent": "1" if send_status == 5 else "0",
             "RequestId": message.request_id or "",
@@ -861,6 +891,8 @@ class SpeedSmsSimulator(_GatewaySimulator):
                 sandbox=False,
                 callback_url=self.callback_url,
                 accepted_at=now,
+                segments=segments.segments,
+                charge_vnd=segments.segments * self.PRICE_PER_SMS,
             )
             for phone in valid
         ]

@@ -83,6 +83,10 @@ OAUTH_INVALID_SECRET = -14003
 OAUTH_INVALID_GRANT = -14004
 
 MESSAGE_PATH = "/message/template"
+# ZBS Template Message to a Zalo user id (openapi.zalo.me in production).
+UID_MESSAGE_PATH = "/v3.0/oa/message/template"
+# The template does not allow sending by user id (approved before 2025-12-10).
+UID_NOT_ALLOWED = -249
 OAUTH_PATH = "/v4/oa/access_token"
 
 _ERROR_TEXT = {
@@ -97,6 +101,7 @@ _ERROR_TEXT = {
     APP_TOO_OLD: "User's Zalo version is not supported for this message",
     OUTSIDE_HOURS: "Template is not allowed to be sent at this time (22:00-06:00)",
     REFUSED_TYPE: "User has refused to receive this type of message",
+    UID_NOT_ALLOWED: "Template does not support sending by user id",
 }
 _MAX_BODY = 1 << 20
 
@@ -113,6 +118,9 @@ class SentZns:
     mode: str | None
     access_token: str
     received_at: float
+    # Sent by Zalo user id (ZBS UID; ``phone`` is then ""), and what it billed (VND).
+    user_id: str | None = None
+    charge_vnd: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,13 @@ class ZaloSimulator(BackgroundHttpServer):
         daily_quota: int = 1_000_000,
         latency_s: float = 0.0,
         refresh_latency_s: float = 0.0,
+        zns_price_vnd: int = 300,
+        uid_price_vnd: int = 200,
     ) -> None:
+        # What one message costs: to a phone (ZNS price), to a user id (cheaper).
+        self.zns_price_vnd = zns_price_vnd
+        self.uid_price_vnd = uid_price_vnd
+        self._uid_refused: set[str] = set()
         self.app_id = app_id
         self.app_secret = app_secret
         self.oa_secret_key = oa_secret_key
@@ -181,6 +195,21 @@ class ZaloSimulator(BackgroundHttpServer):
     def base_url(self) -> str:
         """What the adapter's ``base_url`` should be (ZNS paths are under it)."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def uid_url(self) -> str:
+        """What the adapter's ``uid_url`` should be (ZBS by Zalo user id)."""
+        return f"{self.base_url}{UID_MESSAGE_PATH}"
+
+    @property
+    def charged_vnd(self) -> int:
+        """What the OA was billed in all, in VND."""
+        return sum(message.charge_vnd for message in self.messages)
+
+    def refuse_uid_template(self, template_id: str) -> None:
+        """Answer -249 to sends of this template by user id (it serves phones only)."""
+        with self._cond:
+            self._uid_refused.add(template_id)
 
     @property
     def oauth_url(self) -> str:
@@ -374,7 +403,9 @@ class ZaloSimulator(BackgroundHttpServer):
         self._access_expires = time.time() + ttl_s
         return self._access_token
 
-    def _handle_send(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+    def _handle_send(
+        self, headers: dict[str, str], body: bytes, *, by_uid: bool = False
+    ) -> tuple[int, dict[str, Any]]:
         if self.latency_s > 0:
             time.sleep(self.latency_s)
         with self._cond:
@@ -392,24 +423,37 @@ class ZaloSimulator(BackgroundHttpServer):
             if self._failures:
                 failure = self._failures.popleft()
                 return 200, {"error": failure.code, "message": failure.message}
-            phone = request.get("phone")
-            if (
-                not isinstance(phone, str)
-                or len(phone) != 11
-                or not phone.startswith("84")
-                or not phone.isdigit()
-                or phone in self._invalid
-            ):
-                return 200, _error(INVALID_PHONE)
-            if phone in self._not_zalo:
-                return 200, _error(NOT_ZALO_USER)
-            if phone in self._blocked:
-                return 200, _error(USER_BLOCKED)
+            user_id: str | None = None
+            if by_uid:
+                recipient = request.get("recipient")
+                user_id = recipient.get("user_id") if isinstance(recipient, dict) else None
+                if not isinstance(user_id, str) or not user_id.isdigit():
+                    return 200, {"error": -201, "message": "user_id is invalid"}
+                phone = ""
+                if user_id in self._not_zalo or user_id in self._blocked:
+                    return 200, _error(USER_BLOCKED)
+            else:
+                given = request.get("phone")
+                phone = given if isinstance(given, str) else ""
+                if (
+                    not isinstance(given, str)
+                    or len(phone) != 11
+                    or not phone.startswith("84")
+                    or not phone.isdigit()
+                    or phone in self._invalid
+                ):
+                    return 200, _error(INVALID_PHONE)
+                if phone in self._not_zalo:
+                    return 200, _error(NOT_ZALO_USER)
+                if phone in self._blocked:
+                    return 200, _error(USER_BLOCKED)
             template_id = request.get("template_id")
             if not isinstance(template_id, str) or not template_id.isdigit():
                 return 200, _error(TEMPLATE_MISSING)
             if template_id in self._templates:
                 return 200, _error(self._templates[template_id])
+            if by_uid and template_id in self._uid_refused:
+                return 200, _error(UID_NOT_ALLOWED)
             data = request.get("template_data")
             if not isinstance(data, dict):
                 return 200, {"error": -112, "message": "template_data is invalid"}
@@ -427,6 +471,10 @@ class ZaloSimulator(BackgroundHttpServer):
                 mode=str(mode) if mode is not None else None,
                 access_token=token,
                 received_at=time.time(),
+                user_id=user_id,
+                charge_vnd=0
+                if mode == "development"
+                else (self.uid_price_vnd if by_uid else self.zns_price_vnd),
             )
             self._messages.append(sent)
             self._cond.notify_all()
@@ -506,6 +554,8 @@ def _handler_class(simulator: ZaloSimulator) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path.rstrip("/")
             if path == MESSAGE_PATH:
                 status, answer = simulator._handle_send(headers, body)
+            elif path == UID_MESSAGE_PATH:
+                status, answer = simulator._handle_send(headers, body, by_uid=True)
             elif path == OAUTH_PATH:
                 status, answer = simulator._handle_refresh(headers, body)
             else:

@@ -259,8 +259,10 @@ def test_a_receipt_naming_another_providers_delivery_is_not_applied(
     with RunningWorker(app), ServedApi(create_api(app)) as api:
         publish(app, event_for("result_ready"))  # email, zalo and sms
         wait_until(
-            lambda: len(rows(pg_database)) == 3
-            and all(r["status"] == "sent" for r in rows(pg_database).values())
+            lambda: (
+                len(rows(pg_database)) == 3
+                and all(r["status"] == "sent" for r in rows(pg_database).values())
+            )
         )
         found = rows(pg_database)
         [sms] = providers.esms.messages

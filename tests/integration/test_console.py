@@ -553,9 +553,7 @@ def behind_proxy(pg_url: str, pg_database: Database) -> Iterator[tuple[ServedApi
     """The API behind a reverse proxy on 127.0.0.1 that names clients in X-Forwarded-For
     (the test's requests come from 127.0.0.1 and play the proxy), the throttle on a
     frozen clock."""
-    notifier = Notifier(
-        make_settings(database_url=pg_url, api={"trusted_proxies": ["127.0.0.1"]})
-    )
+    notifier = Notifier(make_settings(database_url=pg_url, api={"trusted_proxies": ["127.0.0.1"]}))
     api = create_api(notifier)
     clock = FrozenClock()
     api.state.console.throttle.clock = clock
@@ -580,8 +578,7 @@ def test_sign_in_is_throttled_for_the_guessing_address_only(
     served, clock = behind_proxy
     attacker = httpx.Client(base_url=served.base_url, follow_redirects=False, timeout=10)
     guesses = [
-        _sign_in_attempt(attacker, "lan.admin", f"guess {i} guess", "203.0.113.7")
-        for i in range(5)
+        _sign_in_attempt(attacker, "lan.admin", f"guess {i} guess", "203.0.113.7") for i in range(5)
     ]
     assert guesses == [401, 401, 401, 401, 429]
     # Throttled, the attacker's next try is refused before the password is looked at,

@@ -61,9 +61,7 @@ def publish_raw(app: Notifier, bodies: list[bytes]) -> None:
             events.routing_key,
             body,
             # user_id: who publishes (RabbitMQ checks it is this connection's user).
-            pika.BasicProperties(
-                content_type="application/json", delivery_mode=2, user_id="guest"
-            ),
+            pika.BasicProperties(content_type="application/json", delivery_mode=2, user_id="guest"),
             mandatory=True,
         )
     connection.close()

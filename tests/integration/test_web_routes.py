@@ -62,6 +62,8 @@ OPERATIONS_BEFORE = {
 OPERATIONS_ADDED = {
     ("PUT", "/v1/preferences"),  # issue 18: the citizen's preferences
     ("POST", "/v1/preferences/lookup"),  # issue 18
+    ("GET", "/v1/events/{event_id}"),  # issue 17: a publisher's status API
+    ("GET", "/v1/dossiers/{code}/notifications"),  # issue 17
 }
 # Routes that take an API key of exactly one scope (require_scope), and that scope.
 KEY_ROUTES = {

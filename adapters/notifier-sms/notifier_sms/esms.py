@@ -18,6 +18,9 @@
   URL (the docs' samples show ``https://{{yourportalreceivecallback}}?SMSID=...``):
   a ``?token=`` of ours might not survive that. The older ``?token=`` form is still
   accepted, deprecated.
+- A done report (SendStatus 5) carries ``TotalPrice``, what eSMS billed for the
+  message: it becomes the delivery's cost (``Receipt.charge_vnd``), replacing our
+  estimate from the price table (notifier.costs).
 - A report is identified by the message and the state it reports (``SMSID`` or
   ``RequestId``, and ``SendStatus``): the same report again, whatever else it says
   (other counts, parameters we do not read), is a duplicate. A parameter given twice
@@ -47,6 +50,7 @@ from notifier.adapter import (
     UncertainSendPolicy,
 )
 from notifier.adapter_http import status_failure
+from notifier.costs import parse_vnd
 from notifier.phones import PhoneFormat
 
 from .base import (
@@ -276,6 +280,8 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
         # (both ids, as given) in this state. eSMS reports each state once; the same
         # message and state again is a retry or a replay, whatever its counts say.
         nonce = f"esms:{sms_id or ''}:{delivery_id or ''}:{status}"
+        # What eSMS billed for the message (all its segments), once it is done.
+        charge = parse_vnd(query.get("TotalPrice")) if status == _DONE else None
         if status == _DONE and success >= 1:
             return [
                 Receipt(
@@ -283,6 +289,7 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
                     delivery_id=delivery_id,
                     provider_message_id=sms_id,
                     nonce=nonce,
+                    charge_vnd=charge,
                 )
             ]
         if status == _REJECTED or (status == _DONE and failed >= 1):
@@ -297,6 +304,7 @@ class EsmsAdapter(SmsAdapterBase[EsmsSettings]):
                     error=reason,
                     error_code=f"SendStatus={status}",
                     nonce=nonce,
+                    charge_vnd=charge,
                 )
             ]
         return []  # in progress (1, 2, 7), or done without counts: wait for the next one

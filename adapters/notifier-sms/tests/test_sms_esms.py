@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import replace
+from decimal import Decimal
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
@@ -161,7 +162,10 @@ def test_callback_url_carries_the_receipt_token_as_its_last_path_segment(
 def test_a_callback_url_with_a_query_string_is_refused_in_settings() -> None:
     with pytest.raises(ValidationError, match="query string"):
         EsmsSettings(
-            brandname=BRANDNAME, api_key="k", secret_key="s", receipt_token=TOKEN,  # type: ignore[arg-type]
+            brandname=BRANDNAME,
+            api_key="k",
+            secret_key="s",
+            receipt_token=TOKEN,  # type: ignore[arg-type]
             callback_url="https://notifier.example.vn/v1/receipts/esms?token=abc",
         )
 
@@ -519,8 +523,14 @@ def test_the_token_in_the_path_proves_a_report_and_the_old_query_form_still_does
 
 
 def test_a_report_with_other_counts_or_extra_parameters_is_the_same_report() -> None:
-    report = {"token": TOKEN, "SMSID": "abc", "SendStatus": "5", "SendSuccess": "1",
-              "SendFailed": "0", "RequestId": str(uuid.uuid4())}
+    report = {
+        "token": TOKEN,
+        "SMSID": "abc",
+        "SendStatus": "5",
+        "SendSuccess": "1",
+        "SendFailed": "0",
+        "RequestId": str(uuid.uuid4()),
+    }
     [first] = EsmsAdapter.parse_receipt(_receipt_settings(), _report(**report))
     [again] = EsmsAdapter.parse_receipt(
         _receipt_settings(), _report(**{**report, "SendSuccess": "2", "extra": "x"})
@@ -614,3 +624,23 @@ def test_failover_order_comes_from_channel_settings() -> None:
     }
     registry = Registry.from_settings(settings, installed=installed)
     assert [p.name for p in registry.providers("sms")] == ["speedsms", "esms"]
+
+
+def test_a_done_report_carries_what_esms_charged_and_an_unfinished_one_does_not() -> None:
+    settings = _receipt_settings()
+    base = {"SMSID": "s-1", "RequestId": str(uuid.uuid4()), "token": TOKEN}
+    [delivered] = EsmsAdapter.parse_receipt(
+        settings, _report(**base, SendStatus="5", SendSuccess="1", TotalPrice="1720.0000")
+    )
+    assert delivered.charge_vnd == Decimal("1720")
+    [failed] = EsmsAdapter.parse_receipt(
+        settings, _report(**base, SendStatus="5", SendFailed="1", TotalPrice="0.0000")
+    )
+    assert failed.charge_vnd == Decimal(0)  # not delivered: not billed
+    [rejected] = EsmsAdapter.parse_receipt(settings, _report(**base, SendStatus="4"))
+    assert rejected.charge_vnd is None  # no figure given: our estimate stands
+    [garbled] = EsmsAdapter.parse_receipt(
+        settings, _report(**base, SendStatus="5", SendSuccess="1", TotalPrice="n/a")
+    )
+    assert garbled.delivered
+    assert garbled.charge_vnd is None

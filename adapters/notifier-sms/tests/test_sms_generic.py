@@ -251,8 +251,10 @@ def _signed(body: bytes, secret: str = SECRET, prefix: str = "") -> ReceiptReque
 
 
 def _receipt_settings(**extra: Any) -> HttpSmsSettings:
-    values: dict[str, Any] = {"url": "https://sms.example.gov.vn/api/send",
-                              "receipt_secret": SECRET}
+    values: dict[str, Any] = {
+        "url": "https://sms.example.gov.vn/api/send",
+        "receipt_secret": SECRET,
+    }
     values.update(extra)
     return HttpSmsSettings.model_validate(values)
 
@@ -281,8 +283,9 @@ GOOD_BODY = json.dumps({"reference": str(uuid.uuid4()), "status": "delivered"}).
 
 def _tampered() -> ReceiptRequest:
     signed = _signed(GOOD_BODY)
-    return ReceiptRequest(signed.method, signed.headers, {}, GOOD_BODY.replace(b"}", b" }"),
-                          time.time())
+    return ReceiptRequest(
+        signed.method, signed.headers, {}, GOOD_BODY.replace(b"}", b" }"), time.time()
+    )
 
 
 def test_a_good_body_is_accepted_when_signed() -> None:
@@ -316,8 +319,9 @@ def test_token_receipts_from_a_query_string() -> None:
     [receipt] = HttpSmsAdapter.parse_receipt(settings, request)
     assert (receipt.delivered, receipt.delivery_id) == (True, delivery_id)
     with pytest.raises(InvalidReceipt):
-        HttpSmsAdapter.parse_receipt(settings, ReceiptRequest("GET", {}, {**query, "token": "x"},
-                                                              b"", time.time()))
+        HttpSmsAdapter.parse_receipt(
+            settings, ReceiptRequest("GET", {}, {**query, "token": "x"}, b"", time.time())
+        )
 
 
 def test_receipts_are_refused_when_not_configured() -> None:

@@ -253,9 +253,7 @@ def test_delivery_status_callbacks_are_read_as_receipts_by_tran_id(
     assert SpeedSmsAdapter.parse_inbound(adapter.settings, receipt_catcher.received[0]) == []
 
 
-def test_incoming_sms_callbacks_are_read_as_inbound_messages(
-    speedsms, receipt_catcher
-) -> None:
+def test_incoming_sms_callbacks_are_read_as_inbound_messages(speedsms, receipt_catcher) -> None:
     settings = SpeedSmsSettings(brandname=BRANDNAME, access_token="t", receipt_token=TOKEN)  # type: ignore[arg-type]
     url = receipt_catcher.url.replace("/esms", "/speedsms") + "/" + TOKEN
     assert speedsms.send_incoming("84912345678", "STOP", url=url).status_code == 200

@@ -26,6 +26,8 @@ Answers. Zalo answers HTTP 200 to failures too; the ``error`` field decides:
                       whose message says "quota"
 -100                  unknown error, try again later: temporary
 -133                  no sends 22:00-06:00 for this template: retry at 06:00 (Vietnam)
+-249                  the template does not allow sending by user id (approved before
+                      2025-12-10): permanent, operator alert (the core falls back)
 other codes           permanent, operator alert (unknown: an operator should look)
 HTTP 5xx, 429,        temporary, through the adapter kit's HTTP layer
 timeouts, no network  (:mod:`notifier.adapter_http`): 429/5xx honour ``Retry-After``;
@@ -48,6 +50,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from notifier.adapter import (
+    ZALO_UID_PREFIX,
     Adapter,
     AdapterContext,
     DeliveryFailure,
@@ -69,11 +72,11 @@ from notifier.logging import get_logger
 from notifier.masking import scrub
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 
-from .params import ParamValue, template_data, template_id
+from .params import template_data, template_id
 from .receipts import parse_receipt
 from .settings import ZaloSettings
 
-__all__ = ["ZaloZnsAdapter", "classify_answer", "zns_phone"]
+__all__ = ["ZaloZnsAdapter", "classify_answer", "zalo_user_id", "zns_phone"]
 
 log = get_logger(__name__)
 
@@ -92,6 +95,7 @@ RECIPIENT_ERRORS: dict[int, str] = {
 TEMPLATE_ERRORS: dict[int, str] = {
     -131: "the template is not approved",
     -132: "a template parameter is invalid",
+    -249: "the template does not allow sending by Zalo user id",
 }
 # The OA cannot pay for the message: top up the ZBS wallet (or wait for the quota).
 BALANCE_TOO_LOW = -115
@@ -132,6 +136,20 @@ def zns_phone(recipient: str) -> str:
         raise PermanentFailure(
             f"phone number unusable for ZNS: {exc}", code="invalid_phone"
         ) from None
+
+
+_USER_ID = re.compile(r"[0-9]{1,32}")
+
+
+def zalo_user_id(recipient: str) -> str | None:
+    """The Zalo user id of a ``uid:<id>`` recipient (None for a phone number), or a
+    permanent failure when the id is malformed. The reason never contains the id."""
+    if not recipient.startswith(ZALO_UID_PREFIX):
+        return None
+    user_id = recipient.removeprefix(ZALO_UID_PREFIX).strip()
+    if not _USER_ID.fullmatch(user_id):
+        raise PermanentFailure("the Zalo user id is malformed", code="invalid_user_id")
+    return user_id
 
 
 def seconds_until_window(now: datetime | None = None) -> float:
@@ -264,33 +282,42 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
     # -- sending -------------------------------------------------------------------------
 
     async def send(self, message: OutboundMessage) -> SendResult:
+        user_id = zalo_user_id(message.recipient)
         body: dict[str, Any] = {
-            "phone": zns_phone(message.recipient),
             "template_id": template_id(message.parts),
             "template_data": template_data(message.parts, self.settings),
             "tracking_id": str(message.delivery_id),
         }
+        if user_id is not None:
+            # ZBS Template Message by user id (cheaper than by phone); the recipient
+            # object's shape is unverified (see the package README).
+            body["recipient"] = {"user_id": user_id}
+            url = self.settings.uid_url
+        else:
+            body["phone"] = zns_phone(message.recipient)
+            url = f"{self.settings.base_url}/message/template"
         if self.settings.development_mode:
             body["mode"] = "development"
         token = await self._usable_token()
-        answer = await self._post_message(token, body)
+        answer = await self._post_message(token, body, url)
         if _as_int(answer.get("error")) == TOKEN_INVALID:
             log.info("zalo access token rejected, renewing it", version=token.version)
             token = await self._replace_rejected(token)
-            answer = await self._post_message(token, body)
+            answer = await self._post_message(token, body, url)
             if _as_int(answer.get("error")) == TOKEN_INVALID:
                 raise TemporaryFailure(
                     "Zalo rejected a just-renewed access token", code=str(TOKEN_INVALID)
                 )
-        return classify_answer(answer, self.settings)
+        result = classify_answer(answer, self.settings)
+        # Zalo prices a message by how it was addressed (notifier.costs reads this).
+        details = {**result.details, "recipient": "uid" if user_id is not None else "phone"}
+        return SendResult(provider_message_id=result.provider_message_id, details=details)
 
-    async def _post_message(
-        self, token: Token, body: dict[str, str | dict[str, ParamValue]]
-    ) -> dict[str, Any]:
+    async def _post_message(self, token: Token, body: dict[str, Any], url: str) -> dict[str, Any]:
         assert token.access_token is not None
         response = await self._http.request(
             "POST",
-            f"{self.settings.base_url}/message/template",
+            url,
             json=body,
             headers={"access_token": token.access_token},
         )

@@ -51,6 +51,9 @@ class ZaloSettings(AdapterSettings):
 
     base_url: str = "https://business.openapi.zalo.me"
     oauth_url: str = "https://oauth.zaloapp.com/v4/oa/access_token"
+    # ZBS Template Message to a Zalo user id (``uid:<id>`` recipients), cheaper than
+    # ZNS by phone. Endpoint from public clients, not Zalo's own docs (README).
+    uid_url: str = "https://openapi.zalo.me/v3.0/oa/message/template"
     # Name of the tokens in the core's TokenStore (`notifier tokens set <name>`).
     token_name: str = Field(default="zalo", min_length=1, max_length=64)
     # Refresh before a send when the access token expires within this many seconds.
@@ -88,7 +91,7 @@ class ZaloSettings(AdapterSettings):
             raise ValueError("must not contain spaces or control characters")
         return value
 
-    @field_validator("base_url", "oauth_url")
+    @field_validator("base_url", "oauth_url", "uid_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         value = value.strip()

@@ -54,6 +54,7 @@ def _settings(sim: ZaloSimulator, **overrides: Any) -> ZaloSettings:
         "oa_secret_key": OA_SECRET,
         "base_url": sim.base_url,
         "oauth_url": sim.oauth_url,
+        "uid_url": sim.uid_url,
         "timeout_s": 2.0,
     }
     values.update(overrides)

@@ -164,7 +164,7 @@ def test_request_shape_and_result(
     assert sent.tracking_id == str(delivery_id)
     assert sent.mode is None
     assert result.provider_message_id == sent.msg_id
-    assert result.details == {"quota_daily": 10, "quota_remaining": 9}
+    assert result.details == {"quota_daily": 10, "quota_remaining": 9, "recipient": "phone"}
     assert not result.delivered
     # No access token was stored: the adapter fetched one and kept the new refresh token.
     assert sim.refresh_count == 1
@@ -365,7 +365,10 @@ def test_the_citizens_zalo_app_or_choice_is_the_recipients_failure_not_an_alert(
     assert sim.messages == []
 
 
-def test_zalo_user_id_recipient_is_permanent(sim: ZaloSimulator, make_adapter: Factory) -> None:
+def test_a_phone_that_is_not_one_is_permanent_and_never_echoed(
+    sim: ZaloSimulator, make_adapter: Factory
+) -> None:
+    # A bare id is not a phone: user ids come as uid:<id> from the planner.
     failure = fail(make_adapter(), message(recipient="4368496045530239152"))
     assert isinstance(failure, PermanentFailure)
     assert not failure.operator_alert
@@ -374,6 +377,52 @@ def test_zalo_user_id_recipient_is_permanent(sim: ZaloSimulator, make_adapter: F
     assert isinstance(landline, PermanentFailure)
     assert landline.code == "invalid_phone"
     assert "38253888" not in str(landline)
+    assert sim.messages == []
+
+
+def test_a_zalo_user_id_recipient_is_sent_as_a_zbs_template_message_by_uid(
+    sim: ZaloSimulator, make_adapter: Factory, tokens: TokenStore
+) -> None:
+    seed_access_token(sim, tokens, 3600)
+    reference = uuid.uuid4()
+    [result] = send(
+        make_adapter(), message(recipient="uid:4368496045530239152", delivery_id=reference)
+    )
+    [sent] = sim.messages
+    assert sent.user_id == "4368496045530239152"
+    assert sent.phone == ""
+    assert sent.tracking_id == str(reference)
+    assert sent.template_id == "245002"
+    assert result.provider_message_id == sent.msg_id
+    # Priced by how it was addressed: by user id, ZBS's cheaper price.
+    assert result.details["recipient"] == "uid"
+    assert sent.charge_vnd == sim.uid_price_vnd
+
+
+def test_a_phone_recipient_is_marked_as_sent_by_phone_for_its_price(
+    sim: ZaloSimulator, make_adapter: Factory, tokens: TokenStore
+) -> None:
+    seed_access_token(sim, tokens, 3600)
+    [result] = send(make_adapter(), message())
+    [sent] = sim.messages
+    assert sent.user_id is None
+    assert result.details["recipient"] == "phone"
+    assert sent.charge_vnd == sim.zns_price_vnd
+
+
+def test_a_template_that_does_not_allow_sending_by_uid_is_permanent_with_an_alert(
+    sim: ZaloSimulator, make_adapter: Factory, tokens: TokenStore
+) -> None:
+    seed_access_token(sim, tokens, 3600)
+    sim.refuse_uid_template("245002")
+    failure = fail(make_adapter(), message(recipient="uid:4368496045530239152"))
+    assert isinstance(failure, PermanentFailure)
+    assert failure.code == "-249"
+    assert failure.operator_alert
+    assert "4368496045530239152" not in str(failure)
+    malformed = fail(make_adapter(), message(recipient="uid:12ab"))
+    assert isinstance(malformed, PermanentFailure)
+    assert malformed.code == "invalid_user_id"
     assert sim.messages == []
 
 

@@ -29,10 +29,12 @@ policy for an uncertain send (resend, verify, hold) instead of simply sending.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -41,6 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from notifier.adapter import OutboundMessage
+from notifier.costs import Charge, CostSource
 from notifier.store import Database
 from notifier.store.schema import (
     deliveries,
@@ -49,6 +52,7 @@ from notifier.store.schema import (
     receipt_nonces,
     utcnow,
 )
+from notifier.store.statuses import record_delivery_changes
 
 
 class DeliveryStatus(StrEnum):
@@ -65,6 +69,9 @@ class DeliveryStatus(StrEnum):
     UNKNOWN = "unknown"
     # Held for later: sent when its ``due_at`` comes (see :class:`HoldReason`).
     SCHEDULED = "scheduled"
+    # Coalesced away: a later status of the same dossier, channel and recipient was
+    # sent in its place (``superseded_by``). Final; never sent.
+    SUPERSEDED = "superseded"
 
     @property
     def final(self) -> bool:
@@ -77,8 +84,44 @@ _FINAL = {
     DeliveryStatus.PERMANENT_FAILURE,
     DeliveryStatus.SUPPRESSED,
     DeliveryStatus.UNKNOWN,
+    DeliveryStatus.SUPERSEDED,
 }
 _CLAIMABLE = (DeliveryStatus.QUEUED, DeliveryStatus.TEMPORARY_FAILURE)
+
+# The statuses announced on the status stream (and callbacks): a delivery reaching one
+# gets an outbox row in the same transaction (notifier.store.statuses). Announcing a new
+# status (superseded, scheduled...) is one line here, as long as the status is set
+# through this module's transitions.
+ANNOUNCED: frozenset[str] = frozenset(s.value for s in _FINAL)
+
+
+def set_status(
+    connection: Connection,
+    delivery_id: UUID,
+    *,
+    only_from: Collection[str],
+    values: dict[str, Any],
+    only_if: sa.ColumnElement[bool] | None = None,
+) -> bool:
+    """Move one delivery from one of ``only_from`` to ``values["status"]`` (with the
+    other columns in ``values``) and announce it if announced, in the caller's
+    transaction: the transition of an admin's replay or resolution. ``only_if`` adds a
+    condition. Returns whether it changed (a concurrent change wins, and this one does
+    nothing)."""
+    d = deliveries.c
+    condition = sa.and_(d.delivery_id == delivery_id, d.status.in_(list(only_from)))
+    if only_if is not None:
+        condition = sa.and_(condition, only_if)
+    changed = connection.execute(sa.update(deliveries).where(condition).values(**values)).rowcount
+    if changed:
+        announce(connection, [delivery_id])
+    return bool(changed)
+
+
+def announce(connection: Connection, delivery_ids: Collection[UUID]) -> None:
+    """Record the announced status changes of these deliveries (those now in an
+    ``ANNOUNCED`` status) in the caller's transaction, right after its update."""
+    record_delivery_changes(connection, delivery_ids, ANNOUNCED)
 
 
 class HoldReason(StrEnum):
@@ -97,6 +140,7 @@ class SuppressReason(StrEnum):
     CHANNEL_OFF = "channel_off"  # the citizen turned the channel off in their preferences
     FREQUENCY_CAP = "frequency_cap"  # over the recipient's cap, and the routing says suppress
     DUPLICATE = "duplicate_content"  # the same text went to the same recipient just before
+    BUDGET = "budget"  # the agency spent its monthly budget and routing says cheaper only
 
 
 @dataclass(frozen=True)
@@ -212,6 +256,8 @@ class AttemptRecord:
     # Keep the dispatch mark: the call may have reached the provider (maybe_sent, or
     # the delivery is held as unknown), so the next claim applies the provider's policy.
     keep_mark: bool = False
+    # An accepted send's segments and estimated cost (notifier.costs), stored with it.
+    charge: Charge | None = None
 
 
 @dataclass(frozen=True)
@@ -377,6 +423,9 @@ class DeliveryStore:
             else deliveries.insert()
         )
         connection.execute(statement, rows)
+        # Planned already final (suppressed by an opt-out): that is a change to announce.
+        # An ignored row's fresh id is not in the table, so it announces nothing twice.
+        announce(connection, [r["delivery_id"] for r in rows if r["status"] in ANNOUNCED])
 
     def existing(
         self, event_id: UUID, keys: Sequence[tuple[str, str]], *, fallback_of: UUID
@@ -513,6 +562,8 @@ class DeliveryStore:
                             **marks,
                         )
                     )
+                    if status.value in ANNOUNCED:
+                        announce(connection, ids)
 
     def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
         """Deliveries waiting with no message in flight: claimable ones untouched for
@@ -663,6 +714,7 @@ class DeliveryStore:
                 connection.execute(
                     sa.update(deliveries).where(d.delivery_id.in_(counted)).values(counted_at=now)
                 )
+            suppressed: list[UUID] = []
             for claim in claims:
                 verdict = verdicts[claim.delivery_id]
                 if verdict is None:
@@ -682,6 +734,7 @@ class DeliveryStore:
                         "suppressed_reason": verdict.reason.value,
                         "last_error": verdict.text,
                     }
+                    suppressed.append(claim.delivery_id)
                 else:
                     values = {
                         "status": DeliveryStatus.SCHEDULED.value,
@@ -689,7 +742,118 @@ class DeliveryStore:
                         "hold_reason": verdict.reason.value,
                     }
                 connection.execute(sa.update(deliveries).where(mine).values(**given_back, **values))
+            # A suppression at send time is a final status like any other: announced.
+            announce(connection, suppressed)
         return verdicts
+
+    def coalesce(
+        self,
+        connection: Connection,
+        keys: Collection[CoalescingKey],
+        new_ids: Collection[UUID],
+    ) -> list[tuple[UUID, UUID]]:
+        """Coalesce, in the caller's (ingest's) transaction, the deliveries held for
+        coalescing with those just planned (``new_ids``), per dossier, channel and
+        recipient: the one of the latest event (by ``occurred_at``) stays; the other held
+        ones become ``superseded``, linked to it. A held survivor is due when the
+        group's first hold is (the window never slides). New deliveries that are not
+        held (``always`` statuses) are never superseded. Returns (superseded, by).
+
+        On PostgreSQL the dossiers are locked (transaction advisory locks, in order) so
+        two workers ingesting news of one dossier coalesce one after the other, and the
+        held rows are locked so the sweeper's release skips them meanwhile."""
+        if not keys:
+            return []
+        d, e = deliveries.c, events.c
+        dossiers = sorted({(k.agency_code, k.dossier_code) for k in keys})
+        if not self.database.is_sqlite:
+            for agency_code, dossier_code in dossiers:
+                connection.execute(
+                    sa.select(sa.func.pg_advisory_xact_lock(_lock_key(agency_code, dossier_code)))
+                )
+        wanted = set(keys)
+        held = sa.and_(
+            d.status == DeliveryStatus.SCHEDULED.value,
+            d.hold_reason == HoldReason.COALESCING.value,
+        )
+        fresh = sa.and_(
+            d.delivery_id.in_(list(new_ids)),
+            d.status.in_([DeliveryStatus.SCHEDULED.value, DeliveryStatus.QUEUED.value]),
+        )
+        query = (
+            sa.select(
+                d.delivery_id,
+                d.agency_code,
+                d.dossier_code,
+                d.channel,
+                d.recipient_hash,
+                d.status,
+                d.due_at,
+                d.hold_reason,
+                d.created_at,
+                e.occurred_at,
+            )
+            .select_from(deliveries.join(events, e.event_id == d.event_id))
+            .where(
+                d.dossier_code.in_([code for _agency, code in dossiers]),
+                d.channel.in_(sorted({k.channel for k in keys})),
+                sa.or_(held, fresh) if new_ids else held,
+            )
+            .with_for_update(of=deliveries)
+        )
+        groups: dict[CoalescingKey, list[Any]] = {}
+        for row in connection.execute(query):
+            key = CoalescingKey(row.agency_code, row.dossier_code, row.channel, row.recipient_hash)
+            if key in wanted:
+                groups.setdefault(key, []).append(row)
+        now = utcnow()
+        fresh_ids = set(new_ids)
+        links: list[tuple[UUID, UUID]] = []
+        for rows in groups.values():
+            # The latest news: by when it happened; of two that happened at once, the
+            # one that arrived last (this transaction's), then the one recorded last.
+            rows.sort(key=lambda r: (r.occurred_at, r.delivery_id in fresh_ids, r.created_at))
+            latest = rows[-1]
+            waiting = [
+                r
+                for r in rows
+                if r.status == DeliveryStatus.SCHEDULED.value
+                and r.hold_reason == HoldReason.COALESCING.value
+            ]
+            losers = [r.delivery_id for r in waiting if r.delivery_id != latest.delivery_id]
+            if not losers:
+                continue
+            superseded = connection.execute(
+                sa.update(deliveries)
+                .where(d.delivery_id.in_(losers), held)
+                .values(
+                    status=DeliveryStatus.SUPERSEDED.value,
+                    superseded_by=latest.delivery_id,
+                    updated_at=now,
+                )
+                .returning(d.delivery_id)
+            ).all()
+            links.extend((row.delivery_id, latest.delivery_id) for row in superseded)
+            # Superseded is final: the publisher hears of it like of any other outcome.
+            announce(connection, [row.delivery_id for row in superseded])
+            # Those the losers had superseded point at the one kept, too: every
+            # superseded row names the delivery that was sent in its place.
+            connection.execute(
+                sa.update(deliveries)
+                .where(
+                    d.superseded_by.in_(losers),
+                    d.status == DeliveryStatus.SUPERSEDED.value,
+                )
+                .values(superseded_by=latest.delivery_id)
+            )
+            if latest in waiting:
+                first_due = min(r.due_at for r in waiting)
+                connection.execute(
+                    sa.update(deliveries)
+                    .where(d.delivery_id == latest.delivery_id, held)
+                    .values(due_at=first_due)
+                )
+        return links
 
     def mark_dispatched(self, marks: Sequence[DispatchMark]) -> None:
         """Write dispatch marks, all in one transaction, before their calls start. Only
@@ -754,6 +918,10 @@ class DeliveryStore:
                     for r in records
                 ],
             )
+            announce(
+                connection,
+                [r.claimed.delivery_id for r in records if r.status.value in ANNOUNCED],
+            )
 
     def take_nonces(self, provider: str, nonces: Sequence[str]) -> list[bool]:
         """Record receipt nonces; for each, whether it is new (a replay is not)."""
@@ -779,6 +947,7 @@ class DeliveryStore:
         provider_message_id: str | None,
         error: str | None,
         error_code: str | None,
+        charge_vnd: Decimal | None = None,
     ) -> bool:
         """Move a sent delivery to delivered, or to permanent-failure when the provider
         reports it undeliverable. Returns whether a delivery changed.
@@ -789,6 +958,9 @@ class DeliveryStore:
         gateway (or whoever holds its callback secret) cannot mark another channel's or
         another gateway's delivery delivered or failed. The attempt row that records the
         receipt is written only when the status changed: a repeated report adds nothing.
+
+        ``charge_vnd``: what the provider says it charged (eSMS's TotalPrice), which
+        replaces our estimate as the delivery's cost.
         """
         d = deliveries.c
         owned = sa.and_(d.channel.in_(list(channels)), d.provider == provider)
@@ -822,6 +994,9 @@ class DeliveryStore:
             values["last_error"] = f"provider reported not delivered: {error or 'no reason'}"
             # Refused by the provider after it took the message: no retries were used up.
             values["exhausted"] = False
+        if charge_vnd is not None:
+            values["cost_vnd"] = charge_vnd
+            values["cost_source"] = CostSource.REPORTED.value
         with self.database.begin() as connection:
             row = connection.execute(sa.select(d.delivery_id, d.attempts).where(match)).first()
             if row is None:
@@ -855,7 +1030,24 @@ class DeliveryStore:
                     provider_message_id=provider_message_id,
                 )
             )
+            announce(connection, [row.delivery_id])
         return True
+
+
+@dataclass(frozen=True)
+class CoalescingKey:
+    """What deliveries coalesce by: one dossier's news on one channel to one recipient."""
+
+    agency_code: str
+    dossier_code: str
+    channel: str
+    recipient_hash: str
+
+
+def _lock_key(agency_code: str, dossier_code: str) -> int:
+    """A dossier's advisory lock number (signed 64-bit, as PostgreSQL takes it)."""
+    digest = hashlib.blake2b(f"{agency_code}\x1f{dossier_code}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def _claimed(m: Any) -> ClaimedDelivery:
@@ -904,6 +1096,12 @@ def _finished_values(record: AttemptRecord, now: datetime) -> dict[str, Any]:
         values["sent_at"] = now
     if record.status is DeliveryStatus.DELIVERED:
         values["delivered_at"] = now
+    if record.charge is not None:
+        values["segments"] = record.charge.segments
+        values["cost_vnd"] = record.charge.cost_vnd
+        values["cost_source"] = (
+            None if record.charge.cost_vnd is None else CostSource.ESTIMATE.value
+        )
     return values
 
 
@@ -952,15 +1150,21 @@ _FINISH_ALL = sa.text(
            dispatch_provider = CASE WHEN given.keep_mark THEN d.dispatch_provider END,
            dispatch_attempt = CASE WHEN given.keep_mark THEN d.dispatch_attempt END,
            sent_at = CASE WHEN given.sent THEN :now ELSE d.sent_at END,
-           delivered_at = CASE WHEN given.delivered THEN :now ELSE d.delivered_at END
+           delivered_at = CASE WHEN given.delivered THEN :now ELSE d.delivered_at END,
+           segments = CASE WHEN given.charged THEN given.segments ELSE d.segments END,
+           cost_vnd = CASE WHEN given.charged THEN given.cost_vnd ELSE d.cost_vnd END,
+           cost_source = CASE WHEN given.charged THEN given.cost_source ELSE d.cost_source END
       FROM unnest(
                CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
                CAST(:providers AS text[]), CAST(:provider_message_ids AS text[]),
                CAST(:details AS text[]), CAST(:uncounted AS int[]), CAST(:sent AS bool[]),
                CAST(:delivered AS bool[]), CAST(:keep_mark AS bool[]),
-               CAST(:exhausted AS bool[])
+               CAST(:exhausted AS bool[]), CAST(:charged AS bool[]),
+               CAST(:segments AS int[]), CAST(:costs AS numeric[]),
+               CAST(:cost_sources AS text[])
            ) AS given(id, status, error, provider, provider_message_id, details, uncounted,
-                      sent, delivered, keep_mark, exhausted)
+                      sent, delivered, keep_mark, exhausted, charged, segments, cost_vnd,
+                      cost_source)
      WHERE d.delivery_id = given.id
     """
 )
@@ -986,6 +1190,15 @@ def _update_finished_at_once(
             "delivered": [r.status is DeliveryStatus.DELIVERED for r in records],
             "keep_mark": [r.keep_mark for r in records],
             "exhausted": [r.exhausted for r in records],
+            "charged": [r.charge is not None for r in records],
+            "segments": [None if r.charge is None else r.charge.segments for r in records],
+            "costs": [None if r.charge is None else r.charge.cost_vnd for r in records],
+            "cost_sources": [
+                CostSource.ESTIMATE.value
+                if r.charge is not None and r.charge.cost_vnd is not None
+                else None
+                for r in records
+            ],
         },
     )
 

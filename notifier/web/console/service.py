@@ -11,7 +11,9 @@ from fastapi import Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from notifier.ops.replay import Replayer
+from notifier.pipeline.budget import BudgetStatus, budget_statuses, cost_zone
 from notifier.store.apikeys import ApiKeys
+from notifier.store.deliveries.costs import CostLog
 from notifier.store.deliveries.log import DeliveryLog
 from notifier.store.operators import OperatorStore
 from notifier.web.console.auth import (
@@ -55,6 +57,13 @@ class Console:
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+        )
+
+    def budgets(self) -> list[BudgetStatus]:
+        """Each budgeted agency's spend this month (warnings at 80% and 100%)."""
+        costs = self.app.settings.costs
+        return budget_statuses(
+            CostLog(self.app.database), costs.budgets, cost_zone(costs.timezone)
         )
 
     @property
