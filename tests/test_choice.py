@@ -403,6 +403,12 @@ def test_operators_see_held_and_suppressed_counts_per_reason_apart_from_failures
     assert result.exit_code == 0, result.output
     assert "quiet_hours" in result.output
     assert "channel_off" in result.output
+    # The CLI's delivery search shows the held ones, with their due time and reason.
+    held = CliRunner().invoke(cli, ["deliveries", "--status", "scheduled", "--json"], env=env)
+    assert held.exit_code == 0, held.output
+    lines = [json.loads(line) for line in held.output.splitlines() if line.startswith("{")]
+    assert [(x["channel"], x["hold_reason"]) for x in lines] == [("sms", "quiet_hours")] * 2
+    assert {x["due_at"] for x in lines} == {vn("2026-12-04 07:00").isoformat()}
     # Metrics and the console's report page.
     keys = ApiKeys(pg_database)
     scraper = keys.create("prometheus", ["metrics"], [])
@@ -437,6 +443,11 @@ def test_operators_see_held_and_suppressed_counts_per_reason_apart_from_failures
         assert 'id="reasons"' in page.text
         assert "giờ yên tĩnh" in page.text  # the console's default language is Vietnamese
         assert "công dân đã tắt kênh" in page.text
+        dossier = client.get(f"/console/dossiers/{lines[0]['dossier_code']}")
+        assert dossier.status_code == 200
+        assert "Giữ lại đến" in dossier.text  # held until 07:00
+        assert "Đang giữ lại: giờ yên tĩnh" in dossier.text
+        assert "Không gửi: công dân đã tắt kênh" in dossier.text
 
 
 def test_a_retry_keeps_its_place_under_the_cap_and_is_not_taken_for_a_copy_of_itself(

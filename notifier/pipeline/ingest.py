@@ -82,8 +82,8 @@ class Ingest:
         one result each, in order.
 
         The group costs one lookup of the submitters' scopes, one of known events, one
-        of opt-outs, and one transaction for every new event, delivery and rejection;
-        duplicates only re-enqueue what is still unsent."""
+        of preferences, one of opt-outs, and one transaction for every new event,
+        delivery and rejection; duplicates only re-enqueue what is still unsent."""
         results: list[IngestResult | None] = [None] * len(items)
         rejects: list[dict[str, Any]] = []
         reject_submitters: list[Submitter] = []
@@ -123,6 +123,8 @@ class Ingest:
             else:
                 authorised.append((index, event, raw, meta, submitter))
         known = self._known([event.event_id for _index, event, *_rest in authorised])
+        # The citizens' preferences for the whole group, in one lookup.
+        preferences = self.planner.preferences_for([event for _index, event, *_rest in authorised])
         duplicates: list[tuple[int, DossierStatusEvent]] = []
         new: list[tuple[int, DossierStatusEvent, list[PlannedDelivery]]] = []
         for index, event, raw, meta, submitter in authorised:
@@ -131,7 +133,7 @@ class Ingest:
                 continue
             known.add(event.event_id)  # a second copy in the same group is a duplicate
             try:
-                new.append((index, event, self.planner.plan(event)))
+                new.append((index, event, self.planner.plan(event, preferences)))
             except EventRejected as rejection:
                 rejected(index, raw, meta, submitter, rejection, event)
         suppressed = self.planner.suppress_opted_out([p for _i, _e, p in new])

@@ -115,7 +115,18 @@ class Planner:
     def choices(self) -> Choices:
         return self.routing.choices
 
-    def plan(self, event: DossierStatusEvent) -> list[PlannedDelivery]:
+    def preferences_for(self, events: Sequence[DossierStatusEvent]) -> dict[str, Preference]:
+        """The stored preferences of every identity of these events (one query), for
+        :meth:`plan` to use instead of looking up each event's."""
+        hashes: list[str] = []
+        for event in events:
+            routed = self.routing.channels_for(event.agency.code, event.dossier.status)
+            hashes += self._identity_hashes(event, [*routed, PORTAL_CHANNEL])
+        return preferences_by_hash(self.database, hashes)
+
+    def plan(
+        self, event: DossierStatusEvent, preferences: Mapping[str, Preference] | None = None
+    ) -> list[PlannedDelivery]:
         """The deliveries of a new event: its routed channels the citizen consented to
         and has a contact for. Opt-outs are applied by :meth:`suppress_opted_out`.
 
@@ -124,7 +135,8 @@ class Planner:
         routed = self.routing.channels_for(event.agency.code, event.dossier.status)
         consented = event.applicant.channels
         candidates = [c for c in routed if consented is None or c in consented]
-        preferences = self._preferences(event, candidates)
+        if preferences is None:
+            preferences = self._preferences(event, candidates)
         mandatory = self.choices.is_mandatory(event.agency.code, event.dossier.status.value)
         cheaper = self.routing.budget.cheaper
         cheaper_only = self.budget is not None and self.budget.cheaper_only(event.agency.code)
@@ -233,13 +245,17 @@ class Planner:
     ) -> dict[str, Preference]:
         """The stored preferences of the event's account and of its contacts on these
         channels (one query)."""
+        return preferences_by_hash(self.database, self._identity_hashes(event, channels))
+
+    def _identity_hashes(self, event: DossierStatusEvent, channels: Iterable[str]) -> list[str]:
         hashes = [self._account_hash(event)]
         for channel in channels:
             kind = self.recipient_kinds.get(channel)
-            recipient = None if kind is None else recipient_for(event, kind)
+            # any_phone: a one-of group ("zalo|sms") may reach Zalo by the plain phone.
+            recipient = None if kind is None else recipient_for(event, kind, any_phone=True)
             if recipient is not None:
                 hashes.append(recipient_hash(recipient, self.hash_key))
-        return preferences_by_hash(self.database, [h for h in hashes if h])
+        return [h for h in hashes if h]
 
     def _apply_preferences(
         self,

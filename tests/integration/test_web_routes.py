@@ -80,6 +80,8 @@ KEY_ROUTES = {
         "/v1/deliveries/00000000-0000-0000-0000-000000000001/attempts",
     ): "operator",
     ("GET", "/v1/rejects"): "operator",
+    ("PUT", "/v1/preferences"): "preferences",
+    ("POST", "/v1/preferences/lookup"): "preferences",
 }
 
 

@@ -72,6 +72,10 @@ class DeliveryRow:
     delivered_at: datetime | None
     procedure_code: str = ""
     fallback_of: UUID | None = None
+    # Held (status scheduled): until when; and why it was held or suppressed.
+    due_at: datetime | None = None
+    hold_reason: str | None = None
+    suppressed_reason: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -643,6 +647,9 @@ def _delivery_columns() -> Any:
         d.delivered_at,
         d.procedure_code,
         d.fallback_of,
+        d.due_at,
+        d.hold_reason,
+        d.suppressed_reason,
     )
 
 
