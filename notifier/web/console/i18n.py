@@ -113,6 +113,7 @@ STATUS_ORDER = (
     DeliveryStatus.PERMANENT_FAILURE,
     DeliveryStatus.UNKNOWN,
     DeliveryStatus.SUPPRESSED,
+    DeliveryStatus.SUPERSEDED,
 )
 
 
