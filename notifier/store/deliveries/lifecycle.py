@@ -540,6 +540,18 @@ class DeliveryStore:
                 .values(status=DeliveryStatus.SCHEDULED.value)
             )
 
+    def lock_dossiers(self, connection: Connection, keys: Collection[CoalescingKey]) -> None:
+        """PostgreSQL: take the dossiers' transaction advisory locks, in order, before
+        the caller records their news, so two workers ingesting news of one dossier
+        coalesce it one after the other (and never wait on each other's rows while
+        holding a lock the other needs). SQLite has one writer: nothing to do."""
+        if self.database.is_sqlite:
+            return
+        for agency_code, dossier_code in sorted({(k.agency_code, k.dossier_code) for k in keys}):
+            connection.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(_lock_key(agency_code, dossier_code)))
+            )
+
     def coalesce(
         self,
         connection: Connection,
@@ -553,18 +565,12 @@ class DeliveryStore:
         group's first hold is (the window never slides). New deliveries that are not
         held (``always`` statuses) are never superseded. Returns (superseded, by).
 
-        On PostgreSQL the dossiers are locked (transaction advisory locks, in order) so
-        two workers ingesting news of one dossier coalesce one after the other, and the
-        held rows are locked so the sweeper's release skips them meanwhile."""
+        Call :meth:`lock_dossiers` first, in the same transaction. The held rows are
+        locked (``FOR UPDATE``) so the sweeper's release skips them meanwhile."""
         if not keys:
             return []
         d, e = deliveries.c, events.c
         dossiers = sorted({(k.agency_code, k.dossier_code) for k in keys})
-        if not self.database.is_sqlite:
-            for agency_code, dossier_code in dossiers:
-                connection.execute(
-                    sa.select(sa.func.pg_advisory_xact_lock(_lock_key(agency_code, dossier_code)))
-                )
         wanted = set(keys)
         held = sa.and_(
             d.status == DeliveryStatus.SCHEDULED.value,
