@@ -889,7 +889,7 @@ def _finished_values(record: AttemptRecord, now: datetime) -> dict[str, Any]:
         values["segments"] = record.charge.segments
         values["cost_vnd"] = record.charge.cost_vnd
         values["cost_source"] = (
-            None if record.charge.cost_vnd is None else CostSource.ESTIMATE.value
+            None if record.charge.cost_vnd is None else record.charge.source.value
         )
     return values
 
@@ -983,7 +983,7 @@ def _update_finished_at_once(
             "segments": [None if r.charge is None else r.charge.segments for r in records],
             "costs": [None if r.charge is None else r.charge.cost_vnd for r in records],
             "cost_sources": [
-                CostSource.ESTIMATE.value
+                r.charge.source.value
                 if r.charge is not None and r.charge.cost_vnd is not None
                 else None
                 for r in records
