@@ -258,6 +258,9 @@ class FailedDelivery:
     channel: str
     fallback_of: UUID | None
     payload: dict[str, Any] | None
+    # Who it went to (None once purged), and, for a fallback, who its original went to.
+    recipient: str | None = None
+    original_recipient: str | None = None
 
 
 class DeliveryStore:
@@ -334,9 +337,21 @@ class DeliveryStore:
     def permanently_failed(self, delivery_id: UUID) -> FailedDelivery | None:
         """The delivery with its event's payload, if its status is permanent-failure."""
         d, e = deliveries.c, events.c
+        original = deliveries.alias("original")
         query = (
-            sa.select(d.event_id, d.channel, d.fallback_of, e.payload)
-            .select_from(deliveries.outerjoin(events, e.event_id == d.event_id))
+            sa.select(
+                d.event_id,
+                d.channel,
+                d.fallback_of,
+                e.payload,
+                d.recipient,
+                original.c.recipient.label("original_recipient"),
+            )
+            .select_from(
+                deliveries.outerjoin(events, e.event_id == d.event_id).outerjoin(
+                    original, original.c.delivery_id == d.fallback_of
+                )
+            )
             .where(
                 d.delivery_id == delivery_id,
                 d.status == DeliveryStatus.PERMANENT_FAILURE.value,
@@ -346,7 +361,15 @@ class DeliveryStore:
             row = connection.execute(query).first()
         if row is None:
             return None
-        return FailedDelivery(delivery_id, row.event_id, row.channel, row.fallback_of, row.payload)
+        return FailedDelivery(
+            delivery_id,
+            row.event_id,
+            row.channel,
+            row.fallback_of,
+            row.payload,
+            row.recipient,
+            row.original_recipient,
+        )
 
     def insert_fallbacks(
         self, event: Any, planned: Sequence[PlannedDelivery], *, fallback_of: UUID
