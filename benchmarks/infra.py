@@ -189,6 +189,9 @@ def bench_settings(amqp_url: str, database_url: str, overrides: dict[str, Any]) 
         log_level="WARNING",
         events={"exchange": "bench.events", "queue": "bench.events.inbound"},
         worker={"queue_prefix": "bench", "send_timeout_s": 10},
+        # The benchmark sends to a few sample phones at any hour: quiet hours and caps
+        # would hold most of it (they are measured by the tests, not here).
+        choice={"quiet_hours": False, "frequency_caps": False},
         **overrides,
     )
 
@@ -207,6 +210,8 @@ def worker_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
             "NOTIFIER_EVENTS__QUEUE": settings.events.queue,
             "NOTIFIER_WORKER__QUEUE_PREFIX": settings.worker.queue_prefix,
             "NOTIFIER_WORKER__SEND_TIMEOUT_S": str(settings.worker.send_timeout_s),
+            "NOTIFIER_CHOICE__QUIET_HOURS": str(settings.choice.quiet_hours).lower(),
+            "NOTIFIER_CHOICE__FREQUENCY_CAPS": str(settings.choice.frequency_caps).lower(),
         }
     )
     for channel, config in settings.channels.items():

@@ -6,7 +6,7 @@ from typing import Any
 
 import pika
 
-from notifier.settings import EventsSettings
+from notifier.settings import CallbackSettings, EventsSettings
 
 
 def connection_parameters(url: str, **overrides: Any) -> pika.URLParameters:
@@ -32,3 +32,18 @@ def declare_topology(channel: Any, events: EventsSettings) -> None:
     channel.exchange_declare(exchange=events.exchange, exchange_type="topic", durable=True)
     channel.queue_declare(queue=events.queue, durable=True)
     channel.queue_bind(queue=events.queue, exchange=events.exchange, routing_key=events.routing_key)
+
+
+def declare_callback_queue(channel: Any, callbacks: CallbackSettings) -> None:
+    """Declare the status exchange (as its publisher, the status outbox, declares it:
+    topic, durable), the callbacks' queue bound to every key, and the queue where
+    messages that are not status messages are dead-lettered (idempotent)."""
+    invalid = f"{callbacks.queue}.invalid"
+    channel.exchange_declare(exchange=callbacks.exchange, exchange_type="topic", durable=True)
+    channel.queue_declare(queue=invalid, durable=True)
+    channel.queue_declare(
+        queue=callbacks.queue,
+        durable=True,
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": invalid},
+    )
+    channel.queue_bind(queue=callbacks.queue, exchange=callbacks.exchange, routing_key="#")

@@ -22,10 +22,13 @@ from notifier.pipeline.actors import Actors, queue_name
 from notifier.pipeline.agencies import AgencyRegistry, AgencyRegistryError
 from notifier.pipeline.bridge import EventBridge, ingest_arguments
 from notifier.pipeline.budget import BudgetGuard, cost_zone
+from notifier.pipeline.callbacks import CallbackSender, StatusIntake
 from notifier.pipeline.fallback import Fallback
+from notifier.pipeline.gate import SendGate
 from notifier.pipeline.ingest import Ingest
 from notifier.pipeline.planning import Planner
 from notifier.pipeline.protection import ProviderGuard
+from notifier.pipeline.relay import StatusRelay
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
 from notifier.pipeline.segments import segment_problems
@@ -35,6 +38,7 @@ from notifier.plugins.registry import Registry
 from notifier.plugins.runtime import AdapterRuntime
 from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
+from notifier.store.callbacks import CallbackStore
 from notifier.store.deliveries.costs import CostLog
 from notifier.store.deliveries.lifecycle import DeliveryStore
 from notifier.store.inbox import InboxStore
@@ -111,6 +115,7 @@ class Notifier:
             recipient_kinds={c: p[0].adapter_class.recipient_kind for c, p in channels.items()},
             hash_key=settings.recipient_hash_key.get_secret_value(),
             agencies=self.agencies,
+            quiet_hours=settings.choice.quiet_hours,
             budget=BudgetGuard(
                 CostLog(self.database),
                 settings.costs.budgets,
@@ -129,6 +134,7 @@ class Notifier:
         self.fallback = Fallback(self.planner, self.deliveries)
         self.prices = PriceTable.from_settings(settings.costs)
         self.tokens = TokenStore(self.database, settings.secret_key.get_secret_value())
+        self.callbacks = CallbackStore(self.database, settings.secret_key.get_secret_value())
         self.runtime = AdapterRuntime(
             self.registry, context or AdapterContext(inbox=self.inbox, tokens=self.tokens)
         )
@@ -139,8 +145,17 @@ class Notifier:
                 for p in self.registry.all_providers()
             },
             processes=settings.worker.processes,
+            limits=settings.limits,
+        )
+        self.gate = SendGate(
+            database=self.database,
+            store=self.deliveries,
+            routing=self.routing,
+            frequency_caps=settings.choice.frequency_caps,
+            quiet_hours=settings.choice.quiet_hours,
         )
         self.sender = Sender(
+            gate=self.gate,
             store=self.deliveries,
             registry=self.registry,
             runtime=self.runtime,
@@ -168,9 +183,21 @@ class Notifier:
         self.broker.add_middleware(_AdapterLifecycle(self.runtime))
         self.sweeper = Sweeper(self.deliveries, settings.sweeper, self.enqueue_deliveries)
         self.broker.add_middleware(self.sweeper)
+        # The status stream needs RabbitMQ; in the embedded mode nothing is published
+        # and retention prunes the outbox (notifier.ops.retention).
+        self.status_relay: StatusRelay | None = None
+        # Publishers' callbacks: due rows sent from the database by every worker process;
+        # status messages consumed into those rows where there is a status exchange.
+        self.callback_sender = CallbackSender(self.callbacks, settings.callbacks)
+        self.broker.add_middleware(self.callback_sender)
         if settings.uses_rabbitmq and isinstance(self.broker, RabbitmqBroker):
             self.broker.add_middleware(
                 EventBridge(settings.broker_url, settings.events, self.ingest_actor)
+            )
+            self.status_relay = StatusRelay(self.database, settings.broker_url, settings.statuses)
+            self.broker.add_middleware(self.status_relay)
+            self.broker.add_middleware(
+                StatusIntake(settings.broker_url, settings.callbacks, self.callbacks)
             )
 
     def queue_name(self, name: str) -> str:

@@ -214,8 +214,9 @@ class ApiSettings(_Section):
 class ProviderPolicy(_Section):
     """How hard notifier may push one provider (``NOTIFIER_PROVIDERS__<NAME>__...``)."""
 
-    # The provider's own limit for the whole deployment; each worker process takes its
-    # share (rate / worker.processes), so set it for one machine's processes.
+    # The provider's own limit for the whole deployment. With NOTIFIER_LIMITS__STORAGE_URL
+    # every worker process on every machine draws from one shared limit; without it each
+    # process takes its share (rate / worker.processes), for one machine's processes.
     rate_per_s: float | None = Field(default=None, gt=0)
     burst: int = Field(default=10, ge=1)
     # Consecutive temporary failures (or operator alerts) that open the circuit, and for
@@ -228,6 +229,42 @@ class ProviderPolicy(_Section):
     uncertain_send: UncertainSendPolicy | None = None
 
 
+_LIMIT_STORAGE_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "memory")
+
+
+class LimitsSettings(_Section):
+    """Where provider rate limits are kept (``NOTIFIER_LIMITS__...``): see
+    :mod:`notifier.pipeline.sharedlimit` and docs/deployment.md."""
+
+    # redis://[:password@]host:6379/0 (also rediss://, redis+sentinel://, redis+cluster://):
+    # one limit per provider shared by every worker process on every machine. Unset:
+    # each process keeps its own share (rate / worker.processes), as on one machine.
+    # memory:// shares within one process only (tests).
+    storage_url: str | None = None
+    # Keys are "<key_prefix>/..." so several deployments (or tests) share one Redis.
+    key_prefix: str = Field(default="notifier", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # Each call to the backend gives up after this long; the backend then counts as down.
+    timeout_s: float = Field(default=0.5, gt=0, le=10)
+    # While the backend is down: unset, rate-limited providers get no calls (sends wait
+    # and come back, never past the provider's limit); N, each process sends at
+    # rate / N on its own, where N is the number of worker processes on every machine
+    # together (so the total still stays within the limit).
+    fallback_processes: int | None = Field(default=None, ge=1, le=10_000)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_storage(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in _LIMIT_STORAGE_SCHEMES:
+            raise ValueError(
+                "must be a redis://, rediss://, redis+sentinel://, redis+cluster:// "
+                "or memory:// URL"
+            )
+        return value.strip()
+
+
 class SweeperSettings(_Section):
     """Re-enqueues deliveries whose message was lost (a crash between record and enqueue)."""
 
@@ -236,6 +273,31 @@ class SweeperSettings(_Section):
     # Longer than any broker-held retry delay, so a pending retry is not swept too.
     stale_after_s: float = Field(default=15 * 60, gt=0)
     batch: int = Field(default=500, ge=1)
+
+
+class StatusSettings(_Section):
+    """The status stream (notifier.pipeline.relay, docs/events.md "Learning what happened"):
+    the outbox relay each worker runs, and the publishers' own status queues."""
+
+    enabled: bool = True
+    exchange: str = "notifier.statuses"
+    # A publisher's own queue is "<queue_prefix>.<its broker user>" (broker add-publisher).
+    queue_prefix: str = "notifier.statuses"
+    # The relay wakes on PostgreSQL's NOTIFY at once; it also looks every interval_s
+    # (SQLite has no NOTIFY; a notification can be missed while reconnecting).
+    interval_s: float = Field(default=5.0, gt=0, le=300)
+    batch: int = Field(default=200, ge=1, le=5_000)
+    # Published outbox rows are pruned this long after publication (retention job).
+    keep_published_days: float = Field(default=2, gt=0)
+
+
+class ChoiceSettings(_Section):
+    """Switches for the rules around a citizen's choice (the rules themselves are in
+    config/routing.toml: quiet hours, frequency caps; see docs/templates.md). Off only
+    for a benchmark or a test that must not depend on the wall clock."""
+
+    quiet_hours: bool = True
+    frequency_caps: bool = True
 
 
 class RetentionSettings(_Section):
@@ -248,6 +310,61 @@ class RetentionSettings(_Section):
     receipt_nonces_days: float = Field(default=7, gt=0)
     interval_s: float = Field(default=3600, gt=0)
     batch: int = Field(default=1000, ge=1)
+
+
+class CallbackSettings(_Section):
+    """Publishers' signed HTTP callbacks (see notifier.pipeline.callbacks, docs/events.md)."""
+
+    enabled: bool = True
+    # Where status messages are published (by the status outbox) and the queue of ours
+    # bound to every key there; a message that is not a status message goes to
+    # ``<queue>.invalid`` with the reason in the log.
+    exchange: str = "notifier.statuses"
+    queue: str = "notifier.callbacks"
+    prefetch: int = Field(default=100, ge=1, le=10_000)
+    # Each worker process's sender: due callbacks claimed per round, requests at once,
+    # and how often it looks when nothing was due.
+    batch: int = Field(default=50, ge=1, le=1_000)
+    concurrency: int = Field(default=8, ge=1, le=64)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # Backoff after a failed try: min * 2^(tries - 1), at most max, each jittered down to
+    # half at random; a receiver's Retry-After (429/503) is honoured instead, up to an hour.
+    min_backoff_s: float = Field(default=5.0, gt=0)
+    max_backoff_s: float = Field(default=3600.0, gt=0)
+    # A callback still undelivered this long after its status arrived is a dead letter
+    # (shown in the console and `notifier callbacks dead-letters`; an admin may replay).
+    max_age_s: float = Field(default=3 * 86400, gt=0)
+    # Delivered callbacks are forgotten after this long (they hold no contacts).
+    keep_delivered_days: float = Field(default=7, gt=0)
+    # SSRF: networks that callbacks may reach although not public (e.g. the TTHC
+    # systems' LAN, "10.20.0.0/16"); cloud metadata addresses only if listed exactly
+    # (a /32). Plain http is refused unless allow_http, and then only to these networks.
+    allowed_networks: list[str] = Field(default_factory=list)
+    allow_http: bool = False
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.20.0.0/16)"
+                ) from None
+        return [item.strip() for item in value]
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CallbackSettings:
+        if self.min_backoff_s > self.max_backoff_s:
+            raise ValueError(
+                "NOTIFIER_CALLBACKS__MIN_BACKOFF_S must not exceed "
+                "NOTIFIER_CALLBACKS__MAX_BACKOFF_S"
+            )
+        return self
 
 
 class ChannelSettings(_Section):
@@ -340,7 +457,11 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         default="sqlite:///notifier.db",
-        description="postgresql+psycopg://... in production; sqlite:///file.db embedded.",
+        description=(
+            "postgresql+psycopg://... in production (several hosts for failover: "
+            "postgresql://u:pw@pg1:5432,pg2:5432/notifier?target_session_attrs=read-write); "
+            "sqlite:///file.db embedded."
+        ),
     )
     config_dir: Path = Path("config")
     agencies_file: Path | None = Field(
@@ -367,8 +488,12 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     providers: dict[str, ProviderPolicy] = Field(default_factory=dict)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    statuses: StatusSettings = Field(default_factory=StatusSettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
+    choice: ChoiceSettings = Field(default_factory=ChoiceSettings)
     costs: CostSettings = Field(default_factory=CostSettings)
     sms_length: SmsLengthSettings = Field(default_factory=SmsLengthSettings)
     adapters: dict[str, dict[str, Any]] = Field(
@@ -388,10 +513,7 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite://", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql+psycopg:// URL")
-        if value.startswith("postgresql://"):
-            # One driver everywhere: psycopg 3.
-            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
-        return value
+        return database_url_for_sqlalchemy(value)
 
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:
@@ -477,6 +599,28 @@ def _config_file() -> Path | None:
     config_dir = Path(os.environ.get(f"{ENV_PREFIX}CONFIG_DIR", "config"))
     default = config_dir / "notifier.toml"
     return default if default.is_file() else None
+
+
+def database_url_for_sqlalchemy(url: str) -> str:
+    """A database URL as SQLAlchemy takes it: psycopg 3 as the driver, and libpq's
+    several hosts (``postgresql://u:pw@pg1:5432,pg2:5432/notifier?target_session_attrs=
+    read-write``) moved into ``host=`` query parameters, which SQLAlchemy hands to libpq
+    as one multi-host connection string (libpq tries them in order and keeps the first
+    that is read-write). SQLite URLs and single-host URLs are kept as they are."""
+    if not url.startswith("postgresql"):
+        return url
+    scheme, _, rest = url.partition("://")
+    if scheme == "postgresql":
+        scheme = "postgresql+psycopg"  # one driver everywhere: psycopg 3
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return f"{scheme}://{rest}"
+    path, _, query = tail.partition("?")
+    params = [f"host={host.strip()}" for host in hosts.split(",") if host.strip()]
+    joined = "&".join([*params, query] if query else params)
+    return f"{scheme}://{userinfo}{at}{path or '/'}?{joined}"
 
 
 class SettingsError(Exception):

@@ -22,6 +22,9 @@ def make_settings(**overrides: Any) -> Settings:
         "config_dir": REPO / "config",
         "log_format": "console",
         "log_level": "INFO",
+        # Quiet hours and caps follow the wall clock and the recipients' history: off for
+        # the tests that are not about them (tests/test_choice*.py turn them on).
+        "choice": {"quiet_hours": False, "frequency_caps": False},
     }
     values.update(overrides)
     return load_settings(**values)
@@ -120,6 +123,8 @@ def notifier_env(settings: Settings, **extra: str) -> dict[str, str]:
         "NOTIFIER_WORKER__MAX_BACKOFF_MS": str(worker.max_backoff_ms),
         "NOTIFIER_WORKER__SEND_TIMEOUT_S": str(worker.send_timeout_s),
         "NOTIFIER_LOG_FORMAT": "json",
+        "NOTIFIER_CHOICE__QUIET_HOURS": str(settings.choice.quiet_hours).lower(),
+        "NOTIFIER_CHOICE__FREQUENCY_CAPS": str(settings.choice.frequency_caps).lower(),
     }
     for name, values in settings.adapters.items():
         for key, value in values.items():

@@ -88,6 +88,43 @@ def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) ->
     assert [row[0] for row in results["targets"]]  # the targets table is filled in
 
 
+def test_the_log_size_benchmark_seeds_the_log_and_times_every_operator_query(
+    tmp_path: Path,
+) -> None:
+    figures_file = tmp_path / "logsize.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "logsize.py"),
+            "--deliveries",
+            "3000",
+            "--repeat",
+            "1",
+            "--json",
+            str(figures_file),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(figures_file.read_text())
+    # 3,000 asked: the seed's channel mix gives 8 deliveries for every 3 events.
+    assert 2_900 <= figures["seeded"]["deliveries"] <= 3_100
+    timings = figures["timings"]
+    assert set(timings) == {
+        "metrics scrape",
+        "overview (24 h)",
+        "dossier lookup",
+        "delivery search",
+        "month's report",
+        "retention purge (1 day)",
+    }
+    # One day's share of the log had contacts to clear.
+    assert timings["retention purge (1 day)"]["rows"] > 0
+
+
 def test_the_morning_batch_saves_two_of_three_paid_messages_and_its_report_agrees() -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "morning_batch.py"), "--dossiers", "6"],

@@ -32,21 +32,30 @@ def broker() -> None:
 
 @broker.command("setup")
 def broker_setup() -> None:
-    """Declare the events exchange and inbound queue (what publishers need to exist)."""
+    """Declare the events exchange and inbound queue (what publishers need to exist), and
+    the callbacks' queue on the status exchange (so no status waits for a worker)."""
     import pika
 
-    from notifier.amqp import connection_parameters, declare_topology
+    from notifier.amqp import connection_parameters, declare_callback_queue, declare_topology
 
     settings = cli_settings()
     connection = pika.BlockingConnection(connection_parameters(settings.broker_url))
     try:
-        declare_topology(connection.channel(), settings.events)
+        channel = connection.channel()
+        declare_topology(channel, settings.events)
+        if settings.callbacks.enabled:
+            declare_callback_queue(channel, settings.callbacks)
     finally:
         connection.close()
     click.echo(
         f"exchange {settings.events.exchange!r} → queue {settings.events.queue!r} "
         f"(routing key {settings.events.routing_key!r})"
     )
+    if settings.callbacks.enabled:
+        click.echo(
+            f"exchange {settings.callbacks.exchange!r} → queue {settings.callbacks.queue!r} "
+            "(every routing key: the publishers' callbacks)"
+        )
 
 
 # -- one RabbitMQ user per publishing system (notifier.ops.brokeradmin) --------------

@@ -254,6 +254,9 @@ def report(
             [r.__dict__ for r in built.rows],
             ("agency_code", "procedure_code", "channel", "status", "count"),
         )
+        if built.reasons:
+            click.echo("\nheld or suppressed (not failures), by reason:")
+            print_table([r.__dict__ for r in built.reasons], ("channel", "kind", "reason", "count"))
         click.echo("\ndelivery time, seconds from the event to the send:")
         print_table(
             [{"channel": c, **p.__dict__} for c, p in built.latency.items()],

@@ -1,8 +1,8 @@
 """The ``notifier`` command: one front for every task (``notifier --help``).
 
 Each topic has its module in this package (``serve``, ``events``, ``deliveries``,
-``replay``, ``console``, ``operators``, ``keys``, ``broker``, ``db``, ``adapters``,
-``optouts``); this one gathers them under one click group. Shared helpers are in
+``replay``, ``console``, ``operators``, ``keys``, ``broker``, ``callbacks``, ``db``,
+``adapters``, ``optouts``); this one gathers them under one click group. Shared helpers are in
 :mod:`notifier.cli.common`; the modules keep their heavy imports inside their commands,
 so ``notifier --help`` stays quick.
 """
@@ -15,6 +15,7 @@ from notifier import __version__
 from notifier.cli import (
     adapters,
     broker,
+    callbacks,
     console,
     db,
     deliveries,
@@ -55,6 +56,7 @@ for command in (
     keys.api_keys,
     keys.tokens,
     broker.broker,
+    callbacks.callbacks,
     db.db,
     db.purge_command,
     adapters.adapters,

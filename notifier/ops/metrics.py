@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -53,13 +54,14 @@ class StateCollector:
         self.app = app
 
     def queue_names(self) -> list[str]:
-        """Dramatiq's queues of this deployment (with their delay and dead-letter queues)
-        and the public inbound events queue."""
+        """Dramatiq's queues of this deployment (with their delay and dead-letter queues),
+        the public inbound events queue, and the callbacks' queue (with its invalid one)."""
         base = [self.app.ingest_actor.queue_name] + [
             actor.queue_name for actor in self.app.deliver_actors.values()
         ]
         names = [f"{q}{suffix}" for q in base for suffix in ("", ".DQ", ".XQ")]
-        return [*names, self.app.settings.events.queue]
+        callbacks = self.app.settings.callbacks.queue
+        return [*names, self.app.settings.events.queue, callbacks, f"{callbacks}.invalid"]
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
@@ -112,6 +114,7 @@ class StateCollector:
             ).scalar_one()
         # The state shown, derived from the latest outcomes (as the console shows it).
         health_rows = DeliveryLog(self.app.database, "").provider_health()
+        reason_rows = DeliveryLog(self.app.database, "").reason_counts()
 
         counts = GaugeMetricFamily(
             "notifier_deliveries",
@@ -124,6 +127,16 @@ class StateCollector:
             counts.add_metric([row.channel, row.provider or "none", row.status], int(row.n))
             retried[row.channel] = retried.get(row.channel, 0) + int(row.r or 0)
         yield counts
+        by_reason = GaugeMetricFamily(
+            "notifier_deliveries_by_reason",
+            "Deliveries held or suppressed by a rule or the citizen's choice, by channel, "
+            "kind (suppressed; scheduled: held now; held: held earlier, since released) "
+            "and reason. Not failures.",
+            labels=["channel", "kind", "reason"],
+        )
+        for r in reason_rows:
+            by_reason.add_metric([r.channel, r.kind, r.reason], r.count)
+        yield by_reason
         retry_total = CounterMetricFamily(
             "notifier_delivery_retries",
             "Attempts after the first, summed over the deliveries in the log.",
@@ -161,6 +174,62 @@ class StateCollector:
             failures.add_metric(labels, int(health.consecutive_failures))
         yield circuit
         yield failures
+        yield from self._callbacks()
+        yield from self._costs()
+
+    def _callbacks(self) -> Iterator[Metric]:
+        """Each publisher's callback health (labels: publisher, kind)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        health = self.app.callbacks.health()
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "backlog": GaugeMetricFamily(
+                "notifier_callback_backlog",
+                "Callbacks waiting to be delivered to each publisher (due now or later).",
+                labels=["publisher", "kind"],
+            ),
+            "oldest": GaugeMetricFamily(
+                "notifier_callback_oldest_pending_seconds",
+                "Age of each publisher's oldest undelivered callback (0 with none).",
+                labels=["publisher", "kind"],
+            ),
+            "dead": GaugeMetricFamily(
+                "notifier_callback_dead_letters",
+                "Callbacks given up after the configured age (replayable by an admin).",
+                labels=["publisher", "kind"],
+            ),
+            "failures": GaugeMetricFamily(
+                "notifier_callback_consecutive_failures",
+                "Failed callback tries in a row to each publisher since its last success.",
+                labels=["publisher", "kind"],
+            ),
+            "success": GaugeMetricFamily(
+                "notifier_callback_last_success_timestamp_seconds",
+                "When each publisher last accepted a callback (Unix time; 0 never).",
+                labels=["publisher", "kind"],
+            ),
+            "delivered": CounterMetricFamily(
+                "notifier_callbacks_delivered",
+                "Callbacks delivered to each publisher, among those kept (pruned after "
+                "callbacks.keep_delivered_days).",
+                labels=["publisher", "kind"],
+            ),
+        }
+        now = time.time()
+        for item in health:
+            labels = [item.target.publisher_name, item.target.publisher_kind.value]
+            oldest = item.oldest_pending_at
+            families["backlog"].add_metric(labels, item.backlog)
+            families["oldest"].add_metric(
+                labels, 0 if oldest is None else max(0.0, now - oldest.timestamp())
+            )
+            families["dead"].add_metric(labels, item.dead_letters)
+            families["failures"].add_metric(labels, item.consecutive_failures)
+            success = item.last_success_at
+            families["success"].add_metric(labels, 0 if success is None else success.timestamp())
+            families["delivered"].add_metric(labels, item.delivered)
+        yield from families.values()
+
         yield from self._costs()
 
     def _costs(self) -> Iterator[Metric]:

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from notifier.events import EventRejected, parse_event
 from notifier.logging import get_logger
-from notifier.store.deliveries.lifecycle import DeliveryStatus
+from notifier.store.deliveries.lifecycle import DeliveryStatus, set_status
 from notifier.store.deliveries.log import DeliveryLog, DeliveryQuery
 from notifier.store.publishers import Submitter, SubmitterKind
 from notifier.store.schema import deliveries, delivery_attempts, rejected_events, utcnow
@@ -129,21 +129,22 @@ class Replayer:
                     ReplayOutcome.CHANNEL_OFF,
                     f"channel {row.channel} is not enabled here",
                 )
-            changed = connection.execute(
-                sa.update(deliveries)
-                .where(d.delivery_id == delivery_id, d.status.in_(REPLAYABLE))
-                .values(
-                    status=DeliveryStatus.QUEUED.value,
-                    attempts=0,
+            changed = set_status(
+                connection,
+                delivery_id,
+                only_from=REPLAYABLE,
+                values={
+                    "status": DeliveryStatus.QUEUED.value,
+                    "attempts": 0,
                     # Queued again with fresh retries: no longer a dead letter.
-                    exhausted=False,
-                    lease_until=None,
+                    "exhausted": False,
+                    "lease_until": None,
                     # An admin's replay is a decision to send: no uncertain-send policy.
-                    dispatch_provider=None,
-                    dispatch_attempt=None,
-                    updated_at=now,
-                )
-            ).rowcount
+                    "dispatch_provider": None,
+                    "dispatch_attempt": None,
+                    "updated_at": now,
+                },
+            )
             if not changed:
                 return ReplayResult(
                     "delivery", delivery_id, ReplayOutcome.NOT_REPLAYABLE, f"status {row.status}"
@@ -194,18 +195,19 @@ class Replayer:
                 if resend
                 else {"status": DeliveryStatus.SENT.value, "sent_at": now}
             )
-            changed = connection.execute(
-                sa.update(deliveries)
-                .where(d.delivery_id == delivery_id, d.status == DeliveryStatus.UNKNOWN.value)
-                .values(
+            changed = set_status(
+                connection,
+                delivery_id,
+                only_from=[DeliveryStatus.UNKNOWN.value],
+                values={
                     **values,
-                    lease_until=None,
+                    "lease_until": None,
                     # Without the mark the next claim sends, as the admin decided.
-                    dispatch_provider=None,
-                    dispatch_attempt=None,
-                    updated_at=now,
-                )
-            ).rowcount
+                    "dispatch_provider": None,
+                    "dispatch_attempt": None,
+                    "updated_at": now,
+                },
+            )
             if not changed:
                 return ReplayResult(
                     "delivery", delivery_id, ReplayOutcome.NOT_REPLAYABLE, f"status {row.status}"
@@ -247,14 +249,18 @@ class Replayer:
         d = deliveries.c
         now = utcnow()
         with self.database.begin() as connection:
-            connection.execute(
-                sa.update(deliveries)
-                .where(
-                    d.delivery_id == delivery_id,
-                    d.status == DeliveryStatus.QUEUED.value,
-                    d.attempts == 0,
-                )
-                .values(status=status, attempts=attempts, exhausted=exhausted, updated_at=now)
+            # Back to what it was (queued with no attempt yet: nothing took it since).
+            set_status(
+                connection,
+                delivery_id,
+                only_from=[DeliveryStatus.QUEUED.value],
+                only_if=d.attempts == 0,
+                values={
+                    "status": status,
+                    "attempts": attempts,
+                    "exhausted": exhausted,
+                    "updated_at": now,
+                },
             )
             connection.execute(
                 delivery_attempts.insert().values(

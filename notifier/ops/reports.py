@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notifier.store.deliveries.costs import CostLog, CostRow, SegmentFigure
 from notifier.store.deliveries.lifecycle import DeliveryStatus
-from notifier.store.deliveries.log import DeliveryLog, Percentiles
+from notifier.store.deliveries.log import DeliveryLog, Percentiles, ReasonCount
 from notifier.store.schema import utcnow
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
@@ -135,6 +135,15 @@ class Report:
     rejected_events: int
     rows: list[ReportRow]
     latency: dict[str, Percentiles]  # per channel, and "*" for all
+    # Held or suppressed by a rule or the citizen's choice, per reason (not failures).
+    reasons: list[ReasonCount] = field(default_factory=list)
+
+    def reason_totals(self) -> dict[str, int]:
+        """``kind:reason`` -> count over every channel, e.g. ``suppressed:channel_off``."""
+        counts: Counter[str] = Counter()
+        for r in self.reasons:
+            counts[f"{r.kind}:{r.reason}"] += r.count
+        return dict(sorted(counts.items()))
     costs: list[CostRow] = field(default_factory=list)
     sms_segments: dict[str, SegmentFigure] = field(default_factory=dict)
 
@@ -181,6 +190,8 @@ class Report:
             "by_channel": self.totals("channel"),
             "by_status": self.totals("status"),
             "rows": [row.__dict__ for row in self.rows],
+            "by_reason": self.reason_totals(),
+            "reasons": [r.__dict__ for r in self.reasons],
             "latency": {
                 channel: {"sent": p.count, "p50": p.p50, "p90": p.p90, "p95": p.p95, "p99": p.p99}
                 for channel, p in self.latency.items()
@@ -238,6 +249,11 @@ class Report:
                     row.count,
                     *[""] * 7,
                 ]
+            )
+        for r in self.reasons:
+            writer.writerow(
+                [*span, "reason", "", "", r.channel, f"{r.kind}:{r.reason}", r.count]
+                + [""] * 7
             )
         for channel, p in self.latency.items():
             writer.writerow(
@@ -303,6 +319,7 @@ def build_report(
         rejected_events=log.rejects_count(since, until),
         rows=rows,
         latency=log.latency(since, until),
+        reasons=log.reason_counts(since, until),
         costs=CostLog(log.database).by_month(since, until, zone(timezone_name)),
         sms_segments=CostLog(log.database).sms_segments(since, until),
     )

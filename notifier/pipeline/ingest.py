@@ -7,9 +7,11 @@ everything (a redelivered copy only re-enqueues what is still unsent).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -17,7 +19,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from notifier.events import DossierStatusEvent, EventRejected, parse_event
+from notifier.events import CODE_PATTERN, DossierStatusEvent, EventRejected, parse_event
 from notifier.logging import get_logger
 from notifier.pipeline.agencies import AgencyRegistry
 from notifier.pipeline.coalescing import hold_for_window, keys_of
@@ -27,6 +29,7 @@ from notifier.store import Database
 from notifier.store.deliveries.lifecycle import DeliveryStatus, DeliveryStore, PlannedDelivery
 from notifier.store.publishers import Authoriser, Submitter
 from notifier.store.schema import events, rejected_events, utcnow
+from notifier.store.statuses import EventChange, EventStatusChange, record_event_changes
 
 log = get_logger(__name__)
 
@@ -83,6 +86,7 @@ class Ingest:
         duplicates only re-enqueue what is still unsent."""
         results: list[IngestResult | None] = [None] * len(items)
         rejects: list[dict[str, Any]] = []
+        reject_submitters: list[Submitter] = []
         parsed: list[tuple[int, DossierStatusEvent, str, Mapping[str, Any], Submitter]] = []
 
         def rejected(
@@ -91,11 +95,13 @@ class Ingest:
             meta: Mapping[str, Any],
             submitter: Submitter,
             rejection: EventRejected,
-            event_id: str | None = None,
+            event: DossierStatusEvent | None = None,
         ) -> None:
             kept = raw_body(raw, meta)
             size = int(meta.get("size", len(kept)))
-            rejects.append(self._rejected_row(kept, size, source, rejection, submitter, event_id))
+            told = Readable.of_event(event) if event is not None else Readable.of_raw(raw)
+            rejects.append(self._rejected_row(kept, size, source, rejection, submitter, told))
+            reject_submitters.append(submitter)
             results[index] = IngestResult(IngestOutcome.REJECTED, reason=rejection.reason)
 
         for index, (raw, meta) in enumerate(items):
@@ -113,7 +119,7 @@ class Ingest:
             if refusal is None and self.agencies is not None:
                 refusal = self.agencies.unknown(event.agency.code)
             if refusal is not None:
-                rejected(index, raw, meta, submitter, EventRejected(refusal), str(event.event_id))
+                rejected(index, raw, meta, submitter, EventRejected(refusal), event)
             else:
                 authorised.append((index, event, raw, meta, submitter))
         known = self._known([event.event_id for _index, event, *_rest in authorised])
@@ -127,8 +133,9 @@ class Ingest:
             try:
                 new.append((index, event, self.planner.plan(event)))
             except EventRejected as rejection:
-                rejected(index, raw, meta, submitter, rejection, str(event.event_id))
+                rejected(index, raw, meta, submitter, rejection, event)
         suppressed = self.planner.suppress_opted_out([p for _i, _e, p in new])
+        self._own_rejects(rejects, reject_submitters)
         # Channels with a coalescing window: held, to be merged with later news.
         rules = self.planner.routing.coalescing
         now = utcnow()
@@ -144,8 +151,13 @@ class Ingest:
                 if rejects:
                     connection.execute(rejected_events.insert(), rejects)
                 if new:
-                    connection.execute(events.insert(), [_event_row(e) for _i, e, _p in new])
+                    connection.execute(events.insert(), [_event_row(e, now) for _i, e, _p in new])
                     self.deliveries.insert_planned(connection, [(e, p) for _i, e, p in new])
+                record_event_changes(
+                    connection,
+                    [_rejected_change(row) for row in rejects]
+                    + [_change(EventChange.ACCEPTED, e, now) for _i, e, _p in new],
+                )
                 if keys:
                     self.deliveries.coalesce(
                         connection, keys, [p.delivery_id for _i, _e, g in new for p in g]
@@ -170,6 +182,7 @@ class Ingest:
                 [(p.delivery_id, p.channel) for p in planned if p.status is DeliveryStatus.QUEUED],
             )
         if duplicates:
+            self._record_duplicates([e for _i, e in duplicates])
             # A redelivered event plans nothing new; whatever is still unsent is enqueued
             # again (a delivery is claimed before sending, so an extra copy is harmless).
             pending = self.deliveries.unfinished_for_events([e.event_id for _i, e in duplicates])
@@ -189,6 +202,32 @@ class Ingest:
             rejected=len(rejects),
         )
         return done
+
+    def _record_duplicates(self, duplicates: Sequence[DossierStatusEvent]) -> None:
+        """Count each copy received again on its event and announce it, together."""
+        now = utcnow()
+        e = events.c
+        with self.database.begin() as connection:
+            for event in duplicates:
+                connection.execute(
+                    sa.update(events)
+                    .where(e.event_id == event.event_id)
+                    .values(duplicates=e.duplicates + 1)
+                )
+            record_event_changes(
+                connection, [_change(EventChange.DUPLICATE, event, now) for event in duplicates]
+            )
+
+    def _own_rejects(self, rows: Sequence[dict[str, Any]], submitters: Sequence[Submitter]) -> None:
+        """A reject belongs to the agency it names only if its submitter may publish for
+        that agency: then that agency's publishers see it (status API, status stream).
+        Otherwise (an agency it may not speak for, or none readable) only its submitter
+        does, and ``agency_code`` stays NULL."""
+        scopes = self.authoriser.scopes(set(submitters)) if rows else {}
+        for row, submitter in zip(rows, submitters, strict=True):
+            agency = row["agency_code"]
+            if agency is not None and scopes[submitter].refusal(submitter, agency) is not None:
+                row["agency_code"] = None
 
     def _parse(self, raw: str, meta: Mapping[str, Any]) -> DossierStatusEvent:
         if meta.get("truncated"):
@@ -221,9 +260,14 @@ class Ingest:
     ) -> IngestResult:
         """Keep a rejected event for operators (when it was refused before ingest)."""
         kept = body[:KEPT_REJECT_BYTES]
-        row = self._rejected_row(kept, len(body), source, rejection, submitter, event_id)
+        told = Readable.of_raw(body.decode("utf-8", errors="replace"))
+        if event_id is not None:
+            told = Readable(event_id[:64], told.agency, told.dossier)
+        row = self._rejected_row(kept, len(body), source, rejection, submitter, told)
+        self._own_rejects([row], [submitter])
         with self.database.begin() as connection:
             connection.execute(rejected_events.insert(), [row])
+            record_event_changes(connection, [_rejected_change(row)])
         return IngestResult(IngestOutcome.REJECTED, reason=rejection.reason)
 
     def _rejected_row(
@@ -233,9 +277,10 @@ class Ingest:
         source: str,
         rejection: EventRejected,
         submitter: Submitter,
-        event_id: str | None = None,
+        told: Readable,
     ) -> dict[str, Any]:
-        """A reject row: the bytes received (the text only for reading) and who sent them."""
+        """A reject row: the bytes received (the text only for reading), who sent them
+        and what could be read of the event (the caller settles ``agency_code``)."""
         log.warning(
             "event rejected", reason=rejection.reason, source=source, submitter=submitter.describe()
         )
@@ -245,7 +290,9 @@ class Ingest:
             "source": source,
             "reason": rejection.reason[:2000],
             "errors": rejection.errors[:50],
-            "event_id": event_id,
+            "event_id": told.event_id,
+            "agency_code": told.agency,
+            "dossier_code": told.dossier,
             "payload": kept.decode("utf-8", errors="replace"),
             "payload_raw": kept,
             "payload_bytes": size,
@@ -253,10 +300,59 @@ class Ingest:
         }
 
 
-def _event_row(event: DossierStatusEvent) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Readable:
+    """What can be read of an event, valid or not: kept on its reject, so a publisher
+    finds its rejects by event id or dossier code after the payload is purged."""
+
+    event_id: str | None = None
+    agency: str | None = None
+    dossier: str | None = None
+
+    @classmethod
+    def of_event(cls, event: DossierStatusEvent) -> Readable:
+        return cls(str(event.event_id), event.agency.code, event.dossier.code)
+
+    @classmethod
+    def of_raw(cls, raw: str) -> Readable:
+        """Leniently, from a body that failed validation: each field only if it is a
+        string of the shape of a code (so nothing else, e.g. a contact, is kept)."""
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError):
+            return cls()
+        if not isinstance(document, dict):
+            return cls()
+
+        def code(value: Any) -> str | None:
+            return value if isinstance(value, str) and CODE_PATTERN.fullmatch(value) else None
+
+        def inner(name: str) -> Any:
+            found = document.get(name)
+            return found.get("code") if isinstance(found, dict) else None
+
+        return cls(code(document.get("event_id")), code(inner("agency")), code(inner("dossier")))
+
+
+def _change(kind: EventChange, event: DossierStatusEvent, now: datetime) -> EventStatusChange:
+    return EventStatusChange(kind, event.agency.code, str(event.event_id), event.dossier.code, now)
+
+
+def _rejected_change(row: Mapping[str, Any]) -> EventStatusChange:
+    return EventStatusChange(
+        EventChange.REJECTED,
+        row["agency_code"],
+        row["event_id"],
+        row["dossier_code"] if row["agency_code"] is not None else None,
+        row["received_at"],
+        row["reason"],
+    )
+
+
+def _event_row(event: DossierStatusEvent, now: datetime) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
-        "received_at": utcnow(),
+        "received_at": now,
         "occurred_at": event.occurred_at,
         "source_system": event.source_system,
         "agency_code": event.agency.code,

@@ -1,11 +1,30 @@
 """Planning: which deliveries an event makes (routing, consent, recipients, rendering,
-opt-outs), the same for a new event and for a fallback after a permanent failure."""
+the citizen's preferences and quiet hours, opt-outs), the same for a new event and for
+a fallback after a permanent failure.
+
+The citizen's choice at planning (issue 18):
+
+- a channel the citizen turned off is recorded ``suppressed`` (reason ``channel_off``)
+  unless the routing marks the status mandatory; when that leaves no channel but the
+  portal is not routed, the portal inbox still gets the notice (if the event names an
+  account);
+- the language the citizen chose renders the message;
+- SMS and Zalo deliveries planned inside quiet hours (Vietnam time) are held
+  (``scheduled``, reason ``quiet_hours``) until the window ends, unless the status is
+  urgent or the citizen turned quiet hours off.
+
+A choice or opt-out made after planning is applied again at send time
+(:mod:`notifier.pipeline.gate`), with the frequency caps.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from datetime import datetime
 
 from notifier.adapter import ZALO_UID_PREFIX, RecipientKind
 from notifier.events import DossierStatusEvent, EventRejected, ZaloContact
@@ -14,11 +33,19 @@ from notifier.masking import mask_recipient, recipient_hash
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 from notifier.pipeline.agencies import AgencyRegistry
 from notifier.pipeline.budget import BudgetGuard
+from notifier.pipeline.choices import Choices
 from notifier.pipeline.rendering import TemplateSet
 from notifier.pipeline.routing import Routing
 from notifier.store import Database
-from notifier.store.deliveries.lifecycle import DeliveryStatus, PlannedDelivery
+from notifier.store.deliveries.lifecycle import (
+    DeliveryStatus,
+    HoldReason,
+    PlannedDelivery,
+    SuppressReason,
+)
 from notifier.store.optouts import opted_out, suppress
+from notifier.store.preferences import PORTAL_CHANNEL, Choice, Preference, preferences_by_hash
+from notifier.store.schema import utcnow
 
 log = get_logger(__name__)
 
@@ -69,6 +96,7 @@ class Planner:
         recipient_kinds: Mapping[str, RecipientKind],
         hash_key: str,
         agencies: AgencyRegistry | None = None,
+        quiet_hours: bool = True,
         budget: BudgetGuard | None = None,
     ) -> None:
         self.database = database
@@ -80,6 +108,12 @@ class Planner:
         self.recipient_kinds = dict(recipient_kinds)
         self.hash_key = hash_key
         self.agencies = agencies
+        # NOTIFIER_CHOICE__QUIET_HOURS: off only for benchmarks and clock-free tests.
+        self.quiet_hours = quiet_hours
+
+    @property
+    def choices(self) -> Choices:
+        return self.routing.choices
 
     def plan(self, event: DossierStatusEvent) -> list[PlannedDelivery]:
         """The deliveries of a new event: its routed channels the citizen consented to
@@ -89,26 +123,40 @@ class Planner:
         applicant has no contact for any of those channels."""
         routed = self.routing.channels_for(event.agency.code, event.dossier.status)
         consented = event.applicant.channels
+        candidates = [c for c in routed if consented is None or c in consented]
+        preferences = self._preferences(event, candidates)
+        mandatory = self.choices.is_mandatory(event.agency.code, event.dossier.status.value)
         cheaper = self.routing.budget.cheaper
         cheaper_only = self.budget is not None and self.budget.cheaper_only(event.agency.code)
-        planned = []
-        for group in self.routing.choices_for(event.agency.code, event.dossier.status):
+        planned: list[PlannedDelivery] = []
+        for group in self.routing.groups_for(event.agency.code, event.dossier.status):
             # All of the single channels; the first of a one-of group that reaches the
-            # citizen (consented, with a contact): e.g. Zalo by UID, else ZNS, else SMS.
-            for channel in group:
+            # citizen (consented, with a contact, not turned off): e.g. Zalo by UID, else
+            # ZNS, else SMS.
+            for position, channel in enumerate(group):
                 if consented is not None and channel not in consented:
                     continue
+                alternatives_left = position < len(group) - 1
                 over_budget = cheaper_only and channel not in cheaper
                 if over_budget and len(group) > 1:
                     continue  # a cheaper alternative of the group may still reach them
-                rendered = self._render_for(event, [channel], any_phone=len(group) > 1)
+                rendered = self._render_for(
+                    event, [channel], preferences, any_phone=len(group) > 1
+                )
+                if (
+                    rendered
+                    and alternatives_left
+                    and not mandatory
+                    and self.choice_for(preferences, rendered[0]).channel_off(channel)
+                ):
+                    continue  # turned off by the citizen: the next alternative instead
                 if over_budget:
                     log.info(
                         "delivery suppressed: the agency's monthly budget is spent",
                         channel=channel,
                         agency=event.agency.code,
                     )
-                    rendered = [replace(p, status=DeliveryStatus.SUPPRESSED) for p in rendered]
+                    rendered = [p.suppressed(SuppressReason.BUDGET) for p in rendered]
                 planned.extend(rendered)
                 if rendered:
                     break
@@ -123,7 +171,17 @@ class Planner:
                 )
                 + " but the applicant has no contact for any of them"
             )
-        return planned
+        planned = self._apply_preferences(event, planned, preferences)
+        if (
+            planned
+            and all(p.status is DeliveryStatus.SUPPRESSED for p in planned)
+            and PORTAL_CHANNEL not in routed
+            and PORTAL_CHANNEL in self.recipient_kinds
+        ):
+            # Every channel is off for a status that is not mandatory: the portal inbox
+            # still gets it, so the citizen can read it when they look.
+            planned += self._render_for(event, [PORTAL_CHANNEL], preferences)
+        return self._hold_for_quiet_hours(event, planned, preferences)
 
     def plan_fallback(
         self, event: DossierStatusEvent, failed_channel: str, failed_recipient: str | None = None
@@ -149,9 +207,12 @@ class Planner:
             for c in self.routing.fallback_for(failed_channel)
             if c in self.recipient_kinds and (consented is None or c in consented)
         ]
-        planned = self._render_for(event, channels)
+        preferences = self._preferences(event, channels)
+        planned = self._render_for(event, channels, preferences)
         if not planned:
             return []
+        planned = self._apply_preferences(event, planned, preferences)
+        planned = self._hold_for_quiet_hours(event, planned, preferences)
         (planned,) = self.suppress_opted_out([planned])
         return planned
 
@@ -189,17 +250,106 @@ class Planner:
             return list(groups)
         return [suppress(group, found) for group in groups]
 
+    def choice_for(self, preferences: Mapping[str, Preference], p: PlannedDelivery) -> Choice:
+        """The preferences that apply to one delivery: its account's and its contact's."""
+        return Choice.of(
+            preferences.get(p.account_hash) if p.account_hash else None,
+            preferences.get(p.recipient_hash),
+        )
+
+    def _account_hash(self, event: DossierStatusEvent) -> str | None:
+        account = event.applicant.contacts.portal_account_id
+        return None if account is None else recipient_hash(account, self.hash_key)
+
+    def _preferences(
+        self, event: DossierStatusEvent, channels: Iterable[str]
+    ) -> dict[str, Preference]:
+        """The stored preferences of the event's account and of its contacts on these
+        channels (one query)."""
+        hashes = [self._account_hash(event)]
+        for channel in channels:
+            kind = self.recipient_kinds.get(channel)
+            recipient = None if kind is None else recipient_for(event, kind)
+            if recipient is not None:
+                hashes.append(recipient_hash(recipient, self.hash_key))
+        return preferences_by_hash(self.database, [h for h in hashes if h])
+
+    def _apply_preferences(
+        self,
+        event: DossierStatusEvent,
+        planned: list[PlannedDelivery],
+        preferences: Mapping[str, Preference],
+    ) -> list[PlannedDelivery]:
+        """Channels the citizen turned off become ``suppressed``, unless the status is
+        mandatory (a notice that must go out by every channel)."""
+        if not preferences or self.choices.is_mandatory(
+            event.agency.code, event.dossier.status.value
+        ):
+            return planned
+        result = []
+        for p in planned:
+            if p.status is DeliveryStatus.QUEUED and self.choice_for(preferences, p).channel_off(
+                p.channel
+            ):
+                log.info(
+                    "delivery suppressed: the citizen turned the channel off", channel=p.channel
+                )
+                p = p.suppressed(SuppressReason.CHANNEL_OFF)
+            result.append(p)
+        return result
+
+    def _hold_for_quiet_hours(
+        self,
+        event: DossierStatusEvent,
+        planned: list[PlannedDelivery],
+        preferences: Mapping[str, Preference],
+        now: datetime | None = None,
+    ) -> list[PlannedDelivery]:
+        """Deliveries on quiet channels planned inside the agency's quiet hours are held
+        until the window ends (not for urgent statuses, nor for a citizen who turned
+        quiet hours off)."""
+        agency, status = event.agency.code, event.dossier.status.value
+        if not self.quiet_hours or self.choices.is_urgent(agency, status):
+            return planned
+        window = self.choices.quiet_hours_for(agency)
+        ends = window.ends_after(now or utcnow())
+        if ends is None:
+            return planned
+        return [
+            p.held_until(ends, HoldReason.QUIET_HOURS)
+            if p.status is DeliveryStatus.QUEUED
+            and p.channel in window.channels
+            and self.choice_for(preferences, p).quiet_hours
+            else p
+            for p in planned
+        ]
+
+    def _content_hash(self, channel: str, recipient: str, parts: Mapping[str, str]) -> str:
+        text = json.dumps([channel, recipient, dict(parts)], sort_keys=True, ensure_ascii=False)
+        return hmac.new(self.hash_key.encode(), text.encode(), hashlib.sha256).hexdigest()
+
     def _render_for(
-        self, event: DossierStatusEvent, channels: Iterable[str], *, any_phone: bool = False
+        self,
+        event: DossierStatusEvent,
+        channels: Iterable[str],
+        preferences: Mapping[str, Preference] | None = None,
+        *,
+        any_phone: bool = False,
     ) -> list[PlannedDelivery]:
         if self.agencies is not None:
             event = self.agencies.resolved(event)  # the registry's name, never the event's
-        language = event.applicant.language
+        account_hash = self._account_hash(event)
         planned = []
         for channel in channels:
             recipient = recipient_for(event, self.recipient_kinds[channel], any_phone=any_phone)
             if recipient is None:
                 continue
+            hashed = recipient_hash(recipient, self.hash_key)
+            choice = Choice.of(
+                (preferences or {}).get(account_hash) if account_hash else None,
+                (preferences or {}).get(hashed),
+            )
+            language = choice.language or event.applicant.language
             rendered = self.templates.render(event, channel, language)
             planned.append(
                 PlannedDelivery(
@@ -207,10 +357,12 @@ class Planner:
                     channel=channel,
                     recipient=recipient,
                     recipient_masked=mask_recipient(recipient),
-                    recipient_hash=recipient_hash(recipient, self.hash_key),
+                    recipient_hash=hashed,
                     language=language,
                     template=rendered.template,
                     content=rendered.parts,
+                    account_hash=account_hash,
+                    content_hash=self._content_hash(channel, recipient, rendered.parts),
                 )
             )
         return planned

@@ -1,9 +1,19 @@
-"""Provider protection: a rate limit and a circuit breaker per provider, per process.
+"""Provider protection: a rate limit and a circuit breaker per provider.
 
 The rate limit keeps a burst within the provider's own limit (a ban costs more than a
-delay). The circuit breaker stops calling a provider that keeps failing, so the
-channel fails over to its next provider at once, and lets one trial call through
-after a pause.
+delay). It is per process (``rate / processes``, for one machine) unless a shared store
+is set (``NOTIFIER_LIMITS__STORAGE_URL``): then one limit per provider holds for every
+process on every machine (:mod:`notifier.pipeline.sharedlimit`).
+
+The circuit breaker stops calling a provider that keeps failing, so the channel fails
+over to its next provider at once, and lets one trial call through after a pause. It
+stays per process, on purpose: each process learns of an outage from its own calls, so
+an outage costs at most ``circuit_failures`` failed calls per process before that
+process stops, then one trial call per process per pause. Sharing it would put a store
+round trip on every call's outcome, and a store outage would then also decide whether
+providers are called.
+What operators see is shared already: every process records its circuit's changes and
+outcomes in the database (``provider_health``).
 
 Operators see ``provider_health``: each process writes its circuit's changes, and
 the latest success and failure it saw (every ``OUTCOME_WRITE_INTERVAL_S`` at most),
@@ -31,7 +41,8 @@ import sqlalchemy as sa
 
 from notifier.logging import get_logger
 from notifier.pipeline.guard import Admission, ProviderCall
-from notifier.settings import ProviderPolicy
+from notifier.pipeline.sharedlimit import SharedRateLimit, Verdict
+from notifier.settings import LimitsSettings, ProviderPolicy
 from notifier.store import Database
 from notifier.store.health import CircuitState
 from notifier.store.schema import provider_health, utcnow
@@ -188,15 +199,35 @@ class ProviderGuard:
         policies: dict[str, ProviderPolicy],
         processes: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.database = database
         self.policies = policies
         self._clock = clock
-        self._buckets = {
-            name: TokenBucket(policy.rate_per_s / processes, policy.burst, clock())
+        rates = {
+            name: policy.rate_per_s
             for name, policy in policies.items()
             if policy.rate_per_s is not None
         }
+        self._shared: SharedRateLimit | None = None
+        if limits is not None and limits.storage_url is not None:
+            self._shared = SharedRateLimit(limits, rates, clock=clock)
+            # While the shared store is down: each process's stated share of the rate and
+            # of the burst (so all of them together stay within both), or no calls at all.
+            share = limits.fallback_processes
+            self._buckets = (
+                {}
+                if share is None
+                else {
+                    name: TokenBucket(rate / share, max(1, policies[name].burst // share), clock())
+                    for name, rate in rates.items()
+                }
+            )
+        else:
+            self._buckets = {
+                name: TokenBucket(rate / processes, policies[name].burst, clock())
+                for name, rate in rates.items()
+            }
         # A rate-limited provider has at most ``burst`` calls in flight per process, and a
         # call takes its token once it holds a slot: sends held up in the adapter (its
         # pool opening connections) cannot bank tokens and then reach the provider at once.
@@ -233,6 +264,17 @@ class ProviderGuard:
         """Held around one call of ``provider``: a call slot (rate-limited providers),
         then a token (waited for here, at most ``max_wait_s``), then the circuit's say."""
         async with self._slot(provider):
+            if self._shared is not None and self._shared.limits(provider):
+                verdict = await self._shared.acquire(provider, max_wait_s)
+                if verdict is Verdict.TOO_LONG or (
+                    verdict is Verdict.BACKEND_DOWN and provider not in self._buckets
+                ):
+                    yield Admission.RATE_LIMITED
+                    return
+                if verdict is Verdict.ADMITTED:
+                    yield Admission.ADMITTED if self.admit(provider) else Admission.CIRCUIT_OPEN
+                    return
+            # Per-process: this process's own bucket (also the shared store's fallback).
             wait = self._reserve(provider, max_wait_s)
             if wait is None:
                 yield Admission.RATE_LIMITED

@@ -7,8 +7,23 @@ received = ["portal"]            # an agency's override of one status
 [fallback]
 zalo = ["sms"]                   # when zalo fails permanently, try sms once
 
+mandatory = ["refused"]          # sent by every routed channel whatever the citizen chose
+urgent = []                      # never held by quiet hours
+[quiet_hours]                    # Vietnam time; SMS and Zalo held to the window's end
+start = "21:00"
+end = "07:00"
+channels = ["sms", "zalo"]
+[frequency_caps.sms]             # per recipient: over the cap, "hold" or "suppress"
+per_hour = 3
+per_day = 8
+over = "hold"
+identical_within_minutes = 60
+
+An agency's table may override ``statuses``, ``mandatory``, ``urgent`` and
+``quiet_hours``. The citizen's side of these rules: :mod:`notifier.pipeline.choices`.
+
 "One of": an entry "zalo|sms" sends the first of those channels the citizen can be
-reached on (consented, with a contact), instead of all of them; see Routing.choices_for.
+reached on (consented, with a contact), instead of all of them; see Routing.groups_for.
 
 [coalescing]                     # status changes of one dossier within a window
 window_s = { sms = 120, zalo = 120 }   # per channel (0 or absent: never held)
@@ -29,6 +44,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from notifier.events import Status, parse_status
+from notifier.pipeline.choices import Choices, QuietHours, parse_cap, parse_quiet_hours
 from notifier.settings import SettingsError
 
 _CHANNEL_NAME = re.compile(r"[a-z][a-z0-9_]{1,31}")
@@ -38,7 +54,8 @@ ONE_OF = "|"
 # sweeper's staleness horizon).
 MAX_WINDOW_S = 3600
 
-Choices = tuple[tuple[str, ...], ...]
+# A status's channels as groups: one channel each, or a one-of group's alternatives.
+ChannelGroups = tuple[tuple[str, ...], ...]
 
 
 class AtLimit(StrEnum):
@@ -74,9 +91,11 @@ class Routing:
     fallback: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Channels named by the rules but not enabled here: skipped, and logged at start-up.
     skipped_channels: frozenset[str] = frozenset()
+    # Mandatory and urgent statuses, quiet hours and frequency caps.
+    choices: Choices = field(default_factory=Choices)
     # The same rules as groups: one channel each, or a one-of group's alternatives.
-    default_choices: dict[Status, Choices] = field(default_factory=dict)
-    agency_choices: dict[str, dict[Status, Choices]] = field(default_factory=dict)
+    default_groups: dict[Status, ChannelGroups] = field(default_factory=dict)
+    agency_groups: dict[str, dict[Status, ChannelGroups]] = field(default_factory=dict)
     coalescing: Coalescing = field(default_factory=Coalescing)
     budget: BudgetRule = field(default_factory=BudgetRule)
 
@@ -86,14 +105,18 @@ class Routing:
             return override[status]
         return self.default.get(status, ())
 
-    def choices_for(self, agency_code: str, status: Status) -> Choices:
+    def groups_for(self, agency_code: str, status: Status) -> ChannelGroups:
         """The status's channels as groups: ``("email",)`` is sent; ``("zalo", "sms")``
         sends only the first alternative that reaches the citizen."""
-        override = self.agency_choices.get(agency_code, {})
+        override = self.agency_groups.get(agency_code, {})
         if status in override:
             return override[status]
-        if status in self.default_choices:
-            return self.default_choices[status]
+        # An override given as plain channels (no groups known for it): one each.
+        plain = self.agencies.get(agency_code, {})
+        if status in plain:
+            return tuple((c,) for c in plain[status])
+        if status in self.default_groups:
+            return self.default_groups[status]
         return tuple((c,) for c in self.channels_for(agency_code, status))
 
     def fallback_for(self, channel: str) -> tuple[str, ...]:
@@ -112,12 +135,12 @@ class Routing:
 
         def statuses(
             table: object, where: str
-        ) -> tuple[dict[Status, tuple[str, ...]], dict[Status, Choices]]:
+        ) -> tuple[dict[Status, tuple[str, ...]], dict[Status, ChannelGroups]]:
             result: dict[Status, tuple[str, ...]] = {}
-            choices: dict[Status, Choices] = {}
+            groups_of: dict[Status, ChannelGroups] = {}
             if not isinstance(table, dict):
                 problems.append(f"{path}: [{where}] must be a table of status = [channels]")
-                return result, choices
+                return result, groups_of
             for key, channels in table.items():
                 try:
                     status = parse_status(key)
@@ -125,11 +148,11 @@ class Routing:
                     problems.append(f"{path}: [{where}] {exc}")
                     continue
                 groups = _groups(channels, f"[{where}] {key}")
-                choices[status] = groups
+                groups_of[status] = groups
                 result[status] = tuple(c for group in groups for c in group)
-            return result, choices
+            return result, groups_of
 
-        def _groups(value: object, where: str) -> Choices:
+        def _groups(value: object, where: str) -> ChannelGroups:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 problems.append(f"{path}: {where} must be a list of channel names")
                 return ()
@@ -150,16 +173,56 @@ class Routing:
             skipped.update(v for v in value if v not in known_channels)
             return tuple(v for v in value if v in known_channels)
 
-        default, default_choices = statuses(document.get("statuses", {}), "statuses")
+        default, default_groups = statuses(document.get("statuses", {}), "statuses")
         missing = [s.value for s in Status if s not in default]
         if missing:
             problems.append(f"{path}: [statuses] has no rule for: {', '.join(missing)}")
         agencies: dict[str, dict[Status, tuple[str, ...]]] = {}
-        agency_choices: dict[str, dict[Status, Choices]] = {}
+        agency_groups: dict[str, dict[Status, ChannelGroups]] = {}
         agency_tables = document.get("agencies", {})
         if not isinstance(agency_tables, dict):
             problems.append(f"{path}: [agencies] must be a table of agency codes")
             agency_tables = {}
+
+        def status_list(value: object, where: str) -> frozenset[str]:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{path}: {where} must be a list of statuses")
+                return frozenset()
+            found = set()
+            for item in value:
+                try:
+                    found.add(parse_status(item).value)
+                except ValueError as exc:
+                    problems.append(f"{path}: {where}: {exc}")
+            return frozenset(found)
+
+        def quiet(table: object, where: str, default: QuietHours) -> QuietHours:
+            try:
+                return parse_quiet_hours(table, where, default)
+            except ValueError as exc:
+                problems.append(f"{path}: {exc}")
+                return default
+
+        mandatory = status_list(document.get("mandatory", []), "mandatory")
+        urgent = status_list(document.get("urgent", []), "urgent")
+        quiet_hours = (
+            quiet(document["quiet_hours"], "quiet_hours", QuietHours())
+            if "quiet_hours" in document
+            else QuietHours()
+        )
+        caps = {}
+        cap_tables = document.get("frequency_caps", {})
+        if not isinstance(cap_tables, dict):
+            problems.append(f"{path}: [frequency_caps] must be a table of channel tables")
+            cap_tables = {}
+        for channel, table in cap_tables.items():
+            try:
+                caps[channel] = parse_cap(table, f"frequency_caps.{channel}")
+            except ValueError as exc:
+                problems.append(f"{path}: {exc}")
+        agency_mandatory: dict[str, frozenset[str]] = {}
+        agency_urgent: dict[str, frozenset[str]] = {}
+        agency_quiet: dict[str, QuietHours] = {}
         for code, table in agency_tables.items():
             if not isinstance(table, dict):
                 problems.append(
@@ -167,9 +230,24 @@ class Routing:
                     f'[agencies."{code}".statuses] with status = [channels]'
                 )
                 continue
-            agencies[code], agency_choices[code] = statuses(
+            extra_keys = set(table) - {"statuses", "mandatory", "urgent", "quiet_hours"}
+            if extra_keys:
+                problems.append(
+                    f'{path}: agencies."{code}" has unknown keys: {", ".join(sorted(extra_keys))}'
+                )
+            agencies[code], agency_groups[code] = statuses(
                 table.get("statuses", {}), f'agencies."{code}".statuses'
             )
+            if "mandatory" in table:
+                agency_mandatory[code] = status_list(
+                    table["mandatory"], f'agencies."{code}".mandatory'
+                )
+            if "urgent" in table:
+                agency_urgent[code] = status_list(table["urgent"], f'agencies."{code}".urgent')
+            if "quiet_hours" in table:
+                agency_quiet[code] = quiet(
+                    table["quiet_hours"], f'agencies."{code}".quiet_hours', quiet_hours
+                )
         fallback_table = document.get("fallback", {})
         if not isinstance(fallback_table, dict):
             problems.append(f"{path}: [fallback] must be a table of channel = [channels]")
@@ -180,7 +258,17 @@ class Routing:
         }
         coalescing = _coalescing(document.get("coalescing", {}), path, problems)
         budget = _budget(document.get("budget", {}), path, problems, _channels)
-        extra = set(document) - {"statuses", "agencies", "fallback", "coalescing", "budget"}
+        extra = set(document) - {
+            "statuses",
+            "agencies",
+            "fallback",
+            "mandatory",
+            "urgent",
+            "quiet_hours",
+            "frequency_caps",
+            "coalescing",
+            "budget",
+        }
         if extra:
             problems.append(f"{path}: unknown sections: {', '.join(sorted(extra))}")
         if problems:
@@ -190,8 +278,17 @@ class Routing:
             agencies=agencies,
             fallback=fallback,
             skipped_channels=frozenset(skipped),
-            default_choices=default_choices,
-            agency_choices=agency_choices,
+            choices=Choices(
+                mandatory=mandatory,
+                urgent=urgent,
+                quiet_hours=quiet_hours,
+                caps=caps,
+                agency_mandatory=agency_mandatory,
+                agency_urgent=agency_urgent,
+                agency_quiet_hours=agency_quiet,
+            ),
+            default_groups=default_groups,
+            agency_groups=agency_groups,
             coalescing=coalescing,
             budget=budget,
         )

@@ -34,6 +34,7 @@ from notifier.adapter import (
 from notifier.costs import PriceTable
 from notifier.logging import get_logger
 from notifier.pipeline.dispatch import DispatchJournal, RecordBacklog
+from notifier.pipeline.gate import SendGate
 from notifier.pipeline.guard import Admission, Guard, NoGuard, ProviderCall
 from notifier.pipeline.recording import (
     Accepted,
@@ -91,9 +92,12 @@ class Sender:
         worker: WorkerSettings,
         guard: Guard | None = None,
         uncertain_send: Mapping[str, UncertainSendPolicy] | None = None,
+        gate: SendGate | None = None,
         prices: PriceTable | None = None,
     ) -> None:
         self.store = store
+        # The citizen's choice checked again before any call (None: tests without it).
+        self.gate = gate
         self.guard: Guard = guard or NoGuard()
         self.registry = registry
         self.runtime = runtime
@@ -153,11 +157,15 @@ class Sender:
             else:
                 log.debug("delivery needs nothing", delivery_id=str(delivery_id), claim=why)
                 outcomes.append(SendOutcome(delivery_id, None))
+        admitted = claims.claimed
+        if self.gate is not None and admitted:
+            admitted, gated = self.gate.admit(admitted)
+            outcomes.extend(gated)
         now = utcnow()
         concluded: list[tuple[ClaimedDelivery, Tried]] = []
         pending: dict[Future[Tried], ClaimedDelivery] = {}
         progress: dict[UUID, _Progress] = {}
-        for claimed in claims.claimed:
+        for claimed in admitted:
             progress[claimed.delivery_id] = _Progress()
             # A held delivery's age counts from when it was due, not from its planning.
             since = claimed.due_at or claimed.created_at

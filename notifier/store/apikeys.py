@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from notifier.store import Database
 from notifier.store.schema import api_clients, utcnow
 
-SCOPES = ("publish", "inbox", "operator", "admin", "metrics")
+SCOPES = ("publish", "inbox", "operator", "admin", "metrics", "preferences")
 KEY_PREFIX = "ntf_"
 
 

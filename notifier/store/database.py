@@ -10,11 +10,26 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from notifier.settings import database_url_for_sqlalchemy
+
+# libpq settings for PostgreSQL unless the URL sets them. connect_timeout is per host: a
+# primary that is gone (its machine, not just its process) costs each new connection
+# this long before libpq tries the next host. Keepalives find a connection to a machine
+# that vanished without a word, instead of waiting on it for the OS's 2 hours.
+_LIBPQ_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
 
 class Database:
     """A pooled engine plus the dialect-aware statements the rest of the code needs."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
+        url = database_url_for_sqlalchemy(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -28,10 +43,19 @@ class Database:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             # No pre-ping: it costs a round trip on every checkout, several per delivery.
-            # A connection that died (a database restart) fails its first statement; the
-            # pool is then invalidated, and the message or the write is retried.
+            # A connection that died (a database restart, or a failover: the primary is
+            # gone and a standby promoted) fails its first statement; SQLAlchemy then
+            # invalidates the whole pool, new connections go to whichever host libpq
+            # finds read-write (target_session_attrs in the URL), and the message or the
+            # write is retried (docs/deployment.md, "Database failover").
+            given = sa.make_url(url).query
             self.engine = sa.create_engine(
-                url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=300
+                url,
+                echo=echo,
+                pool_size=10,
+                max_overflow=20,
+                pool_recycle=300,
+                connect_args={k: v for k, v in _LIBPQ_DEFAULTS.items() if k not in given},
             )
 
     @contextmanager

@@ -29,7 +29,6 @@ Phone numbers are taken in any written form and kept in the +84 form ingest uses
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
 
 import sqlalchemy as sa
 
@@ -37,7 +36,7 @@ from notifier.logging import get_logger
 from notifier.masking import recipient_hash
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
 from notifier.store import Database
-from notifier.store.deliveries.lifecycle import DeliveryStatus, PlannedDelivery
+from notifier.store.deliveries.lifecycle import PlannedDelivery, SuppressReason
 from notifier.store.schema import opt_outs, utcnow
 from notifier.text import strip_diacritics
 
@@ -130,7 +129,7 @@ def suppress(planned: list[PlannedDelivery], found: set[tuple[str, str]]) -> lis
     for p in planned:
         if (p.recipient_hash, p.channel) in found:
             log.info("delivery suppressed: the citizen opted out", channel=p.channel)
-            p = replace(p, status=DeliveryStatus.SUPPRESSED)
+            p = p.suppressed(SuppressReason.OPTED_OUT)
         result.append(p)
     return result
 

@@ -55,6 +55,8 @@ events = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
     # The event as received; personal data, purged after the retention period.
     sa.Column("payload", sa.JSON, nullable=True),
+    # Copies received again after it was accepted (each one announced as event.duplicate).
+    sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
 )
 
 deliveries = sa.Table(
@@ -108,6 +110,16 @@ deliveries = sa.Table(
     sa.Column("due_at", UTCDateTime, nullable=True),
     sa.Column("hold_reason", sa.String(32), nullable=True),
     sa.Index("ix_deliveries_held_due", "status", "due_at"),
+    # The citizen's choices (notifier.store.preferences): the keyed hash of the event's
+    # portal account id (preferences set on the account apply to all its deliveries);
+    # why a delivery was suppressed (SuppressReason); the keyed hash of its channel,
+    # recipient and rendered text (identical messages are sent once per window); and
+    # when it passed the send-time gate (what a frequency cap counts).
+    sa.Column("account_hash", sa.String(64), nullable=True),
+    sa.Column("suppressed_reason", sa.String(32), nullable=True),
+    sa.Column("content_hash", sa.String(64), nullable=True),
+    sa.Column("counted_at", UTCDateTime, nullable=True),
+    sa.Index("ix_deliveries_cap", "recipient_hash", "channel", "counted_at"),
     # The idempotency key: one delivery per event, channel and recipient.
     sa.UniqueConstraint("event_id", "channel", "recipient_hash", name="uq_deliveries_key"),
 )
@@ -155,6 +167,11 @@ rejected_events = sa.Table(
     sa.Column("submitter_agencies", sa.JSON, nullable=True),
     # Why the last replay was refused (it stays a reject), shown to operators.
     sa.Column("replay_refusal", sa.Text, nullable=True),
+    # What could be read of the event (None when it could not): kept after the payload
+    # is purged, so the publisher still finds its reject by event id or dossier.
+    sa.Column("agency_code", sa.String(64), nullable=True),
+    sa.Column("dossier_code", sa.String(64), nullable=True, index=True),
+    sa.Index("ix_rejected_events_event_id", "event_id"),
 )
 
 inbox_notifications = sa.Table(
@@ -276,4 +293,114 @@ opt_outs = sa.Table(
     sa.Column("channel", sa.String(32), primary_key=True),
     sa.Column("source", sa.String(32), nullable=False),  # sms-stop, portal, operator
     sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The record of status changes (notifier.store.statuses): one row per change, written in
+# the transaction that makes the change, published to the status stream by the relay
+# (at least once, ``change_id`` the dedupe key) and pruned once published and old.
+# ``sequence`` is the row's own number: it grows with each change of one delivery
+# (changes of one row are serialised by its lock), so a receiver drops stale ones.
+status_outbox = sa.Table(
+    "status_outbox",
+    metadata,
+    sa.Column("sequence", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("change_id", sa.Uuid, nullable=False, unique=True),
+    sa.Column("type", sa.String(48), nullable=False),
+    sa.Column("agency_code", sa.String(64), nullable=True),
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    # The message as it will be published (no contact in clear: recipients masked).
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("published_at", UTCDateTime, nullable=True),
+    # Pending rows, oldest first: what the relay reads.
+    sa.Index(
+        "ix_status_outbox_pending",
+        "sequence",
+        postgresql_where=sa.text("published_at IS NULL"),
+        sqlite_where=sa.text("published_at IS NULL"),
+    ),
+)
+
+# A publisher's callback: its URL and signing secrets (Fernet-encrypted, a JSON list,
+# newest first: two during a rotation), and its health as the senders last saw it.
+# The publisher is an API key or a broker user, by kind and name (its agencies are
+# read from api_clients / broker_publishers when a status arrives).
+callback_targets = sa.Table(
+    "callback_targets",
+    metadata,
+    sa.Column("target_id", sa.Uuid, primary_key=True),
+    sa.Column("publisher_kind", sa.String(16), nullable=False),
+    sa.Column("publisher_name", sa.String(100), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secrets", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("last_success_at", UTCDateTime, nullable=True),
+    sa.Column("last_failure_at", UTCDateTime, nullable=True),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.UniqueConstraint("publisher_kind", "publisher_name", name="uq_callback_targets_publisher"),
+)
+
+# One status message to one publisher: written when the message is consumed (once per
+# message id and target), sent when due. ``due_at`` is also the lease: a sender that
+# claims the row moves it past the send's timeout, so a sender that dies leaves it due
+# again. ``window_start`` starts the give-up age (reset by an admin's replay).
+callback_deliveries = sa.Table(
+    "callback_deliveries",
+    metadata,
+    sa.Column("callback_id", sa.Uuid, primary_key=True),
+    sa.Column("message_id", sa.String(100), nullable=False),
+    sa.Column(
+        "target_id",
+        sa.Uuid,
+        sa.ForeignKey("callback_targets.target_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("agency", sa.String(64), nullable=True),
+    sa.Column("sequence", sa.BigInteger, nullable=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("window_start", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Column("dead_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.UniqueConstraint("message_id", "target_id", name="uq_callback_deliveries_key"),
+    sa.Index("ix_callback_deliveries_due", "status", "due_at"),
+)
+
+# A citizen's preferences, by the keyed hash of one identity (a portal account id, a
+# phone in +84 form or an email: the hash opt-outs and the delivery log use), never in
+# clear. Channels listed in channels_off are not used (the portal inbox cannot be
+# turned off); language and quiet_hours None: the event's language, quiet hours on.
+preferences = sa.Table(
+    "preferences",
+    metadata,
+    sa.Column("identity_hash", sa.String(64), primary_key=True),
+    sa.Column("identity_kind", sa.String(16), nullable=False),  # account, phone, email
+    sa.Column("channels_off", sa.JSON, nullable=False),
+    sa.Column("language", sa.String(8), nullable=True),
+    sa.Column("quiet_hours", sa.Boolean, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", sa.String(100), nullable=False),
+)
+
+# Every change of preferences: who (the API key's name), when, and the values before
+# and after (no contact in clear: only the identity's hash).
+preference_changes = sa.Table(
+    "preference_changes",
+    metadata,
+    sa.Column("change_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("identity_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("identity_kind", sa.String(16), nullable=False),
+    sa.Column("changed_at", UTCDateTime, nullable=False),
+    sa.Column("changed_by", sa.String(100), nullable=False),
+    sa.Column("before", sa.JSON, nullable=True),
+    sa.Column("after", sa.JSON, nullable=False),
 )

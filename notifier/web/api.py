@@ -18,7 +18,17 @@ from notifier.store.apikeys import ApiKeys
 from notifier.store.deliveries.log import DeliveryLog
 from notifier.store.optouts import OptOutStore
 from notifier.store.publishers import Submitter
-from notifier.web import deliveries, events, health, inbox, metrics, optouts, receipts
+from notifier.web import (
+    deliveries,
+    events,
+    health,
+    inbox,
+    metrics,
+    optouts,
+    preferences,
+    receipts,
+    statuses,
+)
 from notifier.web.deps import WebState
 from notifier.web.events import EventSubmitter
 from notifier.web.security import secure_api
@@ -43,7 +53,7 @@ def create_api(
         submit_event=submit or EventSubmitter(app),
     )
     secure_api(api, app)  # rate limit, body size limit, headers
-    for module in (optouts, health, events, inbox, receipts, deliveries):
+    for module in (optouts, preferences, health, events, statuses, inbox, receipts, deliveries):
         api.include_router(module.router)
     from notifier.web.console import install_console  # /console and its /v1 API
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import pydantic_core
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -155,6 +155,30 @@ class SecurityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._secured(scope, receive, watched)
+        except OperationalError as exc:
+            # The database is unreachable (restarting, or failing over to its standby):
+            # a clear "come back" for the caller instead of a 500 and a traceback.
+            if started:
+                raise
+            log.warning("database unavailable; answered 503", error=type(exc.orig).__name__)
+            path = scope.get("path", "")
+            await _answer(
+                _with_headers(send, path),
+                503,
+                "the database is unavailable for a moment; send the request again",
+                [(b"retry-after", b"1")],
+            )
+
+    async def _secured(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         headers = _headers(scope)
         secured = _with_headers(send, path)

@@ -144,6 +144,7 @@ def test_sign_in_search_timeline_and_replay(
         # The other pages, for the record (and in English once).
         for path, name in [
             ("/console/providers", "providers"),
+            ("/console/callbacks", "callbacks"),
             ("/console/rejects", "rejects"),
             ("/console/overview?window=month&lang=en", "overview-month-en"),
         ]:

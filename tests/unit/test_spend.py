@@ -84,12 +84,12 @@ def test_a_one_of_entry_is_a_group_of_alternatives_in_order(tmp_path: Path) -> N
         '[agencies."x".statuses]\nresult_ready = ["portal", "zalo|sms"]\n',
     )
     routing = Routing.load(path, ALL_CHANNELS)
-    assert routing.choices_for("x", Status.RESULT_READY) == (("portal",), ("zalo", "sms"))
+    assert routing.groups_for("x", Status.RESULT_READY) == (("portal",), ("zalo", "sms"))
     # Every channel named, for what reads routing as a flat list.
     assert routing.channels_for("x", Status.RESULT_READY) == ("portal", "zalo", "sms")
     # A channel not enabled drops out of its group.
     narrow = Routing.load(path, {"portal", "sms"})
-    assert narrow.choices_for("x", Status.RESULT_READY) == (("portal",), ("sms",))
+    assert narrow.groups_for("x", Status.RESULT_READY) == (("portal",), ("sms",))
 
 
 def test_coalescing_and_budget_rules_are_read_and_checked(tmp_path: Path) -> None:

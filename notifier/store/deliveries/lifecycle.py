@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -52,6 +52,7 @@ from notifier.store.schema import (
     receipt_nonces,
     utcnow,
 )
+from notifier.store.statuses import record_delivery_changes
 
 
 class DeliveryStatus(StrEnum):
@@ -87,6 +88,41 @@ _FINAL = {
 }
 _CLAIMABLE = (DeliveryStatus.QUEUED, DeliveryStatus.TEMPORARY_FAILURE)
 
+# The statuses announced on the status stream (and callbacks): a delivery reaching one
+# gets an outbox row in the same transaction (notifier.store.statuses). Announcing a new
+# status (superseded, scheduled...) is one line here, as long as the status is set
+# through this module's transitions.
+ANNOUNCED: frozenset[str] = frozenset(s.value for s in _FINAL)
+
+
+def set_status(
+    connection: Connection,
+    delivery_id: UUID,
+    *,
+    only_from: Collection[str],
+    values: dict[str, Any],
+    only_if: sa.ColumnElement[bool] | None = None,
+) -> bool:
+    """Move one delivery from one of ``only_from`` to ``values["status"]`` (with the
+    other columns in ``values``) and announce it if announced, in the caller's
+    transaction: the transition of an admin's replay or resolution. ``only_if`` adds a
+    condition. Returns whether it changed (a concurrent change wins, and this one does
+    nothing)."""
+    d = deliveries.c
+    condition = sa.and_(d.delivery_id == delivery_id, d.status.in_(list(only_from)))
+    if only_if is not None:
+        condition = sa.and_(condition, only_if)
+    changed = connection.execute(sa.update(deliveries).where(condition).values(**values)).rowcount
+    if changed:
+        announce(connection, [delivery_id])
+    return bool(changed)
+
+
+def announce(connection: Connection, delivery_ids: Collection[UUID]) -> None:
+    """Record the announced status changes of these deliveries (those now in an
+    ``ANNOUNCED`` status) in the caller's transaction, right after its update."""
+    record_delivery_changes(connection, delivery_ids, ANNOUNCED)
+
 
 class HoldReason(StrEnum):
     """Why a delivery is held (``deliveries.hold_reason``); kept after its release, so
@@ -95,6 +131,16 @@ class HoldReason(StrEnum):
     QUIET_HOURS = "quiet_hours"  # the citizen's night, in Vietnam time
     FREQUENCY_CAP = "frequency_cap"  # over the recipient's cap: sent in the next slot
     COALESCING = "coalescing"  # waiting to be merged with later news of the same dossier
+
+
+class SuppressReason(StrEnum):
+    """Why a delivery is ``suppressed`` (``deliveries.suppressed_reason``)."""
+
+    OPTED_OUT = "opted_out"  # an opt-out (STOP, the portal, an operator)
+    CHANNEL_OFF = "channel_off"  # the citizen turned the channel off in their preferences
+    FREQUENCY_CAP = "frequency_cap"  # over the recipient's cap, and the routing says suppress
+    DUPLICATE = "duplicate_content"  # the same text went to the same recipient just before
+    BUDGET = "budget"  # the agency spent its monthly budget and routing says cheaper only
 
 
 @dataclass(frozen=True)
@@ -111,6 +157,21 @@ class PlannedDelivery:
     # Set together with status ``scheduled``: when to send, and why it waits.
     due_at: datetime | None = None
     hold_reason: HoldReason | None = None
+    suppressed_reason: SuppressReason | None = None
+    # The keyed hash of the event's portal account id (its preferences apply), and of
+    # this delivery's channel, recipient and text (identical messages are sent once).
+    account_hash: str | None = None
+    content_hash: str | None = None
+
+    def suppressed(self, reason: SuppressReason) -> PlannedDelivery:
+        """This delivery kept but not sent, with the reason."""
+        return replace(
+            self,
+            status=DeliveryStatus.SUPPRESSED,
+            suppressed_reason=reason,
+            due_at=None,
+            hold_reason=None,
+        )
 
     def held_until(self, due_at: datetime, reason: HoldReason) -> PlannedDelivery:
         """This delivery held until ``due_at`` (recorded ``scheduled``, not enqueued)."""
@@ -132,6 +193,12 @@ class ClaimedDelivery:
     created_at: datetime
     # When a held delivery was due (None: never held): its age counts from then.
     due_at: datetime | None = None
+    # What the send-time gate checks: the citizen's identities and the text's hash.
+    recipient_hash: str = ""
+    account_hash: str | None = None
+    content_hash: str | None = None
+    # When an earlier try passed the gate (it holds its place under the caps since).
+    counted_at: datetime | None = None
     # Set when the claim found a dispatch mark: the provider the last call went to,
     # whose outcome was never recorded.
     uncertain_provider: str | None = None
@@ -194,6 +261,41 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class Suppress:
+    """The send-time gate's verdict: do not send this claim (kept, with the reason)."""
+
+    reason: SuppressReason
+    text: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The send-time gate's verdict: hold this claim until ``due_at``."""
+
+    due_at: datetime
+    reason: HoldReason
+
+
+Verdict = Suppress | Hold | None  # None: send it
+
+
+@dataclass
+class RecipientHistory:
+    """What a frequency cap looks at: when this recipient's deliveries on the channel
+    passed the gate (within the window asked for), with their texts' hashes."""
+
+    counted: list[tuple[datetime, str | None]]
+
+    def since(self, moment: datetime) -> list[datetime]:
+        return [at for at, _content in self.counted if at >= moment]
+
+    def sent_same_text(self, content_hash: str | None, since: datetime) -> bool:
+        return content_hash is not None and any(
+            content == content_hash and at >= since for at, content in self.counted
+        )
+
+
+@dataclass(frozen=True)
 class DispatchMark:
     """A provider call about to start: written durably before the call."""
 
@@ -239,6 +341,10 @@ _CLAIM = (
         _d.attempts,
         _d.created_at,
         _d.due_at,
+        _d.recipient_hash,
+        _d.account_hash,
+        _d.content_hash,
+        _d.counted_at,
         # Not changed by the claim: the mark left by the previous claim, if any.
         _d.dispatch_provider,
     )
@@ -299,6 +405,11 @@ class DeliveryStore:
                 "status": p.status.value,
                 "due_at": p.due_at,
                 "hold_reason": None if p.hold_reason is None else p.hold_reason.value,
+                "suppressed_reason": None
+                if p.suppressed_reason is None
+                else p.suppressed_reason.value,
+                "account_hash": p.account_hash,
+                "content_hash": p.content_hash,
                 "attempts": 0,
                 "created_at": now,
                 "updated_at": now,
@@ -315,6 +426,9 @@ class DeliveryStore:
             else deliveries.insert()
         )
         connection.execute(statement, rows)
+        # Planned already final (suppressed by an opt-out): that is a change to announce.
+        # An ignored row's fresh id is not in the table, so it announces nothing twice.
+        announce(connection, [r["delivery_id"] for r in rows if r["status"] in ANNOUNCED])
 
     def existing(
         self, event_id: UUID, keys: Sequence[tuple[str, str]], *, fallback_of: UUID
@@ -471,6 +585,8 @@ class DeliveryStore:
                             **marks,
                         )
                     )
+                    if status.value in ANNOUNCED:
+                        announce(connection, ids)
 
     def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
         """Deliveries waiting with no message in flight: claimable ones untouched for
@@ -575,6 +691,96 @@ class DeliveryStore:
                 sa.select(sa.func.pg_advisory_xact_lock(_lock_key(agency_code, dossier_code)))
             )
 
+    def gate(
+        self,
+        channel: str,
+        claims: Sequence[ClaimedDelivery],
+        decide: Callable[[ClaimedDelivery, RecipientHistory], Verdict],
+        *,
+        history_since: datetime | None,
+        now: datetime,
+    ) -> dict[UUID, Verdict]:
+        """The send-time gate for claims of one channel, in one transaction: each claim's
+        verdict from ``decide``; those to send are counted (``counted_at``), the others
+        suppressed or held, before any provider call.
+
+        With ``history_since`` (the channel has a cap) each recipient's counted
+        deliveries since then are read under a lock per (channel, recipient), so two
+        workers never both fill the last slot of a cap or both send the same text:
+        PostgreSQL advisory transaction locks, taken in order; on SQLite the first write
+        takes the one writer's lock."""
+        verdicts: dict[UUID, Verdict] = {}
+        if not claims:
+            return verdicts
+        d = deliveries.c
+        with self.database.begin() as connection:
+            histories: dict[str, RecipientHistory] = {}
+            if history_since is not None:
+                keys = sorted({f"{channel}:{c.recipient_hash}" for c in claims})
+                if self.database.is_sqlite:
+                    connection.execute(
+                        sa.update(deliveries)
+                        .where(d.delivery_id.in_([c.delivery_id for c in claims]))
+                        .values(updated_at=now)
+                    )
+                else:
+                    connection.execute(_LOCK_KEYS, {"keys": keys})
+                rows = connection.execute(
+                    sa.select(d.recipient_hash, d.counted_at, d.content_hash).where(
+                        d.channel == channel,
+                        d.recipient_hash.in_({c.recipient_hash for c in claims}),
+                        d.counted_at >= history_since,
+                    )
+                )
+                for row in rows:
+                    histories.setdefault(row.recipient_hash, RecipientHistory([])).counted.append(
+                        (row.counted_at, row.content_hash)
+                    )
+            counted: list[UUID] = []
+            for claim in claims:
+                history = histories.setdefault(claim.recipient_hash, RecipientHistory([]))
+                verdict = decide(claim, history)
+                verdicts[claim.delivery_id] = verdict
+                # A claim counted by an earlier try (a retry) keeps its first place.
+                if verdict is None and history_since is not None and claim.counted_at is None:
+                    history.counted.append((now, claim.content_hash))
+                    counted.append(claim.delivery_id)
+            if counted:
+                connection.execute(
+                    sa.update(deliveries).where(d.delivery_id.in_(counted)).values(counted_at=now)
+                )
+            suppressed: list[UUID] = []
+            for claim in claims:
+                verdict = verdicts[claim.delivery_id]
+                if verdict is None:
+                    continue
+                mine = sa.and_(
+                    d.delivery_id == claim.delivery_id, d.status == DeliveryStatus.SENDING.value
+                )
+                given_back = {
+                    "attempts": d.attempts - 1,  # no provider was called
+                    "lease_until": None,
+                    "updated_at": now,
+                }
+                values: dict[str, Any]
+                if isinstance(verdict, Suppress):
+                    values = {
+                        "status": DeliveryStatus.SUPPRESSED.value,
+                        "suppressed_reason": verdict.reason.value,
+                        "last_error": verdict.text,
+                    }
+                    suppressed.append(claim.delivery_id)
+                else:
+                    values = {
+                        "status": DeliveryStatus.SCHEDULED.value,
+                        "due_at": verdict.due_at,
+                        "hold_reason": verdict.reason.value,
+                    }
+                connection.execute(sa.update(deliveries).where(mine).values(**given_back, **values))
+            # A suppression at send time is a final status like any other: announced.
+            announce(connection, suppressed)
+        return verdicts
+
     def coalesce(
         self,
         connection: Connection,
@@ -657,6 +863,8 @@ class DeliveryStore:
                 .returning(d.delivery_id)
             ).all()
             links.extend((row.delivery_id, latest.delivery_id) for row in superseded)
+            # Superseded is final: the publisher hears of it like of any other outcome.
+            announce(connection, [row.delivery_id for row in superseded])
             # Those the losers had superseded point at the one kept, too: every
             # superseded row names the delivery that was sent in its place.
             connection.execute(
@@ -738,6 +946,10 @@ class DeliveryStore:
                     }
                     for r in records
                 ],
+            )
+            announce(
+                connection,
+                [r.claimed.delivery_id for r in records if r.status.value in ANNOUNCED],
             )
 
     def take_nonces(self, provider: str, nonces: Sequence[str]) -> list[bool]:
@@ -847,6 +1059,7 @@ class DeliveryStore:
                     provider_message_id=provider_message_id,
                 )
             )
+            announce(connection, [row.delivery_id])
         return True
 
 
@@ -880,6 +1093,10 @@ def _claimed(m: Any) -> ClaimedDelivery:
         attempt=m["attempts"],
         created_at=m["created_at"],
         due_at=m["due_at"],
+        recipient_hash=m["recipient_hash"],
+        account_hash=m["account_hash"],
+        content_hash=m["content_hash"],
+        counted_at=m["counted_at"],
         uncertain_provider=m["dispatch_provider"],
     )
 
@@ -1013,6 +1230,16 @@ def _update_finished_at_once(
             ],
         },
     )
+
+
+# PostgreSQL: the send-time gate's locks, one per (channel, recipient), in order (so two
+# gates never deadlock), held to the end of the transaction.
+_LOCK_KEYS = sa.text(
+    """
+    SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
+      FROM (SELECT k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k) AS ordered
+    """
+)
 
 
 # PostgreSQL: every mark of a group commit in one statement (rows as arrays).

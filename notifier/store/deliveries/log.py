@@ -117,6 +117,16 @@ class RejectRow:
         return f"{self.submitter_kind}:{self.submitter_name}"
 
 
+@dataclass(frozen=True)
+class ReasonCount:
+    """Deliveries held or suppressed for one reason (see :meth:`DeliveryLog.reason_counts`)."""
+
+    channel: str
+    kind: str  # suppressed, scheduled (held now) or held (held earlier, released)
+    reason: str
+    count: int
+
+
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 # Attempt outcomes that are a provider's answer to a send (not receipts or replays).
 _SEND_OUTCOMES = tuple(
@@ -415,6 +425,39 @@ class DeliveryLog:
                 (tuple("" if v is None else str(v) for v in row[:-1]), int(row[-1]))
                 for row in connection.execute(statement)
             ]
+
+    def reason_counts(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[ReasonCount]:
+        """Deliveries not sent because of a rule or a choice, by channel, kind and
+        reason: ``suppressed`` (by ``suppressed_reason``), ``scheduled`` (held now, by
+        ``hold_reason``) and ``held`` (held earlier, released since). Counted apart
+        from failures. Created in [since, until) when given."""
+        d = deliveries.c
+        statement = (
+            sa.select(
+                d.channel, d.status, d.suppressed_reason, d.hold_reason, sa.func.count().label("n")
+            )
+            .where(
+                sa.or_(d.status == DeliveryStatus.SUPPRESSED.value, d.hold_reason.is_not(None))
+            )
+            .group_by(d.channel, d.status, d.suppressed_reason, d.hold_reason)
+        )
+        if since is not None:
+            statement = statement.where(d.created_at >= since)
+        if until is not None:
+            statement = statement.where(d.created_at < until)
+        counts: dict[tuple[str, str, str], int] = defaultdict(int)
+        with self.database.engine.connect() as connection:
+            for row in connection.execute(statement):
+                if row.status == DeliveryStatus.SUPPRESSED.value:
+                    kind, reason = "suppressed", row.suppressed_reason or "unspecified"
+                elif row.status == DeliveryStatus.SCHEDULED.value:
+                    kind, reason = "scheduled", row.hold_reason
+                else:
+                    kind, reason = "held", row.hold_reason
+                counts[(row.channel, kind, reason)] += int(row.n)
+        return [ReasonCount(*key, count) for key, count in sorted(counts.items())]
 
     def events_count(self, since: datetime, until: datetime) -> int:
         statement = sa.select(sa.func.count()).where(

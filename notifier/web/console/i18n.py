@@ -54,6 +54,7 @@ KEYED_WORDS: dict[str, Word] = {
     "nav_dead_letters": N_("Dead letters"),
     "nav_rejects": N_("Rejected events"),
     "nav_providers": N_("Providers"),
+    "nav_callbacks": N_("Callbacks"),
     "nav_reports": N_("Reports"),
     "bad_credentials": N_("Wrong username or password."),
     "too_many_attempts": N_("Too many failed sign-ins. Please try again in a few minutes."),
@@ -93,6 +94,22 @@ STATUS_WORDS: dict[str, Word] = {
     DeliveryStatus.UNKNOWN: N_("Unknown (held)"),
     "resolved:resend": N_("Admin: resend"),
     "resolved:mark-sent": N_("Admin: marked sent"),
+}
+
+# "kind:reason" of a delivery held or suppressed (DeliveryLog.reason_counts).
+REASON_KINDS: dict[str, Word] = {
+    "suppressed": N_("Suppressed"),
+    "scheduled": N_("Held now"),
+    "held": N_("Held, then sent on"),
+}
+REASON_WORDS: dict[str, Word] = {
+    "opted_out": N_("opted out"),
+    "channel_off": N_("channel turned off by the citizen"),
+    "frequency_cap": N_("frequency cap"),
+    "duplicate_content": N_("same text sent just before"),
+    "quiet_hours": N_("quiet hours"),
+    "coalescing": N_("coalescing"),
+    "unspecified": N_("no reason recorded"),
 }
 
 CHANNEL_WORDS: dict[str, Word] = {
@@ -166,6 +183,15 @@ class Translator:
         found = CHANNEL_WORDS.get(value)
         return self.word(found) if found is not None else value
 
+    def reason(self, value: str) -> str:
+        """``kind:reason`` in words, e.g. "Suppressed: opted out"."""
+        kind, _, reason = value.partition(":")
+        kind_word, reason_word = REASON_KINDS.get(kind), REASON_WORDS.get(reason)
+        return (
+            f"{self.word(kind_word) if kind_word else kind}: "
+            f"{self.word(reason_word) if reason_word else reason}"
+        )
+
     def dossier_status(self, value: str) -> str:
         try:
             status = Status(value)
@@ -225,6 +251,7 @@ class Translator:
             "lang": self.language,
             "status_label": self.status,
             "channel_label": self.channel,
+            "reason_label": self.reason,
             "dossier_status": self.dossier_status,
             "when": self.when,
             "number": self.number,

@@ -435,6 +435,104 @@ async def replay_rejects(console: TheConsole, request: Request) -> Response:
     return console.redirect(request, "/console/rejects?" + urlencode(_counts(results)))
 
 
+# -- publishers' callbacks ------------------------------------------------------------
+
+
+def _callbacks_page(
+    console: Console,
+    request: Request,
+    user: Principal,
+    *,
+    errors: list[str] | None = None,
+    secret: str | None = None,
+    secret_for: str | None = None,
+    replayed: int | None = None,
+    status_code: int = 200,
+) -> Response:
+    store = console.app.callbacks
+    response = console.render(
+        request,
+        "callbacks.html",
+        user,
+        status_code=status_code,
+        nav="callbacks",
+        items=store.health(),
+        dead=store.dead_letters(limit=PAGE_SIZE),
+        dead_total=store.dead_count(),
+        errors=errors or [],
+        secret=secret,
+        secret_for=secret_for,
+        replayed=replayed,
+    )
+    if secret is not None:
+        response.headers["Cache-Control"] = "no-store"  # a secret shown once, not kept
+    return response
+
+
+@router.get("/callbacks")
+def callbacks_page(console: TheConsole, request: Request, user: User) -> Response:
+    done = request.query_params.get("replayed")
+    replayed = int(done) if done and done.isdigit() else None
+    return _callbacks_page(console, request, user, replayed=replayed)
+
+
+@router.post("/callbacks/set")
+async def set_callback(console: TheConsole, request: Request) -> Response:
+    from notifier.callback_http import DestinationPolicy, DestinationRefused
+    from notifier.store.callbacks import CallbackError
+    from notifier.webhooks import new_secret
+
+    form = await console.form(request)
+    user = await _admin(console, request, form)
+    publisher, kind, url = _first(form, "publisher"), _first(form, "kind"), _first(form, "url")
+    rules = console.app.settings.callbacks
+    secret = new_secret()
+    try:
+        DestinationPolicy.of(rules.allowed_networks, allow_http=rules.allow_http).check_url(url)
+        target, created = await run_in_threadpool(
+            console.app.callbacks.set_target, kind, publisher, url, secret
+        )
+    except DestinationRefused as exc:
+        return _callbacks_page(console, request, user, errors=[exc.reason], status_code=400)
+    except (CallbackError, ValueError) as exc:
+        return _callbacks_page(console, request, user, errors=[str(exc)], status_code=400)
+    if not created:
+        return console.redirect(request, "/console/callbacks")
+    return _callbacks_page(console, request, user, secret=secret, secret_for=target.publisher_name)
+
+
+@router.post("/callbacks/rotate")
+async def rotate_callback_secret(console: TheConsole, request: Request) -> Response:
+    from notifier.store.callbacks import CallbackError
+    from notifier.webhooks import new_secret
+
+    form = await console.form(request)
+    user = await _admin(console, request, form)
+    publisher, kind = _first(form, "publisher"), _first(form, "kind")
+    store = console.app.callbacks
+    try:
+        if _first(form, "action") == "end":
+            await run_in_threadpool(store.end_rotation, kind, publisher)
+            return console.redirect(request, "/console/callbacks")
+        secret = new_secret()
+        await run_in_threadpool(store.rotate_secret, kind, publisher, secret)
+    except (CallbackError, ValueError) as exc:
+        return _callbacks_page(console, request, user, errors=[str(exc)], status_code=400)
+    return _callbacks_page(console, request, user, secret=secret, secret_for=publisher)
+
+
+@router.post("/callbacks/replay")
+async def replay_callbacks(console: TheConsole, request: Request) -> Response:
+    form = await console.form(request)
+    await _admin(console, request, form)
+    store = console.app.callbacks
+    if _first(form, "scope") == "all":
+        count = await run_in_threadpool(store.replay, None)
+    else:
+        count = await run_in_threadpool(store.replay, _uuids(form.get("ids", [])))
+    return console.redirect(request, f"/console/callbacks?replayed={count}")
+
+
 # -- providers and reports ------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """deliveries: segments, cost_vnd, cost_source (what a send cost) and superseded_by
 (coalescing: the delivery sent in place of this one)
 
-Revision ID: 0012
-Revises: 0009
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-03 10:00:00
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
+revision = "0013"
 # The lead re-chains this at merge (0010 and 0011 come from other branches).
-down_revision = "0009"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
