@@ -31,6 +31,9 @@ class CostSource(StrEnum):
 SEGMENTS = "segments"  # SMS: segments billed
 CARRIER = "carrier"  # SMS: the recipient's carrier (notifier.phones)
 ZALO_RECIPIENT = "recipient"  # Zalo: "uid" (ZBS by user id) or "phone" (ZNS)
+# What the provider said it charged, in its send answer (VND, decimal text): recorded
+# as the reported cost instead of an estimate (e.g. SpeedSMS's totalPrice).
+CHARGE_VND = "charge_vnd"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Charge:
 
     segments: int | None
     cost_vnd: Decimal | None
+    source: CostSource = CostSource.ESTIMATE
 
 
 def _int(value: Any) -> int | None:
@@ -65,6 +69,10 @@ class PriceTable:
         """The charge for one accepted send by ``provider``, from its result's details."""
         details = details or {}
         segments = _int(details.get(SEGMENTS))
+        reported = details.get(CHARGE_VND)
+        charged = parse_vnd(reported) if isinstance(reported, str) else None
+        if charged is not None:
+            return Charge(segments, charged, CostSource.REPORTED)
         price = self.prices.get(provider)
         if price is None:
             return Charge(segments, None)

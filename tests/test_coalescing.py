@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,10 +28,10 @@ from notifier.events import Status
 from notifier.ops.samples import sample_event
 from notifier.plugins.registry import Registry
 from notifier.store import Database
-from notifier.store.deliveries.lifecycle import DeliveryStatus
+from notifier.store.deliveries.lifecycle import CoalescingKey, DeliveryStatus
 from notifier.store.migrate import upgrade
 from notifier.store.schema import deliveries, events
-from tests.support import REPO, make_settings
+from tests.support import REPO, make_settings, wait_until
 from tests.test_pipeline import MailA, Sms
 
 T0 = datetime(2026, 12, 3, 1, 0, tzinfo=UTC)  # 08:00 in Vietnam
@@ -271,3 +272,60 @@ def test_the_citizen_gets_the_final_status_and_every_always_status_exactly_once(
         survivor = by_id[row["superseded_by"]]
         assert survivor["occurred_at"] >= row["occurred_at"]
         assert survivor["delivery_id"] in sent
+
+
+def test_workers_ingesting_news_of_one_dossier_on_postgresql_take_turns_and_keep_one(
+    tmp_path: Path, pg_database: Database
+) -> None:
+    """While one transaction holds a dossier (as a worker mid-ingest does), other
+    workers' news of that dossier waits for it; then each is coalesced in turn and
+    exactly one delivery stays held: the latest news."""
+    config = write_config(tmp_path, windows={"sms": WINDOW}, always=())
+    app = scripted_app(config, pg_database.url)
+    index = next(_dossiers)
+    start = datetime.now(UTC)
+    statuses = [Status.RECEIVED, Status.PROCESSING] * 3
+    batch = [news(index, s, start + timedelta(seconds=i)) for i, s in enumerate(statuses)]
+    code = batch[0]["dossier"]["code"]
+    # The key is the dossier's, whatever the channel and recipient.
+    key = CoalescingKey(batch[0]["agency"]["code"], code, "sms", "")
+    failures: list[BaseException] = []
+
+    def ingest_one(event: dict[str, Any]) -> None:
+        try:
+            ingest(app, event)
+        except BaseException as exc:  # reported below, with the test's own message
+            failures.append(exc)
+
+    threads = [threading.Thread(target=ingest_one, args=(event,)) for event in batch]
+    try:
+        with app.database.begin() as holder:
+            app.deliveries.lock_dossiers(holder, [key])
+            for thread in threads:
+                thread.start()
+            # Every worker is waiting for the dossier's lock, none has recorded anything.
+            wait_until(lambda: advisory_waiters(pg_database) == len(threads))
+            assert dossier_rows(app, code, "sms") == []
+        for thread in threads:
+            thread.join(timeout=60)
+        assert failures == []
+        sms = dossier_rows(app, code, "sms")
+        assert len(sms) == len(batch)
+        held = [r for r in sms if r["status"] == DeliveryStatus.SCHEDULED]
+        assert [str(r["event_id"]) for r in held] == [batch[-1]["event_id"]]  # the latest
+        assert all(r["superseded_by"] == held[0]["delivery_id"] for r in sms if r not in held)
+    finally:
+        app.close()
+
+
+def advisory_waiters(database: Database) -> int:
+    """Backends of this database waiting for an advisory lock."""
+    with database.engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                )
+            ).scalar_one()
+        )

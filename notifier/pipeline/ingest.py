@@ -148,6 +148,8 @@ class Ingest:
         keys = [key for _i, e, p in new for key in keys_of(e, p, rules)]
         try:
             with self.database.begin() as connection:
+                if keys:
+                    self.deliveries.lock_dossiers(connection, keys)
                 if rejects:
                     connection.execute(rejected_events.insert(), rejects)
                 if new:

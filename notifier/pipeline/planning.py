@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from notifier.adapter import ZALO_UID_PREFIX, RecipientKind
-from notifier.events import DossierStatusEvent, EventRejected
+from notifier.events import DossierStatusEvent, EventRejected, ZaloContact
 from notifier.logging import get_logger
 from notifier.masking import mask_recipient, recipient_hash
 from notifier.phones import InvalidPhone, PhoneFormat, parse_mobile
@@ -196,10 +196,23 @@ class Planner:
         return self._hold_for_quiet_hours(event, planned, preferences)
 
     def plan_fallback(
-        self, event: DossierStatusEvent, failed_channel: str
+        self, event: DossierStatusEvent, failed_channel: str, failed_recipient: str | None = None
     ) -> list[PlannedDelivery]:
         """The deliveries of the routing's fallback channels for ``failed_channel`` (those
-        enabled here and consented to), opt-outs already suppressed."""
+        enabled here and consented to), opt-outs already suppressed.
+
+        A Zalo send by user id that failed is first tried again by ZNS to the citizen's
+        phone (Zalo's or the applicant's), when there is one: "Zalo by UID, else ZNS by
+        phone, else SMS" holds on failure too."""
+        if (
+            failed_recipient is not None
+            and failed_recipient.startswith(ZALO_UID_PREFIX)
+            and self.reaches_by_zalo(failed_channel)
+        ):
+            by_phone = self._zalo_by_phone(event, failed_channel)
+            if by_phone:
+                (by_phone,) = self.suppress_opted_out([by_phone])
+                return by_phone
         consented = event.applicant.channels
         channels = [
             c
@@ -214,6 +227,26 @@ class Planner:
         planned = self._hold_for_quiet_hours(event, planned, preferences)
         (planned,) = self.suppress_opted_out([planned])
         return planned
+
+    def _zalo_by_phone(self, event: DossierStatusEvent, channel: str) -> list[PlannedDelivery]:
+        contacts = event.applicant.contacts
+        phone = (contacts.zalo.phone if contacts.zalo is not None else None) or contacts.phone
+        if phone is None:
+            return []
+        without_uid = event.model_copy(
+            update={
+                "applicant": event.applicant.model_copy(
+                    update={
+                        "contacts": contacts.model_copy(update={"zalo": ZaloContact(phone=phone)})
+                    }
+                )
+            }
+        )
+        return self._render_for(without_uid, [channel])
+
+    def reaches_by_zalo(self, channel: str) -> bool:
+        """Whether the channel's recipients are Zalo contacts (user id or phone)."""
+        return self.recipient_kinds.get(channel) is RecipientKind.ZALO
 
     def falls_back(self, channel: str) -> bool:
         """Whether a permanent failure on this channel may plan another channel."""

@@ -17,6 +17,12 @@ outcomes (:meth:`not_zalo_user` -118, :meth:`blocked` -114, :meth:`invalid_phone
 (:meth:`fail_next`: -100, -110, -115, -133, -139..., with the simulator's own text) and
 outages (:meth:`set_outage`: HTTP 503).
 
+``POST /v3.0/oa/message/template`` (:attr:`ZaloSimulator.uid_url`) takes the same
+template message addressed ``{"recipient": {"user_id": ...}}`` (ZBS by Zalo user id),
+with -249 for templates refused that way (:meth:`refuse_uid_template`). Each accepted
+message records what it was billed (``charge_vnd``: ``zns_price_vnd`` by phone,
+``uid_price_vnd`` by user id, nothing in development mode; :attr:`charged_vnd` in all).
+
 ``POST /v4/oa/access_token`` behaves like OAuth v4 refresh: it checks the
 ``secret_key`` header and ``app_id``, and refresh tokens are **single use**: each
 refresh kills the one it was given and issues a new one, and a dead token is refused.

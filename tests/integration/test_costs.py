@@ -7,10 +7,12 @@ by phone (ZNS) or by user id (ZBS UID)."""
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +30,7 @@ from notifier.store.operators import OperatorStore
 from notifier.store.schema import deliveries, utcnow
 from notifier.web.api import create_api
 from tests.integration.test_console import AGENCY_A, AGENCY_B, PASSWORD, seed_log, signed_in
-from tests.support import RunningWorker, ServedApi, make_settings, wait_until
+from tests.support import REPO, RunningWorker, ServedApi, make_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -193,3 +195,70 @@ def test_the_console_shows_cost_superseded_segments_and_warns_of_budgets(
         assert f'class="notice notice-bad" role="alert" data-budget="{AGENCY_A}"' in html
         assert f'class="notice notice-warn" role="alert" data-budget="{AGENCY_B}"' in html
         assert "Đã dùng hết ngân sách tháng" in html
+
+
+def test_a_zalo_user_id_send_refused_for_its_template_goes_by_phone_then_by_sms(
+    tmp_path: Path, pg_database: Database, providers: LocalProviders
+) -> None:
+    """Zalo by UID, else ZNS by phone, else SMS: on failure too. The templates were
+    approved before UID sends existed (-249); the phone has no Zalo account (-118). The
+    status goes to "zalo|sms": the SMS is only ever the last step of the chain."""
+    for first in (245001, 246001):
+        for template in range(first, first + 11):
+            providers.zalo.refuse_uid_template(str(template))
+    config = tmp_path / "config"
+    shutil.copytree(REPO / "config", config)
+    routing = (config / "routing.toml").read_text("utf-8")
+    routing = routing.replace(
+        'result_ready         = ["portal", "email", "zalo", "sms"]',
+        'result_ready         = ["zalo|sms"]',
+    )
+    (config / "routing.toml").write_text(routing, "utf-8")
+    app = Notifier(
+        make_settings(
+            config_dir=config, database_url=pg_database.url, **providers.settings_overrides()
+        )
+    )
+    providers.seed_tokens(app.tokens)
+    by_phone = sample_event(2, event_id=uuid.uuid4())
+    by_phone["dossier"]["status"] = "result_ready"
+    by_phone["applicant"]["channels"] = ["zalo"]
+    by_phone["applicant"]["contacts"] = {"phone": PHONES[0], "zalo": {"user_id": ZALO_UID}}
+    to_sms = sample_event(4, event_id=uuid.uuid4())
+    to_sms["dossier"]["status"] = "result_ready"
+    to_sms["applicant"]["channels"] = ["zalo", "sms"]
+    to_sms["applicant"]["contacts"] = {
+        "phone": PHONES[1],
+        "zalo": {"user_id": "1111222233334444555", "phone": PHONES[1]},
+    }
+    providers.zalo.not_zalo_user(PHONES[1])
+    with RunningWorker(app):
+        for event in (by_phone, to_sms):
+            app.submit(json.dumps(event, ensure_ascii=False).encode(), source="test")
+        wait_until(lambda: len(providers.zalo.messages) == 1 and len(providers.esms.messages) == 1)
+        wait_until(lambda: all(r.status != "queued" for r in _rows(pg_database)))
+    [zns] = providers.zalo.messages
+    assert zns.phone == "84" + PHONES[0][1:]  # the first citizen, by phone
+    assert zns.user_id is None
+    [sms] = providers.esms.messages
+    assert sms.national_phone == PHONES[1]  # the second: no Zalo on that phone
+    rows = _rows(pg_database)
+    by_event: dict[str, list[tuple[str, str, str]]] = {}
+    for row in rows:
+        by_event.setdefault(str(row.event_id), []).append(
+            (row.channel, (row.recipient or "")[:4], row.status)
+        )
+    assert sorted(by_event[by_phone["event_id"]]) == [
+        ("zalo", "+849", "sent"),
+        ("zalo", "uid:", "permanent-failure"),
+    ]
+    # The SMS is the fallback of the phone step, itself the fallback of the UID send.
+    [sms_row] = [r for r in rows if r.channel == "sms"]
+    [phone_step] = [r for r in rows if r.delivery_id == sms_row.fallback_of]
+    assert phone_step.channel == "zalo"
+    assert phone_step.fallback_of is not None
+    assert sorted(by_event[to_sms["event_id"]]) == [
+        ("sms", "+849", "sent"),
+        ("zalo", "+849", "permanent-failure"),
+        ("zalo", "uid:", "permanent-failure"),
+    ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.costs import Charge, PriceTable, parse_vnd
+from notifier.costs import Charge, CostSource, PriceTable, parse_vnd
 from notifier.events import Status
 from notifier.pipeline.budget import BudgetLevel, BudgetStatus
 from notifier.pipeline.routing import AtLimit, Routing
@@ -34,6 +34,15 @@ def test_a_zalo_message_to_a_user_id_costs_less_than_one_to_a_phone() -> None:
     assert TABLE.estimate("zalo", {"recipient": "phone"}) == Charge(None, Decimal(300))
     assert TABLE.per_message("zalo", uid=True) == Decimal(200)
     assert TABLE.per_message("esms") == Decimal(860)  # the dearest segment
+
+
+def test_a_charge_the_provider_reported_when_it_took_the_message_beats_the_estimate() -> None:
+    reported = TABLE.estimate("esms", {"segments": 2, "carrier": "viettel", "charge_vnd": "500"})
+    assert reported == Charge(2, Decimal(500), CostSource.REPORTED)
+    assert TABLE.estimate("speedsms", {"segments": 1, "charge_vnd": "250"}).cost_vnd == 250
+    # An unreadable figure is no figure: the estimate stands.
+    garbled = TABLE.estimate("esms", {"segments": 1, "carrier": "viettel", "charge_vnd": "?"})
+    assert garbled == Charge(1, Decimal(860), CostSource.ESTIMATE)
 
 
 def test_a_provider_without_a_price_has_its_segments_but_no_cost() -> None:

@@ -50,6 +50,7 @@ from notifier.adapter import (
     TemporaryFailure,
 )
 from notifier.adapter_http import parse_retry_after, retry_after, status_failure
+from notifier.costs import CHARGE_VND, parse_vnd
 from notifier.phones import PhoneFormat
 
 from .base import (
@@ -238,6 +239,11 @@ class SpeedSmsAdapter(SmsAdapterBase[SpeedSmsSettings]):
         total = json_path(document, "data.totalSMS")
         if isinstance(total, int):
             details["gateway_sms_count"] = total
+        # What SpeedSMS billed for the request (our one number): the delivery's cost.
+        price = json_path(document, "data.totalPrice")
+        charge = parse_vnd(str(price)) if isinstance(price, int | float | str) else None
+        if charge is not None:
+            details[CHARGE_VND] = str(charge)
         return GatewayAccepted(None if tran_id is None else str(tran_id), details)
 
     async def health(self) -> Health:

@@ -101,6 +101,9 @@ def test_request_shape(speedsms, context, make_message) -> None:
     assert result.details["segments"] == 1
     assert result.details["encoding"] == "gsm7"
     assert result.details["carrier"] == "viettel"
+    # SpeedSMS says what it charged in its answer: the delivery's reported cost.
+    assert result.details["charge_vnd"] == str(sms.charge_vnd)
+    assert sms.charge_vnd == speedsms.PRICE_PER_SMS
 
 
 def test_unicode_setting_sends_accents(speedsms, context, make_message) -> None:

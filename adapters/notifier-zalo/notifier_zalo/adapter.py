@@ -27,7 +27,7 @@ Answers. Zalo answers HTTP 200 to failures too; the ``error`` field decides:
 -100                  unknown error, try again later: temporary
 -133                  no sends 22:00-06:00 for this template: retry at 06:00 (Vietnam)
 -249                  the template does not allow sending by user id (approved before
-                      2025-12-10): permanent, operator alert (the core falls back)
+                      2025-12-10): permanent, no alert; the core sends ZNS by phone
 other codes           permanent, operator alert (unknown: an operator should look)
 HTTP 5xx, 429,        temporary, through the adapter kit's HTTP layer
 timeouts, no network  (:mod:`notifier.adapter_http`): 429/5xx honour ``Retry-After``;
@@ -97,8 +97,11 @@ RECIPIENT_ERRORS: dict[int, str] = {
 TEMPLATE_ERRORS: dict[int, str] = {
     -131: "the template is not approved",
     -132: "a template parameter is invalid",
-    -249: "the template does not allow sending by Zalo user id",
 }
+# The template does not allow sending by user id (approved before 2025-12-10). Final for
+# this send, and no operator alert: an alert would count against the provider's circuit
+# and pause the phone sends too; the core falls back to ZNS by phone (then SMS).
+UID_NOT_ALLOWED = -249
 # The OA cannot pay for the message: top up the ZBS wallet (or wait for the quota).
 BALANCE_TOO_LOW = -115
 # "Unknown error, please try again later".
@@ -225,6 +228,12 @@ def classify_answer(answer: dict[str, Any], settings: ZaloSettings) -> SendResul
     reason = f"Zalo error {code}" + (f": {text}" if text else "")
     if code in RECIPIENT_ERRORS:
         raise PermanentFailure(f"{RECIPIENT_ERRORS[code]} ({reason})", code=str(code))
+    if code == UID_NOT_ALLOWED:
+        raise PermanentFailure(
+            "the template does not allow sending by Zalo user id (approved before "
+            f"2025-12-10: have it approved again for UID sends) ({reason})",
+            code=str(code),
+        )
     if code in TEMPLATE_ERRORS:
         raise PermanentFailure(
             f"{TEMPLATE_ERRORS[code]} ({reason})", code=str(code), operator_alert=True

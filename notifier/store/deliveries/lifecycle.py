@@ -375,6 +375,9 @@ class FailedDelivery:
     channel: str
     fallback_of: UUID | None
     payload: dict[str, Any] | None
+    # Who it went to (None once purged), and, for a fallback, who its original went to.
+    recipient: str | None = None
+    original_recipient: str | None = None
 
 
 class DeliveryStore:
@@ -459,9 +462,21 @@ class DeliveryStore:
     def permanently_failed(self, delivery_id: UUID) -> FailedDelivery | None:
         """The delivery with its event's payload, if its status is permanent-failure."""
         d, e = deliveries.c, events.c
+        original = deliveries.alias("original")
         query = (
-            sa.select(d.event_id, d.channel, d.fallback_of, e.payload)
-            .select_from(deliveries.outerjoin(events, e.event_id == d.event_id))
+            sa.select(
+                d.event_id,
+                d.channel,
+                d.fallback_of,
+                e.payload,
+                d.recipient,
+                original.c.recipient.label("original_recipient"),
+            )
+            .select_from(
+                deliveries.outerjoin(events, e.event_id == d.event_id).outerjoin(
+                    original, original.c.delivery_id == d.fallback_of
+                )
+            )
             .where(
                 d.delivery_id == delivery_id,
                 d.status == DeliveryStatus.PERMANENT_FAILURE.value,
@@ -471,7 +486,15 @@ class DeliveryStore:
             row = connection.execute(query).first()
         if row is None:
             return None
-        return FailedDelivery(delivery_id, row.event_id, row.channel, row.fallback_of, row.payload)
+        return FailedDelivery(
+            delivery_id,
+            row.event_id,
+            row.channel,
+            row.fallback_of,
+            row.payload,
+            row.recipient,
+            row.original_recipient,
+        )
 
     def insert_fallbacks(
         self, event: Any, planned: Sequence[PlannedDelivery], *, fallback_of: UUID
@@ -709,6 +732,18 @@ class DeliveryStore:
                 .values(status=DeliveryStatus.SCHEDULED.value)
             )
 
+    def lock_dossiers(self, connection: Connection, keys: Collection[CoalescingKey]) -> None:
+        """PostgreSQL: take the dossiers' transaction advisory locks, in order, before
+        the caller records their news, so two workers ingesting news of one dossier
+        coalesce it one after the other (and never wait on each other's rows while
+        holding a lock the other needs). SQLite has one writer: nothing to do."""
+        if self.database.is_sqlite:
+            return
+        for agency_code, dossier_code in sorted({(k.agency_code, k.dossier_code) for k in keys}):
+            connection.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(_lock_key(agency_code, dossier_code)))
+            )
+
     def gate(
         self,
         channel: str,
@@ -812,18 +847,12 @@ class DeliveryStore:
         group's first hold is (the window never slides). New deliveries that are not
         held (``always`` statuses) are never superseded. Returns (superseded, by).
 
-        On PostgreSQL the dossiers are locked (transaction advisory locks, in order) so
-        two workers ingesting news of one dossier coalesce one after the other, and the
-        held rows are locked so the sweeper's release skips them meanwhile."""
+        Call :meth:`lock_dossiers` first, in the same transaction. The held rows are
+        locked (``FOR UPDATE``) so the sweeper's release skips them meanwhile."""
         if not keys:
             return []
         d, e = deliveries.c, events.c
         dossiers = sorted({(k.agency_code, k.dossier_code) for k in keys})
-        if not self.database.is_sqlite:
-            for agency_code, dossier_code in dossiers:
-                connection.execute(
-                    sa.select(sa.func.pg_advisory_xact_lock(_lock_key(agency_code, dossier_code)))
-                )
         wanted = set(keys)
         held = sa.and_(
             d.status == DeliveryStatus.SCHEDULED.value,
@@ -1153,7 +1182,7 @@ def _finished_values(record: AttemptRecord, now: datetime) -> dict[str, Any]:
         values["segments"] = record.charge.segments
         values["cost_vnd"] = record.charge.cost_vnd
         values["cost_source"] = (
-            None if record.charge.cost_vnd is None else CostSource.ESTIMATE.value
+            None if record.charge.cost_vnd is None else record.charge.source.value
         )
     return values
 
@@ -1247,7 +1276,7 @@ def _update_finished_at_once(
             "segments": [None if r.charge is None else r.charge.segments for r in records],
             "costs": [None if r.charge is None else r.charge.cost_vnd for r in records],
             "cost_sources": [
-                CostSource.ESTIMATE.value
+                r.charge.source.value
                 if r.charge is not None and r.charge.cost_vnd is not None
                 else None
                 for r in records

@@ -140,6 +140,7 @@ STATUS_ORDER = (
     DeliveryStatus.PERMANENT_FAILURE,
     DeliveryStatus.UNKNOWN,
     DeliveryStatus.SUPPRESSED,
+    DeliveryStatus.SUPERSEDED,
 )
 
 

@@ -62,9 +62,7 @@ class Console:
     def budgets(self) -> list[BudgetStatus]:
         """Each budgeted agency's spend this month (warnings at 80% and 100%)."""
         costs = self.app.settings.costs
-        return budget_statuses(
-            CostLog(self.app.database), costs.budgets, cost_zone(costs.timezone)
-        )
+        return budget_statuses(CostLog(self.app.database), costs.budgets, cost_zone(costs.timezone))
 
     @property
     def configured_providers(self) -> dict[str, list[str]]:
