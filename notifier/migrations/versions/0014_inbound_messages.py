@@ -3,7 +3,7 @@
 A citizen's SMS (forwarded by a gateway) or Zalo text, kept masked with what it asked
 and what came of it; the reply is an ordinary delivery. Issue 20.
 
-Revision ID: 0013
+Revision ID: 0014
 Revises: 0008
 Create Date: 2026-12-03 10:00:00
 """
@@ -15,9 +15,9 @@ from alembic import op
 
 from notifier.store.schema import UTCDateTime
 
-revision = "0013"
-# The latest migration on this branch; the lead re-chains at merge (0009-0012 are
-# other branches').
+revision = "0014"
+# The latest migration on this branch; the lead re-chains at merge (0009-0013 are
+# other branches'; main's latest is 0013, cost and coalescing).
 down_revision = "0008"
 branch_labels = None
 depends_on = None
