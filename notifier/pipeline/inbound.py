@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -272,21 +272,23 @@ class InboundDispatcher:
         summary: InboundSummary,
         replies: list[tuple[UUID, str]],
     ) -> None:
-        command = parse_command(message.text)
-        sender = self._sender(channel, message.sender)
-        sender_hash = recipient_hash(sender or message.sender.strip(), self.hash_key)
+        text = _printable(message.text[:MAX_STORED_TEXT])
+        raw_sender = _printable(message.sender[:MAX_STORED_TEXT]).strip()
+        command = parse_command(text)
+        sender = self._sender(channel, raw_sender)
+        sender_hash = recipient_hash(sender or raw_sender, self.hash_key)
         row = InboundRow(
             channel=channel,
             provider=provider,
-            provider_message_id=(message.provider_message_id or None)
-            and message.provider_message_id[:128],
-            sender_masked=mask_recipient(sender or message.sender.strip()),
+            provider_message_id=_printable(message.provider_message_id or "")[:128] or None,
+            sender_masked=mask_recipient(sender or raw_sender),
             sender_hash=sender_hash,
-            text_masked=scrub(message.text[:MAX_STORED_TEXT]),
+            text_masked=scrub(text),
             command=command.kind.value,
             received_at=received_at,
             sent_at=message.sent_at,
         )
+        message = replace(message, provider_message_id=row.provider_message_id)
         if sender is not None and command.kind in (CommandKind.STOP, CommandKind.START):
             # Consent is honoured whatever the rate limit (idempotent, so a repeat of
             # the call changes nothing).
@@ -425,6 +427,16 @@ class InboundDispatcher:
             dossier_code=facts.dossier_code if facts is not None else "",
             agency_code=facts.agency_code if facts is not None else "",
         )
+
+
+_CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {0x7F: None}
+
+
+def _printable(value: str) -> str:
+    """Without control characters (a NUL cannot be stored in PostgreSQL text) and lone
+    surrogates (cannot be encoded): a provider's call may carry anything."""
+    value = value.translate(_CONTROL)
+    return value.encode("utf-8", errors="ignore").decode("utf-8")
 
 
 def _path(document: Any, *keys: str) -> Any:

@@ -17,7 +17,7 @@ outcomes (:meth:`not_zalo_user` -118, :meth:`blocked` -114, :meth:`invalid_phone
 (:meth:`fail_next`: -100, -110, -115, -133, -139..., with the simulator's own text) and
 outages (:meth:`set_outage`: HTTP 503).
 
-``POST /v3.0/oa/message/template`` (:attr:`ZaloSimulator.uid_url`) takes the same
+``POST /v3.0/oa/message/template`` (under :attr:`ZaloSimulator.base_url`) takes the same
 template message addressed ``{"recipient": {"user_id": ...}}`` (ZBS by Zalo user id),
 with -249 for templates refused that way (:meth:`refuse_uid_template`). Each accepted
 message records what it was billed (``charge_vnd``: ``zns_price_vnd`` by phone,

@@ -227,6 +227,11 @@ def test_forged_unsigned_stale_and_replayed_inbound_calls_are_refused(
             1,
         )
 
+        # Control characters (a NUL cannot be stored in PostgreSQL text) are dropped,
+        # not a server error.
+        odd = httpx.get(url, params=esms.mo_params(STRANGER, "H\x00D", smsid="mo\x00-1"))
+        assert (odd.status_code, odd.json()["answered"]) == (200, 1)
+
         webhook = f"{api.base_url}/v1/receipts/zalo"
         zalo = providers.zalo
         for options in ({"secret": "forged-secret"}, {"signed": False}):
@@ -237,11 +242,11 @@ def test_forged_unsigned_stale_and_replayed_inbound_calls_are_refused(
         replayed = httpx.post(webhook, content=body, headers=headers)
         assert (replayed.status_code, replayed.json()["duplicates"]) == (200, 1)
         zalo.wait_for_consultations(1, timeout=20)
-        wait_until(lambda: len(replies(pg_database)) == 2)
+        wait_until(lambda: len(replies(pg_database)) == 3)
         wait_until(lambda: all(r["status"] == "sent" for r in replies(pg_database)))
-    assert len(sms_to(providers, STRANGER)) == 1
+    assert len(sms_to(providers, STRANGER)) == 2
     assert len(providers.zalo.consultations) == 1
-    assert len(inbound_rows(pg_database)) == 2
+    assert len(inbound_rows(pg_database)) == 3
 
 
 def test_a_thousand_messages_from_one_number_get_a_bounded_number_of_answers(
