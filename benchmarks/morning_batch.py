@@ -7,7 +7,7 @@ the two held before it). Reports messages sent per channel and VND charged (the
 simulators' own records, and notifier's report, which must agree), and what
 coalescing saved.
 
-    ./dev python benchmarks/morning_batch.py --quick      # 300 dossiers
+    .venv/bin/python benchmarks/morning_batch.py --quick  # 300 dossiers
     .venv/bin/python benchmarks/morning_batch.py           # 2,000 dossiers
 
 The clock is controlled (time-machine): the statuses' minute and the window pass

@@ -1,7 +1,9 @@
 """A Dramatiq middleware that runs one background thread in each worker process.
 
 The events bridge, the sweeper and the retention job each need a thread from worker
-boot to shutdown; this is that thread's life cycle, once.
+boot to shutdown; this is that thread's life cycle, once. The threads that consume a
+RabbitMQ queue (the bridge, the callback intake, the dead-letter recorder) share one
+reconnect loop: :class:`ConsumerThread`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,15 @@ import threading
 
 import dramatiq
 from dramatiq.middleware import Middleware
+from pika.exceptions import AMQPError
+
+from notifier.logging import get_logger
+
+log = get_logger(__name__)
+
+# Reconnecting to the broker: the first wait, and the longest (doubling in between).
+FIRST_RETRY_S = 0.5
+LONGEST_RETRY_S = 15.0
 
 
 class BackgroundThread(Middleware, abc.ABC):
@@ -43,3 +54,33 @@ class BackgroundThread(Middleware, abc.ABC):
         self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+class ConsumerThread(BackgroundThread):
+    """A background thread that consumes from RabbitMQ in :meth:`consume` (which returns
+    or raises when its connection ends) and connects again, with a doubling wait, until
+    the worker stops: a lost broker is waited out, any other failure logged and retried."""
+
+    def run(self) -> None:
+        delay = FIRST_RETRY_S
+        while not self.stopping.is_set():
+            try:
+                self.consume()
+                delay = FIRST_RETRY_S
+            except AMQPError as exc:
+                log.warning(
+                    "lost the broker; reconnecting",
+                    thread=self.thread_name,
+                    error=repr(exc),
+                    retry_in=delay,
+                )
+                self.stopping.wait(delay)
+                delay = min(delay * 2, LONGEST_RETRY_S)
+            except Exception:
+                log.exception("consumer failed; restarting", thread=self.thread_name)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, LONGEST_RETRY_S)
+
+    @abc.abstractmethod
+    def consume(self) -> None:
+        """Connect and consume until the connection ends or ``self.stopping`` is set."""

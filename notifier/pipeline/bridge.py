@@ -20,10 +20,9 @@ from typing import Any
 
 import dramatiq
 import pika
-from pika.exceptions import AMQPError
 
 from notifier.amqp import QueuePolicy, broker_user, declare_topology, node_parameters
-from notifier.background import BackgroundThread
+from notifier.background import ConsumerThread
 from notifier.logging import get_logger
 from notifier.pipeline.received import ingest_arguments
 from notifier.settings import EventsSettings
@@ -34,7 +33,7 @@ __all__ = ["EventBridge", "ingest_arguments", "submitter_of"]
 log = get_logger(__name__)
 
 
-class EventBridge(BackgroundThread):
+class EventBridge(ConsumerThread):
     """Dramatiq middleware: runs the inbound consumer thread inside each worker process."""
 
     thread_name = "notifier-bridge"
@@ -66,22 +65,8 @@ class EventBridge(BackgroundThread):
         work_queue = getattr(self._worker, "work_queue", None)
         return work_queue is not None and work_queue.qsize() > 0
 
-    def run(self) -> None:
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                self._consume()
-                delay = 0.5
-            except AMQPError as exc:
-                log.warning("bridge lost the broker; reconnecting", error=repr(exc), retry_in=delay)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 15.0)
-            except Exception:
-                log.exception("bridge failed; restarting")
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 15.0)
 
-    def _consume(self) -> None:
+    def consume(self) -> None:
         # Any live node of the cluster; after a node dies, run() lands here again.
         connection = pika.BlockingConnection(node_parameters(self.broker_url))
         try:

@@ -30,12 +30,11 @@ from typing import Any
 import httpx
 import pika
 import sqlalchemy as sa
-from pika.exceptions import AMQPError
 
 from notifier.adapter import DeliveryFailure, TemporaryFailure
 from notifier.adapter_http import parse_retry_after
 from notifier.amqp import declare_callback_queue, node_parameters
-from notifier.background import BackgroundThread
+from notifier.background import BackgroundThread, ConsumerThread
 from notifier.callback_http import DestinationPolicy, HostClients, post_callback
 from notifier.logging import get_logger
 from notifier.settings import CallbackSettings
@@ -121,7 +120,7 @@ def retry_delay(
     return ceiling * (0.5 + 0.5 * rng())
 
 
-class StatusIntake(BackgroundThread):
+class StatusIntake(ConsumerThread):
     """Consumes status messages into callback rows (acked after the rows commit)."""
 
     thread_name = "notifier-callback-intake"
@@ -139,24 +138,8 @@ class StatusIntake(BackgroundThread):
     def enabled(self) -> bool:
         return self.settings.enabled
 
-    def run(self) -> None:
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                self._consume()
-                delay = 0.5
-            except AMQPError as exc:
-                log.warning(
-                    "callback intake lost the broker; reconnecting", error=repr(exc), retry_in=delay
-                )
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 15.0)
-            except Exception:
-                log.exception("callback intake failed; restarting")
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 15.0)
 
-    def _consume(self) -> None:
+    def consume(self) -> None:
         connection = pika.BlockingConnection(node_parameters(self.broker_url))
         try:
             channel = connection.channel()

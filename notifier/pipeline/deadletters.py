@@ -32,10 +32,9 @@ import dramatiq
 import pika
 from dramatiq.common import xq_name
 from dramatiq.errors import DecodeError
-from pika.exceptions import AMQPError
 
 from notifier.amqp import DEAD_LETTER_SUFFIX, QueuePolicy, node_parameters
-from notifier.background import BackgroundThread
+from notifier.background import ConsumerThread
 from notifier.events import EventRejected
 from notifier.logging import get_logger
 from notifier.masking import scrub
@@ -194,7 +193,7 @@ def _submitter(meta: Mapping[str, Any]) -> Submitter:
         return Submitter(SubmitterKind.UNIDENTIFIED, "-")
 
 
-class DeadLetterRecorder(BackgroundThread):
+class DeadLetterRecorder(ConsumerThread):
     """Dramatiq middleware: consumes notifier's dead-letter queues in each worker process."""
 
     thread_name = "notifier-dead-letters"
@@ -213,22 +212,8 @@ class DeadLetterRecorder(BackgroundThread):
         self.dead_letters = dead_letters
         self._handlers: dict[str, Callable[[bytes, Any], str]] = {}
 
-    def run(self) -> None:
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                self._consume()
-                delay = 0.5
-            except AMQPError as exc:
-                log.warning("dead-letter recorder lost the broker; reconnecting", error=repr(exc))
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 15.0)
-            except Exception:
-                log.exception("dead-letter recorder failed; restarting")
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 15.0)
 
-    def _consume(self) -> None:
+    def consume(self) -> None:
         policy = self.dead_letters.policy
         connection = pika.BlockingConnection(node_parameters(self.broker_url))
         try:
