@@ -706,47 +706,15 @@ class AdapterContract:
             lambda: self.valid_receipt(kit_settings, delivery_id),
             "needed because accepts_receipts is True",
         )
-        forged = [
-            (f"forged receipt #{i + 1}", request)
-            for i, request in enumerate(self.forged_receipts(kit_settings, delivery_id))
-        ]
-        late_ones = []
-        if self.receipt_max_age_s is not None:
-            late = self.receipt_max_age_s + 60
-            late_ones = [
-                ("replayed too late", replace(genuine, received_at=genuine.received_at + late)),
-                ("dated in the future", replace(genuine, received_at=genuine.received_at - late)),
-            ]
-        problems = []
-        for label, request in forged + late_ones:
-            try:
-                receipts = self.adapter_class.parse_receipt(kit_settings, request)
-            except InvalidReceipt:
-                continue
-            except Exception as exc:
-                problems.append(f"{label}: raised {type(exc).__qualname__}, not InvalidReceipt")
-                continue
-            if receipts == [] and (label, request) in late_ones:
-                continue  # acknowledged and ignored: not applied
-            problems.append(f"{label} was accepted: {receipts!r}")
-        junk = [
-            ("an empty body", replace(genuine, body=b"")),
-            ("a body that is not text", replace(genuine, body=b"\xff\xfe\x00{[")),
-            ("a JSON array body", replace(genuine, body=b"[1, 2, 3]")),
-        ]
-        for label, request in junk:
-            try:
-                receipts = self.adapter_class.parse_receipt(kit_settings, request)
-            except InvalidReceipt:
-                continue
-            except Exception as exc:
-                problems.append(
-                    f"{label}: raised {type(exc).__qualname__} (only InvalidReceipt may "
-                    "escape parse_receipt; anything else is a 500 from the API)"
-                )
-                continue
-            if not isinstance(receipts, list):
-                problems.append(f"{label}: returned {receipts!r}, not a list")
+        forged = self.forged_receipts(kit_settings, delivery_id)
+        problems = _refusal_problems(
+            lambda request: self.adapter_class.parse_receipt(kit_settings, request),
+            genuine,
+            forged,
+            self.receipt_max_age_s,
+            method="parse_receipt",
+            kind="receipt",
+        )
         _report("forged or malformed receipts are not refused", problems)
 
     def test_inbound_messages_are_read(self, kit_settings: AdapterSettings) -> None:
@@ -794,47 +762,15 @@ class AdapterContract:
             lambda: self.valid_inbound(kit_settings, sender, text),
             "needed because accepts_inbound is True",
         )
-        forged = [
-            (f"forged inbound call #{i + 1}", request)
-            for i, request in enumerate(self.forged_inbound(kit_settings, sender, text))
-        ]
-        late_ones = []
-        if self.inbound_max_age_s is not None:
-            late = self.inbound_max_age_s + 60
-            late_ones = [
-                ("replayed too late", replace(genuine, received_at=genuine.received_at + late)),
-                ("dated in the future", replace(genuine, received_at=genuine.received_at - late)),
-            ]
-        problems = []
-        for label, request in forged + late_ones:
-            try:
-                messages = self.adapter_class.parse_inbound(kit_settings, request)
-            except InvalidReceipt:
-                continue
-            except Exception as exc:
-                problems.append(f"{label}: raised {type(exc).__qualname__}, not InvalidReceipt")
-                continue
-            if messages == [] and (label, request) in late_ones:
-                continue  # acknowledged and ignored: not answered
-            problems.append(f"{label} was accepted: {messages!r}")
-        junk = [
-            ("an empty body", replace(genuine, body=b"")),
-            ("a body that is not text", replace(genuine, body=b"\xff\xfe\x00{[")),
-            ("a JSON array body", replace(genuine, body=b"[1, 2, 3]")),
-        ]
-        for label, request in junk:
-            try:
-                messages = self.adapter_class.parse_inbound(kit_settings, request)
-            except InvalidReceipt:
-                continue
-            except Exception as exc:
-                problems.append(
-                    f"{label}: raised {type(exc).__qualname__} (only InvalidReceipt may "
-                    "escape parse_inbound; anything else is a 500 from the API)"
-                )
-                continue
-            if not isinstance(messages, list):
-                problems.append(f"{label}: returned {messages!r}, not a list")
+        forged = self.forged_inbound(kit_settings, sender, text)
+        problems = _refusal_problems(
+            lambda request: self.adapter_class.parse_inbound(kit_settings, request),
+            genuine,
+            forged,
+            self.inbound_max_age_s,
+            method="parse_inbound",
+            kind="inbound call",
+        )
         _report("forged or malformed inbound calls are not refused", problems)
 
     def test_templates_render(self) -> None:
@@ -1009,6 +945,60 @@ class AdapterContract:
 
 
 # -- checks ---------------------------------------------------------------------------------
+
+
+def _refusal_problems(
+    parse: Callable[[ReceiptRequest], Any],
+    genuine: ReceiptRequest,
+    forged: list[ReceiptRequest],
+    max_age_s: float | None,
+    *,
+    method: str,
+    kind: str,
+) -> list[str]:
+    """What is wrong with how ``parse`` (a provider's call in: a receipt or a citizen's
+    message) treats calls it must refuse: forged ones, replays outside ``max_age_s`` (which
+    may also be acknowledged and ignored, parsed to ``[]``), and bodies that are junk (only
+    ``InvalidReceipt`` may escape: anything else is a 500 from the API)."""
+    labelled = [(f"forged {kind} #{i + 1}", request) for i, request in enumerate(forged)]
+    late_ones = []
+    if max_age_s is not None:
+        late = max_age_s + 60
+        late_ones = [
+            ("replayed too late", replace(genuine, received_at=genuine.received_at + late)),
+            ("dated in the future", replace(genuine, received_at=genuine.received_at - late)),
+        ]
+    problems = []
+    for label, request in labelled + late_ones:
+        try:
+            parsed = parse(request)
+        except InvalidReceipt:
+            continue
+        except Exception as exc:
+            problems.append(f"{label}: raised {type(exc).__qualname__}, not InvalidReceipt")
+            continue
+        if parsed == [] and (label, request) in late_ones:
+            continue  # acknowledged and ignored: not applied
+        problems.append(f"{label} was accepted: {parsed!r}")
+    junk = [
+        ("an empty body", replace(genuine, body=b"")),
+        ("a body that is not text", replace(genuine, body=b"\xff\xfe\x00{[")),
+        ("a JSON array body", replace(genuine, body=b"[1, 2, 3]")),
+    ]
+    for label, request in junk:
+        try:
+            parsed = parse(request)
+        except InvalidReceipt:
+            continue
+        except Exception as exc:
+            problems.append(
+                f"{label}: raised {type(exc).__qualname__} (only InvalidReceipt may "
+                f"escape {method}; anything else is a 500 from the API)"
+            )
+            continue
+        if not isinstance(parsed, list):
+            problems.append(f"{label}: returned {parsed!r}, not a list")
+    return problems
 
 
 def _report(title: str, problems: list[str]) -> None:
