@@ -7,13 +7,21 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+import sqlalchemy as sa
 
+from notifier.adapter import InboundMessage, RecipientKind
 from notifier.events import Status
-from notifier.pipeline.inbound import ReplyKind, ReplyTemplates
+from notifier.pipeline.inbound import InboundDispatcher, ReplyKind, ReplyTemplates
 from notifier.pipeline.rendering import LANGUAGES, status_name
-from notifier.settings import SettingsError
+from notifier.settings import InboundSettings, SettingsError
+from notifier.store import Database
+from notifier.store.inbound import InboundStore
+from notifier.store.migrate import upgrade
+from notifier.store.optouts import OptOutStore
+from notifier.store.schema import deliveries
 from notifier.text import sms_length, strip_diacritics
 from tests.support import REPO
 
@@ -96,7 +104,7 @@ def _with_shipped_zbs_example(tmp_path: Path) -> Path:
         assert not inside, language
         assert "[status.zalo]" in lines, language
         target = tmp_path / language / "replies.toml"
-        target.parent.mkdir()
+        target.parent.mkdir(parents=True)
         target.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return tmp_path
 
@@ -151,3 +159,46 @@ def test_a_broken_zbs_reply_template_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as caught:
         ReplyTemplates(root, ["zalo"])
     assert "[status.zalo].template_data" in str(caught.value)
+
+
+def test_a_zalo_users_reply_delivery_carries_the_zbs_template_the_adapter_sends_late(
+    tmp_path: Path,
+) -> None:
+    root = _with_shipped_zbs_example(tmp_path / "templates")
+    # The example is for [status]; the same table on [help] is the cheapest to trigger.
+    path = root / "vi" / "replies.toml"
+    path.write_text(
+        path.read_text("utf-8")
+        + '\n[help.zalo]\ntemplate_id = "245102"\n'
+        + 'template_data = """{{ {"hint": "TRA CUU"} | tojson }}"""\n',
+        encoding="utf-8",
+    )
+    database = Database(f"sqlite:///{tmp_path}/t.db")
+    upgrade(database)
+    queued: list[tuple[UUID, str]] = []
+    try:
+        dispatcher = InboundDispatcher(
+            store=InboundStore(database),
+            opt_outs=OptOutStore(database, "k" * 32),
+            templates=ReplyTemplates(root, ["zalo"]),
+            settings=InboundSettings(),
+            hash_key="k" * 32,
+            recipient_kinds={"zalo": RecipientKind.ZALO},
+            enqueue=queued.extend,
+        )
+        summary = dispatcher.handle(
+            "zalo", "zalo", [InboundMessage(sender="4455667788990011", text="HD")]
+        )
+        assert summary.answered == 1
+        [(delivery_id, channel)] = queued
+        with database.engine.connect() as connection:
+            content = connection.execute(
+                sa.select(deliveries.c.content).where(deliveries.c.delivery_id == delivery_id)
+            ).scalar_one()
+    finally:
+        database.dispose()
+    assert channel == "zalo"
+    assert content["template_id"] == "245102"
+    assert json.loads(content["template_data"]) == {"hint": "TRA CUU"}
+    assert "TRA CUU" in content["text"]  # the consultation message, within the window
+    assert content["in_reply_received_at"]  # what the adapter measures the window from
