@@ -35,6 +35,10 @@ timeouts, no network  (:mod:`notifier.adapter_http`): 429/5xx honour ``Retry-Aft
                       ``maybe_sent`` (Zalo does not dedupe by ``tracking_id``)
 ====================  ===================================================================
 
+Replies to a user's text to the OA go as the OA's consultation message within Zalo's
+window after that text; once it has closed (``cs_window_s``, or -230/-234 from Zalo),
+as the reply template's ZBS template by the same user id, when replies.toml gives one.
+
 Source: Zalo's ZBS error table as cited by public clients and Zalo Cloud's
 error-handling guide (see the package README and shared/providers.md).
 """
