@@ -107,13 +107,25 @@ def answer_for(
             return ReplyKind.UNRECOGNISED, None
 
 
+# Content keys a reply's delivery carries besides its parts (written by ``_draft``).
+_REPLY_REFERENCE_KEYS = frozenset({"in_reply_to", "in_reply_received_at"})
+
+
 class ReplyTemplates:
     """The reply templates of every language, compiled and test-rendered at start-up
-    for every channel that takes inbound messages."""
+    for every channel that takes inbound messages.
+
+    A kind's table holds ``text`` (any channel) and per-channel texts (``sms = "..."``);
+    a sub-table named after a channel (``[status.zalo]``) holds that channel's parts
+    instead: its own ``text`` if any, and parts its adapter reads, such as Zalo's ZBS
+    template (``template_id``, ``template_data``) for a reply after the consultation
+    window has closed (adapters/notifier-zalo/README.md)."""
 
     def __init__(self, templates_dir: Path, channels: Iterable[str]) -> None:
         self._env = sandboxed_environment()
         self._compiled: dict[tuple[str, ReplyKind, str], Any] = {}
+        # (language, kind, channel) -> {part name: template}, besides the text.
+        self._parts: dict[tuple[str, ReplyKind, str], dict[str, Any]] = {}
         self.channels = sorted(set(channels))
         problems: list[str] = []
         for language in LANGUAGES:
@@ -132,17 +144,45 @@ class ReplyTemplates:
                     problems.append(f"{path}: [{kind.value}] needs a 'text'")
                     continue
                 for key, source in table.items():
+                    if isinstance(source, dict) and key != "text":
+                        problems.extend(self._channel_parts(path, language, kind, key, source))
+                        continue
                     if not isinstance(source, str):
                         problems.append(f"{path}: [{kind.value}].{key} is not text")
                         continue
-                    try:
-                        self._compiled[(language, kind, key)] = self._env.from_string(source)
-                    except TemplateError as exc:
-                        problems.append(f"{path}: [{kind.value}].{key}: {exc}")
+                    compiled = self._compile(path, f"[{kind.value}].{key}", source, problems)
+                    if compiled is not None:
+                        self._compiled[(language, kind, key)] = compiled
         if not problems:
             problems.extend(self._test_render())
         if problems:
             raise SettingsError(problems)
+
+    def _compile(self, path: Path, where: str, source: str, problems: list[str]) -> Any:
+        try:
+            return self._env.from_string(source)
+        except TemplateError as exc:
+            problems.append(f"{path}: {where}: {exc}")
+            return None
+
+    def _channel_parts(
+        self, path: Path, language: str, kind: ReplyKind, channel: str, table: dict[str, Any]
+    ) -> list[str]:
+        problems: list[str] = []
+        parts: dict[str, Any] = {}
+        for part, source in table.items():
+            where = f"[{kind.value}.{channel}].{part}"
+            if not isinstance(source, str):
+                problems.append(f"{path}: {where} is not text")
+            elif part in _REPLY_REFERENCE_KEYS:
+                problems.append(f"{path}: {where} is a reserved name")
+            elif (compiled := self._compile(path, where, source, problems)) is not None:
+                if part == "text":
+                    self._compiled[(language, kind, channel)] = compiled
+                else:
+                    parts[part] = compiled
+        self._parts[(language, kind, channel)] = parts
+        return problems
 
     def _test_render(self) -> list[str]:
         problems = []
@@ -151,7 +191,7 @@ class ReplyTemplates:
                 for channel in [*self.channels, "text"]:
                     for context in _samples(with_status=kind is ReplyKind.STATUS):
                         try:
-                            self.render(kind, channel, language, context)
+                            self.render_parts(kind, channel, language, context)
                         except Exception as exc:  # TemplateError, the sandbox's limits
                             problems.append(f"{language}/replies.toml [{kind.value}]: {exc}")
         return list(dict.fromkeys(problems))
@@ -164,6 +204,17 @@ class ReplyTemplates:
             or self._compiled[(language, kind, "text")]
         )
         return " ".join(str(template.render({**context, "channel": channel})).split())
+
+    def render_parts(
+        self, kind: ReplyKind, channel: str, language: str, context: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """The reply's parts on ``channel``: its ``text`` and the channel's own parts
+        (rendered like the channel's status templates: stripped, inner spacing kept)."""
+        parts = {"text": self.render(kind, channel, language, context)}
+        full = {**context, "channel": channel}
+        for name, template in self._parts.get((language, kind, channel), {}).items():
+            parts[name] = str(template.render(full)).strip()
+        return parts
 
 
 def _samples(*, with_status: bool) -> list[dict[str, Any]]:
@@ -403,9 +454,10 @@ class InboundDispatcher:
                 agency_name=facts.agency_name,
                 due_date=facts.due_date,
             )
-        text = self.templates.render(kind, channel, language, context)
+        parts = self.templates.render_parts(kind, channel, language, context)
+        text = parts["text"]
         content = {
-            "text": text,
+            **parts,
             # What the reply answers: providers with a reply window read it
             # (notifier.adapter.OutboundMessage.in_reply_to).
             "in_reply_to": message.provider_message_id or "",

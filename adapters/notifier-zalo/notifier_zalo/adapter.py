@@ -35,6 +35,10 @@ timeouts, no network  (:mod:`notifier.adapter_http`): 429/5xx honour ``Retry-Aft
                       ``maybe_sent`` (Zalo does not dedupe by ``tracking_id``)
 ====================  ===================================================================
 
+Replies to a user's text to the OA go as the OA's consultation message within Zalo's
+window after that text; once it has closed (``cs_window_s``, or -230/-234 from Zalo),
+as the reply template's ZBS template by the same user id, when replies.toml gives one.
+
 Source: Zalo's ZBS error table as cited by public clients and Zalo Cloud's
 error-handling guide (see the package README and shared/providers.md).
 """
@@ -314,7 +318,10 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
     async def send(self, message: OutboundMessage) -> SendResult:
         if message.status == REPLY_STATUS:
             return await self._consultation(message)
-        user_id = zalo_user_id(message.recipient)
+        return await self._send_template(message, user_id=zalo_user_id(message.recipient))
+
+    async def _send_template(self, message: OutboundMessage, *, user_id: str | None) -> SendResult:
+        """A template message: ZBS by ``user_id`` when given, else ZNS to the phone."""
         body: dict[str, Any] = {
             "template_id": template_id(message.parts),
             "template_data": template_data(message.parts, self.settings),
@@ -348,7 +355,9 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
     async def _consultation(self, message: OutboundMessage) -> SendResult:
         """A reply to a user's text: the OA's consultation (customer-service) message,
         ``POST {oa_api_url}/v3.0/oa/message/cs`` to the user id, while Zalo's window
-        after the user's message is open (``cs_window_s``)."""
+        after the user's message is open (``cs_window_s``); once it has closed (by our
+        clock, or Zalo answers -230/-234), the reply template's ZBS template
+        (``template_id`` + ``template_data``) by user id, when one is configured."""
         reference = message.in_reply_to
         if reference is None:
             raise PermanentFailure(
@@ -357,8 +366,11 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
             )
         age = (datetime.now(UTC) - reference.received_at).total_seconds()
         if age > self.settings.cs_window_s:
-            raise PermanentFailure(
-                "Zalo's window for answering the user's message has closed", code="cs_window"
+            # Not worth a call Zalo would refuse: straight to the template, if any.
+            return await self._reply_by_template(
+                message,
+                "Zalo's window for answering the user's message has closed",
+                code="cs_window",
             )
         text = message.parts.get("text", "").strip()
         if not text:
@@ -373,15 +385,39 @@ class ZaloZnsAdapter(Adapter[ZaloSettings]):
             token = await self._replace_rejected(token)
             answer = await self._post_message(token, body, f"{self.settings.oa_api_url}{CS_PATH}")
         code = _as_int(answer.get("error"))
-        if code in CS_CLOSED:
-            raise PermanentFailure(
-                f"Zalo refused the consultation message ({CS_CLOSED[code]})", code=str(code)
+        if code is not None and code in CS_CLOSED:
+            # The consultation message was refused, so nothing went out: the
+            # template is the reply's only send.
+            return await self._reply_by_template(
+                message,
+                f"Zalo refused the consultation message ({CS_CLOSED[code]})",
+                code=str(code),
             )
         data = answer.get("data")
         if code == 0 and isinstance(data, dict) and "msg_id" not in data:
             # The OA API names it message_id; the ZNS API msg_id.
             answer = {**answer, "data": {**data, "msg_id": data.get("message_id")}}
-        return classify_answer(answer, self.settings)
+        result = classify_answer(answer, self.settings)
+        details = {**result.details, "reply": "consultation"}
+        return SendResult(provider_message_id=result.provider_message_id, details=details)
+
+    async def _reply_by_template(
+        self, message: OutboundMessage, closed: str, *, code: str
+    ) -> SendResult:
+        """The reply as a ZBS Template Message to the same user id, when the reply
+        template carries one (``template_id``); else a permanent failure saying why."""
+        if not message.parts.get("template_id", "").strip():
+            raise PermanentFailure(
+                f"{closed}, and the reply template has no ZBS template for Zalo "
+                "(template_id and template_data in replies.toml, see the adapter README)",
+                code=code,
+            )
+        user_id = zalo_user_id(f"{ZALO_UID_PREFIX}{message.recipient}")
+        assert user_id is not None  # the prefix is there
+        log.info("zalo reply window closed, replying by ZBS template", window=code)
+        result = await self._send_template(message, user_id=user_id)
+        details = {**result.details, "reply": "zbs_template", "window": code}
+        return SendResult(provider_message_id=result.provider_message_id, details=details)
 
     async def _post_message(self, token: Token, body: dict[str, Any], url: str) -> dict[str, Any]:
         assert token.access_token is not None
