@@ -1,7 +1,7 @@
 """Zalo by UID from the portal account (issue 19, item 3): the portal's key stores an
 account's Zalo user id (encrypted, audited masked, removable), and planning sends
 "zalo|sms" by that UID for an event naming the account that carries none itself. The
-API is served by a real uvicorn over SQLite; planning runs on SQLite and PostgreSQL."""
+API is served by a real uvicorn; both run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ OTHER_UID = "7001234567890123456"
 
 
 @pytest.fixture
-def served(sqlite_database: Database) -> Iterator[tuple[Notifier, ServedApi]]:
-    app = Notifier(make_settings(database_url=sqlite_database.url))
+def served(database: Database) -> Iterator[tuple[Notifier, ServedApi]]:
+    app = Notifier(make_settings(database_url=database.url))
     with ServedApi(create_api(app)) as api:
         yield app, api
     app.close()
@@ -58,16 +58,16 @@ def stored_rows(database: Database) -> list[dict[str, object]]:
 
 
 def test_the_portal_sets_reads_and_removes_an_accounts_zalo_user_id_audited_and_never_in_clear(
-    served: tuple[Notifier, ServedApi], sqlite_database: Database
+    served: tuple[Notifier, ServedApi], database: Database
 ) -> None:
     app, api = served
-    portal = ApiKeys(sqlite_database).create("cong-dvc", ["preferences"], [])
+    portal = ApiKeys(database).create("cong-dvc", ["preferences"], [])
     body = {"account_id": ACCOUNT, "zalo_user_id": UID}
     with capture_logs("DEBUG") as logs:
         first = call(api, "PUT", "/v1/preferences", portal, body)
         again = call(api, "PUT", "/v1/preferences", portal, body)
         read = call(api, "POST", "/v1/preferences/lookup", portal, {"account_id": ACCOUNT})
-        rows_while_set = stored_rows(sqlite_database)
+        rows_while_set = stored_rows(database)
         removed = call(api, "PUT", "/v1/preferences", portal, {"account_id": ACCOUNT})
         after = call(api, "POST", "/v1/preferences/lookup", portal, {"account_id": ACCOUNT})
     assert first.status_code == 200, first.text
@@ -81,9 +81,9 @@ def test_the_portal_sets_reads_and_removes_an_accounts_zalo_user_id_audited_and_
         assert UID not in answer.text
     # Stored encrypted: the preferences row holds a ciphertext, the audit a masked id.
     assert rows_while_set[0]["zalo_user_id"]
-    assert UID not in json.dumps(rows_while_set + stored_rows(sqlite_database), default=str)
+    assert UID not in json.dumps(rows_while_set + stored_rows(database), default=str)
     store = PreferenceStore(
-        sqlite_database,
+        database,
         app.settings.recipient_hash_key.get_secret_value(),
         app.settings.secret_key.get_secret_value(),
     )
@@ -97,10 +97,10 @@ def test_the_portal_sets_reads_and_removes_an_accounts_zalo_user_id_audited_and_
 
 
 def test_a_zalo_user_id_only_goes_on_a_portal_account_and_must_be_digits(
-    served: tuple[Notifier, ServedApi], sqlite_database: Database
+    served: tuple[Notifier, ServedApi], database: Database
 ) -> None:
     _app, api = served
-    portal = ApiKeys(sqlite_database).create("cong-dvc", ["preferences"], [])
+    portal = ApiKeys(database).create("cong-dvc", ["preferences"], [])
     on_phone = call(api, "PUT", "/v1/preferences", portal, {"phone": PHONE, "zalo_user_id": UID})
     assert on_phone.status_code == 422
     assert "portal account" in on_phone.text
@@ -110,7 +110,7 @@ def test_a_zalo_user_id_only_goes_on_a_portal_account_and_must_be_digits(
     )
     assert not_digits.status_code == 422
     assert "abc-12345" not in not_digits.text  # the 422 does not echo the input
-    assert stored_rows(sqlite_database) == []
+    assert stored_rows(database) == []
 
 
 @pytest.fixture
