@@ -122,6 +122,7 @@ class Notifier:
             hash_key=settings.recipient_hash_key.get_secret_value(),
             agencies=self.agencies,
             quiet_hours=settings.choice.quiet_hours,
+            secret_key=settings.secret_key.get_secret_value(),
             budget=BudgetGuard(
                 CostLog(self.database),
                 settings.costs.budgets,

@@ -511,8 +511,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr = Field(
         default=SecretStr(_DEV_SECRET),
         description=(
-            "Encrypts stored provider tokens and callback signing secrets; set a secret one "
-            "in production."
+            "Encrypts stored provider tokens, callback signing secrets and portal accounts' "
+            "Zalo user ids; set a secret one in production."
         ),
     )
 

@@ -15,6 +15,10 @@ The citizen's choice at planning (issue 18):
 
 A choice or opt-out made after planning is applied again at send time
 (:mod:`notifier.pipeline.gate`), with the frequency caps.
+
+Zalo by user id (issue 19): the event's Zalo user id, else the one the portal stored on
+the account the event names (:mod:`notifier.store.preferences`, encrypted), else Zalo by
+phone. The account's id is used for planning only: the stored event stays as published.
 """
 
 from __future__ import annotations
@@ -44,7 +48,13 @@ from notifier.store.deliveries.lifecycle import (
     SuppressReason,
 )
 from notifier.store.optouts import opted_out, suppress
-from notifier.store.preferences import PORTAL_CHANNEL, Choice, Preference, preferences_by_hash
+from notifier.store.preferences import (
+    PORTAL_CHANNEL,
+    Choice,
+    Preference,
+    ZaloUserIdSeal,
+    preferences_by_hash,
+)
 from notifier.store.schema import utcnow
 
 log = get_logger(__name__)
@@ -98,8 +108,11 @@ class Planner:
         agencies: AgencyRegistry | None = None,
         quiet_hours: bool = True,
         budget: BudgetGuard | None = None,
+        secret_key: str | None = None,
     ) -> None:
         self.database = database
+        # Opens the Zalo user ids the portal stored on accounts (none read without it).
+        self.seal = None if secret_key is None else ZaloUserIdSeal(secret_key)
         # An agency that spent its monthly budget, with routing's at_limit =
         # cheaper_only, gets only the budget's cheaper channels.
         self.budget = budget
@@ -122,7 +135,7 @@ class Planner:
         for event in events:
             routed = self.routing.channels_for(event.agency.code, event.dossier.status)
             hashes += self._identity_hashes(event, [*routed, PORTAL_CHANNEL])
-        return preferences_by_hash(self.database, hashes)
+        return preferences_by_hash(self.database, hashes, self.seal)
 
     def plan(
         self, event: DossierStatusEvent, preferences: Mapping[str, Preference] | None = None
@@ -137,6 +150,7 @@ class Planner:
         candidates = [c for c in routed if consented is None or c in consented]
         if preferences is None:
             preferences = self._preferences(event, candidates)
+        event = self._with_account_zalo(event, preferences)
         mandatory = self.choices.is_mandatory(event.agency.code, event.dossier.status.value)
         cheaper = self.routing.budget.cheaper
         cheaper_only = self.budget is not None and self.budget.cheaper_only(event.agency.code)
@@ -152,9 +166,7 @@ class Planner:
                 over_budget = cheaper_only and channel not in cheaper
                 if over_budget and len(group) > 1:
                     continue  # a cheaper alternative of the group may still reach them
-                rendered = self._render_for(
-                    event, [channel], preferences, any_phone=len(group) > 1
-                )
+                rendered = self._render_for(event, [channel], preferences, any_phone=len(group) > 1)
                 if (
                     rendered
                     and alternatives_left
@@ -220,7 +232,9 @@ class Planner:
             if c in self.recipient_kinds and (consented is None or c in consented)
         ]
         preferences = self._preferences(event, channels)
-        planned = self._render_for(event, channels, preferences)
+        planned = self._render_for(
+            self._with_account_zalo(event, preferences), channels, preferences
+        )
         if not planned:
             return []
         planned = self._apply_preferences(event, planned, preferences)
@@ -243,6 +257,30 @@ class Planner:
             }
         )
         return self._render_for(without_uid, [channel])
+
+    def _with_account_zalo(
+        self, event: DossierStatusEvent, preferences: Mapping[str, Preference]
+    ) -> DossierStatusEvent:
+        """The event with its account's Zalo user id when it carries none itself (the
+        Zalo phone kept, for the fallback to ZNS by phone)."""
+        contacts = event.applicant.contacts
+        if contacts.zalo is not None and contacts.zalo.user_id is not None:
+            return event  # the publisher's id is the newer word
+        account_hash = self._account_hash(event)
+        account = preferences.get(account_hash) if account_hash else None
+        if account is None or account.zalo_user_id is None:
+            return event
+        zalo = ZaloContact(
+            phone=None if contacts.zalo is None else contacts.zalo.phone,
+            user_id=account.zalo_user_id,
+        )
+        return event.model_copy(
+            update={
+                "applicant": event.applicant.model_copy(
+                    update={"contacts": contacts.model_copy(update={"zalo": zalo})}
+                )
+            }
+        )
 
     def reaches_by_zalo(self, channel: str) -> bool:
         """Whether the channel's recipients are Zalo contacts (user id or phone)."""
@@ -278,7 +316,7 @@ class Planner:
     ) -> dict[str, Preference]:
         """The stored preferences of the event's account and of its contacts on these
         channels (one query)."""
-        return preferences_by_hash(self.database, self._identity_hashes(event, channels))
+        return preferences_by_hash(self.database, self._identity_hashes(event, channels), self.seal)
 
     def _identity_hashes(self, event: DossierStatusEvent, channels: Iterable[str]) -> list[str]:
         hashes = [self._account_hash(event)]

@@ -389,6 +389,10 @@ preferences = sa.Table(
     sa.Column("quiet_hours", sa.Boolean, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("updated_by", sa.String(100), nullable=False),
+    # A portal account's Zalo user id (ZBS by UID, the cheapest Zalo send), set by the
+    # portal: personal data, so Fernet-encrypted with a key derived from
+    # NOTIFIER_SECRET_KEY like provider tokens. Only on identities of kind account.
+    sa.Column("zalo_user_id", sa.Text, nullable=True),
 )
 
 # Every change of preferences: who (the API key's name), when, and the values before

@@ -6,6 +6,12 @@ The identity (portal account id, phone or email) travels in the body, never in t
 which access logs and proxies keep: so a read is ``POST /v1/preferences/lookup`` (as the
 delivery search is a POST). ``PUT`` replaces the whole set and is idempotent: the same
 body again changes nothing and writes no audit row.
+
+On a portal account the portal may also store the account's Zalo user id
+(``zalo_user_id``, digits), so that events naming the account go to Zalo by UID, the
+cheapest Zalo send, when they carry no user id themselves. It is stored encrypted,
+audited masked, and answered masked; a PUT without it (or with null) removes it, as a
+PUT replaces the whole set.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from notifier.masking import mask_recipient
+from notifier.masking import mask_digits, mask_recipient
 from notifier.store.apikeys import ApiClient
 from notifier.store.preferences import (
     CHOOSABLE_CHANNELS,
@@ -72,6 +78,20 @@ class PreferencesPut(Identity):
         default=None, description="null: the language each event names"
     )
     quiet_hours: bool = Field(default=True, description="SMS and Zalo wait for the morning")
+    zalo_user_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{6,64}$",
+        description=(
+            "portal accounts only: the account's Zalo user id (Zalo by UID, the cheapest); "
+            "null or absent removes it"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _zalo_user_id_on_an_account(self) -> PreferencesPut:
+        if self.zalo_user_id is not None and self.account_id is None:
+            raise ValueError("zalo_user_id is set on a portal account (account_id) only")
+        return self
 
 
 class PreferencesState(BaseModel):
@@ -79,13 +99,20 @@ class PreferencesState(BaseModel):
     channels: dict[str, bool]
     language: Literal["vi", "en"] | None
     quiet_hours: bool
+    zalo_user_id: str | None = Field(
+        default=None, description="the account's Zalo user id, masked; null: none stored"
+    )
     stored: bool = Field(description="false: nothing stored, the defaults apply")
     changed: bool = False
 
 
 def _store(state: State) -> PreferenceStore:
     app = state.notifier
-    return PreferenceStore(app.database, app.settings.recipient_hash_key.get_secret_value())
+    return PreferenceStore(
+        app.database,
+        app.settings.recipient_hash_key.get_secret_value(),
+        app.settings.secret_key.get_secret_value(),
+    )
 
 
 def _state(
@@ -98,6 +125,9 @@ def _state(
         | {"portal": True},
         language=preference.language,
         quiet_hours=preference.quiet_hours is not False,
+        zalo_user_id=None
+        if preference.zalo_user_id is None
+        else mask_digits(preference.zalo_user_id),
         stored=found is not None,
         changed=changed,
     )
@@ -111,6 +141,7 @@ def put_preferences(body: PreferencesPut, state: State, client: PortalClient) ->
         channels_off=frozenset(c for c in CHOOSABLE_CHANNELS if not getattr(body.channels, c)),
         language=body.language,
         quiet_hours=body.quiet_hours,
+        zalo_user_id=body.zalo_user_id,
     )
     store = _store(state)
     try:
