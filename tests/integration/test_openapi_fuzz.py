@@ -1,6 +1,7 @@
 """schemathesis against the OpenAPI document of ``notifier api`` (issue 9): generated
 requests, valid and invalid, to every operation, with a key of every scope, find no
-5xx. Bounded: a few examples per operation and mode, about 3 seconds per operation."""
+5xx. Bounded by a count: EXAMPLES per operation and mode, derandomized, never by a
+time (how fast it runs depends on the machine's load; speed belongs in the benchmark)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from tests.support import ServedApi, make_settings
 pytestmark = pytest.mark.integration
 
 EXAMPLES = 25  # per operation and mode
-BUDGET_S_PER_OPERATION = 3.1  # 80 s for the 26 operations this budget was set with
 # An endless server-sent event stream: a request to it never "finishes".
 SKIPPED = {("GET", "/v1/inbox/{account_id}/stream")}
 
@@ -56,7 +56,6 @@ def test_generated_requests_find_no_server_error(
         session = requests.Session()
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) >= 10
-        budget_s = BUDGET_S_PER_OPERATION * len(operations)
         for operation in operations:
             if (operation.method.upper(), operation.path) in SKIPPED:
                 continue
@@ -90,7 +89,6 @@ def test_generated_requests_find_no_server_error(
                     # No invalid request exists (e.g. a lone string in the path).
                     assert mode is GenerationMode.NEGATIVE, operation.path
                     unsatisfiable.append(f"{operation.method.upper()} {operation.path}")
-                assert time.monotonic() - started < budget_s, "fuzzing over its time budget"
     app.close()
     assert calls >= 10 * len(operations)
     print(f"{calls} requests to {len(operations)} operations in {time.monotonic() - started:.1f}s")
