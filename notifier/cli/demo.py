@@ -61,6 +61,10 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
             database_url=f"sqlite:///{database_file}",
             log_format="console",
             log_level="WARNING",
+            # The demo delivers its samples at any hour: quiet hours (21:00-07:00 Vietnam
+            # time) would hold its SMS and Zalo messages till morning, and a long demo
+            # would meet the per-recipient caps. Both are on in a deployment.
+            choice={"quiet_hours": False, "frequency_caps": False},
             **providers.settings_overrides(receipts_base=f"http://127.0.0.1:{port}"),
         )
         configure_logging(settings.log_level, settings.log_format)
@@ -83,7 +87,8 @@ def run_demo(*, count: int, exit_after: bool, port: int, workdir: Path) -> int:
                 f"  sms      local eSMS gateway {providers.esms.base_url} "
                 f"(then SpeedSMS {providers.speedsms.base_url})"
             )
-            click.echo(f"  zalo     local Zalo ZNS {providers.zalo.base_url}\n")
+            click.echo(f"  zalo     local Zalo ZNS {providers.zalo.base_url}")
+            click.echo("  quiet hours and frequency caps off (a deployment has them on)\n")
             started = time.monotonic()
             # Dated just before now: the console's "median time to send" then shows the
             # demo's own latency, not the age of a fixed sample date.
