@@ -30,7 +30,7 @@ from notifier.plugins.registry import Registry
 from notifier.store import Database
 from notifier.store.deliveries.lifecycle import CoalescingKey, DeliveryStatus
 from notifier.store.migrate import upgrade
-from notifier.store.schema import deliveries, events
+from notifier.store.schema import deliveries, events, status_outbox
 from tests.support import REPO, make_settings, wait_until
 from tests.test_pipeline import MailA, Sms
 
@@ -140,6 +140,16 @@ def test_three_statuses_within_the_window_send_one_sms_of_the_latest_and_every_e
         assert older["status"] == DeliveryStatus.SUPERSEDED
         assert older["superseded_by"] == kept["delivery_id"]  # linked to the one sent
     assert {r["status"] for r in dossier_rows(app, code, "email")} == {"queued"}
+    # Superseded is final: each is announced once on the status stream, the kept one not yet.
+    with app.database.engine.connect() as connection:
+        announced = [
+            (body["delivery"]["id"], body["type"])
+            for body in connection.execute(sa.select(status_outbox.c.body)).scalars()
+            if body["delivery"] is not None and body["delivery"]["channel"] == "sms"
+        ]
+    assert sorted(announced) == sorted(
+        (str(older["delivery_id"]), "delivery.superseded") for older in sms[:-1]
+    )
 
 
 def test_an_always_status_is_sent_at_once_and_supersedes_the_held_ones_before_it(
