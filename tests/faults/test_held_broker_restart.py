@@ -29,15 +29,17 @@ import pytest
 import sqlalchemy as sa
 from notifier_simulators.local import LocalProviders
 
-from notifier.app import Notifier
-from notifier.events import Status
-from notifier.ops.samples import sample_event
 from notifier.store import Database
 from notifier.store.deliveries.lifecycle import DeliveryStatus, HoldReason
 from notifier.store.schema import deliveries
 from tests.faults.rabbit_cluster import RabbitCluster, RabbitNode, rabbitmq_missing
 from tests.faults.test_faults import WorkerProcess
-from tests.integration.test_held_restarts import bring_due, consumers, sent_rows
+from tests.integration.test_held_restarts import (
+    bring_due,
+    consumers,
+    hold_sms_overnight,
+    sent_rows,
+)
 from tests.support import notifier_env, rabbit_settings, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -94,21 +96,8 @@ def test_held_sms_survive_a_worker_kill_9_and_a_rabbitmq_restart_and_are_sent_on
             sweeper={"interval_s": 0.5},
             **providers.settings_overrides(),
         )
-        app = Notifier(settings)
         phones = [f"0914{i:06d}" for i in range(HELD)]
-        try:
-            ids = []
-            for phone in phones:
-                event = sample_event(
-                    1, status=Status.RESULT_READY, event_id=uuid.uuid4(), contacts={"phone": phone}
-                )
-                result = app.ingest.handle(json.dumps(event), source="test")
-                ids += [delivery_id for delivery_id, _channel in result.to_enqueue]
-            assert len(ids) == HELD
-            night_end = datetime.now(UTC) + timedelta(hours=10)  # tomorrow's 07:00, say
-            assert len(app.deliveries.hold(ids, night_end, HoldReason.QUIET_HOURS)) == HELD
-        finally:
-            app.close()
+        ids = hold_sms_overnight(settings, phones)
         env = notifier_env(
             settings,
             NOTIFIER_SWEEPER__INTERVAL_S="0.5",

@@ -26,6 +26,8 @@ from notifier_simulators.local import LocalProviders
 from notifier.app import Notifier
 from notifier.events import Status
 from notifier.ops.samples import sample_event
+from notifier.plugins.registry import Registry
+from notifier.settings import Settings
 from notifier.store import Database
 from notifier.store.deliveries.lifecycle import HoldReason
 from notifier.store.schema import deliveries
@@ -85,6 +87,26 @@ def providers() -> Iterator[LocalProviders]:
         yield running
 
 
+
+def hold_sms_overnight(settings: Settings, phones: list[str]) -> list[uuid.UUID]:
+    """One SMS per phone, ingested and held for quiet hours, due ten hours from now (a
+    worker must not send them before :func:`bring_due`); returns their delivery ids."""
+    app = Notifier(settings)
+    try:
+        ids = []
+        for phone in phones:
+            event = sample_event(
+                1, status=Status.RESULT_READY, event_id=uuid.uuid4(), contacts={"phone": phone}
+            )
+            result = app.ingest.handle(json.dumps(event), source="test")
+            ids += [delivery_id for delivery_id, _channel in result.to_enqueue]
+        assert len(ids) == len(phones)
+        due = datetime.now(UTC) + timedelta(hours=10)  # tomorrow's 07:00, say
+        assert len(app.deliveries.hold(ids, due, HoldReason.QUIET_HOURS)) == len(phones)
+    finally:
+        app.close()
+    return ids
+
 def test_held_sms_survive_a_worker_kill_9_and_a_broker_outage_and_are_sent_once_when_due(
     amqp_url: str,
     pg_url: str,
@@ -100,21 +122,8 @@ def test_held_sms_survive_a_worker_kill_9_and_a_broker_outage_and_are_sent_once_
         sweeper={"interval_s": 0.5},
         **providers.settings_overrides(),
     )
-    app = Notifier(settings)
     phones = [f"0913{i:06d}" for i in range(HELD)]
-    try:
-        ids = []
-        for phone in phones:
-            event = sample_event(
-                1, status=Status.RESULT_READY, event_id=uuid.uuid4(), contacts={"phone": phone}
-            )
-            result = app.ingest.handle(json.dumps(event), source="test")
-            ids += [delivery_id for delivery_id, _channel in result.to_enqueue]
-        assert len(ids) == HELD
-        due = datetime.now(UTC) + timedelta(hours=10)  # tomorrow's 07:00, say
-        assert len(app.deliveries.hold(ids, due, HoldReason.QUIET_HOURS)) == HELD
-    finally:
-        app.close()
+    ids = hold_sms_overnight(settings, phones)
     env = notifier_env(
         settings,
         NOTIFIER_SWEEPER__INTERVAL_S="0.5",
@@ -129,7 +138,7 @@ def test_held_sms_survive_a_worker_kill_9_and_a_broker_outage_and_are_sent_once_
         sms_queue = f"{queue_prefix}.sms"
         wait_until(lambda: consumers(amqp_url, sms_queue) > 0, timeout=90)
         first.kill9()
-        broker_outage(amqp_url, queue_prefix, sorted(app.registry.channels))
+        broker_outage(amqp_url, queue_prefix, sorted(Registry.from_settings(settings).channels))
         second = WorkerProcess(env, log).start()
         wait_until(lambda: consumers(amqp_url, sms_queue) > 0, timeout=90)
         assert providers.esms.messages == []  # still held
