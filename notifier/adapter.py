@@ -9,7 +9,9 @@ parts it renders; it implements :meth:`Adapter.send` and reports failures by rai
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -131,6 +133,46 @@ class PermanentFailure(DeliveryFailure):
     def __init__(self, reason: str, *, code: str | None = None, operator_alert: bool = False):
         super().__init__(reason, code=code)
         self.operator_alert = operator_alert
+
+
+class Handover:
+    """Whether a send reached the step after which the provider may hold the message.
+
+    The core cuts every send at ``send_timeout_s``. A send cut before its adapter said
+    :func:`handing_over` never reached the provider, so it is retried like any failure;
+    one cut after it (or by an adapter that never says) may have sent, and meets the
+    provider's uncertain-send policy. On a saturated machine a send can wait seconds for
+    the event loop before its first byte: without this, such a wait held emails as
+    ``unknown`` for an admin although nothing had left.
+    """
+
+    __slots__ = ("reached",)
+
+    def __init__(self) -> None:
+        self.reached = False
+
+
+_HANDOVER: ContextVar[Handover | None] = ContextVar("notifier_handover", default=None)
+
+
+def handing_over() -> None:
+    """Called by an adapter right before the step that may hand the message to the
+    provider (SMTP: before DATA; HTTP: before the request is written). Safe to call
+    outside a send (does nothing)."""
+    handover = _HANDOVER.get()
+    if handover is not None:
+        handover.reached = True
+
+
+@contextmanager
+def watching_handover() -> Iterator[Handover]:
+    """The core's side: sends started inside see this handover (tasks copy the context)."""
+    handover = Handover()
+    token = _HANDOVER.set(handover)
+    try:
+        yield handover
+    finally:
+        _HANDOVER.reset(token)
 
 
 class UncertainSendPolicy(StrEnum):
@@ -354,6 +396,11 @@ class Adapter(abc.ABC, Generic[SettingsT]):
     # drop repeats of our reference; an operator may override it per provider
     # (NOTIFIER_PROVIDERS__<NAME>__UNCERTAIN_SEND).
     uncertain_send_policy: ClassVar[UncertainSendPolicy] = UncertainSendPolicy.HOLD
+
+    # True when send() calls :func:`handing_over` right before the step that may hand
+    # the message over: a send the core cuts at its timeout before that step is then a
+    # plain temporary failure, not an uncertain one. False: every cut send is uncertain.
+    reports_handover: ClassVar[bool] = False
 
     async def lookup(self, message: OutboundMessage) -> LookupAnswer:
         """Ask the provider whether it took ``message`` (for the ``verify`` policy).

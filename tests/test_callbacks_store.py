@@ -77,6 +77,27 @@ def test_a_redelivered_status_message_adds_no_second_callback(store: CallbackSto
     assert store.record([_status(1), _status(2)], T0) == 2
 
 
+def test_a_group_nobody_may_receive_costs_no_statement_when_the_targets_are_known(
+    store: CallbackStore,
+) -> None:
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    recipients = store.recipients()
+    only_h30 = {t: a for t, a in recipients.items() if a == ("H30",)}
+    sa.event.listen(store.database.engine, "before_cursor_execute", seen)
+    try:
+        assert store.record([_status(1, "H29"), _status(2, "H31")], T0, recipients=only_h30) == 0
+        assert statements == []
+        assert store.record([_status(3, "H30")], T0, recipients=only_h30) == 1
+    finally:
+        sa.event.remove(store.database.engine, "before_cursor_execute", seen)
+    assert _targets_of(store, "status-3") == {"mot-cua-h30"}
+    assert not any("api_clients" in statement for statement in statements)
+
+
 def test_a_revoked_key_gets_no_more_callbacks(store: CallbackStore) -> None:
     ApiKeys(store.database).revoke("mot-cua-h29")
     store.record([_status(1, "H29")], T0)

@@ -308,3 +308,49 @@ def test_the_metrics_show_the_changes_waiting_to_be_published(app: Notifier) -> 
     assert (scrape("notifier_status_outbox_oldest_pending_seconds") or -1) >= 0
     StatusOutbox(app.database).publish_pending(lambda _rows: None, batch=10)
     assert scrape("notifier_status_outbox_pending") == 0
+
+
+def test_an_announced_delivery_reads_the_same_on_both_databases(database: Database) -> None:
+    """PostgreSQL builds the outbox rows in SQL (one statement per group), SQLite in
+    Python: the message a receiver gets is the same, field for field."""
+    delivery_id = _planned_delivery(database)
+    with database.begin() as connection:
+        set_status(
+            connection,
+            delivery_id,
+            only_from=["queued"],
+            values={"status": DeliveryStatus.SUPPRESSED.value},
+        )
+    with database.engine.connect() as connection:
+        row = connection.execute(
+            sa.select(deliveries).where(deliveries.c.delivery_id == delivery_id)
+        ).one()
+    [message] = outbox(database)
+
+    def moment(text: str) -> datetime:
+        assert text.endswith("Z")
+        return datetime.fromisoformat(text[:-1] + "+00:00")
+
+    assert set(message) == {
+        "schema", "type", "occurred_at", "agency", "event_id", "dossier_code", "delivery",
+        "rejection", "id", "sequence",
+    }
+    assert message["schema"] == "notifier.status.v1"
+    assert message["type"] == "delivery.suppressed"
+    assert message["agency"] == "000.00.12.H29"
+    assert message["event_id"] == str(row.event_id)
+    assert message["dossier_code"] == row.dossier_code
+    assert message["rejection"] is None
+    assert moment(message["occurred_at"]) == row.updated_at.replace(tzinfo=UTC)
+    delivery = message["delivery"]
+    assert {k: v for k, v in delivery.items() if not k.endswith("_at")} == {
+        "id": str(delivery_id),
+        "channel": "email",
+        "provider": None,
+        "status": "suppressed",
+        "attempts": row.attempts,
+        "recipient": "c***@example.com",
+        "fallback_of": None,
+    }
+    assert moment(delivery["created_at"]) == row.created_at.replace(tzinfo=UTC)
+    assert moment(delivery["updated_at"]) == row.updated_at.replace(tzinfo=UTC)

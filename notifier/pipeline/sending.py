@@ -30,6 +30,7 @@ from notifier.adapter import (
     SendResult,
     TemporaryFailure,
     UncertainSendPolicy,
+    watching_handover,
 )
 from notifier.costs import PriceTable
 from notifier.logging import get_logger
@@ -383,17 +384,24 @@ class Sender:
         self, provider: Provider, message: OutboundMessage
     ) -> SendResult | DeliveryFailure:
         adapter = self.runtime.adapter(provider)
-        try:
-            return await asyncio.wait_for(adapter.send(message), self.worker.send_timeout_s)
-        except TimeoutError:
-            return TemporaryFailure(
-                f"no answer within {self.worker.send_timeout_s:g}s", maybe_sent=True
-            )
-        except DeliveryFailure as exc:
-            return exc
-        except Exception as exc:  # an adapter's bug: it may have sent
-            log.exception("adapter raised an unexpected error", provider=provider.name)
-            return TemporaryFailure(f"adapter error: {exc!r}", maybe_sent=True)
+        with watching_handover() as handover:
+            try:
+                return await asyncio.wait_for(adapter.send(message), self.worker.send_timeout_s)
+            except TimeoutError:
+                if not handover.reached and adapter.reports_handover:
+                    return TemporaryFailure(
+                        f"not sent within {self.worker.send_timeout_s:g}s "
+                        "(cut before the message was handed over)",
+                        code="timeout-before-handover",
+                    )
+                return TemporaryFailure(
+                    f"no answer within {self.worker.send_timeout_s:g}s", maybe_sent=True
+                )
+            except DeliveryFailure as exc:
+                return exc
+            except Exception as exc:  # an adapter's bug: it may have sent
+                log.exception("adapter raised an unexpected error", provider=provider.name)
+                return TemporaryFailure(f"adapter error: {exc!r}", maybe_sent=True)
 
     def backlog_retry_ms(self) -> int:
         return self.backoff_ms(1)

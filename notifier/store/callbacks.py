@@ -20,10 +20,11 @@ import base64
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
@@ -324,44 +325,69 @@ class CallbackStore:
 
     # -- consuming status messages ----------------------------------------------------
 
-    def record(self, messages: Iterable[IncomingStatus], now: datetime | None = None) -> int:
+    def recipients(self) -> dict[uuid.UUID, tuple[str, ...]]:
+        """Each callback target and its publisher's agencies now (see :meth:`record`)."""
+        with self.database.engine.connect() as connection:
+            return self._agencies(connection)
+
+    def record(
+        self,
+        messages: Iterable[IncomingStatus],
+        now: datetime | None = None,
+        *,
+        recipients: Mapping[uuid.UUID, tuple[str, ...]] | None = None,
+    ) -> int:
         """One pending callback per message and target whose publisher's agencies include
-        the message's agency, all in one transaction; repeats of a message id add
-        nothing. A message without an agency goes only to every-agency publishers.
-        Returns how many callbacks were added."""
+        the message's agency, all in one statement; repeats of a message id add nothing.
+        A message without an agency goes only to every-agency publishers. Returns how
+        many callbacks were added.
+
+        ``recipients`` (from :meth:`recipients`) saves reading the targets again for
+        every group: the intake keeps a snapshot a few seconds old. A stale snapshot is
+        safe, because :meth:`claim_due` checks the publisher's right again before any
+        callback is sent."""
         now = now or utcnow()
-        added = 0
+        if recipients is not None:
+            rows = self._rows(messages, recipients, now)
+            if not rows:
+                return 0  # nobody to tell: no transaction at all
         with self.database.begin() as connection:
-            agencies = self._agencies(connection)
-            for message in messages:
-                for target_id, theirs in agencies.items():
-                    if not _may_receive(theirs, message.agency):
-                        continue
-                    # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts.
-                    added += len(
-                        connection.execute(
-                            self.database.insert_ignore(
-                                callback_deliveries, "message_id", "target_id"
-                            )
-                            .values(
-                                callback_id=uuid.uuid4(),
-                                message_id=message.id,
-                                target_id=target_id,
-                                type=message.type[:64],
-                                agency=None if message.agency is None else message.agency[:64],
-                                sequence=message.sequence,
-                                body=message.body,
-                                status=CallbackStatus.PENDING.value,
-                                due_at=now,
-                                attempts=0,
-                                created_at=now,
-                                window_start=now,
-                                updated_at=now,
-                            )
-                            .returning(callback_deliveries.c.callback_id)
-                        ).all()
-                    )
-        return added
+            if recipients is None:
+                rows = self._rows(messages, self._agencies(connection), now)
+            if not rows:
+                return 0
+            # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts.
+            statement = self.database.insert_ignore(
+                callback_deliveries, "message_id", "target_id"
+            ).returning(callback_deliveries.c.callback_id)
+            return len(connection.execute(statement, rows).all())
+
+    @staticmethod
+    def _rows(
+        messages: Iterable[IncomingStatus],
+        recipients: Mapping[uuid.UUID, tuple[str, ...]],
+        now: datetime,
+    ) -> list[dict[str, Any]]:
+        return [
+            {
+                "callback_id": uuid.uuid4(),
+                "message_id": message.id,
+                "target_id": target_id,
+                "type": message.type[:64],
+                "agency": None if message.agency is None else message.agency[:64],
+                "sequence": message.sequence,
+                "body": message.body,
+                "status": CallbackStatus.PENDING.value,
+                "due_at": now,
+                "attempts": 0,
+                "created_at": now,
+                "window_start": now,
+                "updated_at": now,
+            }
+            for message in messages
+            for target_id, theirs in recipients.items()
+            if _may_receive(theirs, message.agency)
+        ]
 
     # -- sending ----------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from notifier.adapter import (
     SendResult,
     TemplatePart,
     TemporaryFailure,
+    handing_over,
 )
 from notifier.logging import get_logger
 from notifier.masking import scrub
@@ -128,6 +129,9 @@ class EmailAdapter(Adapter[EmailSettings]):
         TemplatePart("text"),
         TemplatePart("html", html=True),
     )
+    # send() says when DATA starts: a send cut before it (waiting for a session, or for
+    # a busy event loop) sent nothing, and is retried rather than held for an admin.
+    reports_handover: ClassVar[bool] = True
 
     def __init__(self, settings: EmailSettings, context: AdapterContext) -> None:
         super().__init__(settings, context)
@@ -161,6 +165,7 @@ class EmailAdapter(Adapter[EmailSettings]):
             # while a lost answer to DATA means the relay may hold the message.
             await client.mail(sender)
             await client.rcpt(recipient)
+            handing_over()  # from here a cut send may have left (see below)
             try:
                 response = await client.data(data)
             except SMTPResponseException:

@@ -26,6 +26,7 @@ from notifier.adapter import (
     RecipientKind,
     SendResult,
     TemporaryFailure,
+    watching_handover,
 )
 
 T = TypeVar("T")
@@ -425,3 +426,25 @@ def test_a_refusal_before_data_is_not_maybe_sent(catcher: SmtpCatcher) -> None:
         _run(_send_all(_adapter(catcher.port), _message()))
     assert not failure.value.maybe_sent
     assert catcher.messages == []
+
+
+def test_the_handover_is_reported_only_once_the_relay_took_the_recipient(
+    catcher: SmtpCatcher,
+) -> None:
+    # The core cuts a send at its timeout; before the handover the cut is a plain
+    # temporary failure (nothing left), after it the send may have reached the relay.
+    assert EmailAdapter.reports_handover
+    adapter = _adapter(catcher.port)
+    catcher.fail_next(1, code=451, stage="rcpt")
+
+    async def scenario() -> tuple[bool, bool]:
+        try:
+            with watching_handover() as refused, pytest.raises(TemporaryFailure):
+                await adapter.send(_message())
+            with watching_handover() as taken:
+                await adapter.send(_message())
+            return refused.reached, taken.reached
+        finally:
+            await adapter.close()
+
+    assert _run(scenario()) == (False, True)

@@ -1,0 +1,68 @@
+"""A send cut at the send timeout: uncertain only if it reached the handover.
+
+The core cuts every provider call at ``send_timeout_s``. An adapter that reports its
+handover (``reports_handover``; the email adapter does, before DATA) lets the core tell
+a send that never left (retried, or failed over, like any temporary failure) from one
+that may have reached the provider (the provider's uncertain-send policy: here ``hold``,
+so ``unknown``). Scripted adapters on SQLite, as in tests/test_pipeline.py."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from notifier.adapter import OutboundMessage, handing_over
+from notifier.ops.samples import sample_event
+from tests.support import RunningWorker, wait_until
+from tests.test_pipeline import MailA, MailB, attempts, build_app, rows, submit
+
+
+def _first_send_hangs(message: OutboundMessage, *, after_handover: bool) -> None:
+    if not MailA.sent and message.recipient not in MailA.slow:
+        if after_handover:
+            handing_over()
+        MailA.slow = {message.recipient}
+
+
+def test_a_send_cut_before_its_handover_fails_over_instead_of_being_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = build_app(tmp_path)  # send_timeout_s = 2
+    monkeypatch.setattr(MailA, "reports_handover", True, raising=False)
+    MailA.slow_s = 4.0
+    MailA.on_start = lambda message: _first_send_hangs(message, after_handover=False)
+    with RunningWorker(app):
+        submit(app, sample_event(1, event_id=uuid.uuid4()))
+        wait_until(lambda: [r["status"] for r in rows(app)] == ["sent"], timeout=20)
+    [delivery] = rows(app)
+    assert delivery["provider"] == "mail_b"
+    assert len(MailB.sent) == 1
+    assert [a[0] for a in attempts(app)] == ["sent"]  # one try: mail_a cut, mail_b sent
+
+
+def test_a_send_cut_after_its_handover_is_held_as_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = build_app(tmp_path)
+    monkeypatch.setattr(MailA, "reports_handover", True, raising=False)
+    MailA.slow_s = 4.0
+    MailA.on_start = lambda message: _first_send_hangs(message, after_handover=True)
+    with RunningWorker(app):
+        submit(app, sample_event(2, event_id=uuid.uuid4()))
+        wait_until(lambda: [r["status"] for r in rows(app)] == ["unknown"], timeout=20)
+    assert MailB.sent == []  # another provider would have sent it twice
+
+
+def test_an_adapter_that_does_not_report_its_handover_is_uncertain_when_cut(
+    tmp_path: Path,
+) -> None:
+    app = build_app(tmp_path)
+    assert MailA.reports_handover is False
+    MailA.slow_s = 4.0
+    MailA.on_start = lambda message: _first_send_hangs(message, after_handover=False)
+    with RunningWorker(app):
+        submit(app, sample_event(3, event_id=uuid.uuid4()))
+        wait_until(lambda: [r["status"] for r in rows(app)] == ["unknown"], timeout=20)
+    assert MailB.sent == []
