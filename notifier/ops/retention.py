@@ -18,7 +18,8 @@ What goes, once older than its period (``NOTIFIER_RETENTION__*``):
 - the status outbox (``NOTIFIER_STATUSES__KEEP_PUBLISHED_DAYS``, default 2): rows
   published to the status stream are deleted that long after; a pending row never is
   (it is not lost), except without RabbitMQ (the embedded mode has no stream), where
-  rows are deleted that long after the change.
+  rows are deleted that long after the change. Nor is a row the metric counters have
+  not folded yet (notifier.store.counters).
 
 Statuses themselves stay: events, deliveries (status, attempts, times, masked
 recipient) and rejects (reason, event id, agency, dossier) are what the status API
@@ -221,10 +222,14 @@ class Retention:
             statuses=self._delete(
                 status_outbox,
                 status_outbox.c.sequence,
-                (
-                    status_outbox.c.occurred_at < now - self.outbox_age
-                    if self.outbox_unpublished_too
-                    else status_outbox.c.published_at < now - self.outbox_age
+                sa.and_(
+                    (
+                        status_outbox.c.occurred_at < now - self.outbox_age
+                        if self.outbox_unpublished_too
+                        else status_outbox.c.published_at < now - self.outbox_age
+                    ),
+                    # Counted first: the metric counters fold every row (store.counters).
+                    status_outbox.c.folded,
                 ),
                 dry_run,
                 step,
