@@ -27,8 +27,8 @@ What is counted, per change:
 * ``latency_bucket`` (channel, upper bound) and ``latency_sum`` (channel): publish ->
   provider accepted, for sends accepted (``sent``, or ``delivered`` at once), held
   deliveries left out (their wait is a rule's, counted in ``held``). "Publish" is the
-  event's ``received_at``: when the API received it, or when the ingest stored an event
-  the bridge took from RabbitMQ (docs/operations.md).
+  event's ``published_at`` (our publishers' header, or the AMQP timestamp, read by the
+  bridge), else its ``received_at`` (docs/operations.md).
 
 :func:`rebuild_counters` (migration 0016, the log-size benchmark after seeding rows
 with SQL) recounts them from the log and marks every outbox row folded, in one
@@ -225,7 +225,7 @@ def _labels(values: Iterable[str]) -> str:
 class _DeliveryFacts:
     suppressed_reason: str | None
     hold_reason: str | None
-    received_at: datetime | None
+    published_at: datetime | None
 
 
 def _increments(connection: Connection, rows: Sequence[Any]) -> dict[Key, float]:
@@ -261,10 +261,10 @@ def _increments(connection: Connection, rows: Sequence[Any]) -> dict[Key, float]
             row.send_outcome
             and status in _ACCEPTED
             and fact.hold_reason is None
-            and fact.received_at is not None
+            and fact.published_at is not None
         ):
             accepted_at = datetime.fromisoformat(d["updated_at"])
-            seconds = max(0.0, (accepted_at - fact.received_at).total_seconds())
+            seconds = max(0.0, (accepted_at - fact.published_at).total_seconds())
             increments[(LATENCY_BUCKET, (channel, bucket_of(seconds)))] += 1
             increments[(LATENCY_SUM, (channel,))] += seconds
     return increments
@@ -275,12 +275,17 @@ def _facts(connection: Connection, delivery_ids: list[UUID]) -> dict[UUID, _Deli
         return {}
     d, e = deliveries.c, events.c
     found = connection.execute(
-        sa.select(d.delivery_id, d.suppressed_reason, d.hold_reason, e.received_at)
+        sa.select(
+            d.delivery_id,
+            d.suppressed_reason,
+            d.hold_reason,
+            sa.func.coalesce(e.published_at, e.received_at).label("published_at"),
+        )
         .select_from(deliveries.outerjoin(events, e.event_id == d.event_id))
         .where(d.delivery_id.in_(delivery_ids))
     ).all()
     return {
-        row.delivery_id: _DeliveryFacts(row.suppressed_reason, row.hold_reason, row.received_at)
+        row.delivery_id: _DeliveryFacts(row.suppressed_reason, row.hold_reason, row.published_at)
         for row in found
     }
 
@@ -309,7 +314,8 @@ def rebuild(connection: Connection) -> None:
     From the log, what the fold would have counted: each delivery once in its current
     final status (one sent then delivered before the upgrade counts as delivered only),
     its retries once it is final, its suppression or ended hold; the rejects kept; the
-    latency of each delivery sent (not held) from its event's ``received_at``."""
+    latency of each delivery sent (not held) from its event's publish (``published_at``,
+    else ``received_at``)."""
     is_sqlite = connection.dialect.name == "sqlite"
     d, e = deliveries.c, events.c
     final = list(ANNOUNCED)
@@ -342,10 +348,11 @@ def rebuild(connection: Connection) -> None:
     ).scalar_one()
     if rejected:
         increments[(REJECTED, ())] += int(rejected)
+    published = sa.func.coalesce(e.published_at, e.received_at)
     seconds: Any = (
-        (sa.func.julianday(d.sent_at) - sa.func.julianday(e.received_at)) * 86400.0
+        (sa.func.julianday(d.sent_at) - sa.func.julianday(published)) * 86400.0
         if is_sqlite
-        else sa.extract("epoch", d.sent_at - e.received_at)
+        else sa.extract("epoch", d.sent_at - published)
     )
     latency = sa.case((seconds > 0, seconds), else_=0.0)
     bucket = sa.case(
@@ -391,17 +398,31 @@ class Backlog:
 
 
 def backlog(database: Database, now: datetime | None = None) -> Backlog:
-    """Read through indexes: the status index for the deliveries not final, the held
-    index (status, due_at) for held ones due, the dead letters' partial index."""
+    """Read through indexes: the status index for the deliveries not final (one pass),
+    the dead letters' partial index."""
     now = now or utcnow()
     d = deliveries.c
     in_flight: dict[tuple[str, str, str], int] = {}
     held: dict[tuple[str, str], int] = {}
     dead: dict[str, int] = {}
     oldest: dict[str, datetime] = {}
+    # One pass over the deliveries not final (the status index): counts, and when the
+    # oldest of those waiting to be sent now became due.
+    waiting_since = sa.case(
+        (d.status.in_(_UNSENT), sa.func.coalesce(d.due_at, d.created_at)),
+        (sa.and_(d.status == DeliveryStatus.SCHEDULED.value, d.due_at <= now), d.due_at),
+        else_=sa.null(),
+    )
     with database.engine.connect() as connection:
         for row in connection.execute(
-            sa.select(d.channel, d.provider, d.status, d.hold_reason, sa.func.count().label("n"))
+            sa.select(
+                d.channel,
+                d.provider,
+                d.status,
+                d.hold_reason,
+                sa.func.count().label("n"),
+                sa.func.min(waiting_since).label("since"),
+            )
             .where(d.status.in_(IN_FLIGHT))
             .group_by(d.channel, d.provider, d.status, d.hold_reason)
         ):
@@ -410,27 +431,21 @@ def backlog(database: Database, now: datetime | None = None) -> Backlog:
             if row.status == DeliveryStatus.SCHEDULED.value and row.hold_reason is not None:
                 reason_key = (row.channel, row.hold_reason)
                 held[reason_key] = held.get(reason_key, 0) + int(row.n)
+            since = _aware(row.since)
+            if since is not None and (row.channel not in oldest or since < oldest[row.channel]):
+                oldest[row.channel] = since
         for row in connection.execute(
             sa.select(d.channel, sa.func.count().label("n")).where(d.exhausted).group_by(d.channel)
         ):
             dead[row.channel] = int(row.n)
-        waiting = sa.union_all(
-            sa.select(d.channel, sa.func.coalesce(d.due_at, d.created_at).label("since")).where(
-                d.status.in_(_UNSENT)
-            ),
-            sa.select(d.channel, d.due_at.label("since")).where(
-                d.status == DeliveryStatus.SCHEDULED.value, d.due_at <= now
-            ),
-        ).subquery()
-        for row in connection.execute(
-            sa.select(waiting.c.channel, sa.func.min(waiting.c.since).label("since")).group_by(
-                waiting.c.channel
-            )
-        ):
-            since = row.since
-            if isinstance(since, str):  # SQLite: a UNION's column loses its type
-                since = datetime.fromisoformat(since)
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)
-            oldest[row.channel] = since
     return Backlog(in_flight, held, dead, oldest)
+
+
+def _aware(value: Any) -> datetime | None:
+    """A timestamp read from an expression (SQLite gives text, without its zone)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

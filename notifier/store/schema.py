@@ -57,6 +57,10 @@ events = sa.Table(
     sa.Column("payload", sa.JSON, nullable=True),
     # Copies received again after it was accepted (each one announced as event.duplicate).
     sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
+    # When its publisher published it (the bridge reads our publishers' header, or the
+    # AMQP timestamp): the start of /metrics' publish -> accepted latency. None when
+    # unknown (then received_at stands for it, as for events the API took directly).
+    sa.Column("published_at", UTCDateTime, nullable=True),
 )
 
 deliveries = sa.Table(

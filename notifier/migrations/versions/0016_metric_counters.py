@@ -4,7 +4,9 @@
 suppressions and holds by reason, rejected events, the publish -> accepted latency
 histogram), raised by folding ``status_outbox`` rows (``folded``; ``send_outcome`` says
 a row ends a send), so a scrape no longer groups the delivery log
-(notifier.store.counters). The dead letters get a partial index of their own.
+(notifier.store.counters). The dead letters get a partial index of their own. Events
+keep when they were published (``published_at``, from the publisher's header), where
+the latency histogram starts.
 
 The upgrade BACKFILLS the counters from the existing log (one pass over deliveries,
 one over deliveries joined with events: minutes on millions of rows) and marks every
@@ -20,6 +22,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+import notifier.store.schema
 from notifier.store.counters import rebuild
 
 revision = "0016"
@@ -51,6 +54,10 @@ def upgrade() -> None:
         postgresql_where=sa.text("NOT folded"),
         sqlite_where=sa.text("NOT folded"),
     )
+    with op.batch_alter_table("events", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("published_at", notifier.store.schema.UTCDateTime(), nullable=True)
+        )
     op.create_index(
         "ix_deliveries_dead_letters",
         "deliveries",
@@ -65,6 +72,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_deliveries_dead_letters", table_name="deliveries")
+    with op.batch_alter_table("events", schema=None) as batch_op:
+        batch_op.drop_column("published_at")
     op.drop_index("ix_status_outbox_unfolded", table_name="status_outbox")
     with op.batch_alter_table("status_outbox", schema=None) as batch_op:
         batch_op.drop_column("folded")
