@@ -261,11 +261,24 @@ class Notifier:
 
     # -- entry points ---------------------------------------------------------------------
 
-    def submit(self, body: bytes, *, source: str, submitter: Submitter | None = None) -> None:
+    def submit(
+        self,
+        body: bytes,
+        *,
+        source: str,
+        submitter: Submitter | None = None,
+        published_at_ms: int | None = None,
+    ) -> None:
         """Hand a raw event to ingest directly (the in-process broker's path, and replay).
-        Without a submitter, the event is notifier's own (any agency)."""
+        Without a submitter, the event is notifier's own (any agency). ``published_at_ms``:
+        when it was published (Unix ms; the API's receipt), if known."""
         self.ingest_actor.send(
-            [ingest_arguments(body, self.settings.events.max_bytes, submitter)], source
+            [
+                ingest_arguments(
+                    body, self.settings.events.max_bytes, submitter, published_at_ms
+                )
+            ],
+            source,
         )
 
     def channel_parts(self) -> dict[str, tuple[TemplatePart, ...]]:
