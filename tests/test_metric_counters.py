@@ -12,6 +12,7 @@ import re
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from notifier.app import Notifier
 from notifier.ops.metrics import exposition, sample_value, state_registry
 from notifier.ops.retention import Retention
+from notifier.ops.samples import sample_event
 from notifier.store import Database
 from notifier.store.counters import (
     DELIVERIES,
@@ -41,7 +43,8 @@ from notifier.store.deliveries.lifecycle import (
 )
 from notifier.store.schema import deliveries, events, rejected_events
 from notifier.store.statuses import EventChange, EventStatusChange, record_event_changes
-from tests.support import make_settings
+from tests.support import RunningWorker, make_settings, wait_until
+from tests.test_pipeline import MailA, MailB, build_app, settled, submit
 
 LEASE = timedelta(minutes=1)
 
@@ -452,3 +455,20 @@ def _rows_read(plan: dict[str, Any], table: str) -> int:
         loops = plan.get("Actual Loops", 1)
         own = (plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)) * loops
     return own + sum(_rows_read(child, table) for child in plan.get("Plans", []))
+
+
+def test_a_workers_sweeper_folds_the_changes_without_a_scrape(tmp_path: Path) -> None:
+    """The scripted pipeline (SQLite, in-process broker): an email sent after two
+    retries is counted by the sweeper's round, with its retries and its latency."""
+    app = build_app(tmp_path, sweeper={"interval_s": 0.05})
+    MailA.script = ["temp", "temp"]
+    MailB.script = ["temp", "temp"]
+    counters = MetricCounters(app.database)
+    with RunningWorker(app):
+        submit(app, sample_event(1, event_id=uuid.uuid4()))
+        wait_until(lambda: settled(app, 1))
+        wait_until(lambda: counters.pending() == 0)
+        values = counters.read().values
+    assert values[DELIVERIES] == {("email", "mail_a", "sent"): 1}
+    assert values[RETRIES] == {("email",): 2}
+    assert sum(values[LATENCY_BUCKET].values()) == 1
