@@ -116,7 +116,7 @@ class StateCollector:
         # Counters: what waits in the outbox first (bounded), then a few rows; gauges
         # through indexes. Nothing here groups the delivery log (notifier.store.counters).
         counters = MetricCounters(self.app.database)
-        counters.fold_all(batch=SCRAPE_FOLD_LIMIT, rounds=1)
+        counters.fold(SCRAPE_FOLD_LIMIT)
         values = counters.read()
         waiting = backlog(self.app.database)
         # The state shown, derived from the latest outcomes (as the console shows it).
