@@ -43,6 +43,7 @@ from notifier.plugins.runtime import AdapterRuntime
 from notifier.settings import ENV_PREFIX, Settings, SettingsError
 from notifier.store import Database
 from notifier.store.callbacks import CallbackStore
+from notifier.store.counters import MetricCounters
 from notifier.store.deliveries.costs import CostLog
 from notifier.store.deliveries.lifecycle import DeliveryStore
 from notifier.store.inbound import InboundStore
@@ -203,7 +204,12 @@ class Notifier:
             agencies=self.agencies,
             default_language=settings.default_language,
         )
-        self.sweeper = Sweeper(self.deliveries, settings.sweeper, self.enqueue_deliveries)
+        self.sweeper = Sweeper(
+            self.deliveries,
+            settings.sweeper,
+            self.enqueue_deliveries,
+            fold_counters=MetricCounters(self.database).fold_all,
+        )
         self.broker.add_middleware(self.sweeper)
         # The status stream needs RabbitMQ; in the embedded mode nothing is published
         # and retention prunes the outbox (notifier.ops.retention).
@@ -255,11 +261,24 @@ class Notifier:
 
     # -- entry points ---------------------------------------------------------------------
 
-    def submit(self, body: bytes, *, source: str, submitter: Submitter | None = None) -> None:
+    def submit(
+        self,
+        body: bytes,
+        *,
+        source: str,
+        submitter: Submitter | None = None,
+        published_at_ms: int | None = None,
+    ) -> None:
         """Hand a raw event to ingest directly (the in-process broker's path, and replay).
-        Without a submitter, the event is notifier's own (any agency)."""
+        Without a submitter, the event is notifier's own (any agency). ``published_at_ms``:
+        when it was published (Unix ms; the API's receipt), if known."""
         self.ingest_actor.send(
-            [ingest_arguments(body, self.settings.events.max_bytes, submitter)], source
+            [
+                ingest_arguments(
+                    body, self.settings.events.max_bytes, submitter, published_at_ms
+                )
+            ],
+            source,
         )
 
     def channel_parts(self) -> dict[str, tuple[TemplatePart, ...]]:

@@ -72,6 +72,16 @@ def event_bytes(event: Any) -> tuple[bytes, str]:
     return json.dumps(event, ensure_ascii=False).encode(), str(event.get("event_id", "?"))
 
 
+# When the event was published (Unix time in milliseconds): where /metrics' latency
+# histogram publish -> accepted starts (the bridge stores it as events.published_at).
+PUBLISHED_AT_HEADER = "x-published-at"
+
+
+def published_at_header() -> dict[str, int]:
+    """The publish-time header, stamped now."""
+    return {PUBLISHED_AT_HEADER: time.time_ns() // 1_000_000}
+
+
 def _properties(
     event_id: str, user_id: str | None, headers: dict[str, Any] | None = None
 ) -> pika.BasicProperties:
@@ -82,7 +92,7 @@ def _properties(
         delivery_mode=pika.DeliveryMode.Persistent,
         message_id=event_id if event_id != "?" else None,
         user_id=user_id or None,
-        headers=headers,
+        headers={**published_at_header(), **(headers or {})},
     )
 
 

@@ -430,9 +430,8 @@ def test_operators_see_held_and_suppressed_counts_per_reason_apart_from_failures
         assert (
             sample_value(
                 text,
-                "notifier_deliveries_by_reason",
+                "notifier_deliveries_suppressed_total",
                 channel="email",
-                kind="suppressed",
                 reason="channel_off",
             )
             == 2

@@ -115,3 +115,79 @@ def test_0008_marks_as_exhausted_exactly_the_failures_that_gave_up_after_retries
         "retrying": False,
         "sent": False,
     }
+
+
+def test_0016_starts_the_counters_from_the_log_and_counts_no_change_twice(
+    empty_database: Database,
+) -> None:
+    from notifier.store.counters import DELIVERIES, RETRIES, SUPPRESSED, MetricCounters
+
+    upgrade(empty_database, "0015")
+    now = datetime.now(UTC)
+    event_id = uuid.uuid4()
+    # The outbox as it was at 0015 (no folded, no send_outcome).
+    outbox_columns = ("change_id", "type", "agency_code", "occurred_at", "body")
+    outbox = sa.table(
+        "status_outbox", *(sa.column(c, schema.status_outbox.c[c].type) for c in outbox_columns)
+    )
+    with empty_database.begin() as connection:
+        connection.execute(
+            schema.events.insert().values(
+                event_id=event_id,
+                received_at=now,
+                occurred_at=now,
+                source_system="t",
+                agency_code="A",
+                dossier_code="D",
+                procedure_code="p",
+                status="received",
+            )
+        )
+        for status, attempts, reason in (
+            ("sent", 3, None),
+            ("suppressed", 0, "opted_out"),
+            ("queued", 0, None),
+        ):
+            connection.execute(
+                schema.deliveries.insert().values(
+                    delivery_id=uuid.uuid4(),
+                    event_id=event_id,
+                    dossier_code="D",
+                    agency_code="A",
+                    procedure_code="p",
+                    event_status="received",
+                    channel="email",
+                    provider=None if status != "sent" else "smtp",
+                    language="vi",
+                    template="vi/email/received",
+                    recipient_masked="r***",
+                    recipient_hash=f"h-{status}",
+                    status=status,
+                    attempts=attempts,
+                    suppressed_reason=reason,
+                    created_at=now,
+                    updated_at=now,
+                    sent_at=now if status == "sent" else None,
+                )
+            )
+        # The sent delivery's change, still waiting in the outbox at the upgrade.
+        connection.execute(
+            outbox.insert().values(
+                change_id=uuid.uuid4(),
+                type="delivery.sent",
+                agency_code="A",
+                occurred_at=now,
+                body={"type": "delivery.sent", "delivery": {"status": "sent"}},
+            )
+        )
+
+    upgrade(empty_database)
+
+    counters = MetricCounters(empty_database)
+    values = counters.read().values
+    assert values[DELIVERIES] == {("email", "smtp", "sent"): 1, ("email", "none", "suppressed"): 1}
+    assert values[RETRIES] == {("email",): 2}
+    assert values[SUPPRESSED] == {("email", "opted_out"): 1}
+    # The change already in the log's recount is not folded again.
+    assert counters.pending() == 0
+    assert counters.fold_all() == 0

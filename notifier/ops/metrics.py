@@ -2,9 +2,11 @@
 
 Two sources, scraped separately (see docs/operations.md):
 
-* the API's ``/metrics``: :class:`StateCollector` reads the delivery log, the
-  rejects, provider health and the RabbitMQ queue depths at scrape time, so every API
-  replica reports the same figures and nothing is lost when a worker restarts;
+* the API's ``/metrics``: :class:`StateCollector` reads counters kept in the database
+  (folded from the status outbox, :mod:`notifier.store.counters`), the backlog through
+  indexes, provider health and the RabbitMQ queue depths at scrape time, so every API
+  replica reports the same figures, nothing is lost when a worker restarts, and a
+  scrape costs the same whatever the size of the log;
 * each worker host's Dramatiq exposition server (port 9191): Dramatiq's Prometheus
   middleware (message counts, errors, retries, durations) plus what
   :func:`instrument_worker` adds: provider call latency and outcomes.
@@ -18,6 +20,7 @@ the exposition server, which runs in another process.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -29,10 +32,19 @@ import sqlalchemy as sa
 from notifier.logging import get_logger
 from notifier.pipeline.budget import BudgetLevel, budget_statuses, cost_zone
 from notifier.pipeline.guard import ProviderCall
+from notifier.store.counters import (
+    DELIVERIES,
+    HELD,
+    REJECTED,
+    RETRIES,
+    SCRAPE_FOLD_LIMIT,
+    SUPPRESSED,
+    MetricCounters,
+    backlog,
+)
 from notifier.store.deliveries.costs import CostLog, month_start, next_month
-from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.deliveries.log import DeliveryLog
-from notifier.store.schema import deliveries, rejected_events, utcnow
+from notifier.store.schema import utcnow
 from notifier.store.statuses import StatusOutbox
 
 if TYPE_CHECKING:
@@ -95,69 +107,120 @@ class StateCollector:
                 yield depth
 
     def _from_database(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        d = deliveries.c
-        retries = sa.func.sum(sa.case((d.attempts > 1, d.attempts - 1), else_=0))
-        by_state = sa.select(
-            d.channel, d.provider, d.status, sa.func.count().label("n"), retries.label("r")
-        ).group_by(d.channel, d.provider, d.status)
-        dead = (
-            sa.select(d.channel, sa.func.count().label("n"))
-            .where(d.status == DeliveryStatus.PERMANENT_FAILURE.value, d.exhausted == sa.true())
-            .group_by(d.channel)
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
         )
-        with self.app.database.engine.connect() as connection:
-            state_rows = list(connection.execute(by_state))
-            dead_rows = list(connection.execute(dead))
-            rejected = connection.execute(
-                sa.select(sa.func.count()).select_from(rejected_events)
-            ).scalar_one()
+
+        # Counters: what waits in the outbox first (bounded), then a few rows; gauges
+        # through indexes. Nothing here groups the delivery log (notifier.store.counters).
+        counters = MetricCounters(self.app.database)
+        counters.fold(SCRAPE_FOLD_LIMIT)
+        values = counters.read()
+        waiting = backlog(self.app.database)
         # The state shown, derived from the latest outcomes (as the console shows it).
         health_rows = DeliveryLog(self.app.database, "").provider_health()
-        reason_rows = DeliveryLog(self.app.database, "").reason_counts()
 
-        counts = GaugeMetricFamily(
+        finished = CounterMetricFamily(
             "notifier_deliveries",
-            "Deliveries in the log by channel, provider and status (provider 'none' "
-            "before the first attempt).",
+            "Deliveries that reached each final status, by channel and provider (provider "
+            "'none' before the first attempt); one sent then delivered counts in both.",
             labels=["channel", "provider", "status"],
         )
-        retried: dict[str, float] = {}
-        for row in state_rows:
-            counts.add_metric([row.channel, row.provider or "none", row.status], int(row.n))
-            retried[row.channel] = retried.get(row.channel, 0) + int(row.r or 0)
-        yield counts
+        for (channel, provider, status), value in sorted(values.of(DELIVERIES).items()):
+            finished.add_metric([channel, provider, status], value)
+        yield finished
+        in_flight = GaugeMetricFamily(
+            "notifier_deliveries_in_flight",
+            "Deliveries not final now: queued, sending, temporary-failure (waiting for a "
+            "retry), scheduled (held) and unknown (waiting for an admin).",
+            labels=["channel", "provider", "status"],
+        )
+        for (channel, provider, status), count in sorted(waiting.in_flight.items()):
+            in_flight.add_metric([channel, provider, status], count)
+        yield in_flight
+        suppressed = CounterMetricFamily(
+            "notifier_deliveries_suppressed",
+            "Deliveries not sent because of a rule or the citizen's choice, by reason. "
+            "Not failures.",
+            labels=["channel", "reason"],
+        )
+        for (channel, reason), value in sorted(values.of(SUPPRESSED).items()):
+            suppressed.add_metric([channel, reason], value)
+        yield suppressed
+        held = CounterMetricFamily(
+            "notifier_deliveries_held",
+            "Held deliveries (quiet hours, a frequency cap, coalescing) whose hold ended: "
+            "sent, failed, superseded or suppressed.",
+            labels=["channel", "reason"],
+        )
+        for (channel, reason), value in sorted(values.of(HELD).items()):
+            held.add_metric([channel, reason], value)
+        yield held
         by_reason = GaugeMetricFamily(
             "notifier_deliveries_by_reason",
-            "Deliveries held or suppressed by a rule or the citizen's choice, by channel, "
-            "kind (suppressed; scheduled: held now; held: held earlier, since released) "
-            "and reason. Not failures.",
+            "Deliveries held now by a rule (kind scheduled), by channel and reason. Not "
+            "failures. (Suppressed ones: notifier_deliveries_suppressed_total; holds that "
+            "ended: notifier_deliveries_held_total.)",
             labels=["channel", "kind", "reason"],
         )
-        for r in reason_rows:
-            by_reason.add_metric([r.channel, r.kind, r.reason], r.count)
+        for (channel, reason), count in sorted(waiting.held.items()):
+            by_reason.add_metric([channel, "scheduled", reason], count)
         yield by_reason
         retry_total = CounterMetricFamily(
             "notifier_delivery_retries",
-            "Attempts after the first, summed over the deliveries in the log.",
+            "Attempts after the first, counted when a send ends (sent, failed, unknown).",
             labels=["channel"],
         )
-        for channel, value in sorted(retried.items()):
-            retry_total.add_metric([channel], value)
+        retried = values.of(RETRIES)
+        channels = {channel for channel, _provider, _status in values.of(DELIVERIES)}
+        for channel in sorted(channels | {labels[0] for labels in retried}):
+            retry_total.add_metric([channel], retried.get((channel,), 0.0))
         yield retry_total
+        latency = HistogramMetricFamily(
+            "notifier_publish_to_accepted_seconds",
+            "From an event's publish (its receipt by notifier) to the provider's acceptance "
+            "of each of its deliveries, by channel; held deliveries left out.",
+            labels=["channel"],
+        )
+        for channel in values.latency_channels():
+            buckets, total = values.latency(channel)
+            latency.add_metric(
+                [channel], [(_le(upper), count) for upper, count in buckets], total
+            )
+        yield latency
+        oldest_unsent = GaugeMetricFamily(
+            "notifier_oldest_unsent_seconds",
+            "Age of the oldest delivery waiting to be sent now (queued, sending, waiting "
+            "for a retry, or held and due), since it was created or became due; 0 with none.",
+            labels=["channel"],
+        )
+        now = utcnow()
+        for channel in sorted(set(self.app.deliver_actors) | set(waiting.oldest_unsent)):
+            since = waiting.oldest_unsent.get(channel)
+            oldest_unsent.add_metric(
+                [channel], 0.0 if since is None else max(0.0, (now - since).total_seconds())
+            )
+        yield oldest_unsent
         dead_letters = GaugeMetricFamily(
             "notifier_dead_letters",
             "Deliveries that failed after exhausting their retries (replayable).",
             labels=["channel"],
         )
-        for row in dead_rows:
-            dead_letters.add_metric([row.channel], int(row.n))
+        for channel, count in sorted(waiting.dead_letters.items()):
+            dead_letters.add_metric([channel], count)
         yield dead_letters
         yield CounterMetricFamily(
             "notifier_rejected_events",
             "Events refused at ingest, with their reasons kept in the log.",
-            value=int(rejected),
+            value=values.of(REJECTED).get((), 0.0),
+        )
+        yield GaugeMetricFamily(
+            "notifier_status_counters_pending",
+            "Status changes not yet added to the counters above (the workers' sweepers "
+            "and each scrape fold them).",
+            value=counters.pending(),
         )
         circuit = GaugeMetricFamily(
             "notifier_circuit_state",
@@ -331,6 +394,11 @@ class StateCollector:
             if connection.is_open:
                 connection.close()
         return depths
+
+
+def _le(upper: float) -> str:
+    """A bucket's upper bound as Prometheus writes it ("+Inf", "0.05", "1.0")."""
+    return "+Inf" if math.isinf(upper) else repr(float(upper))
 
 
 def state_registry(app: Notifier) -> CollectorRegistry:

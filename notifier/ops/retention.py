@@ -18,7 +18,8 @@ What goes, once older than its period (``NOTIFIER_RETENTION__*``):
 - the status outbox (``NOTIFIER_STATUSES__KEEP_PUBLISHED_DAYS``, default 2): rows
   published to the status stream are deleted that long after; a pending row never is
   (it is not lost), except without RabbitMQ (the embedded mode has no stream), where
-  rows are deleted that long after the change.
+  rows are deleted that long after the change. A row is counted in the metric counters
+  before it goes (notifier.store.counters: the purge folds what is left first).
 
 Statuses themselves stay: events, deliveries (status, attempts, times, masked
 recipient) and rejects (reason, event id, agency, dossier) are what the status API
@@ -46,6 +47,7 @@ from notifier.logging import get_logger
 from notifier.plugins.registry import Provider, Registry
 from notifier.settings import RetentionSettings, Settings
 from notifier.store import Database
+from notifier.store.counters import MetricCounters
 from notifier.store.schema import (
     deliveries,
     events,
@@ -161,6 +163,9 @@ class Retention:
         recent_delivery = sa.exists().where(
             d.event_id == e.event_id, d.created_at >= delivery_cutoff
         )
+        if not dry_run:
+            # Counted before any is pruned, even where no sweeper or scrape folds them.
+            MetricCounters(self.database).fold_all()
         report = PurgeReport(
             deliveries=self._clear(
                 deliveries,
@@ -221,10 +226,14 @@ class Retention:
             statuses=self._delete(
                 status_outbox,
                 status_outbox.c.sequence,
-                (
-                    status_outbox.c.occurred_at < now - self.outbox_age
-                    if self.outbox_unpublished_too
-                    else status_outbox.c.published_at < now - self.outbox_age
+                sa.and_(
+                    (
+                        status_outbox.c.occurred_at < now - self.outbox_age
+                        if self.outbox_unpublished_too
+                        else status_outbox.c.published_at < now - self.outbox_age
+                    ),
+                    # Counted first: the metric counters fold every row (store.counters).
+                    status_outbox.c.folded,
                 ),
                 dry_run,
                 step,

@@ -25,6 +25,7 @@ from notifier.amqp import QueuePolicy, broker_user, declare_topology, node_param
 from notifier.background import ConsumerThread
 from notifier.logging import get_logger
 from notifier.pipeline.received import ingest_arguments
+from notifier.publisher import PUBLISHED_AT_HEADER
 from notifier.settings import EventsSettings
 from notifier.store.publishers import SUBMITTER_HEADER, Submitter, SubmitterKind
 
@@ -73,10 +74,17 @@ class EventBridge(ConsumerThread):
             channel = connection.channel()
             declare_topology(channel, self.events, self.policy)
             channel.basic_qos(prefetch_count=self.events.prefetch)
-            group: list[tuple[int, bytes, Submitter]] = []
+            group: list[tuple[int, bytes, Submitter, int | None]] = []
 
             def collect(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
-                group.append((method.delivery_tag, body, submitter_of(properties, self._us)))
+                group.append(
+                    (
+                        method.delivery_tag,
+                        body,
+                        submitter_of(properties, self._us),
+                        published_at_ms_of(properties),
+                    )
+                )
 
             channel.basic_consume(self.events.queue, on_message_callback=collect)
             log.info("bridge consuming", queue=self.events.queue)
@@ -102,11 +110,13 @@ class EventBridge(ConsumerThread):
             if connection.is_open:
                 connection.close()
 
-    def _forward(self, channel: Any, group: list[tuple[int, bytes, Submitter]]) -> None:
+    def _forward(
+        self, channel: Any, group: list[tuple[int, bytes, Submitter, int | None]]
+    ) -> None:
         last_tag = group[-1][0]
         events = [
-            ingest_arguments(body, self.events.max_bytes, submitter)
-            for _tag, body, submitter in group
+            ingest_arguments(body, self.events.max_bytes, submitter, published_at_ms)
+            for _tag, body, submitter, published_at_ms in group
         ]
         delay = 1.0
         while True:
@@ -127,6 +137,19 @@ class EventBridge(ConsumerThread):
                 channel.connection.sleep(delay)
                 delay = min(delay * 2, 15.0)
         channel.basic_ack(last_tag, multiple=True)
+
+
+def published_at_ms_of(properties: Any) -> int | None:
+    """When a message was published (Unix ms): our publishers' header, else the AMQP
+    ``timestamp`` property (seconds) some publishers set; None when neither says."""
+    headers = getattr(properties, "headers", None) or {}
+    stamped = headers.get(PUBLISHED_AT_HEADER)
+    if isinstance(stamped, int) and not isinstance(stamped, bool) and stamped > 0:
+        return stamped
+    seconds = getattr(properties, "timestamp", None)
+    if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds > 0:
+        return seconds * 1000
+    return None
 
 
 def submitter_of(properties: Any, service_users: frozenset[str]) -> Submitter:

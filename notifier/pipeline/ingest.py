@@ -24,7 +24,7 @@ from notifier.logging import get_logger
 from notifier.pipeline.agencies import AgencyRegistry
 from notifier.pipeline.coalescing import hold_for_window, keys_of
 from notifier.pipeline.planning import Planner
-from notifier.pipeline.received import KEPT_REJECT_BYTES, raw_body
+from notifier.pipeline.received import KEPT_REJECT_BYTES, published_at, raw_body
 from notifier.store import Database
 from notifier.store.deliveries.lifecycle import DeliveryStatus, DeliveryStore, PlannedDelivery
 from notifier.store.publishers import Authoriser, Submitter
@@ -153,7 +153,10 @@ class Ingest:
                 if rejects:
                     connection.execute(rejected_events.insert(), rejects)
                 if new:
-                    connection.execute(events.insert(), [_event_row(e, now) for _i, e, _p in new])
+                    connection.execute(
+                        events.insert(),
+                        [_event_row(e, now, published_at(items[i][1])) for i, e, _p in new],
+                    )
                     self.deliveries.insert_planned(connection, [(e, p) for _i, e, p in new])
                 record_event_changes(
                     connection,
@@ -356,10 +359,13 @@ def _rejected_change(row: Mapping[str, Any]) -> EventStatusChange:
     )
 
 
-def _event_row(event: DossierStatusEvent, now: datetime) -> dict[str, Any]:
+def _event_row(
+    event: DossierStatusEvent, now: datetime, published: datetime | None
+) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "received_at": now,
+        "published_at": published,
         "occurred_at": event.occurred_at,
         "source_system": event.source_system,
         "agency_code": event.agency.code,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from notifier.store.publishers import Submitter
@@ -19,9 +20,13 @@ KEPT_REJECT_BYTES = 64 * 1024
 
 
 def ingest_arguments(
-    body: bytes, max_bytes: int, submitter: Submitter | None = None
+    body: bytes,
+    max_bytes: int,
+    submitter: Submitter | None = None,
+    published_at_ms: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The ingest actor's arguments for a raw body, bounded so huge bodies stay cheap."""
+    """The ingest actor's arguments for a raw body, bounded so huge bodies stay cheap.
+    ``published_at_ms``: when its publisher published it (Unix ms), if it said so."""
     size = len(body)
     truncated = size > max_bytes
     kept = body[: max_bytes + 1] if truncated else body
@@ -33,7 +38,20 @@ def ingest_arguments(
         meta["raw_b64"] = base64.b64encode(kept[:KEPT_REJECT_BYTES]).decode("ascii")
     if submitter is not None:
         meta["submitter"] = submitter.as_json()
+    if published_at_ms is not None:
+        meta["published_at_ms"] = published_at_ms
     return text, meta
+
+
+def published_at(meta: Mapping[str, Any]) -> datetime | None:
+    """When the event was published, as ``ingest_arguments`` carried it (None: unknown)."""
+    value = meta.get("published_at_ms")
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(value / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def raw_body(text: str, meta: Mapping[str, Any]) -> bytes:

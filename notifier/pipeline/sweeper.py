@@ -14,6 +14,9 @@ is left is a crash between the record and the enqueue, or a message dead-lettere
 the broker: the delivery then sits unchanged. Each worker process sweeps for those
 every ``interval_s``; a delivery enqueued twice is claimed once, so two sweepers
 racing send nothing twice.
+
+Each round also folds the status changes recorded since the last one into the metric
+counters (:mod:`notifier.store.counters`), so a scrape finds little left to fold.
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ class Sweeper(BackgroundThread):
         store: DeliveryStore,
         settings: SweeperSettings,
         enqueue: Callable[[Iterable[tuple[UUID, str]]], None],
+        fold_counters: Callable[[], int] | None = None,
     ) -> None:
         super().__init__()
         self.store = store
         self.settings = settings
         self.enqueue = enqueue
+        self.fold_counters = fold_counters
 
     @property
     def enabled(self) -> bool:
@@ -54,6 +59,11 @@ class Sweeper(BackgroundThread):
                 self.sweep()
             except Exception:  # the database may be down; try again next round
                 log.exception("sweep failed")
+            if self.fold_counters is not None:
+                try:
+                    self.fold_counters()
+                except Exception:  # counted next round: the rows stay unfolded
+                    log.exception("folding the metric counters failed")
 
     def sweep(self) -> int:
         """Release due held deliveries, then enqueue stale ones; returns how many

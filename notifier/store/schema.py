@@ -57,6 +57,10 @@ events = sa.Table(
     sa.Column("payload", sa.JSON, nullable=True),
     # Copies received again after it was accepted (each one announced as event.duplicate).
     sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
+    # When its publisher published it (the bridge reads our publishers' header, or the
+    # AMQP timestamp): the start of /metrics' publish -> accepted latency. None when
+    # unknown (then received_at stands for it, as for events the API took directly).
+    sa.Column("published_at", UTCDateTime, nullable=True),
 )
 
 deliveries = sa.Table(
@@ -120,6 +124,14 @@ deliveries = sa.Table(
     sa.Column("content_hash", sa.String(64), nullable=True),
     sa.Column("counted_at", UTCDateTime, nullable=True),
     sa.Index("ix_deliveries_cap", "recipient_hash", "channel", "counted_at"),
+    # Dead letters (the /metrics gauge, the replay backlog): only the exhausted rows, a
+    # column the send path leaves unchanged, so sends keep their HOT updates.
+    sa.Index(
+        "ix_deliveries_dead_letters",
+        "channel",
+        postgresql_where=sa.text("exhausted"),
+        sqlite_where=sa.text("exhausted"),
+    ),
     # The idempotency key: one delivery per event, channel and recipient.
     sa.UniqueConstraint("event_id", "channel", "recipient_hash", name="uq_deliveries_key"),
 )
@@ -311,6 +323,12 @@ status_outbox = sa.Table(
     # The message as it will be published (no contact in clear: recipients masked).
     sa.Column("body", sa.JSON, nullable=False),
     sa.Column("published_at", UTCDateTime, nullable=True),
+    # A send's outcome (a provider's answer, or retries given up), as against a receipt
+    # or an admin's decision: the metric counters count its retries and its latency.
+    sa.Column("send_outcome", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Added to the metric counters (notifier.store.counters); retention keeps the row
+    # until it is, so no change goes uncounted.
+    sa.Column("folded", sa.Boolean, nullable=False, server_default=sa.false()),
     # Pending rows, oldest first: what the relay reads.
     sa.Index(
         "ix_status_outbox_pending",
@@ -318,6 +336,24 @@ status_outbox = sa.Table(
         postgresql_where=sa.text("published_at IS NULL"),
         sqlite_where=sa.text("published_at IS NULL"),
     ),
+    # Rows not yet folded into the counters, oldest first: what the folders read.
+    sa.Index(
+        "ix_status_outbox_unfolded",
+        "sequence",
+        postgresql_where=sa.text("NOT folded"),
+        sqlite_where=sa.text("NOT folded"),
+    ),
+)
+
+# Monotonic counters behind /metrics (notifier.store.counters): one row per metric and
+# label values (a JSON array), raised by folding status_outbox rows, never lowered, so
+# a scrape reads a few rows whatever the size of the log, and a counter never drops.
+metric_counters = sa.Table(
+    "metric_counters",
+    metadata,
+    sa.Column("metric", sa.String(64), primary_key=True),
+    sa.Column("labels", sa.String(400), primary_key=True),
+    sa.Column("value", sa.Float, nullable=False),
 )
 
 # A publisher's callback: its URL and signing secrets (Fernet-encrypted, a JSON list,

@@ -12,7 +12,8 @@ The relay (:mod:`notifier.pipeline.relay`) publishes pending rows to the status 
 (RabbitMQ topic exchange ``notifier.statuses``) and marks them published after the
 broker's confirm (:meth:`StatusOutbox.publish_pending`): at least once, the row's
 ``change_id`` being the message id receivers dedupe on. Retention prunes published
-rows (:meth:`StatusOutbox.prune`). The message format is
+rows once the metric counters have folded them (:meth:`StatusOutbox.prune`,
+:mod:`notifier.store.counters`). The message format is
 ``schemas/status-message.v1.schema.json`` (docs/events.md, "Learning what happened").
 """
 
@@ -119,13 +120,18 @@ _DELIVERY_COLUMNS = (
 
 
 def record_delivery_changes(
-    connection: Connection, delivery_ids: Collection[UUID], announced: Collection[str]
+    connection: Connection,
+    delivery_ids: Collection[UUID],
+    announced: Collection[str],
+    *,
+    send_outcome: bool = False,
 ) -> int:
     """Write an outbox row for each of these deliveries whose status (as the caller's
     transaction has just set it) is in ``announced``; returns how many.
 
     Called by the delivery transitions right after their update, so the row shows the
-    delivery as that change left it."""
+    delivery as that change left it. ``send_outcome``: the change ends a send (the
+    metric counters then count its retries and latency, notifier.store.counters)."""
     if not delivery_ids:
         return 0
     if connection.dialect.name == "postgresql":
@@ -167,6 +173,7 @@ def record_delivery_changes(
                     "created_at": timestamp(row.created_at),
                     "updated_at": timestamp(row.updated_at),
                 },
+                send_outcome=send_outcome,
             )
             for row in rows
         ],
@@ -227,6 +234,7 @@ def _row(
     dossier_code: str | None,
     delivery: dict[str, Any] | None = None,
     rejection: dict[str, str] | None = None,
+    send_outcome: bool = False,
 ) -> dict[str, Any]:
     # ``id`` and ``sequence`` are the row's own columns, added when it is published.
     return {
@@ -234,6 +242,7 @@ def _row(
         "type": change_type,
         "agency_code": agency,
         "occurred_at": occurred_at,
+        "send_outcome": send_outcome,
         "body": {
             "schema": SCHEMA,
             "type": change_type,
@@ -338,13 +347,14 @@ class StatusOutbox:
         return int(row[0]), oldest
 
     def prune(self, published_before: datetime, batch: int) -> int:
-        """Delete up to ``batch`` rows published before ``published_before``."""
+        """Delete up to ``batch`` rows published before ``published_before`` and folded
+        into the metric counters."""
         o = status_outbox.c
         with self.database.begin() as connection:
             ids = (
                 connection.execute(
                     sa.select(o.sequence)
-                    .where(o.published_at < published_before)
+                    .where(o.published_at < published_before, o.folded)
                     .order_by(o.sequence)
                     .limit(batch)
                 )

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from typing import Annotated
 from uuid import UUID
 
@@ -35,7 +36,10 @@ class EventSubmitter:
 
     def __call__(self, body: bytes, submitter: Submitter) -> None:
         if not self.app.settings.uses_rabbitmq:
-            self.app.submit(body, source="http", submitter=submitter)
+            # Published now: where the latency histogram publish -> accepted starts.
+            self.app.submit(
+                body, source="http", submitter=submitter, published_at_ms=time.time_ns() // 10**6
+            )
             return
         # Published as notifier's own broker user (user_id), which alone the bridge
         # trusts to name the API key that posted the event.

@@ -119,10 +119,14 @@ def set_status(
     return bool(changed)
 
 
-def announce(connection: Connection, delivery_ids: Collection[UUID]) -> None:
+def announce(
+    connection: Connection, delivery_ids: Collection[UUID], *, send_outcome: bool = False
+) -> None:
     """Record the announced status changes of these deliveries (those now in an
-    ``ANNOUNCED`` status) in the caller's transaction, right after its update."""
-    record_delivery_changes(connection, delivery_ids, ANNOUNCED)
+    ``ANNOUNCED`` status) in the caller's transaction, right after its update.
+    ``send_outcome``: the changes end sends (a provider's answer, or retries given up),
+    not receipts or admins' decisions."""
+    record_delivery_changes(connection, delivery_ids, ANNOUNCED, send_outcome=send_outcome)
 
 
 class HoldReason(StrEnum):
@@ -638,7 +642,7 @@ class DeliveryStore:
                 )
                 changed[row.delivery_id] = status
             # Final statuses, announced to the publisher like any other outcome.
-            announce(connection, list(changed))
+            announce(connection, list(changed), send_outcome=True)
         return changed
 
     def stale(self, older_than: timedelta, limit: int) -> list[tuple[UUID, str]]:
@@ -1003,6 +1007,7 @@ class DeliveryStore:
             announce(
                 connection,
                 [r.claimed.delivery_id for r in records if r.status.value in ANNOUNCED],
+                send_outcome=True,
             )
 
     def take_nonces(self, provider: str, nonces: Sequence[str]) -> list[bool]:
