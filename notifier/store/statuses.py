@@ -145,6 +145,7 @@ def record_delivery_changes(
                 "announced": list(announced),
                 "schema": SCHEMA,
                 "channel": STATUSES,
+                "send_outcome": send_outcome,
             },
         ).one()[0]
         return int(written)
@@ -186,8 +187,10 @@ def record_delivery_changes(
 _RECORD_ALL = sa.text(
     """
     WITH written AS (
-        INSERT INTO status_outbox (change_id, type, agency_code, occurred_at, body)
+        INSERT INTO status_outbox (change_id, type, agency_code, occurred_at, send_outcome,
+                                   body)
         SELECT gen_random_uuid(), 'delivery.' || d.status, d.agency_code, d.updated_at,
+               CAST(:send_outcome AS boolean),
                json_build_object(
                    'schema', CAST(:schema AS text),
                    'type', 'delivery.' || d.status,
