@@ -22,6 +22,11 @@ from uuid import UUID
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from notifier.http_pool import pooled_transport
+
+# httpx's own default, for a client made without limits.
+DEFAULT_HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
 
 class RecipientKind(StrEnum):
     """Which of the applicant's contacts an adapter delivers to.
@@ -358,8 +363,17 @@ class AdapterContext:
     def http_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """A pooled client for the adapter's own lifetime (close it in ``close``). HTTP
         adapters rather use :class:`notifier.adapter_http.AdapterHttp`, which makes one
-        and maps its outcomes onto the failure types."""
-        return httpx.AsyncClient(transport=self.http_transport, **kwargs)
+        and maps its outcomes onto the failure types. On the real network its transport
+        is :func:`notifier.http_pool.pooled_transport` (httpx's, with a cheaper pool)."""
+        transport = self.http_transport
+        if transport is None:
+            # What httpx would give these to its own transport goes to ours.
+            transport = pooled_transport(
+                kwargs.pop("limits", DEFAULT_HTTP_LIMITS),
+                verify=kwargs.pop("verify", True),
+                trust_env=kwargs.get("trust_env", True),
+            )
+        return httpx.AsyncClient(transport=transport, **kwargs)
 
 
 SettingsT = TypeVar("SettingsT", bound=AdapterSettings)
