@@ -34,7 +34,7 @@ Purging is idempotent, so several processes doing it at once is harmless. Tests 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -161,10 +161,20 @@ class Retention:
         recent_delivery = sa.exists().where(
             d.event_id == e.event_id, d.created_at >= delivery_cutoff
         )
+
+        def with_recent_deliveries(connection: sa.Connection, event_ids: Sequence[Any]) -> set[Any]:
+            # The batch's deliveries, by event id (ix_deliveries_event_id: a few rows an
+            # event), their age compared here: a condition on created_at in SQL could
+            # lead the planner to read every recent delivery, most of the log.
+            found = connection.execute(
+                sa.select(d.event_id, d.created_at).where(d.event_id.in_(event_ids))
+            )
+            return {event_id for event_id, created in found if created >= delivery_cutoff}
         report = PurgeReport(
             deliveries=self._clear(
                 deliveries,
                 d.delivery_id,
+                d.created_at,
                 sa.and_(
                     d.created_at < delivery_cutoff,
                     sa.or_(d.recipient.is_not(None), d.content.is_not(None)),
@@ -176,18 +186,18 @@ class Retention:
             events=self._clear(
                 events,
                 e.event_id,
-                sa.and_(
-                    e.received_at < delivery_cutoff,
-                    e.payload.is_not(None),
-                    sa.not_(recent_delivery),
-                ),
+                e.received_at,
+                sa.and_(e.received_at < delivery_cutoff, e.payload.is_not(None)),
                 {"payload": sa.null()},
                 dry_run,
                 step,
+                # A later delivery (a fallback) may still render from the payload.
+                spared=(recent_delivery, with_recent_deliveries),
             ),
             rejects=self._clear(
                 rejected_events,
                 r.reject_id,
+                r.received_at,
                 sa.and_(
                     r.received_at < delivery_cutoff,
                     sa.or_(r.payload.is_not(None), r.payload_raw.is_not(None)),
@@ -210,6 +220,7 @@ class Retention:
             inbound=self._clear(
                 inbound_messages,
                 inbound_messages.c.inbound_id,
+                inbound_messages.c.received_at,
                 sa.and_(
                     inbound_messages.c.received_at < delivery_cutoff,
                     inbound_messages.c.text_masked.is_not(None),
@@ -260,31 +271,55 @@ class Retention:
         self,
         table: sa.Table,
         key: sa.Column[Any],
+        age: sa.Column[Any],
         condition: sa.ColumnElement[bool],
         values: dict[str, Any],
         dry_run: bool,
         on_batch: Callable[[int], None],
+        spared: tuple[
+            sa.ColumnElement[bool], Callable[[sa.Connection, Sequence[Any]], set[Any]]
+        ]
+        | None = None,
     ) -> int:
-        """Set ``values`` on rows matching ``condition``, a batch per transaction.
+        """Set ``values`` on rows matching ``condition``, a batch per transaction, oldest
+        (by ``age``) first, except those ``spared``: a condition on the row (what a dry run
+        counts) and a function giving those of a batch's keys it holds.
+
+        Cleared rows stay (counts and reports read them), so each batch starts where the
+        last one ended (``age`` at least the last batch's newest) rather than from the
+        oldest row again, and the partial indexes ``ix_deliveries_to_purge`` and
+        ``ix_events_to_purge`` hold only rows still to clear, so the days cleared by
+        earlier purges are not read again either. Nothing is remembered between purges:
+        one interrupted is finished by the next. ``condition`` repeats an index's
+        predicate word for word, so that PostgreSQL's planner can use it.
 
         JSON columns are cleared with ``sa.null()``: SQL NULL, not the JSON ``null`` a
         plain ``None`` would store (which ``IS NOT NULL`` would find again)."""
         if dry_run:
+            if spared is not None:
+                condition = sa.and_(condition, sa.not_(spared[0]))
             return self._count(table, condition)
         done = 0
+        since: Any = None
         while True:
+            batch = sa.select(key, age).where(condition)
+            if since is not None:
+                # At least, not after: rows of the same instant may be in the next batch
+                # (those cleared already no longer match ``condition``).
+                batch = batch.where(age >= since)
             with self.database.begin() as connection:
-                ids = (
-                    connection.execute(sa.select(key).where(condition).limit(self.settings.batch))
-                    .scalars()
-                    .all()
-                )
-                if ids:
-                    connection.execute(sa.update(table).where(key.in_(ids)).values(**values))
-            done += len(ids)
-            on_batch(len(ids))
-            if len(ids) < self.settings.batch:
+                rows = connection.execute(batch.order_by(age).limit(self.settings.batch)).all()
+                keys = [row[0] for row in rows]
+                if keys and spared:
+                    kept = spared[1](connection, keys)
+                    keys = [k for k in keys if k not in kept]
+                if keys:
+                    connection.execute(sa.update(table).where(key.in_(keys)).values(**values))
+            done += len(keys)
+            on_batch(len(keys))
+            if len(rows) < self.settings.batch:
                 return done
+            since = rows[-1][1]
 
     def _delete(
         self,

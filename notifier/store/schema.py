@@ -57,6 +57,13 @@ events = sa.Table(
     sa.Column("payload", sa.JSON, nullable=True),
     # Copies received again after it was accepted (each one announced as event.duplicate).
     sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
+    # Payloads the retention purge has still to clear, oldest first (see deliveries).
+    sa.Index(
+        "ix_events_to_purge",
+        "received_at",
+        postgresql_where=sa.text("payload IS NOT NULL"),
+        sqlite_where=sa.text("payload IS NOT NULL"),
+    ),
 )
 
 deliveries = sa.Table(
@@ -120,6 +127,15 @@ deliveries = sa.Table(
     sa.Column("content_hash", sa.String(64), nullable=True),
     sa.Column("counted_at", UTCDateTime, nullable=True),
     sa.Index("ix_deliveries_cap", "recipient_hash", "channel", "counted_at"),
+    # Rows whose contact or text the retention purge has still to clear, oldest first:
+    # the purge reads only these, not the days it cleared before (rows stay for counts).
+    # Partial on columns the send path never updates, so sends stay HOT updates.
+    sa.Index(
+        "ix_deliveries_to_purge",
+        "created_at",
+        postgresql_where=sa.text("recipient IS NOT NULL OR content IS NOT NULL"),
+        sqlite_where=sa.text("recipient IS NOT NULL OR content IS NOT NULL"),
+    ),
     # The idempotency key: one delivery per event, channel and recipient.
     sa.UniqueConstraint("event_id", "channel", "recipient_hash", name="uq_deliveries_key"),
 )
