@@ -416,11 +416,13 @@ def test_a_purge_after_many_cleared_days_reads_only_the_rows_it_clears(
     with pg_database.begin() as connection:
         connection.execute(sa.text("ANALYZE deliveries"))
         connection.execute(sa.text("ANALYZE events"))
-    pg_database.dispose()  # its backends exit, and flush their statistics
     url = pg_database.url
+    settings = make_settings(database_url=url, retention={"batch": BATCH})
+    # The purges of those days: the last one ran ten days ago (nothing left to clear).
+    assert Retention(pg_database, settings).purge(now=utcnow() - timedelta(days=10)).total == 0
+    pg_database.dispose()  # its backends exit, and flush their statistics
     before = _settled_stats(url)
     purger = Database(url)
-    settings = make_settings(database_url=url, retention={"batch": BATCH})
     try:
         report = Retention(purger, settings).purge()
     finally:
@@ -435,7 +437,8 @@ def test_a_purge_after_many_cleared_days_reads_only_the_rows_it_clears(
     read = {name: after[name] - before[name] for name in ("deliveries read", "events read")}
     # Each row cleared is read twice (found, then updated), and each event's deliveries
     # once (is one of them recent?); the 10,000 rows of the cleared days not at all (a
-    # purge that looked from the oldest row read them for each of the 10 batches).
+    # purge that looked from the oldest row read them for each of the 10 batches; this
+    # one starts where the last purge ended).
     assert read["deliveries read"] <= 3 * PER_DAY + BATCH, read
     assert read["events read"] <= 2 * PER_DAY + BATCH, read
     with pg_database.engine.connect() as connection:
@@ -472,3 +475,26 @@ def test_a_purge_interrupted_between_batches_is_finished_by_the_next(
     assert all(d["recipient"] is None and d["content"] is None for d in snapshot(database)[
         "deliveries"
     ])
+
+
+def test_events_spared_for_a_later_delivery_do_not_stall_a_purge_at_one_instant(
+    app: Notifier, database: Database
+) -> None:
+    """More events spared (a delivery of theirs is recent) than a batch holds, all
+    received at the same instant: the purge moves past them and clears the others."""
+    ingested = [uuid.UUID(ingest(app)["event_id"]) for _ in range(8)]
+    spared = ingested[:5]
+    old = utcnow() - timedelta(days=40)
+    with database.begin() as connection:
+        connection.execute(sa.update(events).values(received_at=old))
+        connection.execute(sa.update(deliveries).values(created_at=old))
+        for event_id in spared:  # a fallback planned yesterday, say
+            connection.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.event_id == event_id, deliveries.c.channel == "email")
+                .values(created_at=utcnow() - timedelta(days=1))
+            )
+    settings = make_settings(database_url=database.url, retention={"batch": 2})
+    report = Retention(app.database, settings).purge()
+    assert report.events == 3
+    assert [_payload(database, e) is None for e in ingested] == [False] * 5 + [True] * 3

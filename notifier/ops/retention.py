@@ -37,7 +37,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
@@ -53,6 +53,7 @@ from notifier.store.schema import (
     inbox_notifications,
     receipt_nonces,
     rejected_events,
+    retention_marks,
     status_outbox,
     utcnow,
 )
@@ -162,7 +163,9 @@ class Retention:
             d.event_id == e.event_id, d.created_at >= delivery_cutoff
         )
 
-        def with_recent_deliveries(connection: sa.Connection, event_ids: Sequence[Any]) -> set[Any]:
+        def with_recent_deliveries(
+            connection: sa.Connection, event_ids: Sequence[Any]
+        ) -> set[Any]:
             # The batch's deliveries, by event id (ix_deliveries_event_id: a few rows an
             # event), their age compared here: a condition on created_at in SQL could
             # lead the planner to read every recent delivery, most of the log.
@@ -175,6 +178,7 @@ class Retention:
                 deliveries,
                 d.delivery_id,
                 d.created_at,
+                delivery_cutoff,
                 sa.and_(
                     d.created_at < delivery_cutoff,
                     sa.or_(d.recipient.is_not(None), d.content.is_not(None)),
@@ -187,6 +191,7 @@ class Retention:
                 events,
                 e.event_id,
                 e.received_at,
+                delivery_cutoff,
                 sa.and_(e.received_at < delivery_cutoff, e.payload.is_not(None)),
                 {"payload": sa.null()},
                 dry_run,
@@ -198,6 +203,7 @@ class Retention:
                 rejected_events,
                 r.reject_id,
                 r.received_at,
+                delivery_cutoff,
                 sa.and_(
                     r.received_at < delivery_cutoff,
                     sa.or_(r.payload.is_not(None), r.payload_raw.is_not(None)),
@@ -221,6 +227,7 @@ class Retention:
                 inbound_messages,
                 inbound_messages.c.inbound_id,
                 inbound_messages.c.received_at,
+                delivery_cutoff,
                 sa.and_(
                     inbound_messages.c.received_at < delivery_cutoff,
                     inbound_messages.c.text_masked.is_not(None),
@@ -272,6 +279,7 @@ class Retention:
         table: sa.Table,
         key: sa.Column[Any],
         age: sa.Column[Any],
+        cutoff: datetime,
         condition: sa.ColumnElement[bool],
         values: dict[str, Any],
         dry_run: bool,
@@ -281,17 +289,20 @@ class Retention:
         ]
         | None = None,
     ) -> int:
-        """Set ``values`` on rows matching ``condition``, a batch per transaction, oldest
-        (by ``age``) first, except those ``spared``: a condition on the row (what a dry run
-        counts) and a function giving those of a batch's keys it holds.
+        """Set ``values`` on rows older (by ``age``) than ``cutoff`` matching
+        ``condition``, a batch per transaction, oldest first, except those ``spared``: a
+        condition on the row (what a dry run counts) and a function giving those of a
+        batch's keys it holds.
 
-        Cleared rows stay (counts and reports read them), so each batch starts where the
-        last one ended (``age`` at least the last batch's newest) rather than from the
-        oldest row again, and the partial indexes ``ix_deliveries_to_purge`` and
-        ``ix_events_to_purge`` hold only rows still to clear, so the days cleared by
-        earlier purges are not read again either. Nothing is remembered between purges:
-        one interrupted is finished by the next. ``condition`` repeats an index's
-        predicate word for word, so that PostgreSQL's planner can use it.
+        Cleared rows stay (counts and reports read them), so a purge that looked from the
+        oldest row would walk past every day cleared before, once a batch. Instead each
+        batch starts where the last ended (``age`` at least the last batch's newest),
+        and the first where the last purge ended: ``retention_marks`` holds, for each
+        table, an age before which every row is cleared (the newest age of the last
+        batch, or the cutoff once a purge has finished; never past a row spared). It
+        moves in the same transaction as its batch, and only forward (several
+        processes purge at once), so a purge interrupted is finished by the next. Rows
+        are created "now", long after any cutoff, so none appears behind the mark.
 
         JSON columns are cleared with ``sa.null()``: SQL NULL, not the JSON ``null`` a
         plain ``None`` would store (which ``IS NOT NULL`` would find again)."""
@@ -300,13 +311,19 @@ class Retention:
                 condition = sa.and_(condition, sa.not_(spared[0]))
             return self._count(table, condition)
         done = 0
-        since: Any = None
+        since = self._mark(table.name)
+        # Rows spared at the instant ``since``: they still match, and are not read again.
+        spared_at_since: set[Any] = set()
+        oldest_spared: datetime | None = None
         while True:
             batch = sa.select(key, age).where(condition)
             if since is not None:
                 # At least, not after: rows of the same instant may be in the next batch
                 # (those cleared already no longer match ``condition``).
                 batch = batch.where(age >= since)
+            if spared_at_since:
+                batch = batch.where(key.not_in(spared_at_since))
+            kept: set[Any] = set()
             with self.database.begin() as connection:
                 rows = connection.execute(batch.order_by(age).limit(self.settings.batch)).all()
                 keys = [row[0] for row in rows]
@@ -315,11 +332,44 @@ class Retention:
                     keys = [k for k in keys if k not in kept]
                 if keys:
                     connection.execute(sa.update(table).where(key.in_(keys)).values(**values))
+                finished = len(rows) < self.settings.batch
+                newest = rows[-1][1] if rows else since
+                oldest_spared = min(
+                    [row[1] for row in rows if row[0] in kept]
+                    + ([] if oldest_spared is None else [oldest_spared]),
+                    default=None,
+                )
+                mark = cutoff if finished else newest
+                if mark is not None:
+                    self._move_mark(connection, table.name, min(mark, oldest_spared or mark))
             done += len(keys)
             on_batch(len(keys))
-            if len(rows) < self.settings.batch:
+            if finished:
                 return done
-            since = rows[-1][1]
+            edge = {row[0] for row in rows if row[1] == newest and row[0] in kept}
+            spared_at_since = spared_at_since | edge if newest == since else edge
+            since = newest
+
+    def _mark(self, name: str) -> datetime | None:
+        with self.database.engine.connect() as connection:
+            found = connection.execute(
+                sa.select(retention_marks.c.cleared_before).where(retention_marks.c.name == name)
+            ).scalar_one_or_none()
+        return cast("datetime | None", found)
+
+    def _move_mark(self, connection: sa.Connection, name: str, cleared_before: datetime) -> None:
+        """Forward only: another process may have moved it further meanwhile."""
+        m = retention_marks.c
+        connection.execute(
+            self.database.insert_ignore(retention_marks, "name").values(
+                name=name, cleared_before=cleared_before
+            )
+        )
+        connection.execute(
+            sa.update(retention_marks)
+            .where(m.name == name, m.cleared_before < cleared_before)
+            .values(cleared_before=cleared_before)
+        )
 
     def _delete(
         self,

@@ -46,7 +46,8 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("event_id", sa.Uuid, primary_key=True),
-    sa.Column("received_at", UTCDateTime, nullable=False),
+    # Indexed for the retention purge, which clears payloads oldest first.
+    sa.Column("received_at", UTCDateTime, nullable=False, index=True),
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Column("source_system", sa.String(64), nullable=False),
     sa.Column("agency_code", sa.String(64), nullable=False),
@@ -57,13 +58,6 @@ events = sa.Table(
     sa.Column("payload", sa.JSON, nullable=True),
     # Copies received again after it was accepted (each one announced as event.duplicate).
     sa.Column("duplicates", sa.Integer, nullable=False, server_default="0"),
-    # Payloads the retention purge has still to clear, oldest first (see deliveries).
-    sa.Index(
-        "ix_events_to_purge",
-        "received_at",
-        postgresql_where=sa.text("payload IS NOT NULL"),
-        sqlite_where=sa.text("payload IS NOT NULL"),
-    ),
 )
 
 deliveries = sa.Table(
@@ -127,15 +121,6 @@ deliveries = sa.Table(
     sa.Column("content_hash", sa.String(64), nullable=True),
     sa.Column("counted_at", UTCDateTime, nullable=True),
     sa.Index("ix_deliveries_cap", "recipient_hash", "channel", "counted_at"),
-    # Rows whose contact or text the retention purge has still to clear, oldest first:
-    # the purge reads only these, not the days it cleared before (rows stay for counts).
-    # Partial on columns the send path never updates, so sends stay HOT updates.
-    sa.Index(
-        "ix_deliveries_to_purge",
-        "created_at",
-        postgresql_where=sa.text("recipient IS NOT NULL OR content IS NOT NULL"),
-        sqlite_where=sa.text("recipient IS NOT NULL OR content IS NOT NULL"),
-    ),
     # The idempotency key: one delivery per event, channel and recipient.
     sa.UniqueConstraint("event_id", "channel", "recipient_hash", name="uq_deliveries_key"),
 )
@@ -299,6 +284,16 @@ receipt_nonces = sa.Table(
     sa.Column("provider", sa.String(64), primary_key=True),
     sa.Column("nonce", sa.String(128), primary_key=True),
     sa.Column("received_at", UTCDateTime, nullable=False, index=True),
+)
+
+# How far the retention purge has cleared each table (notifier.ops.retention): every
+# row older than ``cleared_before`` has had its personal data cleared, so a purge starts
+# there instead of walking past the days cleared before (rows stay for counts).
+retention_marks = sa.Table(
+    "retention_marks",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("cleared_before", UTCDateTime, nullable=False),
 )
 
 # A citizen's opt-out from a channel, by keyed recipient hash.
