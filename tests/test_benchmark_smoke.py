@@ -5,10 +5,13 @@ has the figures; timing on a shared CI machine proves nothing)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.support import REPO
@@ -17,6 +20,24 @@ pytestmark = pytest.mark.integration
 
 CHANNELS = ("email", "sms", "zalo", "portal")
 STAGES = ("to ingest", "to send", "send")
+# Issue 21's targets: the table names each (2 twice: 50% and 80% of capacity).
+TARGET_NUMBERS = ["1.", "2.", "2.", "3.", "4.", "5."]
+VERDICTS = {"met", "MISSED", "not measured"}
+# Where the benchmarks create their databases (benchmarks/infra.py).
+PG_ADMIN_URL = os.environ.get("NOTIFIER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def report(path: Path, *options: str) -> str:
+    """``run.py --report path``: the tables of a results file."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--report", str(path), *options],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) -> None:
@@ -25,15 +46,16 @@ def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) ->
             sys.executable,
             str(REPO / "benchmarks" / "run.py"),
             "--events",
+            "10",
             "20",
             "--processes",
             "1",
             "--threads",
             "4",
-            "--steady-rate",
-            "20",
             "--steady-seconds",
             "1",
+            "--rounds",
+            "2",
             "--email-events",
             "10",
             "--bare-events",
@@ -56,9 +78,10 @@ def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) ->
     [path] = tmp_path.glob("*.json")
     results = json.loads(path.read_text())
 
-    runs = {run["kind"]: run for run in results["runs"]}
+    runs = {run["kind"]: run for run in results["runs"]}  # the last of each kind
     assert set(runs) == {"burst", "steady", "email-only"}
     burst = runs["burst"]
+    assert burst["events"] == 20
     assert burst["all_done"]
     assert burst["deliveries_done"] == burst["deliveries_expected"] == 20 * len(CHANNELS)
     assert burst["statuses"] == {"sent": 60, "delivered": 20}  # the portal's are delivered
@@ -76,8 +99,12 @@ def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) ->
         "other",
     }
     assert len(burst["memory"]["peak_rss_mb"]) == 1
-    assert runs["steady"]["all_done"]
-    assert runs["steady"]["events"] == 20
+    # Steady rates: 50% and 80% of what the 20-event burst sustained.
+    steady = [run for run in results["runs"] if run["kind"] == "steady"]
+    assert [run["load"] for run in steady] == [0.5, 0.8]
+    for run in steady:
+        assert run["all_done"]
+        assert run["offered_per_s"] == round(burst["events_per_s"] * run["load"], 1)
     assert runs["email-only"]["deliveries_done"] == 10
 
     references = results["references"]
@@ -85,7 +112,35 @@ def test_a_tiny_benchmark_run_delivers_everything_and_reports(tmp_path: Path) ->
     assert references["bare"]["accepted"] == {"email": 10, "sms": 10, "zalo": 10}
     assert references["bare"]["errors"] == 0
     assert references["publisher"]["confirmed"] == 200
-    assert [row[0] for row in results["targets"]]  # the targets table is filled in
+    # The bare loop's CPU is counted in every group, like notifier's.
+    assert set(references["bare"]["cpu_s"]) == {
+        "bare", "broker", "database", "simulators", "benchmark", "other"
+    }
+    # Two rounds of the 20-event burst and the bare loop, the first the main run's.
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert results["rounds"][0]["deliveries_per_s"] == burst["deliveries_per_s"]
+    assert all(r["all_done"] and r["bare_deliveries_per_s"] > 0 for r in results["rounds"])
+
+    # Every target of issue 21 has a verdict; Apprise was skipped: not measured.
+    targets = results["targets"]
+    assert [row[0].split()[0] for row in targets] == TARGET_NUMBERS
+    assert all(row[2] in VERDICTS for row in targets)
+    assert targets[3][2] == "not measured"
+    assert "2 rounds" in targets[0][1]
+    assert "Targets (issue 21)" in result.stdout
+
+    # A results file from before these figures (no rounds, no loads) still reports,
+    # its missing figures "not measured".
+    del results["rounds"], results["targets"]
+    for run in steady:
+        del run["load"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(results))
+    text = report(old, "--markdown")
+    rows = [line for line in text.splitlines() if line.startswith("| 2. p99")]
+    assert len(rows) == 2
+    assert all(row.endswith("| not measured |") for row in rows)
+    assert "one round" in text
 
 
 def test_the_log_size_benchmark_seeds_the_log_and_times_every_operator_query(
@@ -123,6 +178,45 @@ def test_the_log_size_benchmark_seeds_the_log_and_times_every_operator_query(
     }
     # One day's share of the log had contacts to clear.
     assert timings["retention purge (1 day)"]["rows"] > 0
+    # Every target of item 6 has a verdict; one size: flatness is not measured.
+    verdicts = {row[0].split(" <")[0].split(" flat")[0]: row[2] for row in figures["targets"]}
+    assert set(verdicts) == {
+        "metrics scrape", "dossier lookup", "overview (24 h)", "month's report"
+    }
+    assert set(verdicts.values()) <= VERDICTS
+    assert figures["targets"][-1][2] == "not measured"
+    assert "Targets (issue 21, item 6" in result.stdout
+
+
+def test_a_log_kept_by_the_log_size_benchmark_is_measured_again_on_a_copy(
+    tmp_path: Path,
+) -> None:
+    name = f"notifier_bench_kept_{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, str(REPO / "benchmarks" / "logsize.py"), "--repeat", "1"]
+    try:
+        runs = []
+        for options in (["--deliveries", "800", "--keep-database", name], ["--database", name]):
+            figures_file = tmp_path / f"{len(runs)}.json"
+            result = subprocess.run(
+                [*command, *options, "--json", str(figures_file)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=150,
+            )
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            runs.append((result.stdout, json.loads(figures_file.read_text())))
+        (seeding, first), (reusing, second) = runs
+        assert "seeding" in seeding
+        assert "seeding" not in reusing
+        assert second["seeded"]["kept_in"] == name
+        assert second["seeded"]["deliveries"] == first["seeded"]["deliveries"]
+        # Each run purged a copy: the kept log still had the day to purge.
+        purge = "retention purge (1 day)"
+        assert second["timings"][purge]["rows"] == first["timings"][purge]["rows"] > 0
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_the_morning_batch_saves_two_of_three_paid_messages_and_its_report_agrees() -> None:

@@ -9,10 +9,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
@@ -325,3 +327,174 @@ def test_a_citizens_message_and_its_reply_keep_their_text_and_contact_only_as_lo
     assert reply["recipient"] is None
     assert reply["content"] is None
     assert reply["status"] == "queued"
+
+
+# -- a purge reads only what it has to clear (issue 21, item 6) -----------------------------
+
+CLEARED_DAYS, PER_DAY, BATCH = 20, 500, 50
+
+
+def _seed_log(database: Database, days_ago: float, count: int, *, cleared: bool) -> None:
+    """``count`` events of one delivery each, ``days_ago`` old, in SQL (fast); ``cleared``
+    as an earlier purge left them (no contact, text or payload)."""
+    kept = "NULL" if cleared else "'x' || i"
+    text = "NULL" if cleared else """'{"text": "Ho so"}'::json"""
+    parameters = {"tag": f"{days_ago}-", "days": days_ago, "count": count}
+    with database.begin() as connection:
+        connection.execute(
+            sa.text(
+                f"""
+                INSERT INTO events (event_id, received_at, occurred_at, source_system,
+                    agency_code, dossier_code, procedure_code, status, payload)
+                SELECT md5(:tag || i)::uuid, now() - :days * interval '1 day'
+                         + i * interval '1 ms', now() - :days * interval '1 day', 'motcua',
+                       'A001', 'A001-' || i, 'P1', '1', {text}
+                FROM generate_series(1, :count) AS i
+                """
+            ),
+            parameters,
+        )
+        connection.execute(
+            sa.text(
+                f"""
+                INSERT INTO deliveries (delivery_id, event_id, dossier_code, agency_code,
+                    procedure_code, event_status, channel, language, template,
+                    recipient_masked, recipient_hash, recipient, content, status,
+                    created_at, updated_at)
+                SELECT md5('d' || :tag || i)::uuid, md5(:tag || i)::uuid, 'A001-' || i,
+                       'A001', 'P1', '1', 'sms', 'vi', 'status-1', '09******01',
+                       md5('r' || i), {kept}, {text}, 'delivered',
+                       now() - :days * interval '1 day' + i * interval '1 ms',
+                       now() - :days * interval '1 day'
+                FROM generate_series(1, :count) AS i
+                """
+            ),
+            parameters,
+        )
+
+
+def _table_stats(url: str) -> dict[str, int]:
+    """Rows read so far (sequential scans plus heap rows fetched through indexes), rows
+    inserted and rows updated in deliveries and events, from PostgreSQL's statistics."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT relname, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0),"
+            " n_tup_ins, n_tup_upd FROM pg_stat_user_tables"
+            " WHERE relname IN ('deliveries', 'events')"
+        ).fetchall()
+    stats = {}
+    for name, read, inserted, updated in rows:
+        stats |= {f"{name} read": read, f"{name} inserted": inserted, f"{name} updated": updated}
+    return stats
+
+
+def _settled_stats(url: str) -> dict[str, int]:
+    """The statistics once every backend that closed has flushed its own (each does as
+    it exits, a moment after its client left): the same on two looks."""
+    last: list[dict[str, int]] = [_table_stats(url)]
+
+    def same_twice() -> dict[str, int] | None:
+        time.sleep(0.3)
+        now, last[0] = _table_stats(url), last[0]
+        same = now == last[0]
+        last[0] = now
+        return now if same else None
+
+    return wait_until(same_twice)  # type: ignore[no-any-return]
+
+
+def test_a_purge_after_many_cleared_days_reads_only_the_rows_it_clears(
+    pg_database: Database,
+) -> None:
+    """Rows stay after a purge (only contacts, texts and payloads go), so a purge that
+    looked for the oldest row still to clear walked past every day cleared before, once
+    per batch: a day's purge at 5 million rows took 81.7 s."""
+    for day in range(CLEARED_DAYS):
+        _seed_log(pg_database, 60 - day, PER_DAY, cleared=True)
+    _seed_log(pg_database, 35, PER_DAY, cleared=False)  # the day past retention
+    _seed_log(pg_database, 1, PER_DAY, cleared=False)  # kept
+    with pg_database.begin() as connection:
+        connection.execute(sa.text("ANALYZE deliveries"))
+        connection.execute(sa.text("ANALYZE events"))
+    url = pg_database.url
+    settings = make_settings(database_url=url, retention={"batch": BATCH})
+    # The purges of those days: the last one ran ten days ago (nothing left to clear).
+    assert Retention(pg_database, settings).purge(now=utcnow() - timedelta(days=10)).total == 0
+    pg_database.dispose()  # its backends exit, and flush their statistics
+    before = _settled_stats(url)
+    purger = Database(url)
+    try:
+        report = Retention(purger, settings).purge()
+    finally:
+        purger.dispose()
+    assert (report.deliveries, report.events) == (PER_DAY, PER_DAY)
+    after = wait_until(
+        lambda: (s := _table_stats(url))["deliveries updated"]
+        >= before["deliveries updated"] + PER_DAY
+        and s["events updated"] >= before["events updated"] + PER_DAY
+        and s
+    )
+    read = {name: after[name] - before[name] for name in ("deliveries read", "events read")}
+    # Each row cleared is read twice (found, then updated), and each event's deliveries
+    # once (is one of them recent?); the 10,000 rows of the cleared days not at all (a
+    # purge that looked from the oldest row read them for each of the 10 batches; this
+    # one starts where the last purge ended).
+    assert read["deliveries read"] <= 3 * PER_DAY + BATCH, read
+    assert read["events read"] <= 2 * PER_DAY + BATCH, read
+    with pg_database.engine.connect() as connection:
+        still_kept = connection.execute(
+            sa.select(sa.func.count()).where(deliveries.c.recipient.is_not(None))
+        ).scalar_one()
+    assert still_kept == PER_DAY  # the recent day's
+
+
+def test_a_purge_interrupted_between_batches_is_finished_by_the_next(
+    app: Notifier, database: Database
+) -> None:
+    for _ in range(5):
+        ingest(app)  # ten deliveries (email and portal each)
+    old = utcnow() - timedelta(days=40)
+    with database.begin() as connection:
+        connection.execute(sa.update(deliveries).values(created_at=old))
+        connection.execute(sa.update(events).values(received_at=old))
+    settings = make_settings(database_url=database.url, retention={"batch": 3})
+    retention = Retention(app.database, settings)
+
+    def stop_after_two(_rows: int, seen: list[int] = []) -> None:  # noqa: B006
+        seen.append(_rows)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        retention.purge(on_batch=stop_after_two)
+    halfway = snapshot(database)["deliveries"]
+    assert sum(d["recipient"] is None for d in halfway) == 6  # two batches committed
+    report = retention.purge()
+    assert report.deliveries == 4
+    assert report.events == 5
+    assert all(d["recipient"] is None and d["content"] is None for d in snapshot(database)[
+        "deliveries"
+    ])
+
+
+def test_events_spared_for_a_later_delivery_do_not_stall_a_purge_at_one_instant(
+    app: Notifier, database: Database
+) -> None:
+    """More events spared (a delivery of theirs is recent) than a batch holds, all
+    received at the same instant: the purge moves past them and clears the others."""
+    ingested = [uuid.UUID(ingest(app)["event_id"]) for _ in range(8)]
+    spared = ingested[:5]
+    old = utcnow() - timedelta(days=40)
+    with database.begin() as connection:
+        connection.execute(sa.update(events).values(received_at=old))
+        connection.execute(sa.update(deliveries).values(created_at=old))
+        for event_id in spared:  # a fallback planned yesterday, say
+            connection.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.event_id == event_id, deliveries.c.channel == "email")
+                .values(created_at=utcnow() - timedelta(days=1))
+            )
+    settings = make_settings(database_url=database.url, retention={"batch": 2})
+    report = Retention(app.database, settings).purge()
+    assert report.events == 3
+    assert [_payload(database, e) is None for e in ingested] == [False] * 5 + [True] * 3

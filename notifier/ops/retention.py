@@ -35,10 +35,10 @@ Purging is idempotent, so several processes doing it at once is harmless. Tests 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
@@ -55,6 +55,7 @@ from notifier.store.schema import (
     inbox_notifications,
     receipt_nonces,
     rejected_events,
+    retention_marks,
     status_outbox,
     utcnow,
 )
@@ -166,10 +167,23 @@ class Retention:
         if not dry_run:
             # Counted before any is pruned, even where no sweeper or scrape folds them.
             MetricCounters(self.database).fold_all()
+
+        def with_recent_deliveries(
+            connection: sa.Connection, event_ids: Sequence[Any]
+        ) -> set[Any]:
+            # The batch's deliveries, by event id (ix_deliveries_event_id: a few rows an
+            # event), their age compared here: a condition on created_at in SQL could
+            # lead the planner to read every recent delivery, most of the log.
+            found = connection.execute(
+                sa.select(d.event_id, d.created_at).where(d.event_id.in_(event_ids))
+            )
+            return {event_id for event_id, created in found if created >= delivery_cutoff}
         report = PurgeReport(
             deliveries=self._clear(
                 deliveries,
                 d.delivery_id,
+                d.created_at,
+                delivery_cutoff,
                 sa.and_(
                     d.created_at < delivery_cutoff,
                     sa.or_(d.recipient.is_not(None), d.content.is_not(None)),
@@ -181,18 +195,20 @@ class Retention:
             events=self._clear(
                 events,
                 e.event_id,
-                sa.and_(
-                    e.received_at < delivery_cutoff,
-                    e.payload.is_not(None),
-                    sa.not_(recent_delivery),
-                ),
+                e.received_at,
+                delivery_cutoff,
+                sa.and_(e.received_at < delivery_cutoff, e.payload.is_not(None)),
                 {"payload": sa.null()},
                 dry_run,
                 step,
+                # A later delivery (a fallback) may still render from the payload.
+                spared=(recent_delivery, with_recent_deliveries),
             ),
             rejects=self._clear(
                 rejected_events,
                 r.reject_id,
+                r.received_at,
+                delivery_cutoff,
                 sa.and_(
                     r.received_at < delivery_cutoff,
                     sa.or_(r.payload.is_not(None), r.payload_raw.is_not(None)),
@@ -215,6 +231,8 @@ class Retention:
             inbound=self._clear(
                 inbound_messages,
                 inbound_messages.c.inbound_id,
+                inbound_messages.c.received_at,
+                delivery_cutoff,
                 sa.and_(
                     inbound_messages.c.received_at < delivery_cutoff,
                     inbound_messages.c.text_masked.is_not(None),
@@ -269,31 +287,98 @@ class Retention:
         self,
         table: sa.Table,
         key: sa.Column[Any],
+        age: sa.Column[Any],
+        cutoff: datetime,
         condition: sa.ColumnElement[bool],
         values: dict[str, Any],
         dry_run: bool,
         on_batch: Callable[[int], None],
+        spared: tuple[
+            sa.ColumnElement[bool], Callable[[sa.Connection, Sequence[Any]], set[Any]]
+        ]
+        | None = None,
     ) -> int:
-        """Set ``values`` on rows matching ``condition``, a batch per transaction.
+        """Set ``values`` on rows older (by ``age``) than ``cutoff`` matching
+        ``condition``, a batch per transaction, oldest first, except those ``spared``: a
+        condition on the row (what a dry run counts) and a function giving those of a
+        batch's keys it holds.
+
+        Cleared rows stay (counts and reports read them), so a purge that looked from the
+        oldest row would walk past every day cleared before, once a batch. Instead each
+        batch starts where the last ended (``age`` at least the last batch's newest),
+        and the first where the last purge ended: ``retention_marks`` holds, for each
+        table, an age before which every row is cleared (the newest age of the last
+        batch, or the cutoff once a purge has finished; never past a row spared). It
+        moves in the same transaction as its batch, and only forward (several
+        processes purge at once), so a purge interrupted is finished by the next. Rows
+        are created "now", long after any cutoff, so none appears behind the mark.
 
         JSON columns are cleared with ``sa.null()``: SQL NULL, not the JSON ``null`` a
         plain ``None`` would store (which ``IS NOT NULL`` would find again)."""
         if dry_run:
+            if spared is not None:
+                condition = sa.and_(condition, sa.not_(spared[0]))
             return self._count(table, condition)
         done = 0
+        since = self._mark(table.name)
+        # Rows spared at the instant ``since``: they still match, and are not read again.
+        spared_at_since: set[Any] = set()
+        oldest_spared: datetime | None = None
         while True:
+            batch = sa.select(key, age).where(condition)
+            if since is not None:
+                # At least, not after: rows of the same instant may be in the next batch
+                # (those cleared already no longer match ``condition``).
+                batch = batch.where(age >= since)
+            if spared_at_since:
+                batch = batch.where(key.not_in(spared_at_since))
+            kept: set[Any] = set()
             with self.database.begin() as connection:
-                ids = (
-                    connection.execute(sa.select(key).where(condition).limit(self.settings.batch))
-                    .scalars()
-                    .all()
+                rows = connection.execute(batch.order_by(age).limit(self.settings.batch)).all()
+                keys = [row[0] for row in rows]
+                if keys and spared:
+                    kept = spared[1](connection, keys)
+                    keys = [k for k in keys if k not in kept]
+                if keys:
+                    connection.execute(sa.update(table).where(key.in_(keys)).values(**values))
+                finished = len(rows) < self.settings.batch
+                newest = rows[-1][1] if rows else since
+                oldest_spared = min(
+                    [row[1] for row in rows if row[0] in kept]
+                    + ([] if oldest_spared is None else [oldest_spared]),
+                    default=None,
                 )
-                if ids:
-                    connection.execute(sa.update(table).where(key.in_(ids)).values(**values))
-            done += len(ids)
-            on_batch(len(ids))
-            if len(ids) < self.settings.batch:
+                mark = cutoff if finished else newest
+                if mark is not None:
+                    self._move_mark(connection, table.name, min(mark, oldest_spared or mark))
+            done += len(keys)
+            on_batch(len(keys))
+            if finished:
                 return done
+            edge = {row[0] for row in rows if row[1] == newest and row[0] in kept}
+            spared_at_since = spared_at_since | edge if newest == since else edge
+            since = newest
+
+    def _mark(self, name: str) -> datetime | None:
+        with self.database.engine.connect() as connection:
+            found = connection.execute(
+                sa.select(retention_marks.c.cleared_before).where(retention_marks.c.name == name)
+            ).scalar_one_or_none()
+        return cast("datetime | None", found)
+
+    def _move_mark(self, connection: sa.Connection, name: str, cleared_before: datetime) -> None:
+        """Forward only: another process may have moved it further meanwhile."""
+        m = retention_marks.c
+        connection.execute(
+            self.database.insert_ignore(retention_marks, "name").values(
+                name=name, cleared_before=cleared_before
+            )
+        )
+        connection.execute(
+            sa.update(retention_marks)
+            .where(m.name == name, m.cleared_before < cleared_before)
+            .values(cleared_before=cleared_before)
+        )
 
     def _delete(
         self,

@@ -46,7 +46,8 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("event_id", sa.Uuid, primary_key=True),
-    sa.Column("received_at", UTCDateTime, nullable=False),
+    # Indexed for the retention purge, which clears payloads oldest first.
+    sa.Column("received_at", UTCDateTime, nullable=False, index=True),
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Column("source_system", sa.String(64), nullable=False),
     sa.Column("agency_code", sa.String(64), nullable=False),
@@ -295,6 +296,16 @@ receipt_nonces = sa.Table(
     sa.Column("provider", sa.String(64), primary_key=True),
     sa.Column("nonce", sa.String(128), primary_key=True),
     sa.Column("received_at", UTCDateTime, nullable=False, index=True),
+)
+
+# How far the retention purge has cleared each table (notifier.ops.retention): every
+# row older than ``cleared_before`` has had its personal data cleared, so a purge starts
+# there instead of walking past the days cleared before (rows stay for counts).
+retention_marks = sa.Table(
+    "retention_marks",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("cleared_before", UTCDateTime, nullable=False),
 )
 
 # A citizen's opt-out from a channel, by keyed recipient hash.
