@@ -71,7 +71,9 @@ SELECT md5('d' || e.n || c.channel)::uuid, e.event_id, e.dossier_code, e.agency_
        md5('r' || (e.n %% 400000) || c.channel),
        'x' || e.n, '{"text": "Ho so da duoc tiep nhan"}'::json,
        CASE WHEN e.n %% 97 = 0 THEN 'permanent-failure'
-            WHEN e.n %% 53 = 0 THEN 'temporary-failure'
+            -- Waiting for a retry: only recent ones (retries end within the max age).
+            WHEN e.n %% 53 = 0 AND e.received_at > %(now)s - interval '1 hour'
+                 THEN 'temporary-failure'
             WHEN e.n %% 41 = 0 THEN 'suppressed'
             WHEN c.channel IN ('sms', 'zalo', 'email') AND e.n %% 5 = 0 THEN 'sent'
             ELSE 'delivered' END,
