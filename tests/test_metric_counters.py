@@ -33,6 +33,7 @@ from notifier.store.counters import (
     SUPPRESSED,
     MetricCounters,
     backlog,
+    fold_rows,
     rebuild_counters,
 )
 from notifier.store.deliveries.lifecycle import (
@@ -42,7 +43,12 @@ from notifier.store.deliveries.lifecycle import (
     set_status,
 )
 from notifier.store.schema import deliveries, events, rejected_events
-from notifier.store.statuses import EventChange, EventStatusChange, record_event_changes
+from notifier.store.statuses import (
+    EventChange,
+    EventStatusChange,
+    StatusOutbox,
+    record_event_changes,
+)
 from tests.support import RunningWorker, make_settings, wait_until
 from tests.test_pipeline import MailA, MailB, build_app, settled, submit
 
@@ -301,6 +307,44 @@ def test_two_concurrent_folders_never_count_a_change_twice(pg_database: Database
     assert sum(folded) == 300
     assert all(n > 0 for n in folded)  # both took part
     assert counted(pg_database)[DELIVERIES] == {("email", "none", "suppressed"): 300}
+
+
+def test_the_relay_folds_what_it_publishes_once_alongside_a_folder(pg_database: Database) -> None:
+    ids = [planned(pg_database, "email") for _ in range(200)]
+    for delivery_id in ids:
+        with pg_database.begin() as connection:
+            set_status(
+                connection, delivery_id, only_from=["queued"], values={"status": "suppressed"}
+            )
+    outbox = StatusOutbox(pg_database)
+
+    def refused(_rows: object) -> None:
+        raise RuntimeError("no confirm")
+
+    with pytest.raises(RuntimeError):  # not confirmed: neither published nor folded
+        outbox.publish_pending(refused, batch=50, fold=fold_rows)
+    assert MetricCounters(pg_database).pending() == 200
+    start = threading.Barrier(2)
+    published: list[int] = []
+
+    def relay() -> None:
+        start.wait()
+        while (n := outbox.publish_pending(lambda _rows: None, batch=9, fold=fold_rows)) > 0:
+            published.append(n)
+
+    def folder() -> None:
+        start.wait()
+        while MetricCounters(pg_database).fold(limit=7) or outbox.pending_count():
+            pass
+
+    threads = [threading.Thread(target=relay), threading.Thread(target=folder)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(published) == 200
+    assert MetricCounters(pg_database).pending() == 0
+    assert counted(pg_database)[DELIVERIES] == {("email", "none", "suppressed"): 200}
 
 
 def test_the_oldest_unsent_delivery_counts_queued_and_due_ones_not_held_ones(

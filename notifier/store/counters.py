@@ -200,6 +200,13 @@ class MetricCounters:
         return CounterValues(dict(values))
 
 
+def fold_rows(connection: Connection, rows: Sequence[Any]) -> None:
+    """Fold outbox rows the caller holds and marks folded in its transaction (the
+    relay, as it marks them published: :meth:`StatusOutbox.publish_pending`)."""
+    if rows:
+        add(connection, connection.dialect.name == "sqlite", _increments(connection, rows))
+
+
 def add(connection: Connection, is_sqlite: bool, increments: dict[Key, float]) -> None:
     """Add ``increments`` to the counters, one upsert in sorted key order (two folders
     lock the same rows in the same order, so they never deadlock)."""

@@ -290,7 +290,13 @@ class StatusOutbox:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def publish_pending(self, publish: Callable[[list[PendingStatus]], None], batch: int) -> int:
+    def publish_pending(
+        self,
+        publish: Callable[[list[PendingStatus]], None],
+        batch: int,
+        *,
+        fold: Callable[[Connection, Sequence[Any]], None] | None = None,
+    ) -> int:
         """Publish up to ``batch`` pending rows, oldest first, and mark them published
         once ``publish`` returns (it returns only when the broker confirmed them all, and
         raises otherwise: the rows stay pending). Returns how many were published.
@@ -298,10 +304,16 @@ class StatusOutbox:
         PostgreSQL: the rows are claimed ``FOR UPDATE SKIP LOCKED`` in a transaction held
         across the publish, so relays in several workers take disjoint rows; a relay
         killed after the publish leaves them unmarked, and they are published again
-        (same ``id``). SQLite (one process, the embedded demo): read, publish, then mark."""
+        (same ``id``). ``fold`` (PostgreSQL only) is given, in that transaction, the rows
+        not folded into the metric counters yet (with ``type``, ``body`` and
+        ``send_outcome``), and the mark sets them folded: one write of each row instead of
+        a second one by the folder. SQLite (one process, the embedded demo): read,
+        publish, then mark; the folder folds them."""
         o = status_outbox.c
         query = (
-            sa.select(o.sequence, o.change_id, o.type, o.agency_code, o.body)
+            sa.select(
+                o.sequence, o.change_id, o.type, o.agency_code, o.body, o.folded, o.send_outcome
+            )
             .where(o.published_at.is_(None))
             .order_by(o.sequence)
             .limit(batch)
@@ -312,24 +324,28 @@ class StatusOutbox:
             if pending:
                 publish(pending)
                 with self.database.begin() as connection:
-                    self._mark(connection, pending)
+                    self._mark(connection, pending, folded=False)
             return len(pending)
         with self.database.begin() as connection:
-            pending = [
-                _pending(row) for row in connection.execute(query.with_for_update(skip_locked=True))
-            ]
+            rows = connection.execute(query.with_for_update(skip_locked=True)).all()
+            pending = [_pending(row) for row in rows]
             if pending:
                 publish(pending)
-                self._mark(connection, pending)
+                self._mark(connection, pending, folded=fold is not None)
+                if fold is not None:
+                    fold(connection, [row for row in rows if not row.folded])
         return len(pending)
 
     @staticmethod
-    def _mark(connection: Connection, pending: list[PendingStatus]) -> None:
+    def _mark(connection: Connection, pending: list[PendingStatus], *, folded: bool) -> None:
         o = status_outbox.c
+        values: dict[str, Any] = {"published_at": utcnow()}
+        if folded:
+            values["folded"] = True
         connection.execute(
             sa.update(status_outbox)
             .where(o.sequence.in_([p.sequence for p in pending]))
-            .values(published_at=utcnow())
+            .values(**values)
         )
 
     def pending_count(self) -> int:
