@@ -17,7 +17,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
+from notifier.cli.main import main
 from notifier.ops.reports import Report, build_report
 from notifier.ops.retention import Retention
 from notifier.store import Database
@@ -40,7 +42,7 @@ from notifier.store.schema import (
     utcnow,
 )
 from notifier.web.console import views
-from tests.support import make_settings
+from tests.support import make_settings, notifier_env
 
 pytestmark = pytest.mark.integration
 VIETNAM = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -418,3 +420,21 @@ def test_estimated_percentiles_stay_within_the_buckets_of_the_exact_ones() -> No
         assert abs(estimated_percentile(histogram, q) - exact) <= high - low
     assert bucket_of(0.0) == 0
     assert bucket_of(10**9) == bucket_of(10**8)  # the last bucket has no end
+
+
+def test_the_rollup_command_rolls_up_settled_hours_and_rebuilds_on_demand(
+    pg_url: str, pg_database: Database
+) -> None:
+    now = utcnow()
+    seed(pg_database, now, days=1, events_count=120)
+    env = notifier_env(make_settings(database_url=pg_url))
+    runner = CliRunner()
+    refreshed = runner.invoke(main, ["db", "rollup", "--max-hours", "5"], env=env)
+    assert refreshed.exit_code == 0, refreshed.output
+    assert "rolled up 5 new hours" in refreshed.output
+    rebuilt = runner.invoke(main, ["db", "rollup", "--rebuild"], env=env)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    with pg_database.engine.connect() as connection:
+        ready = connection.execute(sa.select(rollup_state.c.rolled_until)).scalar_one()
+    assert ready == floor_hour(now - timedelta(hours=1))
+    assert f"{ready:%Y-%m-%d %H:%M}" in rebuilt.output

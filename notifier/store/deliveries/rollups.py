@@ -45,7 +45,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from notifier.adapter import REPLY_STATUS
+from notifier.costs import CostSource
 from notifier.store.database import Database
+from notifier.store.deliveries.lifecycle import DeliveryStatus
 from notifier.store.schema import (
     deliveries,
     delivery_hours,
@@ -202,7 +205,7 @@ INSERT INTO delivery_hours (hour, agency_code, procedure_code, channel, status, 
 SELECT date_trunc('hour', created_at, 'UTC'), agency_code, procedure_code, channel, status,
        coalesce(provider, ''), count(*), count(*) FILTER (WHERE exhausted), count(cost_vnd),
        coalesce(sum(cost_vnd), 0),
-       coalesce(sum(cost_vnd) FILTER (WHERE cost_source = 'reported'), 0),
+       coalesce(sum(cost_vnd) FILTER (WHERE cost_source = :reported), 0),
        count(segments), coalesce(sum(segments), 0)
 FROM deliveries
 WHERE created_at >= :lo AND created_at < :hi
@@ -215,7 +218,7 @@ SELECT date_trunc('hour', created_at, 'UTC'), channel, status, coalesce(suppress
        coalesce(hold_reason, ''), count(*)
 FROM deliveries
 WHERE created_at >= :lo AND created_at < :hi
-  AND (status = 'suppressed' OR hold_reason IS NOT NULL)
+  AND (status = :suppressed OR hold_reason IS NOT NULL)
 GROUP BY 1, 2, 3, 4, 5
 """
 # Built from constants only (the bucket's numbers), not from input.
@@ -232,7 +235,7 @@ _EVENT_HOURS = """
 INSERT INTO event_hours (hour, events)
 SELECT date_trunc('hour', received_at, 'UTC'), count(*)
 FROM events
-WHERE received_at >= :lo AND received_at < :hi AND status <> 'reply'
+WHERE received_at >= :lo AND received_at < :hi AND status <> :reply
 GROUP BY 1
 """
 _ROLLUP_TABLES = (delivery_hours, delivery_reason_hours, delivery_latency_hours, event_hours)
@@ -243,8 +246,18 @@ def recompute(connection: Connection, lo: datetime, hi: datetime) -> None:
     in the caller's transaction (which holds the refresh lock)."""
     for table in _ROLLUP_TABLES:
         connection.execute(sa.delete(table).where(table.c.hour >= lo, table.c.hour < hi))
+    values = {
+        "lo": lo,
+        "hi": hi,
+        "reported": CostSource.REPORTED.value,
+        "suppressed": DeliveryStatus.SUPPRESSED.value,
+        "reply": REPLY_STATUS,
+    }
     for statement in (_DELIVERY_HOURS, _REASON_HOURS, _LATENCY_HOURS, _EVENT_HOURS):
-        connection.execute(sa.text(statement), {"lo": lo, "hi": hi})
+        # Each statement binds only the values it names.
+        connection.execute(
+            sa.text(statement), {k: v for k, v in values.items() if f":{k}" in statement}
+        )
 
 
 def lock(connection: Connection) -> None:
