@@ -22,6 +22,8 @@ from click.testing import CliRunner
 from notifier.cli.main import main
 from notifier.ops.reports import Report, build_report
 from notifier.ops.retention import Retention
+from notifier.ops.rollups import RollupJob
+from notifier.settings import RollupSettings
 from notifier.store import Database
 from notifier.store.deliveries.costs import CostLog
 from notifier.store.deliveries.log import DeliveryLog, Percentiles, percentile
@@ -42,7 +44,7 @@ from notifier.store.schema import (
     utcnow,
 )
 from notifier.web.console import views
-from tests.support import make_settings, notifier_env
+from tests.support import make_settings, notifier_env, wait_until
 
 pytestmark = pytest.mark.integration
 VIETNAM = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -438,3 +440,27 @@ def test_the_rollup_command_rolls_up_settled_hours_and_rebuilds_on_demand(
         ready = connection.execute(sa.select(rollup_state.c.rolled_until)).scalar_one()
     assert ready == floor_hour(now - timedelta(hours=1))
     assert f"{ready:%Y-%m-%d %H:%M}" in rebuilt.output
+
+
+def test_a_worker_processs_rollup_job_refreshes_on_its_interval_and_not_on_sqlite(
+    pg_database: Database, tmp_path: Path
+) -> None:
+    now = utcnow()
+    seed(pg_database, now, days=1, events_count=60)
+    job = RollupJob(Rollups(pg_database), RollupSettings(interval_s=0.05, max_hours=100))
+    assert job.enabled
+    thread = threading.Thread(target=job.run)
+    thread.start()
+    try:
+        with pg_database.engine.connect() as connection:
+            query = sa.select(rollup_state.c.rolled_until)
+            wait_until(lambda: connection.execute(query).scalar_one_or_none() is not None)
+            assert connection.execute(query).scalar_one() == floor_hour(now - timedelta(hours=1))
+    finally:
+        job.stopping.set()
+        thread.join()
+    embedded = Database(f"sqlite:///{tmp_path}/embedded.db")
+    try:
+        assert not RollupJob(Rollups(embedded), RollupSettings()).enabled
+    finally:
+        embedded.dispose()
