@@ -329,6 +329,16 @@ class RetentionSettings(_Section):
     batch: int = Field(default=1000, ge=1)
 
 
+class RollupSettings(_Section):
+    """The hourly rollup reports read (notifier.store.deliveries.rollups): each worker
+    process recomputes changed hours and rolls up settled ones every interval_s, at most
+    max_hours hours per run (a long backlog is caught up over several runs)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=60.0, gt=0)
+    max_hours: int = Field(default=48, ge=1, le=10_000)
+
+
 class CallbackSettings(_Section):
     """Publishers' signed HTTP callbacks (see notifier.pipeline.callbacks, docs/events.md)."""
 
@@ -525,6 +535,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    rollup: RollupSettings = Field(default_factory=RollupSettings)
     statuses: StatusSettings = Field(default_factory=StatusSettings)
     callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
     choice: ChoiceSettings = Field(default_factory=ChoiceSettings)

@@ -1,4 +1,4 @@
-"""Database tasks: schema migrations and the personal-data purge."""
+"""Database tasks: schema migrations, the hourly rollup and the personal-data purge."""
 
 from __future__ import annotations
 
@@ -22,6 +22,35 @@ def db_upgrade() -> None:
 
     upgrade(open_database(cli_settings()))
     click.echo("database is up to date")
+
+
+@db.command("rollup")
+@click.option("--rebuild", is_flag=True, help="Roll up every settled hour afresh.")
+@click.option(
+    "--max-hours", type=click.IntRange(min=1), default=None, help="At most this many hours."
+)
+def db_rollup(rebuild: bool, max_hours: int | None) -> None:
+    """Refresh the hourly rollup reports read (what workers do every minute)."""
+    from notifier.store.deliveries.rollups import Rollups
+
+    settings = cli_settings()
+    rollups = Rollups(open_database(settings))
+    if not rollups.enabled:
+        click.echo("SQLite reads the delivery log directly: nothing to roll up")
+        return
+    if rebuild:
+        click.echo(f"rolled up every hour before {rollups.rebuild():%Y-%m-%d %H:%M} UTC")
+        return
+    report = rollups.refresh(max_hours=max_hours or settings.rollup.max_hours)
+    until = (
+        "nothing yet"
+        if report.rolled_until is None
+        else f"{report.rolled_until:%Y-%m-%d %H:%M} UTC"
+    )
+    click.echo(
+        f"recomputed {report.recomputed} changed hours, rolled up {report.rolled} new hours; "
+        f"rolled up until {until}"
+    )
 
 
 @click.command("purge")

@@ -489,3 +489,79 @@ inbound_senders = sa.Table(
     sa.Column("window_started_at", UTCDateTime, nullable=False),
     sa.Column("messages", sa.Integer, nullable=False),
 )
+
+
+# The hourly rollup (notifier.store.deliveries.rollups): what reports, the console and
+# the budget read instead of grouping millions of raw rows. Hours are UTC; every table
+# is recomputed for a whole hour at once from the raw rows (never incremented), so a
+# row is always the hour's figure as of its last recompute. ``rollup_state`` says up to
+# where the hours are rolled up; ``rollup_dirty`` lists hours whose raw rows changed
+# after they were (PostgreSQL triggers write it, in the changing transaction).
+rollup_state = sa.Table(
+    "rollup_state",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    # Every hour before this is in the rollup tables (None: none yet).
+    sa.Column("rolled_until", UTCDateTime, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+rollup_dirty = sa.Table(
+    "rollup_dirty",
+    metadata,
+    sa.Column("mark_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("hour", UTCDateTime, nullable=False, index=True),
+)
+
+# Deliveries created in an hour, per agency, procedure, channel, status and provider
+# ("" for none): how many, how many of them are dead letters (exhausted), and their cost.
+delivery_hours = sa.Table(
+    "delivery_hours",
+    metadata,
+    sa.Column("hour", UTCDateTime, primary_key=True),
+    sa.Column("agency_code", sa.String(64), primary_key=True),
+    sa.Column("procedure_code", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(24), primary_key=True),
+    sa.Column("provider", sa.String(64), primary_key=True),
+    sa.Column("deliveries", sa.Integer, nullable=False),
+    sa.Column("exhausted", sa.Integer, nullable=False),
+    # With a cost recorded; its sum; the part the providers reported themselves.
+    sa.Column("charged", sa.Integer, nullable=False),
+    sa.Column("cost_vnd", sa.Numeric(18, 2), nullable=False),
+    sa.Column("reported_vnd", sa.Numeric(18, 2), nullable=False),
+    # With SMS segments recorded, and their sum.
+    sa.Column("segmented", sa.Integer, nullable=False),
+    sa.Column("segments", sa.BigInteger, nullable=False),
+)
+
+# Deliveries created in an hour that were suppressed or held, by reason ("" for none).
+delivery_reason_hours = sa.Table(
+    "delivery_reason_hours",
+    metadata,
+    sa.Column("hour", UTCDateTime, primary_key=True),
+    sa.Column("channel", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(24), primary_key=True),
+    sa.Column("suppressed_reason", sa.String(32), primary_key=True),
+    sa.Column("hold_reason", sa.String(32), primary_key=True),
+    sa.Column("deliveries", sa.Integer, nullable=False),
+)
+
+# Deliveries created in an hour and sent, per channel and delivery-time bucket (event
+# occurred_at to sent_at, log-spaced buckets: notifier.store.deliveries.rollups).
+delivery_latency_hours = sa.Table(
+    "delivery_latency_hours",
+    metadata,
+    sa.Column("hour", UTCDateTime, primary_key=True),
+    sa.Column("channel", sa.String(32), primary_key=True),
+    sa.Column("bucket", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("deliveries", sa.Integer, nullable=False),
+)
+
+# Dossier status events received in an hour (replies to citizens' messages aside).
+event_hours = sa.Table(
+    "event_hours",
+    metadata,
+    sa.Column("hour", UTCDateTime, primary_key=True),
+    sa.Column("events", sa.Integer, nullable=False),
+)

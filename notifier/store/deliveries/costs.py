@@ -6,10 +6,15 @@ month against its budget. Read from the one cost column set of ``deliveries``
 Months are calendar months in a time zone (Vietnam by default): each month of a range
 is one query bounded by its UTC instants, so the figures are the same on SQLite and
 PostgreSQL and any zone's daylight saving is honoured.
+
+On PostgreSQL the whole settled hours are read from the hourly rollup (``delivery_hours``,
+:mod:`notifier.store.deliveries.rollups`) and only the rest from the raw rows: the
+budget gate and ``/metrics`` read this month's spend without scanning the month.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -20,7 +25,8 @@ import sqlalchemy as sa
 
 from notifier.store import Database
 from notifier.store.deliveries.lifecycle import DeliveryStatus
-from notifier.store.schema import deliveries
+from notifier.store.deliveries.rollups import Rollups
+from notifier.store.schema import deliveries, delivery_hours
 
 SMS = "sms"
 
@@ -89,84 +95,138 @@ class CostLog:
 
     def by_month(self, since: datetime, until: datetime, tz: tzinfo) -> list[CostRow]:
         """Per month, agency, procedure and channel, deliveries created in [since, until)."""
-        d = deliveries.c
-        superseded = d.status == DeliveryStatus.SUPERSEDED.value
-        statement = (
-            sa.select(
-                d.agency_code,
-                d.procedure_code,
-                d.channel,
-                sa.func.count().label("n"),
-                sa.func.count(d.cost_vnd).label("charged"),
-                sa.func.sum(sa.case((superseded, 1), else_=0)).label("superseded"),
-                sa.func.coalesce(sa.func.sum(d.segments), 0).label("segments"),
-                sa.func.sum(d.cost_vnd).label("cost"),
-                sa.func.sum(sa.case((d.cost_source == "reported", d.cost_vnd), else_=None)).label(
-                    "reported"
-                ),
-            )
-            .where(d.created_at >= sa.bindparam("since"), d.created_at < sa.bindparam("until"))
-            .group_by(d.agency_code, d.procedure_code, d.channel)
-            .order_by(d.agency_code, d.procedure_code, d.channel)
-        )
+        d, h = deliveries.c, delivery_hours.c
+        superseded = DeliveryStatus.SUPERSEDED.value
+        raw = sa.select(
+            d.agency_code,
+            d.procedure_code,
+            d.channel,
+            sa.func.count().label("n"),
+            sa.func.count(d.cost_vnd).label("charged"),
+            sa.func.sum(sa.case((d.status == superseded, 1), else_=0)).label("superseded"),
+            sa.func.coalesce(sa.func.sum(d.segments), 0).label("segments"),
+            sa.func.sum(d.cost_vnd).label("cost"),
+            sa.func.sum(sa.case((d.cost_source == "reported", d.cost_vnd), else_=None)).label(
+                "reported"
+            ),
+        ).group_by(d.agency_code, d.procedure_code, d.channel)
+        rolled = sa.select(
+            h.agency_code,
+            h.procedure_code,
+            h.channel,
+            sa.func.sum(h.deliveries).label("n"),
+            sa.func.sum(h.charged).label("charged"),
+            sa.func.sum(sa.case((h.status == superseded, h.deliveries), else_=0)).label(
+                "superseded"
+            ),
+            sa.func.sum(h.segments).label("segments"),
+            sa.func.sum(h.cost_vnd).label("cost"),
+            sa.func.sum(h.reported_vnd).label("reported"),
+        ).group_by(h.agency_code, h.procedure_code, h.channel)
         rows: list[CostRow] = []
-        with self.database.engine.connect() as connection:
+        rollups = Rollups(self.database)
+        with rollups.reading() as connection:
             for month, start, end in months(since, until, tz):
-                for row in connection.execute(statement, {"since": start, "until": end}):
+                plan = rollups.plan(connection, start, end)
+                statements = []
+                if plan.rolled:
+                    statements.append(rolled.where(plan.rolled_where(h.hour)))
+                if plan.raw:
+                    statements.append(raw.where(plan.raw_where(d.created_at)))
+                sums: dict[tuple[str, str, str], list[Any]] = defaultdict(
+                    lambda: [0, 0, 0, 0, Decimal(0), Decimal(0)]
+                )
+                for statement in statements:
+                    for row in connection.execute(statement):
+                        item = sums[(row.agency_code, row.procedure_code, row.channel)]
+                        item[0] += int(row.n)
+                        item[1] += int(row.charged or 0)
+                        item[2] += int(row.superseded or 0)
+                        item[3] += int(row.segments or 0)
+                        item[4] += _money(row.cost)
+                        item[5] += _money(row.reported)
+                for (agency, procedure, channel), item in sorted(sums.items()):
                     rows.append(
                         CostRow(
                             month=month,
-                            agency_code=row.agency_code,
-                            procedure_code=row.procedure_code,
-                            channel=row.channel,
-                            deliveries=int(row.n),
-                            charged=int(row.charged),
-                            superseded=int(row.superseded or 0),
-                            segments=int(row.segments or 0),
-                            cost_vnd=_money(row.cost),
-                            reported_vnd=_money(row.reported),
+                            agency_code=agency,
+                            procedure_code=procedure,
+                            channel=channel,
+                            deliveries=item[0],
+                            charged=item[1],
+                            superseded=item[2],
+                            segments=item[3],
+                            cost_vnd=item[4],
+                            reported_vnd=item[5],
                         )
                     )
         return rows
 
     def sms_segments(self, since: datetime, until: datetime) -> dict[str, SegmentFigure]:
         """Per agency, the SMS sent in [since, until) with segments recorded."""
-        d = deliveries.c
-        statement = (
+        d, h = deliveries.c, delivery_hours.c
+        raw = (
             sa.select(
                 d.agency_code,
                 sa.func.count(d.segments).label("sms"),
                 sa.func.coalesce(sa.func.sum(d.segments), 0).label("segments"),
             )
-            .where(
-                d.channel == SMS,
-                d.segments.is_not(None),
-                d.created_at >= since,
-                d.created_at < until,
-            )
+            .where(d.channel == SMS, d.segments.is_not(None))
             .group_by(d.agency_code)
-            .order_by(d.agency_code)
         )
-        with self.database.engine.connect() as connection:
-            return {
-                row.agency_code: SegmentFigure(int(row.sms), int(row.segments))
-                for row in connection.execute(statement)
-            }
+        rolled = (
+            sa.select(
+                h.agency_code,
+                sa.func.sum(h.segmented).label("sms"),
+                sa.func.sum(h.segments).label("segments"),
+            )
+            .where(h.channel == SMS, h.segmented > 0)
+            .group_by(h.agency_code)
+        )
+        found: dict[str, tuple[int, int]] = {}
+        rollups = Rollups(self.database)
+        with rollups.reading() as connection:
+            plan = rollups.plan(connection, since, until)
+            statements = []
+            if plan.rolled:
+                statements.append(rolled.where(plan.rolled_where(h.hour)))
+            if plan.raw:
+                statements.append(raw.where(plan.raw_where(d.created_at)))
+            for statement in statements:
+                for row in connection.execute(statement):
+                    sms, segments = found.get(row.agency_code, (0, 0))
+                    found[row.agency_code] = (sms + int(row.sms), segments + int(row.segments))
+        return {agency: SegmentFigure(*found[agency]) for agency in sorted(found)}
 
     def spend(
         self, since: datetime, until: datetime, agencies: Sequence[str] | None = None
     ) -> dict[tuple[str, str], Decimal]:
         """What (agency, channel) deliveries created in [since, until) cost."""
-        d = deliveries.c
-        statement = (
+        d, h = deliveries.c, delivery_hours.c
+        raw = (
             sa.select(d.agency_code, d.channel, sa.func.sum(d.cost_vnd).label("cost"))
-            .where(d.created_at >= since, d.created_at < until, d.cost_vnd.is_not(None))
+            .where(d.cost_vnd.is_not(None))
             .group_by(d.agency_code, d.channel)
         )
+        rolled = (
+            sa.select(h.agency_code, h.channel, sa.func.sum(h.cost_vnd).label("cost"))
+            .where(h.charged > 0)
+            .group_by(h.agency_code, h.channel)
+        )
         if agencies is not None:
-            statement = statement.where(d.agency_code.in_(list(agencies)))
-        with self.database.engine.connect() as connection:
-            return {
-                (row.agency_code, row.channel): _money(row.cost)
-                for row in connection.execute(statement)
-            }
+            raw = raw.where(d.agency_code.in_(list(agencies)))
+            rolled = rolled.where(h.agency_code.in_(list(agencies)))
+        spent: dict[tuple[str, str], Decimal] = {}
+        rollups = Rollups(self.database)
+        with rollups.reading() as connection:
+            plan = rollups.plan(connection, since, until)
+            statements = []
+            if plan.rolled:
+                statements.append(rolled.where(plan.rolled_where(h.hour)))
+            if plan.raw:
+                statements.append(raw.where(plan.raw_where(d.created_at)))
+            for statement in statements:
+                for row in connection.execute(statement):
+                    key = (row.agency_code, row.channel)
+                    spent[key] = spent.get(key, Decimal(0)) + _money(row.cost)
+        return spent

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -16,10 +16,15 @@ from notifier.adapter import REPLY_STATUS
 from notifier.masking import recipient_hash
 from notifier.store import Database
 from notifier.store.deliveries.lifecycle import DeliveryStatus
+from notifier.store.deliveries.rollups import ReadPlan, Rollups, bucket_sql, estimated_percentile
 from notifier.store.health import CircuitState, shown_circuit_state
 from notifier.store.schema import (
     deliveries,
     delivery_attempts,
+    delivery_hours,
+    delivery_latency_hours,
+    delivery_reason_hours,
+    event_hours,
     events,
     provider_health,
     rejected_events,
@@ -133,6 +138,8 @@ class ReasonCount:
 
 
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+# The grouping columns the hourly rollup keeps (event_status is read from raw rows).
+ROLLED_UP_COLUMNS = frozenset({"agency_code", "procedure_code", "channel", "status", "provider"})
 # Attempt outcomes that are a provider's answer to a send (not receipts or replays).
 _SEND_OUTCOMES = tuple(
     status.value
@@ -161,6 +168,14 @@ class Percentiles:
             return cls(count)
         p50, p90, p95, p99 = (None if v is None else round(float(v), 3) for v in values)
         return cls(count, p50, p90, p95, p99)
+
+    @classmethod
+    def estimated(cls, histogram: dict[int, int]) -> Percentiles:
+        """From delivery-time buckets (the rollup's): each figure within its bucket."""
+        count = sum(histogram.values())
+        if not count:
+            return cls(0)
+        return cls.of(count, [estimated_percentile(histogram, q) for q in PERCENTILES])
 
     @classmethod
     def from_samples(cls, samples: Iterable[float]) -> Percentiles:
@@ -349,24 +364,47 @@ class DeliveryLog:
     def activity(
         self, since: datetime, until: datetime, bucket_seconds: int
     ) -> list[ActivityCount]:
-        """Deliveries created in [since, until) per time bucket, channel and status."""
-        d = deliveries.c
+        """Deliveries created in [since, until) per time bucket, channel and status (from
+        the hourly rollup when the buckets are whole hours from a whole hour)."""
+        d, h = deliveries.c, delivery_hours.c
         start = int(since.timestamp())
         if self.database.is_sqlite:
             epoch: Any = sa.cast(sa.func.strftime("%s", d.created_at), sa.Integer)
             bucket: Any = sa.cast((epoch - start) / bucket_seconds, sa.Integer)
         else:
             bucket = sa.func.floor((sa.extract("epoch", d.created_at) - start) / bucket_seconds)
-        statement = (
-            sa.select(bucket.label("bucket"), d.channel, d.status, sa.func.count().label("n"))
-            .where(d.created_at >= since, d.created_at < until)
-            .group_by("bucket", d.channel, d.status)
-        )
-        with self.database.engine.connect() as connection:
-            return [
-                ActivityCount(int(row.bucket), row.channel, row.status, int(row.n))
-                for row in connection.execute(statement)
-            ]
+        hourly = bucket_seconds % 3600 == 0 and start % 3600 == 0
+        counts: Counter[tuple[int, str, str]] = Counter()
+        rollups = Rollups(self.database)
+        with rollups.reading() as connection:
+            plan = rollups.plan(connection, since, until, hourly=hourly)
+            statements = []
+            if plan.rolled:
+                rolled_bucket = sa.func.floor(
+                    (sa.extract("epoch", h.hour) - start) / bucket_seconds
+                )
+                statements.append(
+                    sa.select(
+                        rolled_bucket.label("bucket"),
+                        h.channel,
+                        h.status,
+                        sa.func.sum(h.deliveries).label("n"),
+                    )
+                    .where(plan.rolled_where(h.hour))
+                    .group_by("bucket", h.channel, h.status)
+                )
+            if plan.raw:
+                statements.append(
+                    sa.select(
+                        bucket.label("bucket"), d.channel, d.status, sa.func.count().label("n")
+                    )
+                    .where(plan.raw_where(d.created_at))
+                    .group_by("bucket", d.channel, d.status)
+                )
+            for statement in statements:
+                for row in connection.execute(statement):
+                    counts[(int(row.bucket), row.channel, row.status)] += int(row.n)
+        return [ActivityCount(*key, count) for key, count in sorted(counts.items())]
 
     def latency(self, since: datetime, until: datetime) -> dict[str, Percentiles]:
         """Delivery time percentiles of the deliveries created in [since, until) that were
@@ -374,18 +412,28 @@ class DeliveryLog:
 
         Measured from the event's ``occurred_at`` (when the dossier changed, by the TTHC
         system's clock) to ``sent_at`` (when a provider accepted the message); a
-        negative time from a fast clock counts as zero.
+        negative time from a fast clock counts as zero. Exact when no hour of the range
+        is rolled up; else estimated from the rollup's delivery-time buckets (each
+        figure within its bucket's width, about 9%: see
+        :mod:`notifier.store.deliveries.rollups`).
         """
+        rollups = Rollups(self.database)
+        with rollups.reading() as connection:
+            plan = rollups.plan(connection, since, until)
+            if plan.rolled:
+                return self._estimated_latency(connection, plan)
+            return self._exact_latency(connection, plan)
+
+    def _exact_latency(self, connection: Any, plan: ReadPlan) -> dict[str, Percentiles]:
         d, e = deliveries.c, events.c
         joined = deliveries.join(events, d.event_id == e.event_id)
-        where = (d.created_at >= since, d.created_at < until, d.sent_at.is_not(None))
+        where = (plan.raw_where(d.created_at), d.sent_at.is_not(None))
         if self.database.is_sqlite:
             seconds = (sa.func.julianday(d.sent_at) - sa.func.julianday(e.occurred_at)) * 86400.0
             samples: dict[str, list[float]] = defaultdict(list)
             statement = sa.select(d.channel, seconds.label("s")).select_from(joined).where(*where)
-            with self.database.engine.connect() as connection:
-                for row in connection.execute(statement):
-                    samples[row.channel].append(float(row.s))
+            for row in connection.execute(statement):
+                samples[row.channel].append(float(row.s))
             result = {c: Percentiles.from_samples(v) for c, v in sorted(samples.items())}
             result["*"] = Percentiles.from_samples(v for vs in samples.values() for v in vs)
             return result
@@ -401,13 +449,43 @@ class DeliveryLog:
             .order_by(d.channel)
         )
         overall = sa.select(sa.func.count().label("n"), quantiles.label("q")).select_from(joined)
-        with self.database.engine.connect() as connection:
-            result = {
-                row.channel: Percentiles.of(int(row.n), row.q)
-                for row in connection.execute(per_channel)
-            }
-            row = connection.execute(overall.where(*where)).one()
-            result["*"] = Percentiles.of(int(row.n), row.q)
+        result = {
+            row.channel: Percentiles.of(int(row.n), row.q)
+            for row in connection.execute(per_channel)
+        }
+        row = connection.execute(overall.where(*where)).one()
+        result["*"] = Percentiles.of(int(row.n), row.q)
+        return result
+
+    def _estimated_latency(self, connection: Any, plan: ReadPlan) -> dict[str, Percentiles]:
+        """Percentiles from delivery-time buckets: the rollup's for rolled-up hours, the
+        raw rows' (bucketed the same way) for the rest."""
+        d, e, h = deliveries.c, events.c, delivery_latency_hours.c
+        histograms: dict[str, Counter[int]] = defaultdict(Counter)
+        rolled = (
+            sa.select(h.channel, h.bucket, sa.func.sum(h.deliveries).label("n"))
+            .where(plan.rolled_where(h.hour))
+            .group_by(h.channel, h.bucket)
+        )
+        seconds = "greatest(date_part('epoch', deliveries.sent_at - events.occurred_at), 0)"
+        raw = (
+            sa.select(
+                d.channel,
+                sa.literal_column(bucket_sql(seconds)).label("bucket"),
+                sa.func.count().label("n"),
+            )
+            .select_from(deliveries.join(events, d.event_id == e.event_id))
+            .where(plan.raw_where(d.created_at), d.sent_at.is_not(None))
+            .group_by(d.channel, "bucket")
+        )
+        for statement in (rolled, raw) if plan.raw else (rolled,):
+            for row in connection.execute(statement):
+                histograms[row.channel][int(row.bucket)] += int(row.n)
+        result = {c: Percentiles.estimated(dict(v)) for c, v in sorted(histograms.items())}
+        overall: Counter[int] = Counter()
+        for histogram in histograms.values():
+            overall.update(histogram)
+        result["*"] = Percentiles.estimated(dict(overall))
         return result
 
     def grouped_counts(
@@ -415,21 +493,32 @@ class DeliveryLog:
     ) -> list[tuple[tuple[str, ...], int]]:
         """Counts of deliveries created in [since, until), grouped by the named columns
         (any of agency_code, procedure_code, channel, status, provider, event_status)."""
-        allowed = {"agency_code", "procedure_code", "channel", "status", "provider", "event_status"}
+        allowed = {*ROLLED_UP_COLUMNS, "event_status"}
         if not by or set(by) - allowed:
             raise ValueError(f"group by some of {sorted(allowed)}")
-        columns = [deliveries.c[name] for name in by]
-        statement = (
-            sa.select(*columns, sa.func.count().label("n"))
-            .where(deliveries.c.created_at >= since, deliveries.c.created_at < until)
-            .group_by(*columns)
-            .order_by(*columns)
-        )
-        with self.database.engine.connect() as connection:
-            return [
-                (tuple("" if v is None else str(v) for v in row[:-1]), int(row[-1]))
-                for row in connection.execute(statement)
-            ]
+        counts: Counter[tuple[str, ...]] = Counter()
+        rollups = Rollups(self.database)
+        with rollups.reading() as connection:
+            plan = rollups.plan(connection, since, until, hourly=set(by) <= ROLLED_UP_COLUMNS)
+            statements = []
+            if plan.rolled:
+                rolled = [delivery_hours.c[name] for name in by]
+                statements.append(
+                    sa.select(*rolled, sa.func.sum(delivery_hours.c.deliveries))
+                    .where(plan.rolled_where(delivery_hours.c.hour))
+                    .group_by(*rolled)
+                )
+            if plan.raw:
+                columns = [deliveries.c[name] for name in by]
+                statements.append(
+                    sa.select(*columns, sa.func.count())
+                    .where(plan.raw_where(deliveries.c.created_at))
+                    .group_by(*columns)
+                )
+            for statement in statements:
+                for row in connection.execute(statement):
+                    counts[tuple("" if v is None else str(v) for v in row[:-1])] += int(row[-1])
+        return sorted(counts.items())
 
     def reason_counts(
         self, since: datetime | None = None, until: datetime | None = None
@@ -438,42 +527,93 @@ class DeliveryLog:
         reason: ``suppressed`` (by ``suppressed_reason``), ``scheduled`` (held now, by
         ``hold_reason``) and ``held`` (held earlier, released since). Counted apart
         from failures. Created in [since, until) when given."""
-        d = deliveries.c
-        statement = (
+        d, r = deliveries.c, delivery_reason_hours.c
+        raw = (
             sa.select(
                 d.channel, d.status, d.suppressed_reason, d.hold_reason, sa.func.count().label("n")
             )
-            .where(
-                sa.or_(d.status == DeliveryStatus.SUPPRESSED.value, d.hold_reason.is_not(None))
-            )
+            .where(sa.or_(d.status == DeliveryStatus.SUPPRESSED.value, d.hold_reason.is_not(None)))
             .group_by(d.channel, d.status, d.suppressed_reason, d.hold_reason)
         )
-        if since is not None:
-            statement = statement.where(d.created_at >= since)
-        if until is not None:
-            statement = statement.where(d.created_at < until)
+        rolled = sa.select(
+            r.channel,
+            r.status,
+            sa.func.nullif(r.suppressed_reason, "").label("suppressed_reason"),
+            sa.func.nullif(r.hold_reason, "").label("hold_reason"),
+            sa.func.sum(r.deliveries).label("n"),
+        ).group_by(r.channel, r.status, r.suppressed_reason, r.hold_reason)
         counts: dict[tuple[str, str, str], int] = defaultdict(int)
-        with self.database.engine.connect() as connection:
-            for row in connection.execute(statement):
-                if row.status == DeliveryStatus.SUPPRESSED.value:
-                    kind, reason = "suppressed", row.suppressed_reason or "unspecified"
-                elif row.status == DeliveryStatus.SCHEDULED.value:
-                    kind, reason = "scheduled", row.hold_reason
-                else:
-                    kind, reason = "held", row.hold_reason
-                counts[(row.channel, kind, reason)] += int(row.n)
+        rollups = Rollups(self.database)
+        with rollups.reading() as connection:
+            plan = rollups.plan(connection, since, until)
+            statements = []
+            if plan.rolled:
+                statements.append(rolled.where(plan.rolled_where(r.hour)))
+            if plan.raw:
+                statements.append(raw.where(plan.raw_where(d.created_at)))
+            for statement in statements:
+                for row in connection.execute(statement):
+                    if row.status == DeliveryStatus.SUPPRESSED.value:
+                        kind, reason = "suppressed", row.suppressed_reason or "unspecified"
+                    elif row.status == DeliveryStatus.SCHEDULED.value:
+                        kind, reason = "scheduled", row.hold_reason
+                    else:
+                        kind, reason = "held", row.hold_reason
+                    counts[(row.channel, kind, reason)] += int(row.n)
         return [ReasonCount(*key, count) for key, count in sorted(counts.items())]
 
     def events_count(self, since: datetime, until: datetime) -> int:
         """Dossier status events received in [since, until); the rows that only carry a
         reply to a citizen's message (status ``reply``) are not events."""
-        statement = sa.select(sa.func.count()).where(
-            events.c.received_at >= since,
-            events.c.received_at < until,
-            events.c.status != REPLY_STATUS,
-        )
-        with self.database.engine.connect() as connection:
-            return int(connection.execute(statement).scalar_one())
+        total = 0
+        rollups = Rollups(self.database)
+        with rollups.reading() as connection:
+            plan = rollups.plan(connection, since, until)
+            if plan.rolled:
+                total += int(
+                    connection.execute(
+                        sa.select(sa.func.coalesce(sa.func.sum(event_hours.c.events), 0)).where(
+                            plan.rolled_where(event_hours.c.hour)
+                        )
+                    ).scalar_one()
+                )
+            if plan.raw:
+                total += int(
+                    connection.execute(
+                        sa.select(sa.func.count()).where(
+                            plan.raw_where(events.c.received_at),
+                            events.c.status != REPLY_STATUS,
+                        )
+                    ).scalar_one()
+                )
+        return total
+
+    def dead_letters_count(self, since: datetime, until: datetime) -> int:
+        """Dead letters (permanent failures that used up their retries) among the
+        deliveries created in [since, until)."""
+        d, h = deliveries.c, delivery_hours.c
+        failed = DeliveryStatus.PERMANENT_FAILURE.value
+        total = 0
+        rollups = Rollups(self.database)
+        with rollups.reading() as connection:
+            plan = rollups.plan(connection, since, until)
+            if plan.rolled:
+                total += int(
+                    connection.execute(
+                        sa.select(sa.func.coalesce(sa.func.sum(h.exhausted), 0)).where(
+                            plan.rolled_where(h.hour), h.status == failed
+                        )
+                    ).scalar_one()
+                )
+            if plan.raw:
+                total += int(
+                    connection.execute(
+                        sa.select(sa.func.count()).where(
+                            plan.raw_where(d.created_at), d.status == failed, d.exhausted
+                        )
+                    ).scalar_one()
+                )
+        return total
 
     def rejects_count(self, since: datetime | None = None, until: datetime | None = None) -> int:
         statement = sa.select(sa.func.count()).select_from(rejected_events)

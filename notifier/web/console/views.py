@@ -172,11 +172,7 @@ def overview(log: DeliveryLog, name: str, now: datetime | None = None) -> Overvi
         failures_by_channel=dict(failures_by_channel),
         latency=log.latency(w.start, w.end),
         rejected_events=log.rejects_count(w.start, w.end),
-        dead_letters=log.count(
-            DeliveryQuery(
-                status=DeliveryStatus.PERMANENT_FAILURE, gave_up=True, since=w.start, until=w.end
-            )
-        ),
+        dead_letters=log.dead_letters_count(w.start, w.end),
         open_circuits=sum(1 for h in health if h.circuit_state != CircuitState.CLOSED),
     )
     result.total = sum(by_status.values())
