@@ -128,11 +128,7 @@ class CostLog:
         with rollups.reading() as connection:
             for month, start, end in months(since, until, tz):
                 plan = rollups.plan(connection, start, end)
-                statements = []
-                if plan.rolled:
-                    statements.append(rolled.where(plan.rolled_where(h.hour)))
-                if plan.raw:
-                    statements.append(raw.where(plan.raw_where(d.created_at)))
+                statements = plan.statements(rolled, h.hour, raw, d.created_at)
                 sums: dict[tuple[str, str, str], list[Any]] = defaultdict(
                     lambda: [0, 0, 0, 0, Decimal(0), Decimal(0)]
                 )
@@ -187,11 +183,7 @@ class CostLog:
         rollups = Rollups(self.database)
         with rollups.reading() as connection:
             plan = rollups.plan(connection, since, until)
-            statements = []
-            if plan.rolled:
-                statements.append(rolled.where(plan.rolled_where(h.hour)))
-            if plan.raw:
-                statements.append(raw.where(plan.raw_where(d.created_at)))
+            statements = plan.statements(rolled, h.hour, raw, d.created_at)
             for statement in statements:
                 for row in connection.execute(statement):
                     sms, segments = found.get(row.agency_code, (0, 0))
@@ -220,11 +212,7 @@ class CostLog:
         rollups = Rollups(self.database)
         with rollups.reading() as connection:
             plan = rollups.plan(connection, since, until)
-            statements = []
-            if plan.rolled:
-                statements.append(rolled.where(plan.rolled_where(h.hour)))
-            if plan.raw:
-                statements.append(raw.where(plan.raw_where(d.created_at)))
+            statements = plan.statements(rolled, h.hour, raw, d.created_at)
             for statement in statements:
                 for row in connection.execute(statement):
                     key = (row.agency_code, row.channel)

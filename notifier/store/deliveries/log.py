@@ -546,11 +546,7 @@ class DeliveryLog:
         rollups = Rollups(self.database)
         with rollups.reading() as connection:
             plan = rollups.plan(connection, since, until)
-            statements = []
-            if plan.rolled:
-                statements.append(rolled.where(plan.rolled_where(r.hour)))
-            if plan.raw:
-                statements.append(raw.where(plan.raw_where(d.created_at)))
+            statements = plan.statements(rolled, r.hour, raw, d.created_at)
             for statement in statements:
                 for row in connection.execute(statement):
                     if row.status == DeliveryStatus.SUPPRESSED.value:

@@ -158,6 +158,17 @@ class ReadPlan:
     def raw_where(self, column: Any) -> sa.ColumnElement[bool]:
         return _any_span(column, self.raw)
 
+    def statements(self, rolled: Any, hour: Any, raw: Any, created: Any) -> list[Any]:
+        """``rolled`` (a select from a rollup table, by its ``hour``) over the rolled-up
+        spans and ``raw`` (from the raw rows, by their ``created`` time) over the rest:
+        the one or two statements whose rows, added up, answer the read."""
+        found = []
+        if self.rolled:
+            found.append(rolled.where(self.rolled_where(hour)))
+        if self.raw:
+            found.append(raw.where(self.raw_where(created)))
+        return found
+
 
 def _any_span(column: Any, spans: Sequence[tuple[Bound, Bound]]) -> sa.ColumnElement[bool]:
     if not spans:
