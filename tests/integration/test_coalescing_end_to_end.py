@@ -62,6 +62,9 @@ def overrides(root: Path, database: Database, providers: LocalProviders) -> dict
     return {
         "config_dir": str(config_dir(root)),
         "database_url": database.url,
+        # About coalescing, at any hour: the citizen's night (quiet hours) would hold the
+        # SMS and Zalo messages for 7:00 instead (the first worker loads these as they are).
+        "choice": {"quiet_hours": False, "frequency_caps": False},
         **providers.settings_overrides(),
     }
 
