@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -57,11 +55,6 @@ log = get_logger(__name__)
 
 STATUS_SCHEMA = "notifier.status.v1"
 MAX_STATUS_BYTES = 64 * 1024
-# How old the intake's snapshot of callback targets may be. Reading them for every
-# group of status messages cost a fifth of a busy worker's CPU (two joins per group);
-# a snapshot this old only delays a new target's first callbacks, and never lets a
-# revoked publisher be told anything: the sender checks its right again at each claim.
-TARGETS_REFRESH_S = 5.0
 Clock = Callable[[], datetime]
 
 
@@ -133,35 +126,17 @@ class StatusIntake(ConsumerThread):
     thread_name = "notifier-callback-intake"
 
     def __init__(
-        self,
-        broker_url: str,
-        exchange: str,
-        settings: CallbackSettings,
-        store: CallbackStore,
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
+        self, broker_url: str, exchange: str, settings: CallbackSettings, store: CallbackStore
     ) -> None:
         super().__init__()
-        self.monotonic = monotonic
         self.broker_url = broker_url
         self.exchange = exchange  # the status stream's (settings.statuses.exchange)
         self.settings = settings
         self.store = store
-        self._recipients: dict[uuid.UUID, tuple[str, ...]] = {}
-        self._recipients_read_at: float | None = None
 
     @property
     def enabled(self) -> bool:
         return self.settings.enabled
-
-    def recipients(self) -> dict[uuid.UUID, tuple[str, ...]]:
-        """The callback targets and their publishers' agencies, read again when the
-        snapshot is older than ``TARGETS_REFRESH_S``."""
-        now = self.monotonic()
-        if self._recipients_read_at is None or now - self._recipients_read_at > TARGETS_REFRESH_S:
-            self._recipients = self.store.recipients()
-            self._recipients_read_at = now
-        return self._recipients
 
 
     def consume(self) -> None:
@@ -208,9 +183,7 @@ class StatusIntake(ConsumerThread):
         if last_tag is None:
             return
         try:
-            added = self.store.record(
-                [status for _tag, status in valid], recipients=self.recipients()
-            )
+            added = self.store.record([status for _tag, status in valid])
         except sa.exc.DataError:
             # Something in the group the database refuses (not an outage): one at a time,
             # so only the message at fault is dead-lettered, never requeued for ever.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -23,7 +22,6 @@ from notifier.callback_http import (
     post_callback,
 )
 from notifier.pipeline.callbacks import (
-    TARGETS_REFRESH_S,
     InvalidStatusMessage,
     StatusIntake,
     parse_status,
@@ -315,18 +313,8 @@ class _Store:
     def __init__(self, refused: str | None = None, down: bool = False) -> None:
         self.refused, self.down = refused, down
         self.recorded: list[str] = []
-        self.target_reads = 0
 
-    def recipients(self) -> dict[uuid.UUID, tuple[str, ...]]:
-        self.target_reads += 1
-        return {uuid.UUID(int=1): ("*",)}
-
-    def record(
-        self,
-        messages: list[IncomingStatus],
-        *,
-        recipients: dict[uuid.UUID, tuple[str, ...]] | None = None,
-    ) -> int:
+    def record(self, messages: list[IncomingStatus]) -> int:
         if self.down:
             raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
         if any(m.id == self.refused for m in messages):
@@ -339,28 +327,9 @@ def _body(message_id: str) -> bytes:
     return json.dumps({"schema": "notifier.status.v1", "id": message_id, "type": "t"}).encode()
 
 
-def _intake(store: _Store, clock: list[float] | None = None) -> StatusIntake:
+def _intake(store: _Store) -> StatusIntake:
     settings = CallbackSettings()
-    now = clock if clock is not None else [0.0]
-    return StatusIntake(
-        "amqp://unused",
-        "statuses",
-        settings,
-        store,  # type: ignore[arg-type]
-        monotonic=lambda: now[0],
-    )
-
-
-def test_the_intake_reads_the_callback_targets_again_only_when_its_snapshot_is_old() -> None:
-    channel, store, clock = _Channel(), _Store(), [100.0]
-    intake = _intake(store, clock)
-    for n in range(5):
-        intake.take(channel, [(n, _body(f"m{n}"))])
-    assert store.target_reads == 1
-    clock[0] += TARGETS_REFRESH_S + 0.1
-    intake.take(channel, [(9, _body("m9"))])
-    assert store.target_reads == 2
-    assert store.recorded == ["m0", "m1", "m2", "m3", "m4", "m9"]
+    return StatusIntake("amqp://unused", "statuses", settings, store)  # type: ignore[arg-type]
 
 
 def test_the_intake_acks_a_group_after_recording_it_and_dead_letters_what_is_not_a_status() -> None:
