@@ -110,26 +110,69 @@ def test_sweepers_racing_on_postgresql_release_each_held_delivery_once(
     app = Notifier(make_settings(database_url=pg_database.url))
     try:
         ids = planned(app, 60)  # 120 deliveries
-        store = app.deliveries
-        store.hold(ids, datetime.now(UTC) - timedelta(seconds=1), HoldReason.COALESCING)
-        taken: list[list[tuple[UUID, str]]] = [[] for _ in range(6)]
-        start = threading.Barrier(len(taken))
+        app.deliveries.hold(ids, datetime.now(UTC) - timedelta(seconds=1), HoldReason.COALESCING)
+        sweepers, batch, rounds = 6, 7, 3  # 6 x 7 x 3 = 126 places for 120 rows
+        taken: list[list[tuple[UUID, str]]] = [[] for _ in range(sweepers)]
+        # A barrier before every round, not only the first: a sweeper that started
+        # early cannot drain the table alone (CI saw one thread take all 120), so
+        # each round really is six releases at once and each sweeper has rows to take.
+        each_round = threading.Barrier(sweepers)
 
         def sweep(mine: list[tuple[UUID, str]]) -> None:
             other = DeliveryStore(Database(pg_database.url))
-            start.wait()
-            while batch := other.release_due(7):
-                mine.extend(batch)
-            other.database.dispose()
+            try:
+                for _ in range(rounds):
+                    each_round.wait(timeout=30)
+                    mine.extend(other.release_due(batch))
+            finally:
+                other.database.dispose()
 
         threads = [threading.Thread(target=sweep, args=(t,)) for t in taken]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
-        everything = [delivery_id for batch in taken for delivery_id, _ in batch]
+        everything = [delivery_id for mine in taken for delivery_id, _ in mine]
         assert sorted(everything) == sorted(ids)  # all released, none twice
-        assert sum(1 for batch in taken if batch) > 1  # the sweepers really shared the work
+        assert all(taken)  # every sweeper released some: the first round alone has 42 rows
+    finally:
+        app.close()
+
+
+def test_a_release_on_postgresql_skips_rows_another_release_has_locked(
+    pg_database: Database,
+) -> None:
+    """What makes the race above safe without waiting: a release passes over rows
+    another transaction holds and takes the next due ones. Deterministic: the test
+    itself holds the lock."""
+    app = Notifier(make_settings(database_url=pg_database.url))
+    try:
+        ids = planned(app, 5)  # 10 deliveries
+        now = datetime.now(UTC)
+        for offset, delivery_id in enumerate(ids):  # due one second apart, oldest first
+            app.deliveries.hold(
+                [delivery_id], now - timedelta(seconds=100 - offset), HoldReason.COALESCING
+            )
+        d = deliveries.c
+        with pg_database.begin() as holder:
+            locked = (
+                holder.execute(
+                    sa.select(d.delivery_id).where(d.delivery_id.in_(ids[:4])).with_for_update()
+                )
+                .scalars()
+                .all()
+            )
+            assert sorted(locked) == sorted(ids[:4])
+            released: list[tuple[UUID, str]] = []
+            releaser = threading.Thread(
+                target=lambda: released.extend(app.deliveries.release_due(3))
+            )
+            releaser.start()
+            releaser.join(timeout=20)
+            # Without SKIP LOCKED the release would wait for this transaction: a deadlock.
+            assert not releaser.is_alive()
+        assert sorted(delivery_id for delivery_id, _ in released) == sorted(ids[4:7])  # 3, not 6
+        assert set(status_of(pg_database, ids[:4]).values()) == {("scheduled", "coalescing")}
     finally:
         app.close()
 

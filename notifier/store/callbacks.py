@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 
 from notifier.store import Database
+from notifier.store.database import locked_once
 from notifier.store.publishers import EVERY_AGENCY, SubmitterKind
 from notifier.store.schema import (
     api_clients,
@@ -405,19 +406,20 @@ class CallbackStore:
             # A read first: an idle sender takes no write lock (SQLite) every round.
             if connection.execute(sa.select(c.callback_id).where(due_now).limit(1)).first() is None:
                 return []
-        due = (
+        due = locked_once(
             sa.select(c.callback_id)
             .where(due_now)
             .order_by(c.due_at)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=True),
+            "due",
         )
         with self.database.begin() as connection:
             claimed = [
                 row.callback_id
                 for row in connection.execute(
                     sa.update(callback_deliveries)
-                    .where(c.callback_id.in_(due.scalar_subquery()))
+                    .where(c.callback_id.in_(sa.select(due.c.callback_id)))
                     .values(due_at=now + lease, attempts=c.attempts + 1, updated_at=now)
                     .returning(c.callback_id)
                 )

@@ -50,7 +50,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from notifier.store.database import Database
+from notifier.store.database import Database, locked_once
 from notifier.store.deliveries.lifecycle import ANNOUNCED, DeliveryStatus
 from notifier.store.schema import (
     deliveries,
@@ -160,9 +160,10 @@ class MetricCounters:
         # SQLite: the UPDATE takes the write lock before it reads, so a second folder
         # waits and then finds these rows folded.
         with self.database.begin() as connection:
+            claimed = locked_once(claim, "claimed")
             rows = connection.execute(
                 sa.update(status_outbox)
-                .where(o.sequence.in_(claim.scalar_subquery()))
+                .where(o.sequence.in_(sa.select(claimed.c.sequence)))
                 .values(folded=True)
                 .returning(o.type, o.body, o.send_outcome)
             ).all()

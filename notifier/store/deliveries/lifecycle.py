@@ -46,6 +46,7 @@ from sqlalchemy.engine import Connection
 from notifier.adapter import REPLY_STATUS, InboundReference, OutboundMessage
 from notifier.costs import Charge, CostSource
 from notifier.store import Database
+from notifier.store.database import locked_once
 from notifier.store.schema import (
     deliveries,
     delivery_attempts,
@@ -700,18 +701,21 @@ class DeliveryStore:
         one has locked (PostgreSQL) or finds them no longer ``scheduled``."""
         now = now or utcnow()
         d = deliveries.c
-        due = (
+        due = locked_once(
             sa.select(d.delivery_id)
             .where(d.status == DeliveryStatus.SCHEDULED.value, d.due_at <= now)
             .order_by(d.due_at)
             .limit(limit)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
+            .with_for_update(skip_locked=True),
+            "due",
         )
         with self.database.begin() as connection:
             rows = connection.execute(
                 sa.update(deliveries)
-                .where(d.delivery_id.in_(due), d.status == DeliveryStatus.SCHEDULED.value)
+                .where(
+                    d.delivery_id.in_(sa.select(due.c.delivery_id)),
+                    d.status == DeliveryStatus.SCHEDULED.value,
+                )
                 # updated_at = now: the stale sweep re-enqueues it only if this
                 # release's message is lost (a crash before the enqueue).
                 .values(status=DeliveryStatus.QUEUED.value, updated_at=now)
