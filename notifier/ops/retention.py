@@ -171,7 +171,7 @@ class Retention:
         def with_recent_deliveries(
             connection: sa.Connection, event_ids: Sequence[Any]
         ) -> set[Any]:
-            # The batch's deliveries, by event id (ix_deliveries_event_id: a few rows an
+            # The batch's deliveries, by event id (uq_deliveries_key leads with it: a few rows an
             # event), their age compared here: a condition on created_at in SQL could
             # lead the planner to read every recent delivery, most of the log.
             found = connection.execute(
