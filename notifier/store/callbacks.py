@@ -35,6 +35,7 @@ from notifier.store.publishers import EVERY_AGENCY, SubmitterKind
 from notifier.store.schema import (
     api_clients,
     broker_publishers,
+    callback_audience,
     callback_deliveries,
     callback_targets,
     utcnow,
@@ -155,9 +156,14 @@ def _kind(kind: SubmitterKind | str) -> SubmitterKind:
     return chosen
 
 
+_AUDIENCE_VERSION = sa.select(callback_audience.c.version).where(callback_audience.c.id == 1)
+
+
 class CallbackStore:
     def __init__(self, database: Database, secret_key: str) -> None:
         self.database = database
+        # (audience version, each target's publisher's agencies): see _audience.
+        self._audience_cache: tuple[int, dict[uuid.UUID, tuple[str, ...]]] | None = None
         digest = hashlib.sha256(b"notifier-callback-secrets:" + secret_key.encode()).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
 
@@ -326,35 +332,33 @@ class CallbackStore:
 
     # -- consuming status messages ----------------------------------------------------
 
-    def recipients(self) -> dict[uuid.UUID, tuple[str, ...]]:
-        """Each callback target and its publisher's agencies now (see :meth:`record`)."""
-        with self.database.engine.connect() as connection:
-            return self._agencies(connection)
+    def _audience(self, connection: sa.Connection) -> Mapping[uuid.UUID, tuple[str, ...]]:
+        """:meth:`_agencies` as of this transaction, read again only when the audience's
+        version moved since the last read (one primary-key lookup instead of two joins).
 
-    def record(
-        self,
-        messages: Iterable[IncomingStatus],
-        now: datetime | None = None,
-        *,
-        recipients: Mapping[uuid.UUID, tuple[str, ...]] | None = None,
-    ) -> int:
+        Exact, unlike a snapshot kept for a while: the version is raised in the same
+        transaction as any change of who hears what (triggers, migration 0020), so a
+        transaction that sees the change sees the new version. The agencies are read
+        after the version, never older than it; a change committed in between only
+        makes the next group read again. A missing row (a TRUNCATE) is no version."""
+        version = connection.execute(_AUDIENCE_VERSION).scalar()
+        cached = self._audience_cache
+        if version is not None and cached is not None and cached[0] == version:
+            return cached[1]
+        found = self._agencies(connection)
+        self._audience_cache = None if version is None else (version, found)
+        return found
+
+    def record(self, messages: Iterable[IncomingStatus], now: datetime | None = None) -> int:
         """One pending callback per message and target whose publisher's agencies include
         the message's agency, all in one statement; repeats of a message id add nothing.
         A message without an agency goes only to every-agency publishers. Returns how
-        many callbacks were added.
-
-        ``recipients`` (from :meth:`recipients`) saves reading the targets again for
-        every group: the intake keeps a snapshot a few seconds old. A stale snapshot is
-        safe, because :meth:`claim_due` checks the publisher's right again before any
-        callback is sent."""
+        many callbacks were added. Who may hear is decided in this transaction
+        (:meth:`_audience`); :meth:`claim_due` checks the publisher's right again before
+        any callback is sent."""
         now = now or utcnow()
-        if recipients is not None:
-            rows = self._rows(messages, recipients, now)
-            if not rows:
-                return 0  # nobody to tell: no transaction at all
         with self.database.begin() as connection:
-            if recipients is None:
-                rows = self._rows(messages, self._agencies(connection), now)
+            rows = self._rows(messages, self._audience(connection), now)
             if not rows:
                 return 0
             # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts.

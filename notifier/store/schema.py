@@ -391,6 +391,18 @@ callback_targets = sa.Table(
     sa.UniqueConstraint("publisher_kind", "publisher_name", name="uq_callback_targets_publisher"),
 )
 
+# Who may hear the status stream changed: one row, its version raised (by triggers, in
+# the changing transaction) whenever a callback target, an API key or a broker
+# publisher is added, removed, or changes what decides who hears what. The callback
+# intake keeps the audience it read with this version and reads it again only when the
+# version moved (notifier.store.callbacks.AudienceCache). Migration 0020.
+callback_audience = sa.Table(
+    "callback_audience",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
 # One status message to one publisher: written when the message is consumed (once per
 # message id and target), sent when due. ``due_at`` is also the lease: a sender that
 # claims the row moves it past the send's timeout, so a sender that dies leaves it due
