@@ -128,11 +128,15 @@ class Sender:
         self.backlog = RecordBacklog(worker.max_unrecorded)
         self.journal = DispatchJournal(store.mark_dispatched)
         # A lease outlives the longest try of every provider of a channel (each send is
-        # cut at send_timeout_s, each rate wait at MAX_RATE_WAIT_S), so a live sender
-        # is never overtaken.
+        # cut at send_timeout_s, or after its handover at the adapter's answer wait;
+        # each rate wait at MAX_RATE_WAIT_S), so a live sender is never overtaken.
         most_providers = max((len(p) for p in registry.channels.values()), default=1)
+        longest_answer = max(
+            (runtime.adapter(p).answer_timeout_s for p in registry.all_providers()), default=0.0
+        )
         self.lease = timedelta(
-            seconds=most_providers * (worker.send_timeout_s + MAX_RATE_WAIT_S) + 10
+            seconds=most_providers * (max(worker.send_timeout_s, longest_answer) + MAX_RATE_WAIT_S)
+            + 10
         )
         # Called after every provider call, on the event loop; quick, and must not raise.
         # The guard first: its circuit breaker counts the provider's failures.
@@ -385,8 +389,21 @@ class Sender:
     ) -> SendResult | DeliveryFailure:
         adapter = self.runtime.adapter(provider)
         with watching_handover() as handover:
+            # A task of its own (it sees the handover: tasks copy the context), so that a
+            # send past its handover when send_timeout_s runs out can be waited for.
+            call = asyncio.ensure_future(adapter.send(message))
             try:
-                return await asyncio.wait_for(adapter.send(message), self.worker.send_timeout_s)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(call), self.worker.send_timeout_s)
+                except TimeoutError:
+                    # Handed over: the provider may be taking it. Cutting now would make
+                    # it `unknown` (held for an admin); the adapter says how long its
+                    # protocol lets the answer take (SMTP's end of DATA: RFC 5321 has
+                    # clients wait 10 minutes), and the lease covers that wait.
+                    more = adapter.answer_timeout_s if adapter.reports_handover else 0.0
+                    if not handover.reached or more <= 0:
+                        raise
+                    return await asyncio.wait_for(call, more)
             except TimeoutError:
                 if not handover.reached and adapter.reports_handover:
                     return TemporaryFailure(
@@ -394,14 +411,17 @@ class Sender:
                         "(cut before the message was handed over)",
                         code="timeout-before-handover",
                     )
-                return TemporaryFailure(
-                    f"no answer within {self.worker.send_timeout_s:g}s", maybe_sent=True
-                )
+                waited = self.worker.send_timeout_s
+                if handover.reached and adapter.reports_handover:
+                    waited = max(waited, adapter.answer_timeout_s)
+                return TemporaryFailure(f"no answer within {waited:g}s", maybe_sent=True)
             except DeliveryFailure as exc:
                 return exc
             except Exception as exc:  # an adapter's bug: it may have sent
                 log.exception("adapter raised an unexpected error", provider=provider.name)
                 return TemporaryFailure(f"adapter error: {exc!r}", maybe_sent=True)
+            finally:
+                call.cancel()  # cut (or this try cancelled): the call stops too
 
     def backlog_retry_ms(self) -> int:
         return self.backoff_ms(1)
