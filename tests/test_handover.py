@@ -102,3 +102,19 @@ def test_an_answer_later_than_the_adapters_wait_is_still_uncertain(
     assert MailB.sent == []
     [delivery] = rows(app)
     assert "no answer within 3s" in (delivery["last_error"] or "")
+
+
+def test_only_the_channel_whose_adapter_waits_longer_for_answers_gets_a_longer_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crashed worker's claims come back when their lease runs out: one adapter's long
+    answer wait must not hold back every channel's recovery."""
+    monkeypatch.setattr(MailA, "answer_timeout_s", 30.0, raising=False)
+    app = build_app(tmp_path)  # email: mail_a then mail_b; sms: sms; send_timeout_s = 2
+    try:
+        leases = {channel: lease.total_seconds() for channel, lease in app.sender.leases.items()}
+        assert leases["email"] == (30 + 5) + (2 + 5) + 10
+        assert leases["sms"] == (2 + 5) + 10
+        assert app.sender.lease.total_seconds() == leases["email"]
+    finally:
+        app.close()

@@ -127,16 +127,24 @@ class Sender:
         )
         self.backlog = RecordBacklog(worker.max_unrecorded)
         self.journal = DispatchJournal(store.mark_dispatched)
-        # A lease outlives the longest try of every provider of a channel (each send is
-        # cut at send_timeout_s, or after its handover at the adapter's answer wait;
-        # each rate wait at MAX_RATE_WAIT_S), so a live sender is never overtaken.
-        most_providers = max((len(p) for p in registry.channels.values()), default=1)
-        longest_answer = max(
-            (runtime.adapter(p).answer_timeout_s for p in registry.all_providers()), default=0.0
-        )
-        self.lease = timedelta(
-            seconds=most_providers * (max(worker.send_timeout_s, longest_answer) + MAX_RATE_WAIT_S)
-            + 10
+
+        # A channel's lease outlives the longest try of all its providers (each send is
+        # cut at send_timeout_s, or after its handover at its adapter's answer wait;
+        # each rate wait at MAX_RATE_WAIT_S), so a live sender is never overtaken. Per
+        # channel: one adapter's long answer wait does not delay the recovery of every
+        # channel's claims after a crash.
+        def try_s(provider: Provider) -> float:
+            answer = runtime.adapter(provider).answer_timeout_s
+            return max(worker.send_timeout_s, answer) + MAX_RATE_WAIT_S
+
+        self.leases = {
+            channel: timedelta(seconds=sum(try_s(p) for p in providers) + 10)
+            for channel, providers in registry.channels.items()
+        }
+        # For a group whose channel is not given (tests): the longest.
+        self.lease = max(
+            self.leases.values(),
+            default=timedelta(seconds=worker.send_timeout_s + MAX_RATE_WAIT_S + 10),
         )
         # Called after every provider call, on the event loop; quick, and must not raise.
         # The guard first: its circuit breaker counts the provider's failures.
@@ -149,10 +157,12 @@ class Sender:
             except Exception:  # an observer's bug never fails a delivery
                 log.exception("send observer failed")
 
-    def send(self, delivery_ids: Sequence[UUID]) -> list[SendOutcome]:
-        """Send what can be claimed of these deliveries; one outcome per id."""
+    def send(self, delivery_ids: Sequence[UUID], channel: str | None = None) -> list[SendOutcome]:
+        """Send what can be claimed of these deliveries (all of ``channel``, when given);
+        one outcome per id."""
         clock = time.perf_counter()
-        claims = self.store.claim(delivery_ids, self.lease)
+        lease = self.leases.get(channel, self.lease) if channel else self.lease
+        claims = self.store.claim(delivery_ids, lease)
         outcomes: list[SendOutcome] = []
         for delivery_id, why in claims.not_claimed.items():
             if why is ClaimOutcome.BUSY:
@@ -181,7 +191,7 @@ class Sender:
                 try_ = self._try_providers(claimed, progress[claimed.delivery_id])
                 pending[self.runtime.submit(try_)] = claimed
         # Nothing here can outwait the lease; past it, another worker may send.
-        deadline = time.monotonic() + self.lease.total_seconds() - 5
+        deadline = time.monotonic() + lease.total_seconds() - 5
         try:
             while concluded or pending:
                 if pending:
