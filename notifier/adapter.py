@@ -416,6 +416,14 @@ class Adapter(abc.ABC, Generic[SettingsT]):
     # plain temporary failure, not an uncertain one. False: every cut send is uncertain.
     reports_handover: ClassVar[bool] = False
 
+    @property
+    def answer_timeout_s(self) -> float:
+        """How long a send that reached its handover may wait for the provider's answer
+        in all, when the core's ``send_timeout_s`` runs out first (only with
+        ``reports_handover``). 0: cut at ``send_timeout_s`` wherever it is, and a send
+        past its handover is then uncertain. Worker leases grow to cover it."""
+        return 0.0
+
     async def lookup(self, message: OutboundMessage) -> LookupAnswer:
         """Ask the provider whether it took ``message`` (for the ``verify`` policy).
         Raise :class:`TemporaryFailure` when it cannot tell now. Adapters without a

@@ -66,3 +66,55 @@ def test_an_adapter_that_does_not_report_its_handover_is_uncertain_when_cut(
         submit(app, sample_event(3, event_id=uuid.uuid4()))
         wait_until(lambda: [r["status"] for r in rows(app)] == ["unknown"], timeout=20)
     assert MailB.sent == []
+
+
+def test_a_send_past_its_handover_waits_for_the_answer_as_long_as_its_adapter_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SMTP's end of DATA may take minutes on a busy relay (RFC 5321): a send that handed
+    its message over is not cut at send_timeout_s (2 s here) when its adapter declares a
+    longer wait for the answer, so it ends sent, not held as unknown."""
+    app = build_app(tmp_path)
+    monkeypatch.setattr(MailA, "reports_handover", True, raising=False)
+    monkeypatch.setattr(MailA, "answer_timeout_s", 8.0, raising=False)
+    MailA.slow_s = 4.0
+    MailA.on_start = lambda message: _first_send_hangs(message, after_handover=True)
+    with RunningWorker(app):
+        submit(app, sample_event(4, event_id=uuid.uuid4()))
+        wait_until(lambda: [r["status"] for r in rows(app)] == ["sent"], timeout=30)
+    [delivery] = rows(app)
+    assert delivery["provider"] == "mail_a"
+    assert MailB.sent == []
+    assert [a[0] for a in attempts(app)] == ["sent"]
+
+
+def test_an_answer_later_than_the_adapters_wait_is_still_uncertain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = build_app(tmp_path)
+    monkeypatch.setattr(MailA, "reports_handover", True, raising=False)
+    monkeypatch.setattr(MailA, "answer_timeout_s", 3.0, raising=False)
+    MailA.slow_s = 6.0
+    MailA.on_start = lambda message: _first_send_hangs(message, after_handover=True)
+    with RunningWorker(app):
+        submit(app, sample_event(5, event_id=uuid.uuid4()))
+        wait_until(lambda: [r["status"] for r in rows(app)] == ["unknown"], timeout=30)
+    assert MailB.sent == []
+    [delivery] = rows(app)
+    assert "no answer within 3s" in (delivery["last_error"] or "")
+
+
+def test_only_the_channel_whose_adapter_waits_longer_for_answers_gets_a_longer_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crashed worker's claims come back when their lease runs out: one adapter's long
+    answer wait must not hold back every channel's recovery."""
+    monkeypatch.setattr(MailA, "answer_timeout_s", 30.0, raising=False)
+    app = build_app(tmp_path)  # email: mail_a then mail_b; sms: sms; send_timeout_s = 2
+    try:
+        leases = {channel: lease.total_seconds() for channel, lease in app.sender.leases.items()}
+        assert leases["email"] == (30 + 5) + (2 + 5) + 10
+        assert leases["sms"] == (2 + 5) + 10
+        assert app.sender.lease.total_seconds() == leases["email"]
+    finally:
+        app.close()

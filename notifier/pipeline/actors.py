@@ -97,7 +97,7 @@ class Actors:
 
         def deliver(delivery_ids: list[str]) -> None:
             retries: dict[int, list[tuple[UUID, int]]] = {}
-            for outcome in self.sender.send([UUID(i) for i in delivery_ids]):
+            for outcome in self.sender.send([UUID(i) for i in delivery_ids], channel):
                 if falls_back and outcome.status in _MAY_FALL_BACK:
                     self.enqueue_deliveries(self.fallback.plan(outcome.delivery_id))
                 if outcome.retry_in_ms is not None:

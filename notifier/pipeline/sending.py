@@ -127,12 +127,24 @@ class Sender:
         )
         self.backlog = RecordBacklog(worker.max_unrecorded)
         self.journal = DispatchJournal(store.mark_dispatched)
-        # A lease outlives the longest try of every provider of a channel (each send is
-        # cut at send_timeout_s, each rate wait at MAX_RATE_WAIT_S), so a live sender
-        # is never overtaken.
-        most_providers = max((len(p) for p in registry.channels.values()), default=1)
-        self.lease = timedelta(
-            seconds=most_providers * (worker.send_timeout_s + MAX_RATE_WAIT_S) + 10
+
+        # A channel's lease outlives the longest try of all its providers (each send is
+        # cut at send_timeout_s, or after its handover at its adapter's answer wait;
+        # each rate wait at MAX_RATE_WAIT_S), so a live sender is never overtaken. Per
+        # channel: one adapter's long answer wait does not delay the recovery of every
+        # channel's claims after a crash.
+        def try_s(provider: Provider) -> float:
+            answer = runtime.adapter(provider).answer_timeout_s
+            return max(worker.send_timeout_s, answer) + MAX_RATE_WAIT_S
+
+        self.leases = {
+            channel: timedelta(seconds=sum(try_s(p) for p in providers) + 10)
+            for channel, providers in registry.channels.items()
+        }
+        # For a group whose channel is not given (tests): the longest.
+        self.lease = max(
+            self.leases.values(),
+            default=timedelta(seconds=worker.send_timeout_s + MAX_RATE_WAIT_S + 10),
         )
         # Called after every provider call, on the event loop; quick, and must not raise.
         # The guard first: its circuit breaker counts the provider's failures.
@@ -145,10 +157,12 @@ class Sender:
             except Exception:  # an observer's bug never fails a delivery
                 log.exception("send observer failed")
 
-    def send(self, delivery_ids: Sequence[UUID]) -> list[SendOutcome]:
-        """Send what can be claimed of these deliveries; one outcome per id."""
+    def send(self, delivery_ids: Sequence[UUID], channel: str | None = None) -> list[SendOutcome]:
+        """Send what can be claimed of these deliveries (all of ``channel``, when given);
+        one outcome per id."""
         clock = time.perf_counter()
-        claims = self.store.claim(delivery_ids, self.lease)
+        lease = self.leases.get(channel, self.lease) if channel else self.lease
+        claims = self.store.claim(delivery_ids, lease)
         outcomes: list[SendOutcome] = []
         for delivery_id, why in claims.not_claimed.items():
             if why is ClaimOutcome.BUSY:
@@ -177,7 +191,7 @@ class Sender:
                 try_ = self._try_providers(claimed, progress[claimed.delivery_id])
                 pending[self.runtime.submit(try_)] = claimed
         # Nothing here can outwait the lease; past it, another worker may send.
-        deadline = time.monotonic() + self.lease.total_seconds() - 5
+        deadline = time.monotonic() + lease.total_seconds() - 5
         try:
             while concluded or pending:
                 if pending:
@@ -385,8 +399,21 @@ class Sender:
     ) -> SendResult | DeliveryFailure:
         adapter = self.runtime.adapter(provider)
         with watching_handover() as handover:
+            # A task of its own (it sees the handover: tasks copy the context), so that a
+            # send past its handover when send_timeout_s runs out can be waited for.
+            call = asyncio.ensure_future(adapter.send(message))
             try:
-                return await asyncio.wait_for(adapter.send(message), self.worker.send_timeout_s)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(call), self.worker.send_timeout_s)
+                except TimeoutError:
+                    # Handed over: the provider may be taking it. Cutting now would make
+                    # it `unknown` (held for an admin); the adapter says how long its
+                    # protocol lets the answer take (SMTP's end of DATA: RFC 5321 has
+                    # clients wait 10 minutes), and the lease covers that wait.
+                    more = adapter.answer_timeout_s if adapter.reports_handover else 0.0
+                    if not handover.reached or more <= 0:
+                        raise
+                    return await asyncio.wait_for(call, more)
             except TimeoutError:
                 if not handover.reached and adapter.reports_handover:
                     return TemporaryFailure(
@@ -394,14 +421,17 @@ class Sender:
                         "(cut before the message was handed over)",
                         code="timeout-before-handover",
                     )
-                return TemporaryFailure(
-                    f"no answer within {self.worker.send_timeout_s:g}s", maybe_sent=True
-                )
+                waited = self.worker.send_timeout_s
+                if handover.reached and adapter.reports_handover:
+                    waited = max(waited, adapter.answer_timeout_s)
+                return TemporaryFailure(f"no answer within {waited:g}s", maybe_sent=True)
             except DeliveryFailure as exc:
                 return exc
             except Exception as exc:  # an adapter's bug: it may have sent
                 log.exception("adapter raised an unexpected error", provider=provider.name)
                 return TemporaryFailure(f"adapter error: {exc!r}", maybe_sent=True)
+            finally:
+                call.cancel()  # cut (or this try cancelled): the call stops too
 
     def backlog_retry_ms(self) -> int:
         return self.backoff_ms(1)

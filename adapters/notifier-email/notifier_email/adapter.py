@@ -153,6 +153,10 @@ class EmailAdapter(Adapter[EmailSettings]):
             pool = self._pool = SmtpPool(self.settings)
         return pool
 
+    @property
+    def answer_timeout_s(self) -> float:
+        return self.settings.data_timeout_s
+
     async def send(self, message: OutboundMessage) -> SendResult:
         recipient = envelope_recipient(message.recipient)
         msgid = message_id(message.delivery_id, self.settings.from_address)
@@ -167,7 +171,7 @@ class EmailAdapter(Adapter[EmailSettings]):
             await client.rcpt(recipient)
             handing_over()  # from here a cut send may have left (see below)
             try:
-                response = await client.data(data)
+                response = await client.data(data, timeout=self.settings.data_timeout_s)
             except SMTPResponseException:
                 raise  # the relay answered: it refused the message
             except (TimeoutError, OSError, SMTPException) as exc:

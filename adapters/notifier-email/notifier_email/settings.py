@@ -52,6 +52,11 @@ class EmailSettings(AdapterSettings):
     reply_to: str | None = None
     pool_size: int = Field(default=4, ge=1, le=64)
     timeout_s: float = Field(default=20.0, gt=0)
+    # The wait for the answer to the end of DATA, once the message is sent. RFC 5321
+    # (4.5.3.2.6) has clients wait 10 minutes: a busy relay may take long to queue the
+    # message, and cutting earlier leaves it `unknown`, held for an admin. 60 s: the
+    # email channel's lease (75 s) bounds how late a crashed worker's claims come back.
+    data_timeout_s: float = Field(default=60.0, gt=0, le=600)
     validate_certs: bool = True
     local_hostname: str | None = Field(default=None, min_length=1)
 
