@@ -398,6 +398,9 @@ class Sender:
         self, provider: Provider, message: OutboundMessage
     ) -> SendResult | DeliveryFailure:
         adapter = self.runtime.adapter(provider)
+        # How long a send past its handover may take in all, from its start (the lease
+        # is sized for the longer of this and send_timeout_s).
+        answer_wait = adapter.answer_timeout_s if adapter.reports_handover else 0.0
         with watching_handover() as handover:
             # A task of its own (it sees the handover: tasks copy the context), so that a
             # send past its handover when send_timeout_s runs out can be waited for.
@@ -410,7 +413,7 @@ class Sender:
                     # it `unknown` (held for an admin); the adapter says how long its
                     # protocol lets the answer take (SMTP's end of DATA: RFC 5321 has
                     # clients wait 10 minutes), and the lease covers that wait.
-                    more = adapter.answer_timeout_s if adapter.reports_handover else 0.0
+                    more = answer_wait - self.worker.send_timeout_s
                     if not handover.reached or more <= 0:
                         raise
                     return await asyncio.wait_for(call, more)
@@ -422,8 +425,8 @@ class Sender:
                         code="timeout-before-handover",
                     )
                 waited = self.worker.send_timeout_s
-                if handover.reached and adapter.reports_handover:
-                    waited = max(waited, adapter.answer_timeout_s)
+                if handover.reached:
+                    waited = max(waited, answer_wait)
                 return TemporaryFailure(f"no answer within {waited:g}s", maybe_sent=True)
             except DeliveryFailure as exc:
                 return exc
