@@ -418,8 +418,8 @@ class Adapter(abc.ABC, Generic[SettingsT]):
 
     @property
     def answer_timeout_s(self) -> float:
-        """How long a send that reached its handover may wait for the provider's answer
-        in all, when the core's ``send_timeout_s`` runs out first (only with
+        """How long a send that reached its handover may take in all, from its start,
+        when the core's ``send_timeout_s`` runs out first (only with
         ``reports_handover``). 0: cut at ``send_timeout_s`` wherever it is, and a send
         past its handover is then uncertain. Worker leases grow to cover it."""
         return 0.0

@@ -66,7 +66,6 @@ class EventBridge(ConsumerThread):
         work_queue = getattr(self._worker, "work_queue", None)
         return work_queue is not None and work_queue.qsize() > 0
 
-
     def consume(self) -> None:
         # Any live node of the cluster; after a node dies, run() lands here again.
         connection = pika.BlockingConnection(node_parameters(self.broker_url))
@@ -110,9 +109,7 @@ class EventBridge(ConsumerThread):
             if connection.is_open:
                 connection.close()
 
-    def _forward(
-        self, channel: Any, group: list[tuple[int, bytes, Submitter, int | None]]
-    ) -> None:
+    def _forward(self, channel: Any, group: list[tuple[int, bytes, Submitter, int | None]]) -> None:
         last_tag = group[-1][0]
         events = [
             ingest_arguments(body, self.events.max_bytes, submitter, published_at_ms)

@@ -145,7 +145,6 @@ class StatusIntake(ConsumerThread):
     def enabled(self) -> bool:
         return self.settings.enabled
 
-
     def consume(self) -> None:
         connection = pika.BlockingConnection(node_parameters(self.broker_url))
         try:

@@ -212,7 +212,6 @@ class DeadLetterRecorder(ConsumerThread):
         self.dead_letters = dead_letters
         self._handlers: dict[str, Callable[[bytes, Any], str]] = {}
 
-
     def consume(self) -> None:
         policy = self.dead_letters.policy
         connection = pika.BlockingConnection(node_parameters(self.broker_url))

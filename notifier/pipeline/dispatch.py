@@ -4,7 +4,11 @@
 provider (accepted, or maybe sent) and are not yet written. A provider call starts only
 while fewer than ``limit`` wait, so a crash leaves at most ``limit - 1`` such results
 plus the calls in flight (each adapter's ``max_in_flight``) unrecorded, however slow
-recording is under load.
+recording is under load. Each try holds one :class:`BacklogEntry`, counted at most once
+and settled at most once, whichever thread comes first: a result that arrives after its
+try was given up on (cut at the lease, or its recording failed) is never counted, so
+the limit cannot shrink for good (with a limit of 8, eight such losses stopped every
+send of the process).
 
 ``DispatchJournal`` writes a mark (provider, attempt) on each delivery before its call
 starts. Marks of calls waiting to start are written together, one transaction per
@@ -15,15 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from notifier.store.deliveries.lifecycle import DispatchMark
 
 
+class BacklogEntry:
+    """One try's place in the backlog: counted when its result may mean "sent", until
+    settled; both at most once (under the backlog's lock)."""
+
+    __slots__ = ("counted", "settled")
+
+    def __init__(self) -> None:
+        self.counted = False
+        self.settled = False
+
+
 class RecordBacklog:
     """Results waiting to be recorded, per process; callers on the adapters' event loop
-    wait in :meth:`admit`, recording threads call :meth:`recorded`."""
+    wait in :meth:`admit` and :meth:`count` their results, recording threads
+    :meth:`settle` them."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -57,17 +73,30 @@ class RecordBacklog:
                     if waiter in self._waiters:
                         self._waiters.remove(waiter)
 
-    def add(self, count: int = 1) -> None:
-        """Results that came in (on the event loop, as the call returns)."""
+    def count(self, entry: BacklogEntry) -> None:
+        """A result came in (on the event loop, as the call returns): it waits to be
+        written, unless its try was already settled (given up on; it is written, or
+        will be, as uncertain)."""
         with self._lock:
-            self._count += count
+            if entry.settled or entry.counted:
+                return
+            entry.counted = True
+            self._count += 1
 
-    def recorded(self, count: int) -> None:
-        """Results written (or given up on): wake the calls held back."""
-        if count <= 0:
-            return
+    def settle(self, entries: Iterable[BacklogEntry]) -> None:
+        """These tries' results are written, or given up on: no longer this process's
+        to bound; wake the calls held back. Settling an entry again does nothing."""
+        released = 0
         with self._lock:
-            self._count = max(0, self._count - count)
+            for entry in entries:
+                if entry.settled:
+                    continue
+                entry.settled = True
+                if entry.counted:
+                    released += 1
+            if not released:
+                return
+            self._count -= released
             waiters, self._waiters = self._waiters, []
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from uuid import UUID
 
@@ -34,7 +34,7 @@ from notifier.adapter import (
 )
 from notifier.costs import PriceTable
 from notifier.logging import get_logger
-from notifier.pipeline.dispatch import DispatchJournal, RecordBacklog
+from notifier.pipeline.dispatch import BacklogEntry, DispatchJournal, RecordBacklog
 from notifier.pipeline.gate import SendGate
 from notifier.pipeline.guard import Admission, Guard, NoGuard, ProviderCall
 from notifier.pipeline.recording import (
@@ -80,7 +80,7 @@ class _Progress:
     # have reached it.
     marked: str | None = None
     # A result that may mean "sent" is counted in the backlog until recorded.
-    in_backlog: bool = False
+    entry: BacklogEntry = field(default_factory=BacklogEntry)
 
 
 class Sender:
@@ -211,20 +211,19 @@ class Sender:
                         claimed = pending.pop(future)
                         tried = _result(future, self.worker, progress[claimed.delivery_id])
                         concluded.append((claimed, tried))
-                waiting = sum(1 for c, _ in concluded if progress[c.delivery_id].in_backlog)
                 try:
                     outcomes.extend(self.recorder.record(concluded))
                 finally:
                     # Written, or given up on (the lease will run out): either way no
                     # longer this process's to bound.
-                    self.backlog.recorded(waiting)
+                    self.backlog.settle(progress[c.delivery_id].entry for c, _ in concluded)
                 concluded = []
         finally:
-            # Recording failed for good (the exception goes on to Dramatiq): the sends
-            # still running will never be recorded here, so they must not hold back
-            # this process's calls once they end.
-            for future, claimed in pending.items():
-                future.add_done_callback(self._forget(progress[claimed.delivery_id]))
+            # Every try of the group is settled, once: a send cut at the lease whose
+            # answer comes later, or one still running when recording failed for good
+            # (the exception goes on to Dramatiq), is never recorded here, so its
+            # result must not hold back this process's calls.
+            self.backlog.settle(p.entry for p in progress.values())
         counts = Counter(o.status.value if o.status else "nothing-to-do" for o in outcomes)
         log.info(
             "deliveries done",
@@ -233,13 +232,6 @@ class Sender:
             **{k.replace("-", "_"): v for k, v in counts.items()},
         )
         return outcomes
-
-    def _forget(self, progress: _Progress) -> Callable[[Future[Tried]], None]:
-        def forget(_future: Future[Tried]) -> None:
-            if progress.in_backlog:
-                self.backlog.recorded(1)
-
-        return forget
 
     async def _try_providers(self, claimed: ClaimedDelivery, progress: _Progress) -> Tried:
         """The channel's providers in order until one accepts (runs on the event loop)."""
@@ -373,8 +365,7 @@ class Sender:
             if isinstance(answer, SendResult) or (
                 isinstance(answer, TemporaryFailure) and answer.maybe_sent
             ):
-                self.backlog.add()
-                progress.in_backlog = True
+                self.backlog.count(progress.entry)
         seconds = time.perf_counter() - clock
         if isinstance(answer, SendResult):
             outcome = DeliveryStatus.DELIVERED if answer.delivered else DeliveryStatus.SENT
@@ -398,6 +389,9 @@ class Sender:
         self, provider: Provider, message: OutboundMessage
     ) -> SendResult | DeliveryFailure:
         adapter = self.runtime.adapter(provider)
+        # How long a send past its handover may take in all, from its start (the lease
+        # is sized for the longer of this and send_timeout_s).
+        answer_wait = adapter.answer_timeout_s if adapter.reports_handover else 0.0
         with watching_handover() as handover:
             # A task of its own (it sees the handover: tasks copy the context), so that a
             # send past its handover when send_timeout_s runs out can be waited for.
@@ -410,7 +404,7 @@ class Sender:
                     # it `unknown` (held for an admin); the adapter says how long its
                     # protocol lets the answer take (SMTP's end of DATA: RFC 5321 has
                     # clients wait 10 minutes), and the lease covers that wait.
-                    more = adapter.answer_timeout_s if adapter.reports_handover else 0.0
+                    more = answer_wait - self.worker.send_timeout_s
                     if not handover.reached or more <= 0:
                         raise
                     return await asyncio.wait_for(call, more)
@@ -422,8 +416,8 @@ class Sender:
                         code="timeout-before-handover",
                     )
                 waited = self.worker.send_timeout_s
-                if handover.reached and adapter.reports_handover:
-                    waited = max(waited, adapter.answer_timeout_s)
+                if handover.reached:
+                    waited = max(waited, answer_wait)
                 return TemporaryFailure(f"no answer within {waited:g}s", maybe_sent=True)
             except DeliveryFailure as exc:
                 return exc
