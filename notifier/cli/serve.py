@@ -11,6 +11,13 @@ import click
 from notifier.cli.common import check_broker_queues, cli_settings, open_app
 
 
+# glibc gives each thread that contends for malloc an arena of its own (up to 8 a core)
+# and keeps what those arenas freed, so a worker's many threads (Dramatiq's, the event
+# loop, the background ones) made its memory grow with the load it had seen. Two arenas
+# keep it flat (docs/performance.md, worker memory); an operator's own value wins.
+MALLOC_ARENAS = "2"
+
+
 @click.command()
 @click.option("--processes", type=int, help="Worker processes (default: settings).")
 @click.option("--threads", type=int, help="Threads per process (default: settings).")
@@ -40,7 +47,11 @@ def worker(processes: int | None, threads: int | None) -> None:
         "--worker-shutdown-timeout",
         str(int(settings.worker.send_timeout_s * 1000 + 5000)),
     ]
-    os.execv(sys.executable, args)  # noqa: S606 - Dramatiq's own process manager takes over
+    environment = dict(os.environ)
+    environment.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENAS)  # read as the new image starts
+    # Dramatiq's own process manager takes over; its worker processes inherit the
+    # environment and the allocator's settings.
+    os.execve(sys.executable, args, environment)  # noqa: S606
 
 
 @click.command()

@@ -81,6 +81,24 @@ class WorkerProcess:
             )
         return self
 
+    def environments(self) -> list[dict[str, str]]:
+        """The environment of each process of this worker (its session, so Dramatiq's
+        worker processes too)."""
+        assert self.process is not None
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # After the command's closing parenthesis: state, ppid, pgrp, session.
+                session = int(stat.read_text().rsplit(")", 1)[1].split()[3])
+                if session != self.process.pid:
+                    continue
+                raw = (stat.parent / "environ").read_bytes()
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+            pairs = (item.split("=", 1) for item in raw.decode(errors="replace").split("\0"))
+            found.append({pair[0]: pair[1] for pair in pairs if len(pair) == 2})
+        return found
+
     def kill9(self) -> None:
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -447,12 +465,15 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_half_done(
         settings = fault_settings(amqp_url, pg_url, queue_prefix, slow)
         declare(settings)
         env = notifier_env(settings)
+        env.pop("MALLOC_ARENA_MAX", None)
         bodies = [sample_event(i, event_id=uuid.uuid4()) for i in range(40)]
         for body in bodies:
             body["dossier"]["status"] = "received"
         publish(settings, bodies)
         worker = WorkerProcess(env, tmp_path / "worker.log").start()
         wait_until(lambda: len(slow.messages) >= 2, timeout=60)
+        # Dramatiq's process manager and its worker process: two glibc arenas each.
+        arenas = [e.get("MALLOC_ARENA_MAX") for e in worker.environments()]
         started = time.monotonic()
         exit_code = worker.terminate(timeout=60)
         stopped_in = time.monotonic() - started
@@ -481,6 +502,7 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_half_done(
     )
     assert in_flight_after == 0  # every claimed send finished and was recorded
     assert stopped_in < settings.worker.send_timeout_s + 15
+    assert len(arenas) >= 2 and set(arenas) == {"2"}
     assert planned == set(received)
     assert max(received.values()) == 1
 
