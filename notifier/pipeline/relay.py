@@ -48,6 +48,9 @@ def declare_status_exchange(channel: Any, settings: StatusSettings) -> None:
 
 class StatusRelay(BackgroundThread):
     thread_name = "notifier-status-relay"
+    # Seconds between AMQP heartbeats on the relay's connection (RabbitMQ closes it after
+    # two missed).
+    heartbeat_s = 30
 
     def __init__(self, database: Database, broker_url: str, settings: StatusSettings) -> None:
         super().__init__()
@@ -111,9 +114,10 @@ class StatusRelay(BackgroundThread):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
+            self._keep_alive()
             if not self.listener.available:
-                self.stopping.wait(left)
-                return
+                self.stopping.wait(min(left, 1.0))
+                continue
             try:
                 # Short waits, so a stopping worker is not held up.
                 if self.listener.wait(min(left, 1.0)):
@@ -123,10 +127,26 @@ class StatusRelay(BackgroundThread):
                 self.stopping.wait(left)
                 return
 
+    def _keep_alive(self) -> None:
+        """A ``BlockingConnection`` answers the broker's heartbeats only inside pika
+        calls. A relay waiting for changes lets it, once a second: otherwise RabbitMQ
+        closes an idle relay's connection (missed heartbeats) and its next publish fails
+        first, logged as an error, before the relay reconnects."""
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return
+        try:
+            connection.process_data_events(time_limit=0)
+        except Exception:  # closed by the broker or the network: reconnect on next publish
+            log.info("status relay's broker connection was lost; it reconnects to publish")
+            self._disconnect()
+
     def _open_channel(self) -> Any:
         if self._channel is None or not self._channel.is_open:
             self._disconnect()
-            self._connection = pika.BlockingConnection(node_parameters(self.broker_url))
+            self._connection = pika.BlockingConnection(
+                node_parameters(self.broker_url, heartbeat=self.heartbeat_s)
+            )
             channel = self._connection.channel()
             channel.confirm_delivery()
             declare_status_exchange(channel, self.settings)

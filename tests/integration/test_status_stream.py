@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,6 +197,42 @@ def test_a_rolled_back_change_announces_nothing(
         relay._disconnect()
         stream.close()
     assert [m["delivery"]["id"] for m in received] == [str(committed)]
+
+
+def test_an_idle_relay_keeps_its_broker_connection_past_the_heartbeat_timeout(
+    amqp_url: str, pg_url: str, pg_database: Database, queue_prefix: str
+) -> None:
+    """A relay waiting for changes answers RabbitMQ's heartbeats, so a quiet night does
+    not cost it its connection (and the next change a failed publish first)."""
+    settings = stream_settings(amqp_url, pg_url, queue_prefix)
+    stream = StatusQueue(amqp_url, settings)
+    first, second = _planned_delivery(pg_database), _planned_delivery(pg_database)
+    relay = StatusRelay(pg_database, amqp_url, settings.statuses)
+    relay.heartbeat_s = 1  # RabbitMQ closes a connection after two missed heartbeats
+    thread = threading.Thread(target=relay.run, daemon=True)
+
+    def change(delivery_id: uuid.UUID) -> None:
+        with pg_database.begin() as connection:
+            set_status(connection, delivery_id, only_from=["queued"], values={"status": "sent"})
+
+    def announced() -> set[str]:
+        return {m["delivery"]["id"] for m in stream.drain() if m["delivery"]}
+
+    try:
+        change(first)
+        thread.start()
+        wait_until(lambda: str(first) in announced(), timeout=20)
+        connection = relay._connection
+        time.sleep(6)  # idle for six heartbeat intervals
+        change(second)
+        wait_until(lambda: str(second) in announced(), timeout=20)
+        assert connection is not None
+        assert relay._connection is connection  # never lost, never opened again
+        assert connection.is_open
+    finally:
+        relay.stopping.set()
+        thread.join(timeout=10)
+        stream.close()
 
 
 _KILLED_RELAY = """
